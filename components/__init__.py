@@ -1,0 +1,1 @@
+"""behaviorflow's pipeline stages, one folder each; `flows/` wires them, `serving/` runs the result."""

@@ -1,0 +1,148 @@
+"""The retraining configuration: typed, frozen dataclasses inside; YAML / flags only at the edge.
+
+`RetrainConfig.from_dict` accepts the same nested structure as a YAML file, e.g.
+
+    data: {events: my/events.parquet, items: my/items.csv}
+    model: {d_model: 64, n_layers: 2}
+    train: {max_minutes: 30}
+    gate: {max_regression: 0.01}
+
+and names any unknown section or field with the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.errors import BehaviorflowError
+from components.export import ExportConfig
+from components.gate import GateConfig
+from components.models.text_sasrec import TextSASRecConfig
+from components.preparation import PrepareConfig
+from components.tokenization import TextEncoderConfig
+from components.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    events: str | None = None  # events file (.csv / .parquet); with `items`
+    items: str | None = None  # item catalog file (.csv / .parquet)
+    movielens: str | None = None  # or: a MovieLens-1M style folder (ratings.dat, movies.dat)
+    # With none of them, the bundled synthetic sample is generated (deterministically) and used.
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    exclude_seen: bool = True  # items of the input history are not ranked (the published protocol)
+    list_len: int = 20  # top-K list length; metrics are reported at 1, 5, 10, 20 up to this
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    model: TextSASRecConfig = field(default_factory=TextSASRecConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    promote: bool = True  # move `champion` when the gate passes (False: register as challenger only)
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "RetrainConfig":
+        return _build(cls, raw or {}, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RetrainConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise BehaviorflowError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise BehaviorflowError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise BehaviorflowError(f"config file {path}: expected a mapping of sections at the top, got {type(raw).__name__}")
+        return _build(cls, raw, str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, object]:
+        """section.field -> value, for MLflow params."""
+        return {f"{section}.{key}": value for section, values in self.to_dict().items() if isinstance(values, dict) for key, value in values.items()} | {"promote": self.promote}
+
+
+def _build(kind, raw: dict, where: str):
+    hints = typing.get_type_hints(kind)
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise BehaviorflowError(f"{where}: unknown field(s) {unknown}; valid fields are {sorted(known)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise BehaviorflowError(f"{where}.{name}: expected a mapping of fields, got {value!r}")
+            values[name] = _build(hint, value, f"{where}.{name}")
+        else:
+            values[name] = _coerce(hint, value, f"{where}.{name}")
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as exc:
+        raise BehaviorflowError(f"{where}: {exc}") from exc
+
+
+def _coerce(hint, value, where: str):
+    """Check scalars against the annotation; tuples arrive from YAML as lists."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise BehaviorflowError(f"{where}: must not be empty")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        options = [a for a in args if a is not type(None)]
+        return _coerce(options[0], value, where) if len(options) == 1 else value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise BehaviorflowError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if hint is bool and not isinstance(value, bool):
+        raise BehaviorflowError(f"{where}: expected true or false, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise BehaviorflowError(f"{where}: expected a number, got {value!r}")
+    if hint in (int, str) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise BehaviorflowError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'train.max_epochs=5' -> (['train', 'max_epochs'], 5), the value parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise BehaviorflowError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. train.max_epochs=5")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def merge_overrides(raw: dict, overrides: list[str]) -> dict:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        target = merged
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise BehaviorflowError(f"--set {text!r}: '{part}' is not a section")
+        target[path[-1]] = value
+    return merged

@@ -1,0 +1,146 @@
+"""Export the model's inference path (history → top-K items) to ONNX and prove it matches torch.
+
+Parity is a gate, not a report: on a probe set of real histories (several lengths and batch sizes),
+ONNX Runtime must return the *identical* top-K item ids and scores within `score_atol` of torch; if it
+does not, ParityFailed stops the flow before anything is packaged or registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from components.errors import ParityFailed
+from components.models.text_sasrec import TextSASRec, TopKGraph
+from serving import contract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    probe_size: int = 256  # histories in the parity probe set
+    score_atol: float = 1e-4  # fp32 kernels differ slightly between torch and ORT; ids must not
+    k: int = contract.MAX_K  # the graph returns this many items (capped at the catalog size)
+
+
+@dataclass
+class ParityReport:
+    cases: int
+    max_abs_score_diff: float
+    identical_topk: bool
+    mismatched_rows: int
+    tolerance: float
+    seconds: float
+    batches: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.identical_topk and self.max_abs_score_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def export_onnx(model: TextSASRec, path: Path, config: ExportConfig = ExportConfig()) -> Path:
+    """Write the TopKGraph of `model` to `path` with dynamic batch and history length."""
+    import warnings
+
+    graph = TopKGraph(model.cpu().eval(), config.k)
+    example = (torch.ones(2, min(3, model.cfg.max_len), dtype=torch.int64), torch.ones(2, dtype=torch.bool))
+    batch = torch.export.Dim("batch")
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            example,
+            None,
+            dynamo=True,
+            verbose=False,
+            input_names=[contract.INPUT_HISTORY, contract.INPUT_EXCLUDE_SEEN],
+            output_names=[contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES],
+            dynamic_shapes={
+                "history": {0: batch, 1: torch.export.Dim("seq", max=model.cfg.max_len)},
+                "exclude_seen": {0: batch},
+            },
+        )
+        program.optimize()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    log.info("exported ONNX graph to %s in %.1f s", path, time.perf_counter() - started)
+    return path
+
+
+def probe_histories(histories: Sequence[np.ndarray], size: int, seed: int = 0) -> list[np.ndarray]:
+    """A fixed random subset of real histories, plus the edge cases: length 1 and the longest."""
+    rng = np.random.default_rng(seed)
+    picked = [histories[i] for i in rng.choice(len(histories), min(size, len(histories)), replace=False)]
+    picked.append(histories[0][-1:])
+    picked.append(max(histories, key=len))
+    return picked
+
+
+def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndarray], config: ExportConfig = ExportConfig(), raise_on_failure: bool = True) -> ParityReport:
+    """Run torch and ONNX Runtime on the same probe batches (batch sizes 1, 7 and 64) and compare."""
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    graph = TopKGraph(model.cpu().eval(), config.k)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    probes = probe_histories(histories, config.probe_size)
+    worst, mismatched, batches, start = 0.0, 0, [], 0
+    sizes = iter([1, 7] + [64] * len(probes))
+    while start < len(probes):
+        size = next(sizes)
+        chunk = probes[start : start + size]
+        start += size
+        padded = contract.pad_histories(chunk, model.cfg.max_len)
+        exclude = np.arange(len(chunk)) % 2 == 0  # both modes in every batch
+        ort_items, ort_scores = session.run(
+            [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES],
+            {contract.INPUT_HISTORY: padded, contract.INPUT_EXCLUDE_SEEN: exclude},
+        )
+        with torch.no_grad():
+            items, scores = (t.numpy() for t in graph(torch.from_numpy(padded), torch.from_numpy(exclude)))
+        finite = np.isfinite(scores)
+        diff = float(np.abs(np.where(finite, ort_scores - scores, 0.0)).max())
+        rows = int((ort_items != items).any(1).sum())
+        worst, mismatched = max(worst, diff), mismatched + rows
+        batches.append({"batch": len(chunk), "seq": int(padded.shape[1]), "max_abs_diff": diff, "mismatched_rows": rows})
+    report = ParityReport(
+        cases=len(probes),
+        max_abs_score_diff=worst,
+        identical_topk=mismatched == 0,
+        mismatched_rows=mismatched,
+        tolerance=config.score_atol,
+        seconds=time.perf_counter() - started,
+        batches=batches,
+    )
+    log.info("parity: %d cases, max |Δscore| %.2e, top-K identical: %s", report.cases, worst, report.identical_topk)
+    if raise_on_failure and not report.passed:
+        raise ParityFailed(
+            f"ONNX Runtime disagrees with torch on {mismatched} of {report.cases} probe histories "
+            f"(max |score difference| {worst:.2e}, tolerance {config.score_atol:.0e}); nothing was packaged or registered. "
+            "Re-run the export; if it persists, report it with the run's parity.json."
+        )
+    return report
+
+
+def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict) -> Path:
+    """The model bundle (serving/contract.py): what the Bento model store holds and the service loads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if onnx_path.resolve() != (out_dir / contract.MODEL_FILE).resolve():
+        (out_dir / contract.MODEL_FILE).write_bytes(onnx_path.read_bytes())
+    items = [{"item_id": i, "title": t} for i, t in zip(item_ids, titles)]
+    (out_dir / contract.ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
+    (out_dir / contract.USERS_FILE).write_text(json.dumps(users, ensure_ascii=False))
+    (out_dir / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+    return out_dir

@@ -1,0 +1,1 @@
+"""Model families, one file each (config dataclass + the whole forward pass)."""

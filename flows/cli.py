@@ -1,0 +1,199 @@
+"""`behaviorflow`: the command line for MLOps engineers (retrain, validate) and serving teams (serve).
+
+Heavy libraries are imported only inside commands, so `behaviorflow --help` answers at once.
+User mistakes print one line (`error: …`) and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from components import settings
+from components.errors import BehaviorflowError, GateFailed, ValidationFailed
+
+EXIT_USER_ERROR = 2
+EXIT_GATE_FAILED = 3
+
+EPILOG = """examples:
+  behaviorflow retrain                                   # bundled sample data, embedded defaults
+  behaviorflow retrain --events events.parquet --items items.csv --set train.max_minutes=30
+  behaviorflow retrain --movielens ~/data/ml-1m --config my.yaml
+  behaviorflow validate --events events.csv --items items.csv
+  behaviorflow serve --alias champion --port 3000
+
+state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHAVIORFLOW_HOME
+(default ./.behaviorflow). Use real servers with MLFLOW_TRACKING_URI and PREFECT_API_URL."""
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (default: the bundled synthetic sample)")
+    group.add_argument("--events", help="events file (.csv or .parquet): user_id, item_id, event_type, timestamp[, value]")
+    group.add_argument("--items", help="item catalog (.csv or .parquet): item_id, title[, category, brand, description]")
+    group.add_argument("--movielens", metavar="DIR", help="a MovieLens-1M style folder (ratings.dat, movies.dat)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="behaviorflow",
+        description="Train, gate, package and serve a language-model-aware next-item recommender.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    retrain = sub.add_parser("retrain", help="run the full retraining flow (validate … register)", description=(
+        "Validate → prepare → tokenize → train → evaluate → gate → export (ONNX, parity-checked) → "
+        "package (Bento) → register in MLflow (alias challenger; champion when the gate passes). "
+        f"Exit codes: 0 registered, {EXIT_USER_ERROR} bad input or config, {EXIT_GATE_FAILED} gate failed (nothing registered)."))
+    _data_args(retrain)
+    retrain.add_argument("--config", metavar="YAML", help="a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export)")
+    retrain.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one config field, e.g. train.max_epochs=5 (repeatable)")
+    retrain.add_argument("--json", action="store_true", help="print the run summary as JSON instead of text")
+
+    validate = sub.add_parser("validate", help="run the Great Expectations suites on a dataset (no training)")
+    _data_args(validate)
+
+    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (bentoml serve)")
+    serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+
+    sample = sub.add_parser("sample-data", help="write the bundled synthetic sample dataset (events.csv, items.csv)")
+    sample.add_argument("--out", default="sample-data", help="output folder (default: ./sample-data)")
+    return parser
+
+
+def _config_dict(args) -> dict:
+    from components.config import RetrainConfig, merge_overrides
+
+    raw: dict = {}
+    if args.config:
+        raw = RetrainConfig.from_yaml(args.config).to_dict()
+    data = {k: v for k, v in (("events", args.events), ("items", args.items), ("movielens", args.movielens)) if v}
+    if data:
+        raw["data"] = data
+    raw = merge_overrides(raw, args.set)
+    RetrainConfig.from_dict(raw)  # fail here, before any server starts, on a bad field
+    return raw
+
+
+def _check_data_args(args) -> None:
+    if args.movielens and (args.events or args.items):
+        raise BehaviorflowError("give either --movielens or --events with --items, not both")
+    if bool(args.events) != bool(args.items):
+        raise BehaviorflowError("--events and --items go together: give both files (or --movielens DIR)")
+
+
+def cmd_retrain(args) -> int:
+    _check_data_args(args)
+    raw = _config_dict(args)
+    from flows.retrain import retrain
+
+    try:
+        summary = retrain(config=raw)
+    except GateFailed as exc:
+        print(format_summary(exc.summary), file=sys.stderr)
+        raise
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    _check_data_args(args)
+    from components.data import load_dataset
+    from components.data.sample import SampleConfig, write_sample
+    from components.validation import validate
+
+    events, items = (args.events, args.items)
+    if not (events or args.movielens):
+        events, items = write_sample(settings.home() / "sample", SampleConfig())
+    dataset = load_dataset(events=events, items=items, movielens=args.movielens)
+    report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
+    print(f"validation passed: {report.statistics}\nData Docs: {report.data_docs}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from components import registry
+
+    registry.configure()
+    version = registry.version_by_alias(args.alias)
+    if version is None:
+        raise BehaviorflowError(f"no model version has the alias '{args.alias}' in {settings.tracking_uri()}: run 'behaviorflow retrain' first")
+    bento_tag = version.tags.get("bento_tag")
+    if not bento_tag:
+        raise BehaviorflowError(f"version {version.version} has no 'bento_tag' tag: it was not packaged by behaviorflow")
+    print(f"serving {settings.REGISTERED_MODEL_NAME} v{version.version} (@{args.alias}) = Bento {bento_tag} on http://{args.host}:{args.port}", flush=True)
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    os.execvpe(bentoml, [bentoml, "serve", bento_tag, "--host", args.host, "--port", str(args.port)], os.environ)
+    return 0  # not reached
+
+
+def cmd_sample(args) -> int:
+    from components.data.sample import SampleConfig, write_sample
+
+    events, items = write_sample(Path(args.out), SampleConfig())
+    print(f"wrote {events} and {items}")
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    m, pop = s["metrics"]["model"], s["metrics"]["popularity"]
+    lines = [
+        "",
+        "behaviorflow retrain — summary",
+        f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
+        f"  validation    passed — Data Docs: {s['data_docs']}",
+        f"  training      {s['training']['epochs']} epochs on {s['training']['device']} in {s['training']['wall_s']} s (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})",
+        f"  test metrics  model NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   |   popularity NDCG@10 {pop['NDCG@10']:.4f}  HR@10 {pop['HR@10']:.4f}",
+    ]
+    if "champion" in s["metrics"]:
+        c = s["metrics"]["champion"]
+        lines.append(f"                champion v{s['gate']['champion_version']} NDCG@10 {c['NDCG@10']:.4f}  HR@10 {c['HR@10']:.4f}")
+    g = s["gate"]
+    lines.append(f"  gate          {'PASSED' if g['passed'] else 'FAILED'}: " + "; ".join(g["reasons"]))
+    lines.append(f"  MLflow run    {s['run_id']} in {s['tracking_uri']}")
+    if "registry" in s:
+        r, p = s["registry"], s["parity"]
+        lines += [
+            f"  ONNX parity   {p['cases']} histories, top-K identical: {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.1e}",
+            f"  registered    {settings.REGISTERED_MODEL_NAME} version {r['version']} — aliases: {', '.join(r['aliases'])}",
+            f"  Bento         {r['bento_tag']}  (archive: {r['bento_archive']})",
+            f"  serve it      .venv/bin/behaviorflow serve --alias {r['aliases'][-1]}   (then POST http://127.0.0.1:3000/recommend)",
+        ]
+    else:
+        lines.append("  registered    nothing (the gate stopped the flow before export)")
+    lines.append(f"  browse runs   .venv/bin/mlflow ui --backend-store-uri {s['tracking_uri']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings.apply_environment()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    for name in ("components", "flows", "behaviorflow"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "sample-data": cmd_sample}
+    try:
+        return commands[args.command](args)
+    except GateFailed as exc:
+        print(f"gate failed: {exc}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    except ValidationFailed as exc:
+        print(f"error: data validation failed — the flow stopped before training.\n{exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BehaviorflowError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

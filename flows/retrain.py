@@ -1,0 +1,233 @@
+"""The retraining flow: behaviour log + item catalog in, a gated, packaged, registered recommender out.
+
+    validate → prepare → tokenize → train → evaluate → GATE → export + parity → package → register
+
+Every stage lives in `components/<stage>/`; this file only wires them, one task per stage. MLflow
+records the whole run (params, metrics, validation result, data fingerprint, charts, model, Bento).
+
+Run it:
+    behaviorflow retrain                                    # bundled sample data, local defaults (CPU)
+    behaviorflow retrain --events e.parquet --items i.csv   # your data
+    behaviorflow retrain --movielens path/to/ml-1m          # a MovieLens-1M style folder
+    behaviorflow retrain --set train.device=cuda            # GPU (also picked automatically when present)
+    MLFLOW_TRACKING_URI=http://mlflow:5000 PREFECT_API_URL=http://prefect:4200/api behaviorflow retrain
+    prefect --no-prompt deploy --prefect-file deploy/prefect.yaml --all   # scheduled runs on a work pool
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from components import settings
+from components.config import DataConfig, RetrainConfig
+from components.errors import GateFailed
+
+log = logging.getLogger("behaviorflow")
+
+
+# --- 1. validate: Great Expectations suites from expectations/; a failure stops before training ---
+@task(name="load data", cache_policy=NONE)
+def load_data(data: DataConfig):
+    from components.data import load_dataset
+    from components.data.sample import SampleConfig, write_sample
+
+    if not (data.events or data.items or data.movielens):
+        events, items = write_sample(settings.home() / "sample", SampleConfig())
+        data = replace(data, events=str(events), items=str(items))
+    return load_dataset(events=data.events, items=data.items, movielens=data.movielens)
+
+
+@task(name="validate", cache_policy=NONE)
+def validate_data(dataset):
+    from components.registry.tracking import log_json
+    from components.validation import validate
+
+    report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
+    log_json("validation.json", report.to_dict())
+    return report
+
+
+# --- 2. prepare: dedup, chronological per-user sequences, leave-one-out split ---
+@task(name="prepare", cache_policy=NONE)
+def prepare_sequences(dataset, config: RetrainConfig):
+    from components.preparation import prepare
+    from components.registry.tracking import log_json
+
+    prepared = prepare(dataset.events, dataset.items, config.prepare)
+    log_json("preparation.json", prepared.stats)
+    return prepared
+
+
+# --- 3. tokenize: item text through the pretrained LM (offline), cached by fingerprint ---
+@task(name="tokenize", cache_policy=NONE)
+def encode_item_text(texts: list[str], config: RetrainConfig) -> np.ndarray:
+    from components.tokenization import embed_items
+
+    return embed_items(texts, config.text, settings.cache_dir())
+
+
+# --- 4. train: causal transformer over histories, full cross-entropy, early-stopped ---
+@task(name="train", cache_policy=NONE)
+def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path):
+    import torch
+
+    from components.models.text_sasrec import TextSASRec
+    from components.registry.tracking import log_curve
+    from components.training import train_model
+
+    model_cfg = replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1]))
+    model = TextSASRec(model_cfg, torch.from_numpy(embeddings), torch.from_numpy(prepared.trained_items()))
+    result = train_model(model, prepared.train, prepared.valid_split(), config.train, checkpoint_dir=run_dir / "checkpoints")
+    log_curve(result.curve)
+    return result
+
+
+# --- 5. evaluate: full ranking on the test targets, next to popularity and the champion ---
+@task(name="evaluate", cache_policy=NONE)
+def evaluate(result, prepared, config: RetrainConfig, run_dir: Path):
+    from components.evaluation.evaluate import evaluate_rankers
+    from components.evaluation.plots import learning_curve, metric_bars
+    from components.registry import find_champion
+    from components.registry.tracking import log_figure_files, log_json, log_metrics
+
+    champion = find_champion(run_dir / "champion")
+    report = evaluate_rankers(result.model, prepared, config.evaluate.list_len, config.evaluate.exclude_seen, champion.bundle_dir if champion else None)
+    for name, metrics in report.results.items():
+        log_metrics("" if name == "model" else f"{name}_", metrics)
+    log_json("evaluation.json", report.to_dict() | {"champion_version": champion.version if champion else None})
+    charts = [
+        learning_curve(result.curve, run_dir / "learning_curve.png", report.results["popularity"]["NDCG@10"]),
+        metric_bars(report.results, run_dir / "test_metrics.png"),
+    ]
+    log_figure_files(charts)
+    return report, champion
+
+
+# --- 6. gate: promote only a model that beats popularity and does not regress vs the champion.
+#        First run: no champion, the popularity rule alone decides. A failed gate stops here. ---
+@task(name="gate", cache_policy=NONE)
+def gate(report, champion, config: RetrainConfig):
+    import mlflow
+
+    from components.gate import decide
+    from components.registry.tracking import log_json
+
+    decision = decide(
+        report.results["model"], report.results["popularity"], report.results.get("champion"), champion.version if champion else None, config.gate
+    )
+    log_json("gate.json", decision.to_dict())
+    mlflow.set_tag("gate", "passed" if decision.passed else "failed")
+    return decision
+
+
+# --- 7. export: ONNX inference graph; ONNX Runtime must match torch (a failure blocks promotion) ---
+@task(name="export", cache_policy=NONE)
+def export(result, prepared, dataset_fingerprint: str, decision, report, config: RetrainConfig, run_dir: Path):
+    from components.export import check_parity, export_onnx, write_bundle
+    from components.registry.tracking import log_folder, log_json
+
+    onnx_path = export_onnx(result.model, run_dir / "model.onnx", config.export)
+    test_inputs, _ = prepared.test_split()
+    parity = check_parity(result.model, onnx_path, test_inputs, config.export)
+    log_json("parity.json", parity.to_dict())
+    max_len = result.model.cfg.max_len
+    users = {u: [prepared.item_ids[i - 1] for i in seq[-max_len:]] for u, seq in zip(prepared.user_ids, prepared.sequences)}
+    manifest = {
+        "model_name": settings.REGISTERED_MODEL_NAME,
+        "max_len": max_len,
+        "n_items": prepared.n_items,
+        "data_fingerprint": dataset_fingerprint,
+        "metrics": report.results["model"],
+        "gate": decision.summary(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    bundle = write_bundle(run_dir / "bundle", onnx_path, prepared.item_ids, prepared.titles, users, manifest)
+    log_folder(bundle, "bundle")
+    return bundle, parity
+
+
+# --- 8 + 9. package as a Bento and register: one all-or-nothing step (a failure leaves no version) ---
+@task(name="package and register", cache_policy=NONE)
+def package_and_register(bundle: Path, dataset_fingerprint: str, decision, config: RetrainConfig, run_dir: Path):
+    import mlflow
+
+    from components import registry
+    from components.packaging import build_bento, export_bento, save_bundle_to_store
+    from components.registry.tracking import log_onnx_model
+
+    run_id = mlflow.active_run().info.run_id
+    model_uri = log_onnx_model(bundle / "model.onnx", {"data_fingerprint": dataset_fingerprint})
+    with registry.pending_version(model_uri, run_id) as version:
+        manifest_path = bundle / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) | {"registry_version": version, "run_id": run_id}
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        labels = {"registry_version": version, "run_id": run_id, "data_fingerprint": dataset_fingerprint}
+        model_tag = save_bundle_to_store(bundle, labels=labels, metadata=manifest)
+        bento_tag = build_bento(model_tag, labels=labels, version=f"v{version}-{run_id[:8]}")
+        archive = export_bento(bento_tag, run_dir / f"{bento_tag.replace(':', '-')}.bento")
+        mlflow.log_artifact(str(archive), artifact_path="bento")
+        aliases = registry.finalize_version(
+            version,
+            {"bento_tag": bento_tag, "bento_model_tag": model_tag, "data_fingerprint": dataset_fingerprint, "gate": decision.summary()},
+            promote=decision.passed and config.promote,
+        )
+    return {"version": version, "aliases": aliases, "bento_tag": bento_tag, "bento_archive": str(archive), "model_uri": model_uri}
+
+
+@flow(name="behaviorflow-retrain", log_prints=True)
+def retrain(config: dict | None = None) -> dict:
+    """Run the whole lifecycle. `config` is the nested mapping of RetrainConfig (as in a YAML file)."""
+    import mlflow
+
+    from components import registry
+
+    cfg = RetrainConfig.from_dict(config)
+    experiment_id = registry.configure()
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=datetime.now().strftime("retrain-%Y%m%d-%H%M%S")) as run:
+        run_dir = settings.runs_dir() / run.info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.log_params(cfg.flat())
+        dataset = load_data(cfg.data)
+        fingerprint = dataset.fingerprint()
+        mlflow.set_tags({"data_fingerprint": fingerprint, "events_source": dataset.events_source, "items_source": dataset.items_source})
+        validation = validate_data(dataset)
+        prepared = prepare_sequences(dataset, cfg)
+        embeddings = encode_item_text(prepared.item_texts, cfg)
+        result = train(prepared, embeddings, cfg, run_dir)
+        report, champion = evaluate(result, prepared, cfg, run_dir)
+        decision = gate(report, champion, cfg)
+        summary = {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": settings.tracking_uri(),
+            "data_fingerprint": fingerprint,
+            "data_docs": str(validation.data_docs),
+            "validation": "passed",
+            "preparation": prepared.stats,
+            "training": {"epochs": len(result.curve), "best_epoch": result.best_epoch, "stopped": result.stopped_because, "device": result.device, "wall_s": round(result.wall_s, 1)},
+            "metrics": report.results,
+            "cases": report.cases,
+            "gate": decision.to_dict(),
+            "run_dir": str(run_dir),
+        }
+        if decision.passed:
+            bundle, parity = export(result, prepared, fingerprint, decision, report, cfg, run_dir)
+            summary["parity"] = parity.to_dict()
+            summary["registry"] = package_and_register(bundle, fingerprint, decision, cfg, run_dir)
+        # A failed gate is a normal outcome, not a crash: the run ends FINISHED, tagged gate_failed.
+        mlflow.set_tag("outcome", "registered" if decision.passed else "gate_failed")
+        summary["wall_s"] = round(time.perf_counter() - started, 1)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not decision.passed:
+        raise GateFailed(f"gate {decision.summary()} — nothing was exported or registered (MLflow run {run.info.run_id})", summary)
+    return summary
