@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 # One place owns these names: the registry, the serving side and the tests read them from here.
+from serving.contract import BENTO_MODEL_NAME, BENTO_SERVICE_NAME, MODEL_TAG_ENV  # noqa: F401 (re-exported)
+
 REGISTERED_MODEL_NAME = "behaviorflow-recommender"
-BENTO_MODEL_NAME = "behaviorflow-recommender"
-BENTO_SERVICE_NAME = "behaviorflow_recommender"
 CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = "champion"
 EXPERIMENT_NAME = "behaviorflow"

@@ -130,8 +130,11 @@ def cmd_serve(args) -> int:
     if not bento_tag:
         raise BehaviorflowError(f"version {version.version} has no 'bento_tag' tag: it was not packaged by behaviorflow")
     print(f"serving {settings.REGISTERED_MODEL_NAME} v{version.version} (@{args.alias}) = Bento {bento_tag} on http://{args.host}:{args.port}", flush=True)
+    # A Bento served from the local store does not apply its recorded environment (BentoML does that
+    # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
+    env = os.environ | {settings.MODEL_TAG_ENV: version.tags.get("bento_model_tag", "")}
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    os.execvpe(bentoml, [bentoml, "serve", bento_tag, "--host", args.host, "--port", str(args.port)], os.environ)
+    os.execvpe(bentoml, [bentoml, "serve", bento_tag, "--host", args.host, "--port", str(args.port)], env)
     return 0  # not reached
 
 

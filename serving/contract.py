@@ -21,6 +21,11 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+# Names the serving side shares with the training side (components.settings re-exports them).
+BENTO_MODEL_NAME = "behaviorflow-recommender"  # the model in the Bento model store
+BENTO_SERVICE_NAME = "behaviorflow_recommender"  # the Bento (service) name
+MODEL_TAG_ENV = "BEHAVIORFLOW_MODEL_TAG"  # which Bento model the service loads; set at build and serve time
+
 INPUT_HISTORY = "history"
 INPUT_EXCLUDE_SEEN = "exclude_seen"
 OUTPUT_ITEMS = "top_items"

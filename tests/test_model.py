@@ -1,0 +1,107 @@
+"""The text-aware SASRec: shapes, causality, cold items, and torch ↔ ONNX Runtime parity."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from components.errors import ParityFailed
+from components.export import ExportConfig, check_parity, export_onnx
+from components.models.text_sasrec import TextSASRec, TextSASRecConfig, TopKGraph
+from components.training import TrainConfig, train_model
+from serving import contract
+
+N_ITEMS, TEXT_DIM = 40, 16
+
+
+def tiny(seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0, **overrides)
+    has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    has_id[-5:] = False  # the last five items never occurred in training
+    return TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM), has_id).eval()
+
+
+def test_shapes_and_padding_column():
+    model = tiny()
+    history = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
+    assert model(history).shape == (2, 4, N_ITEMS + 1)
+    assert model.score_last(history).shape == (2, N_ITEMS + 1)
+    assert torch.all(model.item_table()[0] == 0)
+
+
+def test_config_errors_name_the_values():
+    with pytest.raises(ValueError, match=r"d_model \(30\) is not a multiple of n_heads \(4\)"):
+        TextSASRecConfig(n_items=3, d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match=r"text_embeddings must have shape \(40, 16\), got \(3, 16\)"):
+        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM), torch.zeros(3, TEXT_DIM))
+
+
+def test_causal_no_peeking_and_left_padding_is_inert():
+    model = tiny()
+    a = torch.tensor([[5, 6, 7, 8]])
+    b = torch.tensor([[5, 6, 7, 9]])
+    # Position 2 (item 7) cannot see position 3, so its scores are equal whatever comes after.
+    torch.testing.assert_close(model(a)[0, 2], model(b)[0, 2])
+    # Extra left padding does not change the prediction after the history.
+    torch.testing.assert_close(model.score_last(torch.tensor([[0, 0, 5, 6, 7]])), model.score_last(torch.tensor([[5, 6, 7]])), atol=1e-5, rtol=1e-5)
+
+
+def test_cold_items_have_text_but_no_id_part():
+    model = tiny()
+    table = model.item_table()
+    text_only = model.text_proj(model.text_table)
+    torch.testing.assert_close(table[-5:], text_only[-5:])  # never-seen items: text only
+    assert not torch.allclose(table[1:5], text_only[1:5])  # seen items: text + id
+    assert torch.all(torch.isfinite(table)) and table[-5:].abs().sum() > 0
+
+
+def test_id_only_variant_ignores_text():
+    model = tiny(use_text=False)
+    assert model.text_proj is None
+    assert torch.all(model.item_table()[-5:] == 0)  # cold items are unrepresentable without text
+
+
+def test_topk_graph_excludes_history_on_request():
+    graph = TopKGraph(tiny(), k=10)
+    history = torch.tensor([[0, 3, 4, 5]])
+    items, _ = graph(history, torch.tensor([True]))
+    assert not set(items[0].tolist()) & {0, 3, 4, 5}
+    items_all, scores = graph(history, torch.tensor([False]))
+    assert 0 not in items_all[0].tolist() and torch.all(scores[0, :-1] >= scores[0, 1:])
+
+
+def test_training_learns_a_deterministic_chain():
+    # item i is always followed by i + 1 (cyclic): a model that learns anything gets it right.
+    seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(8)]) for s in range(N_ITEMS) for _ in range(4)]
+    train = [s[:-2] for s in seqs]
+    valid = ([s[:-2] for s in seqs], np.array([s[-2] for s in seqs]))
+    result = train_model(tiny(), train, valid, TrainConfig(max_epochs=40, lr=3e-3, warmup_steps=5, batch_size=32, patience=40, progress=False))
+    assert result.best_val["HR@10"] > 0.9, result.curve[-1]
+    assert result.curve[-1]["loss"] < result.curve[0]["loss"]
+
+
+def test_onnx_export_matches_torch(tmp_path):
+    model = tiny()
+    path = export_onnx(model, tmp_path / "m.onnx", ExportConfig(k=contract.MAX_K))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [contract.INPUT_HISTORY, contract.INPUT_EXCLUDE_SEEN]
+    assert [o.name for o in session.get_outputs()] == [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES]
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, N_ITEMS + 1, size=rng.integers(1, 20)) for _ in range(300)]
+    report = check_parity(model, path, histories, ExportConfig(probe_size=256))
+    assert report.passed and report.cases == 258 and report.max_abs_score_diff < 1e-4
+    assert {b["batch"] for b in report.batches} >= {1, 7, 64}
+    # Graph output K is min(MAX_K, n_items), dynamic batch and length work.
+    items, scores = session.run(None, {"history": contract.pad_histories(histories[:3], 12), "exclude_seen": np.array([True, False, True])})
+    assert items.shape == (3, N_ITEMS) and scores.dtype == np.float32
+
+
+def test_parity_failure_blocks(tmp_path):
+    model = tiny()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    with torch.no_grad():  # the torch model drifts after export: ONNX no longer reproduces it
+        model.id_emb.weight.add_(torch.randn_like(model.id_emb.weight))
+    histories = [np.array([1, 2, 3]), np.array([4, 5])] * 10
+    with pytest.raises(ParityFailed, match=r"ONNX Runtime disagrees with torch on \d+ of 22 probe histories"):
+        check_parity(model, path, histories)

@@ -1,0 +1,66 @@
+"""Preparation: dedup, chronological order, repeat collapsing and a leakage-free leave-one-out split."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.errors import BehaviorflowError
+from components.preparation import PrepareConfig, prepare
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp"])
+
+
+ITEMS = pd.DataFrame({"item_id": ["a", "b", "c", "d", "e"], "title": ["A", "B", "C", "D", "E"], "category": ["x", "", "y", None, "z"]})
+
+
+def test_sequences_are_chronological_deduplicated_and_collapsed():
+    events = frame([
+        ("u1", "c", "view", 30), ("u1", "a", "view", 10), ("u1", "a", "click", 11), ("u1", "b", "view", 20),
+        ("u1", "b", "view", 20),  # exact duplicate
+        ("u1", "d", "view", 40), ("u2", "e", "view", 5), ("u2", "a", "view", 6),
+    ])
+    p = prepare(events, ITEMS)
+    assert p.user_ids == ["u1", "u2"]
+    ids = [[p.item_ids[i - 1] for i in s] for s in p.sequences]
+    assert ids == [["a", "b", "c", "d"], ["e", "a"]]  # a(view)+a(click) collapsed, duplicate removed
+    assert p.stats["duplicate_rows_removed"] == 1
+    assert p.stats["repeat_steps_collapsed"] == 1
+    assert p.stats["short_users_train_only"] == 1  # u2 has 2 steps < 3
+    assert p.item_texts[:2] == ["A. x", "B"]  # empty / missing text fields are left out
+
+
+def test_leave_one_out_split_has_no_leakage():
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{rng.integers(0, 50)}", "view", t) for u in range(40) for t in range(rng.integers(3, 15))]
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(50)], "title": [f"item {i}" for i in range(50)]})
+    p = prepare(frame(rows), items, PrepareConfig(collapse_repeats=False))
+    val_in, val_t = p.valid_split()
+    test_in, test_t = p.test_split()
+    for j, u in enumerate(p.eval_users):
+        seq, train = p.sequences[u], p.train[u]
+        assert len(train) == len(seq) - 2
+        np.testing.assert_array_equal(val_in[j], train)  # validation input is exactly the training data
+        assert val_t[j] == seq[-2] and test_t[j] == seq[-1]
+        np.testing.assert_array_equal(test_in[j], seq[:-1])  # the test target is never in its own input
+        assert len(test_in[j]) == len(seq) - 1
+
+
+def test_event_type_filter_counts_what_it_drops():
+    events = frame([("u1", "a", "view", 1), ("u1", "b", "purchase", 2), ("u1", "c", "purchase", 3), ("u1", "d", "purchase", 4)])
+    p = prepare(events, ITEMS, PrepareConfig(event_types=("purchase",)))
+    assert p.stats["rows_of_other_event_types"] == 1
+    assert [p.item_ids[i - 1] for i in p.sequences[0]] == ["b", "c", "d"]
+
+
+def test_unknown_items_are_an_error_not_a_silent_drop():
+    with pytest.raises(BehaviorflowError, match=r"1 events refer to items missing from the catalog \(e.g. \['zz'\]\)"):
+        prepare(frame([("u1", "zz", "view", 1), ("u1", "a", "view", 2)]), ITEMS)
+
+
+def test_trained_items_mask_marks_only_training_items():
+    events = frame([("u1", "a", "view", 1), ("u1", "b", "view", 2), ("u1", "c", "view", 3), ("u1", "d", "view", 4)])
+    p = prepare(events, ITEMS)
+    mask = p.trained_items()
+    assert [p.item_ids[i - 1] for i in np.flatnonzero(mask)] == ["a", "b"]  # c = validation, d = test, e = never seen
