@@ -108,13 +108,14 @@ def cmd_validate(args) -> int:
     _check_data_args(args)
     from components.data import load_dataset
     from components.data.sample import SampleConfig, write_sample
-    from components.validation import validate
+    from components.validation import raise_for_failures, validate
 
     events, items = (args.events, args.items)
     if not (events or args.movielens):
         events, items = write_sample(settings.home() / "sample", SampleConfig())
     dataset = load_dataset(events=events, items=items, movielens=args.movielens)
     report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
+    raise_for_failures(report)
     print(f"validation passed: {report.statistics}\nData Docs: {report.data_docs}")
     return 0
 

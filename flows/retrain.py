@@ -49,10 +49,11 @@ def load_data(data: DataConfig):
 @task(name="validate", cache_policy=NONE)
 def validate_data(dataset):
     from components.registry.tracking import log_json
-    from components.validation import validate
+    from components.validation import raise_for_failures, validate
 
     report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
     log_json("validation.json", report.to_dict())
+    raise_for_failures(report)
     return report
 
 

@@ -98,7 +98,7 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
     out = []
     with torch.inference_mode():
         starts = range(0, len(texts), config.batch_size)
-        for start in tqdm(starts, desc="embedding item text", unit="batch", disable=not progress):
+        for start in tqdm(starts, desc="embedding item text", unit="batch", disable=None if progress else True):
             ids = torch.from_numpy(tokens["input_ids"][start : start + config.batch_size])
             mask = torch.from_numpy(tokens["attention_mask"][start : start + config.batch_size])
             keep = int(mask.sum(1).max())  # drop all-padding columns: much faster for short titles

@@ -94,7 +94,7 @@ def train_model(
         model.train()
         order = rng.permutation(len(sequences))
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step", leave=False, disable=not config.progress)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step", leave=False, disable=None if config.progress else True)  # None: only on a terminal
         for step in bar:
             batch = [sequences[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             padded = torch.from_numpy(pad_histories(batch, model.cfg.max_len + 1)).to(device)

@@ -1,0 +1,23 @@
+"""Input data: readers for events and items (CSV, parquet, MovieLens-1M) and the bundled synthetic sample."""
+
+from components.data.readers import (
+    Dataset,
+    epoch_seconds,
+    load_dataset,
+    load_events,
+    load_items,
+    load_movielens,
+)
+from components.data.sample import SampleConfig, generate_sample, write_sample
+
+__all__ = [
+    "Dataset",
+    "SampleConfig",
+    "epoch_seconds",
+    "generate_sample",
+    "load_dataset",
+    "load_events",
+    "load_items",
+    "load_movielens",
+    "write_sample",
+]

@@ -1,0 +1,252 @@
+"""Read interaction events and the item catalog into data-contract frames (see components.contract).
+
+Readers normalise types and never drop a row: ids become strings (leading zeros kept), timestamps epoch
+seconds, and a value that cannot be parsed becomes NA so that validation reports it with its row
+(column `_row`: the line number in a CSV file, the 1-based row in a parquet file).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import contract as c
+from components.errors import BehaviorflowError, DataContractError
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_SUFFIXES = (".csv", ".parquet")
+
+
+def load_events(path: str | Path) -> pd.DataFrame:
+    """Events (`user_id, item_id, event_type, timestamp` [+ `value`]) from a .csv or .parquet file.
+
+    `timestamp` becomes nullable Int64 epoch seconds: numbers are taken as seconds, strings are parsed
+    as ISO-8601 (UTC when they carry no zone). `event_type` is stripped and lower-cased.
+    """
+    path = Path(path)
+    frame = _read_table(path)
+    _require_columns(frame, c.EVENT_REQUIRED, c.EVENT_OPTIONAL, path, "events")
+    for column in (c.USER_ID, c.ITEM_ID):
+        frame[column] = _as_id_strings(frame[column])
+    frame[c.EVENT_TYPE] = frame[c.EVENT_TYPE].astype("str").str.strip().str.lower()
+    frame[c.TIMESTAMP] = epoch_seconds(frame[c.TIMESTAMP])
+    if c.VALUE in frame:
+        frame[c.VALUE] = pd.to_numeric(frame[c.VALUE], errors="coerce").astype("float64")
+    return frame
+
+
+def load_items(path: str | Path) -> pd.DataFrame:
+    """The item catalog (`item_id, title` [+ `category, brand, description`]) from a .csv or .parquet file.
+
+    Optional text columns stay absent when the file lacks them; present ones have missing values filled
+    with "" (an item without a brand is fine). A missing title stays NA: validation rejects it.
+    """
+    path = Path(path)
+    frame = _read_table(path)
+    _require_columns(frame, c.ITEM_REQUIRED, c.ITEM_OPTIONAL, path, "items")
+    frame[c.ITEM_ID] = _as_id_strings(frame[c.ITEM_ID])
+    frame[c.TITLE] = frame[c.TITLE].astype("str")
+    for column in c.ITEM_OPTIONAL:
+        if column in frame:
+            frame[column] = frame[column].astype("str").fillna("")
+    return frame
+
+
+def load_movielens(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Events and items from a MovieLens-1M folder: `ratings.dat[.gz]` and `movies.dat` (ISO-8859-1).
+
+    Every rating becomes a `rating` event whose `value` is the star rating; an item's category is its
+    genres joined with ", ". `_row` is the line number in ratings.dat / movies.dat (they have no header).
+    """
+    folder = Path(folder)
+    ratings_path = _find_ratings(folder)
+    movies_path = folder / "movies.dat"
+    if not movies_path.is_file():
+        raise DataContractError(
+            f"{folder}: movies.dat not found (MovieLens-1M items: MovieID::Title::Genres). "
+            f"Pass the folder that holds both the ratings file and movies.dat, and re-run."
+        )
+    return _read_ratings(ratings_path), _read_movies(movies_path)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing DataFrames with == is ambiguous
+class Dataset:
+    """The loaded input of one training run, and where it came from."""
+
+    events: pd.DataFrame  # events frame as returned by load_events / load_movielens
+    items: pd.DataFrame  # item catalog as returned by load_items / load_movielens
+    events_source: str  # the file the events came from; error messages name it
+    items_source: str  # the file the items came from
+
+    def fingerprint(self) -> str:
+        """16 hex chars of a sha256 over the content (columns sorted, `_row` excluded), stable across
+        runs and processes: the cache key of everything computed from this data."""
+        digest = hashlib.sha256()
+        for name, frame in (("events", self.events), ("items", self.items)):
+            columns = sorted(col for col in frame.columns if col != c.ROW)
+            digest.update(f"{name}:{','.join(columns)}:{len(frame)};".encode())
+            # hash_pandas_object uses a fixed key, so the row hashes do not change between processes.
+            digest.update(pd.util.hash_pandas_object(frame[columns], index=False).to_numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def load_dataset(
+    events: str | Path | None = None,
+    items: str | Path | None = None,
+    movielens: str | Path | None = None,
+) -> Dataset:
+    """Load either an events file plus an items file, or a MovieLens-1M folder (exactly one of the two)."""
+    if movielens is not None and events is None and items is None:
+        events_frame, items_frame = load_movielens(movielens)
+        folder = Path(movielens)
+        return Dataset(events_frame, items_frame, str(_find_ratings(folder)), str(folder / "movies.dat"))
+    if movielens is None and events is not None and items is not None:
+        return Dataset(load_events(events), load_items(items), str(Path(events)), str(Path(items)))
+    raise BehaviorflowError(
+        f"Give either an events file and an items file, or a MovieLens folder — got events={events!r}, "
+        f"items={items!r}, movielens={movielens!r}."
+    )
+
+
+def epoch_seconds(raw: pd.Series) -> pd.Series:
+    """Nullable Int64 epoch seconds from numbers (seconds), ISO-8601 strings or datetimes.
+
+    What cannot be parsed becomes NA: validation reports it with its row instead of it vanishing here.
+    """
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        stamps = raw if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
+        return ((stamps - _EPOCH) // pd.Timedelta(seconds=1)).astype("Int64")
+    seconds = pd.to_numeric(raw, errors="coerce").astype("float64")
+    if not pd.api.types.is_numeric_dtype(raw):
+        text = raw[seconds.isna() & raw.notna()]
+        if len(text):
+            stamps = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+            seconds.loc[text.index] = (stamps - _EPOCH) // pd.Timedelta(seconds=1)
+    # "inf" or 1e20 are numbers but no timestamp, and Int64 cannot hold them: treat them as unparseable.
+    return np.floor(seconds.where(seconds.abs() < 2**53)).astype("Int64")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() not in _SUFFIXES:
+        raise DataContractError(
+            f"{path}: unsupported file type '{path.suffix}'. Convert it to .csv or .parquet and re-run."
+        )
+    if not path.is_file():
+        raise DataContractError(f"{path}: file not found. Check the path and re-run.")
+    if path.suffix.lower() == ".parquet":
+        frame = pd.read_parquet(path)
+        frame[c.ROW] = np.arange(1, len(frame) + 1)
+        return frame
+    return _read_csv(path)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Every field as a string ("" → NA), with `_row` = the line where the record starts.
+
+    The csv module is used instead of pandas because it knows line numbers: a quoted field that spans
+    lines or a blank line would otherwise shift every reported row after it.
+    """
+    # utf-8-sig: a byte-order mark (Excel writes one) must not end up in the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        records, lines = [], []
+        start = reader.line_num + 1
+        for record in reader:
+            if record:  # a blank line is no record
+                if len(record) != len(header):
+                    raise DataContractError(
+                        f"{path}: line {start} has {len(record)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}). Quote fields that contain commas and re-run."
+                    )
+                records.append(record)
+                lines.append(start)
+            start = reader.line_num + 1
+    frame = pd.DataFrame(records, columns=header, dtype="str")
+    frame = frame.mask(frame == "")
+    frame[c.ROW] = np.asarray(lines, dtype="int64")
+    return frame
+
+
+def _require_columns(
+    frame: pd.DataFrame, required: tuple[str, ...], optional: tuple[str, ...], path: Path, kind: str
+) -> None:
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        found = [column for column in frame.columns if column != c.ROW]
+        raise DataContractError(
+            f"{path}: missing required column(s) {missing}; found {found}. An {kind} file needs "
+            f"{list(required)} (optional: {list(optional)}): rename the columns in its header and re-run."
+        )
+
+
+def _as_id_strings(values: pd.Series) -> pd.Series:
+    """Ids as strings; parquet may hold integers, or floats when an id is missing (1.0 → "1", not "1.0")."""
+    if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+        values = values.astype("Int64")
+    return values.astype("str")
+
+
+def _find_ratings(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise DataContractError(f"{folder}: MovieLens folder not found. Check the path and re-run.")
+    for name in ("ratings.dat", "ratings.dat.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted({*folder.glob("ratings*.dat.gz"), *folder.glob("ratings*.dat")})
+    if len(candidates) == 1:
+        return candidates[0]
+    found = f"found {[p.name for p in candidates]}" if candidates else "found none"
+    raise DataContractError(
+        f"{folder}: expected MovieLens ratings (UserID::MovieID::Rating::Timestamp) in ratings.dat, "
+        f"ratings.dat.gz or a single ratings*.dat[.gz] file; {found}. Leave exactly one there and re-run."
+    )
+
+
+def _read_ratings(path: Path) -> pd.DataFrame:
+    # "::" split on ":" gives empty fields between the values; keeping every other column lets pandas'
+    # C parser do the work (the python engine needed for a two-character separator is ~10x slower).
+    # Everything is read as text so that a malformed value becomes NA (reported by validation).
+    names = [c.USER_ID, "_a", c.ITEM_ID, "_b", c.VALUE, "_c", c.TIMESTAMP]
+    try:
+        ratings = pd.read_csv(
+            path, sep=":", header=None, names=names, usecols=[0, 2, 4, 6], dtype="str", encoding="latin-1"
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataContractError(
+            f"{path}: not in MovieLens-1M ratings format UserID::MovieID::Rating::Timestamp ({error}). "
+            f"Fix the file and re-run."
+        ) from error
+    return pd.DataFrame(
+        {
+            c.USER_ID: ratings[c.USER_ID],
+            c.ITEM_ID: ratings[c.ITEM_ID],
+            c.EVENT_TYPE: pd.Series("rating", index=ratings.index, dtype="str"),
+            c.TIMESTAMP: epoch_seconds(ratings[c.TIMESTAMP]),
+            c.VALUE: pd.to_numeric(ratings[c.VALUE], errors="coerce").astype("float64"),
+            c.ROW: np.arange(1, len(ratings) + 1),
+        }
+    )
+
+
+def _read_movies(path: Path) -> pd.DataFrame:
+    # Titles contain ":" ("Star Wars: Episode IV ..."), so split each of the ~4k lines by hand.
+    rows = []
+    for line_number, line in enumerate(path.read_text(encoding="iso-8859-1").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("::")
+        if len(parts) < 3:
+            raise DataContractError(
+                f"{path}: line {line_number} is not MovieID::Title::Genres: {line!r}. Fix it and re-run."
+            )
+        item_id, title, genres = parts[0], "::".join(parts[1:-1]), parts[-1]
+        rows.append((item_id, title, ", ".join(g for g in genres.split("|") if g), line_number))
+    return pd.DataFrame(rows, columns=[c.ITEM_ID, c.TITLE, c.CATEGORY, c.ROW]).astype(
+        {c.ITEM_ID: "str", c.TITLE: "str", c.CATEGORY: "str"}
+    )

@@ -1,0 +1,255 @@
+"""Validate events and items with the Great Expectations suites in `expectations/`, before anything trains.
+
+The suites are plain JSON files a reviewer reads in the repository; contract facts (event types,
+timestamp range) and the catalog's item ids reach them as suite parameters at run time, so each fact
+keeps one owner. Every run writes Data Docs into the GE project folder (`settings.gx_root()`), and every
+failing expectation is reported with the file, column, offending values and their rows (`_row`).
+
+great_expectations takes several seconds to import, so it is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+import pandas as pd
+
+from components import contract as c
+from components import settings
+from components.errors import BehaviorflowError, ValidationFailed
+
+EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
+DATASOURCE = "behaviorflow"
+MAX_EXAMPLES = 10  # failing values/rows kept per expectation (the message quotes the first few)
+_QUOTED = 3  # values quoted in a message line
+_QUOTED_ROWS = 6  # row numbers quoted when the values themselves are empty
+
+_RESULT_FORMAT = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": MAX_EXAMPLES,
+    "unexpected_index_column_names": [c.ROW],  # report failing rows by their line in the source file
+}
+
+
+@dataclass
+class ValidationReport:
+    """What the suites found; `to_dict()` is what gets logged to MLflow."""
+
+    success: bool
+    failures: list[dict]  # per failing expectation: suite, source, expectation, column, count, rows, message
+    data_docs: Path  # the Data Docs index.html of this GE project
+    statistics: dict[str, dict]  # per suite: source, rows checked, expectations evaluated / failed
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "data_docs": str(self.data_docs)}
+
+
+def validate(
+    dataset_events: pd.DataFrame,
+    dataset_items: pd.DataFrame,
+    *,
+    events_source: str,
+    items_source: str,
+    gx_root: Path | None = None,
+) -> ValidationReport:
+    """Run the `items` and `events` suites on the two frames and build Data Docs (pass or fail)."""
+    context = _context(Path(gx_root) if gx_root is not None else settings.gx_root())
+    # Re-created on every run: assets left from an earlier run would point at stale batch definitions.
+    datasource = context.data_sources.add_or_update_pandas(DATASOURCE)
+    catalog = dataset_items[c.ITEM_ID].dropna().unique().tolist() if c.ITEM_ID in dataset_items else []
+    parameters = {
+        "event_types": list(c.EVENT_TYPES),
+        "min_timestamp": c.MIN_TIMESTAMP,
+        "max_timestamp": c.MAX_TIMESTAMP,
+        "catalog_item_ids": sorted(catalog),
+    }
+    failures, statistics = [], {}
+    tables = (("items", dataset_items, items_source), ("events", dataset_events, events_source))
+    for name, frame, source in tables:
+        if c.ROW not in frame:  # a frame built in code: number its rows 1..n
+            frame = frame.assign(**{c.ROW: np.arange(1, len(frame) + 1)})
+        found, evaluated = _run_suite(context, datasource, name, frame, parameters, source, items_source)
+        failures += found
+        statistics[name] = {
+            "source": source, "rows": len(frame), "expectations": evaluated, "failed": len(found)
+        }
+    context.build_data_docs()
+    return ValidationReport(not failures, failures, _docs_index(context), statistics)
+
+
+def raise_for_failures(report: ValidationReport) -> None:
+    """Raise ValidationFailed listing every failing expectation (one per line) and the Data Docs path."""
+    if report.success:
+        return
+    lines = [f"Data validation failed: {len(report.failures)} expectation(s) not met."]
+    lines += [failure["message"] for failure in report.failures]
+    lines.append(f"Data Docs: {report.data_docs}")
+    raise ValidationFailed("\n".join(lines), report.to_dict())
+
+
+def _context(root: Path):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", context_root_dir=str(root))
+    quiet = ProgressBarsConfig(globally=False, metric_calculations=False)
+    if context.variables.progress_bars != quiet:  # a tqdm bar per expectation otherwise floods the logs
+        context.variables.progress_bars = quiet
+        context.variables.save()
+    return context
+
+
+def _run_suite(
+    context, datasource, name: str, frame: pd.DataFrame, parameters: dict, source: str, items_source: str
+) -> tuple[list[dict], int]:
+    """Run one suite through a checkpoint; returns its failures and how many expectations it evaluated."""
+    import great_expectations as gx
+
+    raw_suite = _read_suite(name, frame.columns)
+    suite = context.suites.add_or_update(gx.ExpectationSuite(**raw_suite))
+    batch = datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(name=name, validation_definitions=[definition], result_format=_RESULT_FORMAT)
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
+    # Results carry the parameters substituted; the suite file's own kwargs say which parameter it was.
+    raw_kwargs = {e.id: raw["kwargs"] for e, raw in zip(suite.expectations, raw_suite["expectations"])}
+    failures = [
+        _failure(name, source, items_source, result, raw_kwargs[result.expectation_config.id])
+        for run in outcome.run_results.values()
+        for result in run.results
+        if not result.success
+    ]
+    return failures, len(suite.expectations)
+
+
+def _read_suite(name: str, columns: pd.Index) -> dict[str, Any]:
+    path = EXPECTATIONS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise BehaviorflowError(
+            f"{path}: the '{name}' expectation suite is missing. The suites live in the repository's "
+            f"expectations/ folder; run from a checkout of behaviorflow."
+        )
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw.pop("id", None)  # ids belong to a GE project, not to the file
+    # Expectations on a column the frame lacks are skipped: optional columns may be absent, and a missing
+    # required column is reported once, by expect_table_columns_to_match_set.
+    raw["expectations"] = [
+        {key: value for key, value in expectation.items() if key != "id"}
+        for expectation in raw["expectations"]
+        if expectation["kwargs"].get("column") in (None, *columns)
+    ]
+    return raw
+
+
+def _docs_index(context) -> Path:
+    url = context.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
+    return Path(url2pathname(urlparse(url).path))
+
+
+def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dict) -> dict:
+    """A failing expectation as a plain dict, with the line a user reads."""
+    kind, kwargs = result.expectation_config.type, result.expectation_config.kwargs
+    details = result.result or {}
+    column = kwargs.get("column")
+    indexed = details.get("partial_unexpected_index_list") or []
+    rows = [int(entry[c.ROW]) for entry in indexed if c.ROW in entry]
+    examples = [_plain(entry.get(column)) for entry in indexed] or [
+        _plain(value) for value in details.get("partial_unexpected_list") or []
+    ]
+    count = details.get("unexpected_count")
+    error = _exception_message(result)
+    if error:
+        problem = f"{kind} could not be evaluated: {error}"
+    else:
+        problem = _problem(kind, kwargs, raw_kwargs, details, items_source)
+
+    if rows and all(value in (None, "") for value in examples):  # empty values: the rows say it all
+        shown = rows[:_QUOTED_ROWS]
+        more = ", …" if count > len(shown) else ""
+        evidence = f" — row{'s' if count > 1 else ''} {', '.join(map(str, shown))}{more}"
+    elif rows:
+        quoted = zip(examples[:_QUOTED], rows)
+        evidence = " — e.g. " + ", ".join(f"{value!r} (row {row})" for value, row in quoted)
+    else:
+        evidence = ""
+    where = f"{source}: column '{column}'" if column else source
+    fix = "Fix or remove these rows and re-run." if rows else "Fix the file and re-run."
+    return {
+        "suite": suite,
+        "source": source,
+        "expectation": kind,
+        "column": column,
+        "unexpected_count": count,
+        "examples": examples[:MAX_EXAMPLES],
+        "rows": rows[:MAX_EXAMPLES],
+        "message": f"{where}: {problem}{evidence}. {fix}",
+    }
+
+
+def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_source: str) -> str:
+    """What is wrong, in words, for the expectation types the suites use (a generic line for others)."""
+    count = details.get("unexpected_count")
+    n_rows = f"{count} row{'s' if count != 1 else ''}"
+    low, high = _plain(kwargs.get("min_value")), _plain(kwargs.get("max_value"))
+    if kind == "expect_table_row_count_to_be_between":
+        return f"has {details.get('observed_value')} rows; at least {low} expected"
+    if kind == "expect_table_columns_to_match_set":
+        missing = (details.get("details") or {}).get("mismatched", {}).get("missing", [])
+        found = [column for column in details.get("observed_value") or [] if column != c.ROW]
+        return f"missing required column(s) {missing}; found {found}"
+    if kind == "expect_column_values_to_not_be_null":
+        if kwargs["column"] == c.TIMESTAMP:  # the reader turns unparseable timestamps into nulls
+            return f"{n_rows} empty or unparseable (expected epoch seconds or ISO-8601)"
+        return f"{n_rows} empty"
+    if kind == "expect_column_values_to_be_in_set":
+        if raw_kwargs.get("value_set") == {"$PARAMETER": "catalog_item_ids"}:
+            return f"{n_rows} with an item_id missing from the catalog ({items_source})"
+        return f"{n_rows} not in the allowed set {list(kwargs['value_set'])}"
+    if kind == "expect_column_values_to_be_between":
+        if kwargs["column"] == c.TIMESTAMP:
+            span = f"{_date(low)} to {_date(high)}"
+            return f"{n_rows} outside [{low}, {high}] epoch seconds ({span}; milliseconds?)"
+        return f"{n_rows} outside [{low}, {high}]"
+    if kind == "expect_column_values_to_be_unique":
+        return f"{n_rows} with a duplicated value (must be unique)"
+    if kind == "expect_column_value_lengths_to_be_between":
+        if (low, high) == (1, None):
+            return f"{n_rows} empty ('')"
+        return f"{n_rows} with length outside [{low}, {high}]"
+    return f"{n_rows} fail {kind}"
+
+
+def _exception_message(result) -> str | None:
+    """The error GE caught while evaluating an expectation, if any (it may be keyed by metric)."""
+    info = result.exception_info or {}
+    for entry in [info] if "raised_exception" in info else list(info.values()):
+        if isinstance(entry, dict) and entry.get("raised_exception"):
+            return str(entry.get("exception_message"))
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalars: numpy numbers become Python numbers, NaN/NA become None."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float) and value.is_integer():  # GE hands bounds back as floats: 1e9 → 1000000000
+        return int(value)
+    return value
+
+
+def _date(seconds: int | float | None) -> str:
+    return "?" if seconds is None else pd.Timestamp(seconds, unit="s").date().isoformat()

@@ -1,0 +1,297 @@
+"""Readers (CSV, parquet, MovieLens-1M), the dataset fingerprint and the synthetic sample."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import contract as c
+from components.data import (
+    SampleConfig,
+    generate_sample,
+    load_dataset,
+    load_events,
+    load_items,
+    load_movielens,
+    write_sample,
+)
+from components.errors import BehaviorflowError, DataContractError
+
+ROOT = Path(__file__).resolve().parents[1]
+JAN_1_2024 = 1_704_067_200
+
+EVENTS_CSV = """\
+user_id,item_id,event_type,timestamp,value
+007,0042,view,1704067200,
+007,0042, Click ,2024-01-01T00:00:00Z,
+007,0042,cart,2024-01-01T02:00:00+02:00,19.90
+010,0043,purchase,2024-01-01 00:00:00,abc
+010,0043,view,yesterday,
+"""
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sample")
+    write_sample(out)
+    return out
+
+
+# --- CSV and parquet -------------------------------------------------------------------------------
+
+
+def test_csv_events_are_normalised_and_numbered_by_line(tmp_path):
+    events = load_events(write(tmp_path / "events.csv", EVENTS_CSV))
+
+    assert events[c.USER_ID].tolist() == ["007", "007", "007", "010", "010"]  # leading zeros kept
+    assert events[c.ITEM_ID].tolist() == ["0042"] * 3 + ["0043"] * 2
+    assert events[c.EVENT_TYPE].tolist() == ["view", "click", "cart", "purchase", "view"]
+    # Seconds kept; ISO-8601 with Z, with an offset and without a zone (= UTC) all mean 2024-01-01 00:00Z.
+    assert events[c.TIMESTAMP].iloc[:4].tolist() == [JAN_1_2024] * 4
+    assert events[c.TIMESTAMP].isna().tolist() == [False] * 4 + [True]  # "yesterday": kept, as NA
+    assert events[c.VALUE].iloc[2] == pytest.approx(19.9)
+    assert events[c.VALUE].isna().tolist() == [True, True, False, True, True]  # "" and "abc"
+    assert events[c.ROW].tolist() == [2, 3, 4, 5, 6]  # header is line 1
+
+
+def test_parquet_matches_csv(tmp_path, sample_dir):
+    from_csv = load_events(sample_dir / "events.csv")
+    from_csv.drop(columns=c.ROW).to_parquet(tmp_path / "events.parquet")
+    from_parquet = load_events(tmp_path / "events.parquet")
+
+    assert from_parquet[c.ROW].tolist() == list(range(1, len(from_csv) + 1))
+    pd.testing.assert_frame_equal(from_parquet.drop(columns=c.ROW), from_csv.drop(columns=c.ROW))
+
+
+def test_parquet_integer_and_float_ids_become_clean_strings(tmp_path):
+    pd.DataFrame(
+        {"user_id": [1, 2], "item_id": [5.0, np.nan], "event_type": ["view", "view"], "timestamp": [1, 2]}
+    ).to_parquet(tmp_path / "events.parquet")
+    events = load_events(tmp_path / "events.parquet")
+    assert events[c.USER_ID].tolist() == ["1", "2"]
+    assert events[c.ITEM_ID].iloc[0] == "5" and pd.isna(events[c.ITEM_ID].iloc[1])
+
+
+def test_items_optional_columns(tmp_path):
+    text = 'item_id,title,brand\n01,Tent,\n02,"Boot, tall",Acme\n03,,x\n'
+    items = load_items(write(tmp_path / "items.csv", text))
+    assert list(items.columns) == ["item_id", "title", "brand", c.ROW]  # absent optional columns stay absent
+    assert items["brand"].tolist() == ["", "Acme", "x"]  # present ones: missing → ""
+    assert items[c.TITLE].iloc[1] == "Boot, tall"
+    assert pd.isna(items[c.TITLE].iloc[2])  # a missing title is left for validation to reject
+
+
+def test_csv_rows_are_line_numbers_even_with_multiline_fields_and_blank_lines(tmp_path):
+    text = 'item_id,title,description\n1,A,"two\nlines"\n\n2,B,plain\n'
+    items = load_items(write(tmp_path / "items.csv", text))
+    assert items[c.ROW].tolist() == [2, 5]
+    assert items["description"].iloc[0] == "two\nlines"
+
+
+def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    events = load_events(write(tmp_path / "events.csv", EVENTS_CSV, encoding="utf-8-sig"))
+    assert events.columns[0] == c.USER_ID
+
+
+def test_missing_column_names_file_column_and_what_was_found(tmp_path):
+    path = write(tmp_path / "clicks.csv", "user_id,item_id,event_type,ts\n1,2,view,3\n")
+    with pytest.raises(DataContractError) as error:
+        load_events(path)
+    message = str(error.value)
+    assert "clicks.csv" in message
+    assert "missing required column(s) ['timestamp']" in message
+    assert "found ['user_id', 'item_id', 'event_type', 'ts']" in message
+    assert "rename" in message
+
+
+def test_ragged_csv_line_is_reported_with_its_line(tmp_path):
+    path = write(tmp_path / "items.csv", "item_id,title\n1,Tent\n2,Boot, tall\n")
+    with pytest.raises(DataContractError, match=r"items\.csv: line 3 has 3 fields but the header has 2"):
+        load_items(path)
+
+
+def test_unsupported_suffix_and_missing_file(tmp_path):
+    with pytest.raises(DataContractError, match=r"events\.json: unsupported file type '\.json'"):
+        load_events(write(tmp_path / "events.json", "{}"))
+    with pytest.raises(DataContractError, match=r"nope\.csv: file not found"):
+        load_items(tmp_path / "nope.csv")
+
+
+# --- MovieLens-1M ----------------------------------------------------------------------------------
+
+RATINGS = "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
+MOVIES = (
+    "661::James and the Giant Peach (1996)::Animation|Children's|Musical\n"
+    "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+    "73::Misérables, Les (1995)::Drama|Musical\n"
+    "1196::Star Wars: Episode V - The Empire Strikes Back (1980)::Action|Sci-Fi\n"
+)
+
+
+@pytest.fixture
+def movielens_dir(tmp_path) -> Path:
+    write(tmp_path / "ratings.dat", RATINGS)
+    write(tmp_path / "movies.dat", MOVIES, encoding="iso-8859-1")
+    return tmp_path
+
+
+def test_movielens_reader(movielens_dir):
+    events, items = load_movielens(movielens_dir)
+
+    assert events[c.USER_ID].tolist() == ["1", "1", "2"]
+    assert events[c.ITEM_ID].tolist() == ["1193", "661", "1193"]
+    assert set(events[c.EVENT_TYPE]) == {"rating"}
+    assert events[c.VALUE].tolist() == [5.0, 3.0, 4.0]
+    assert events[c.TIMESTAMP].tolist() == [978300760, 978302109, 978298413]
+    assert events[c.ROW].tolist() == [1, 2, 3]
+
+    assert items[c.TITLE].tolist()[2:] == [
+        "Misérables, Les (1995)",  # ISO-8859-1 decoded
+        "Star Wars: Episode V - The Empire Strikes Back (1980)",  # ":" inside a title
+    ]
+    assert items[c.CATEGORY].tolist()[0] == "Animation, Children's, Musical"
+    assert items[c.ROW].tolist() == [1, 2, 3, 4]
+
+
+def test_movielens_gzip_and_renamed_ratings(movielens_dir):
+    plain = load_movielens(movielens_dir)[0]
+    ratings = movielens_dir / "ratings.dat"
+    (movielens_dir / "ratings.partial-users.dat.gz").write_bytes(gzip.compress(ratings.read_bytes()))
+    ratings.unlink()
+    pd.testing.assert_frame_equal(load_movielens(movielens_dir)[0], plain)
+
+
+def test_movielens_missing_files(movielens_dir):
+    (movielens_dir / "movies.dat").unlink()
+    with pytest.raises(DataContractError, match="movies.dat not found"):
+        load_movielens(movielens_dir)
+    (movielens_dir / "ratings.dat").unlink()
+    with pytest.raises(DataContractError, match=r"ratings\.dat.*found none") as error:
+        load_movielens(movielens_dir)
+    assert str(movielens_dir) in str(error.value)
+
+
+# --- Dataset and fingerprint -----------------------------------------------------------------------
+
+
+def test_load_dataset_needs_exactly_one_source(sample_dir, movielens_dir):
+    dataset = load_dataset(sample_dir / "events.csv", sample_dir / "items.csv")
+    assert dataset.events_source.endswith("events.csv") and dataset.items_source.endswith("items.csv")
+    assert load_dataset(movielens=movielens_dir).items_source.endswith("movies.dat")
+    for wrong in ({}, {"events": "e.csv"}, {"events": "e.csv", "items": "i.csv", "movielens": "ml"}):
+        with pytest.raises(BehaviorflowError, match="either an events file and an items file"):
+            load_dataset(**wrong)
+
+
+def test_fingerprint_is_stable_across_processes_and_sensitive_to_content(sample_dir):
+    dataset = load_dataset(sample_dir / "events.csv", sample_dir / "items.csv")
+    fingerprint = dataset.fingerprint()
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+
+    code = (
+        "from components.data import load_dataset; import sys; "
+        "print(load_dataset(sys.argv[1] + '/events.csv', sys.argv[1] + '/items.csv').fingerprint())"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(sample_dir)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert other.stdout.strip() == fingerprint
+
+    changed = dataset.events.copy()
+    changed.loc[5, c.TIMESTAMP] += 1
+    assert type(dataset)(changed, dataset.items, "e", "i").fingerprint() != fingerprint
+    renumbered = dataset.events.assign(**{c.ROW: dataset.events[c.ROW] + 100})
+    assert type(dataset)(renumbered, dataset.items, "e", "i").fingerprint() == fingerprint  # _row ignored
+
+
+# --- The synthetic sample --------------------------------------------------------------------------
+
+
+def test_sample_is_fast_and_byte_identical_for_a_seed(tmp_path, sample_dir):
+    start = time.perf_counter()
+    write_sample(tmp_path / "again")
+    assert time.perf_counter() - start < 2.0
+    for name in ("events.csv", "items.csv"):
+        assert (tmp_path / "again" / name).read_bytes() == (sample_dir / name).read_bytes()
+    write_sample(tmp_path / "other", SampleConfig(seed=8))
+    assert (tmp_path / "other" / "events.csv").read_bytes() != (sample_dir / "events.csv").read_bytes()
+
+
+def test_sample_shape(sample_dir):
+    events, items = load_events(sample_dir / "events.csv"), load_items(sample_dir / "items.csv")
+
+    assert events[c.USER_ID].nunique() == 1500
+    assert 380 <= len(items) <= 480
+    assert 25_000 <= len(events) <= 40_000
+    assert list(items.columns) == [c.ITEM_ID, *c.ITEM_TEXT_FIELDS, c.ROW]
+    assert items[c.CATEGORY].nunique() == 12
+
+    kinds = events[c.EVENT_TYPE].value_counts()
+    assert kinds["view"] > kinds["click"] > kinds["cart"] > kinds["purchase"] > 0  # a funnel
+    priced = events[c.EVENT_TYPE].isin(["cart", "purchase"])
+    assert events.loc[priced, c.VALUE].gt(0).all() and events.loc[~priced, c.VALUE].isna().all()
+
+    assert 0.003 <= events.drop(columns=c.ROW).duplicated().mean() <= 0.007  # exact duplicates, ~0.5 %
+    unseen = set(items[c.ITEM_ID]) - set(events[c.ITEM_ID])
+    assert 0.01 <= len(unseen) / len(items) <= 0.04  # catalog-only (brand-new) items
+
+    stamps = pd.to_datetime(events[c.TIMESTAMP].astype("int64"), unit="s")
+    assert stamps.min().year == 2024 and stamps.max().year <= 2025
+    per_user = events.drop(columns=c.ROW).drop_duplicates().groupby(c.USER_ID)[c.TIMESTAMP]
+    assert per_user.apply(lambda s: s.is_monotonic_increasing and s.is_unique).all()
+    assert 8 <= per_user.size().median() <= 40
+
+
+def _view_sequences(events: pd.DataFrame) -> list[list[str]]:
+    views = events[events[c.EVENT_TYPE] == "view"].sort_values([c.USER_ID, c.TIMESTAMP], kind="stable")
+    return views.groupby(c.USER_ID)[c.ITEM_ID].apply(list).tolist()
+
+
+def test_sample_has_sequential_structure_a_popularity_baseline_misses():
+    """Leave-last-out HR@10: a first-order Markov model (most frequent successors) vs. most popular."""
+    sequences = _view_sequences(generate_sample()[0])
+    successors, popularity = defaultdict(Counter), Counter()
+    for seq in sequences:  # fit on everything but each user's last item
+        popularity.update(seq[:-1])
+        for prev, nxt in zip(seq[:-2], seq[1:-1]):
+            successors[prev][nxt] += 1
+    popular = {item for item, _ in popularity.most_common(10)}
+
+    hits_popular = np.mean([seq[-1] in popular for seq in sequences])
+    markov = {prev: {item for item, _ in counts.most_common(10)} for prev, counts in successors.items()}
+    hits_markov = np.mean([seq[-1] in markov.get(seq[-2], ()) for seq in sequences])
+    assert hits_markov >= 0.4
+    assert hits_markov >= 2 * hits_popular, (hits_markov, hits_popular)
+
+
+def test_sample_text_follows_the_structure():
+    """An item's most frequent successor is mostly the next part of the same series: same brand and
+    series word in the title, same category — what lets a text-aware model place a brand-new part."""
+    events, items = generate_sample()
+    successors = defaultdict(Counter)
+    for seq in _view_sequences(events):
+        for prev, nxt in zip(seq, seq[1:]):
+            successors[prev][nxt] += 1
+    title = dict(zip(items[c.ITEM_ID], items[c.TITLE]))
+    same_series = [
+        title[prev].rsplit(" ", 1)[0] == title[counts.most_common(1)[0][0]].rsplit(" ", 1)[0]
+        for prev, counts in successors.items()
+    ]
+    assert np.mean(same_series) >= 0.6
+    # Each unreleased item is the next part of a series someone did see.
+    seen = set(events[c.ITEM_ID])
+    series_seen = {title[i].rsplit(" ", 1)[0] for i in seen}
+    assert all(title[i].rsplit(" ", 1)[0] in series_seen for i in set(items[c.ITEM_ID]) - seen)

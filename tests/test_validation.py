@@ -1,0 +1,192 @@
+"""The Great Expectations suites in expectations/, run for real on the sample and on broken copies of it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import contract as c
+from components import settings
+from components.data import Dataset, load_dataset, write_sample
+from components.errors import ValidationFailed
+from components.validation import ValidationReport, raise_for_failures, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+DUPLICATE_LINE = 4  # items.csv line whose item_id the broken catalog repeats at its end
+
+
+def run(dataset: Dataset, gx_root: Path) -> ValidationReport:
+    return validate(
+        dataset.events,
+        dataset.items,
+        events_source=dataset.events_source,
+        items_source=dataset.items_source,
+        gx_root=gx_root,
+    )
+
+
+def failure(report: ValidationReport, expectation: str, column: str) -> dict:
+    found = [f for f in report.failures if f["expectation"] == expectation and f["column"] == column]
+    assert len(found) == 1, [f["message"] for f in report.failures]
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def gx_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gx")  # one GE project for the module: every run re-uses it
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Dataset:
+    out = tmp_path_factory.mktemp("sample")
+    write_sample(out)
+    return load_dataset(out / "events.csv", out / "items.csv")
+
+
+@pytest.fixture(scope="module")
+def sample_report(sample, gx_root) -> ValidationReport:
+    return run(sample, gx_root)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, sample) -> Dataset:
+    """The sample with known faults at known lines, written as CSV and read back by the real readers."""
+    out = tmp_path_factory.mktemp("broken")
+    events = Path(sample.events_source).read_text().splitlines()
+    items = Path(sample.items_source).read_text().splitlines()
+
+    def set_field(line: int, column: str, value: str) -> None:
+        fields = events[line - 1].split(",")  # the sample's events have no quoted fields
+        fields[events[0].split(",").index(column)] = value
+        events[line - 1] = ",".join(fields)
+
+    set_field(17, c.EVENT_TYPE, "viewd")
+    set_field(40, c.EVENT_TYPE, " PURCHASED")  # normalised to "purchased": still unknown
+    set_field(25, c.TIMESTAMP, "yesterday")  # unparseable → NA → the not-null expectation
+    set_field(33, c.ITEM_ID, "P9999")  # not in the catalog
+    repeated_id = items[DUPLICATE_LINE - 1].split(",")[0]
+    items.append(f"{repeated_id},Same id as line {DUPLICATE_LINE},hiking boots,Alpenrock,")
+    items.append("P9000,,hiking boots,Alpenrock,")  # no title
+    (out / "events.csv").write_text("\n".join(events) + "\n")
+    (out / "items.csv").write_text("\n".join(items) + "\n")
+    return load_dataset(out / "events.csv", out / "items.csv")
+
+
+@pytest.fixture(scope="module")
+def broken_report(broken, gx_root, sample_report) -> ValidationReport:
+    return run(broken, gx_root)  # after sample_report: a second run in the same GE project
+
+
+def test_sample_passes(sample, sample_report):
+    assert sample_report.success, [f["message"] for f in sample_report.failures]
+    assert sample_report.failures == []
+    assert sample_report.statistics["events"]["rows"] == len(sample.events)
+    assert sample_report.statistics["items"] == {
+        "source": sample.items_source, "rows": len(sample.items), "expectations": 6, "failed": 0
+    }
+    assert sample_report.statistics["events"]["expectations"] == 10
+    raise_for_failures(sample_report)  # no-op on success
+
+
+def test_data_docs_are_written(sample_report, gx_root):
+    assert sample_report.data_docs.name == "index.html"
+    assert sample_report.data_docs.is_file()
+    assert sample_report.data_docs.is_relative_to(gx_root)
+    assert "events" in sample_report.data_docs.read_text()
+
+
+def test_report_is_json_serialisable(broken_report):
+    restored = json.loads(json.dumps(broken_report.to_dict()))
+    assert restored["success"] is False
+    assert restored["data_docs"] == str(broken_report.data_docs)
+    assert len(restored["failures"]) == len(broken_report.failures)
+
+
+def test_unknown_event_types(broken_report):
+    found = failure(broken_report, "expect_column_values_to_be_in_set", c.EVENT_TYPE)
+    assert found["unexpected_count"] == 2
+    assert found["rows"] == [17, 40]
+    assert found["examples"] == ["viewd", "purchased"]
+
+
+def test_unparseable_timestamp_is_reported_by_its_row(broken_report):
+    found = failure(broken_report, "expect_column_values_to_not_be_null", c.TIMESTAMP)
+    assert (found["unexpected_count"], found["rows"]) == (1, [25])
+    assert "empty or unparseable" in found["message"] and "row 25" in found["message"]
+
+
+def test_event_for_an_item_missing_from_the_catalog(broken_report):
+    found = failure(broken_report, "expect_column_values_to_be_in_set", c.ITEM_ID)
+    assert (found["unexpected_count"], found["rows"], found["examples"]) == (1, [33], ["P9999"])
+    assert "missing from the catalog" in found["message"]
+
+
+def test_duplicate_item_id_and_missing_title(broken, broken_report):
+    last_line = int(broken.items[c.ROW].max())
+    duplicate = failure(broken_report, "expect_column_values_to_be_unique", c.ITEM_ID)
+    assert (duplicate["suite"], duplicate["unexpected_count"]) == ("items", 2)
+    assert duplicate["rows"] == [DUPLICATE_LINE, last_line - 1]
+    untitled = failure(broken_report, "expect_column_values_to_not_be_null", c.TITLE)
+    assert untitled["rows"] == [last_line]
+
+
+def test_nothing_else_fails(broken_report):
+    assert len(broken_report.failures) == 5
+    assert broken_report.statistics["events"]["failed"] == 3
+    assert broken_report.statistics["items"]["failed"] == 2
+
+
+def test_error_message_names_file_column_rows_and_data_docs(broken, broken_report):
+    with pytest.raises(ValidationFailed) as error:
+        raise_for_failures(broken_report)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "Data validation failed: 5 expectation(s) not met."
+    assert (
+        f"{broken.events_source}: column 'event_type': 2 rows not in the allowed set "
+        f"['view', 'click', 'cart', 'purchase', 'rating'] — e.g. 'viewd' (row 17), 'purchased' (row 40). "
+        f"Fix or remove these rows and re-run."
+    ) in lines
+    assert any(line.startswith(f"{broken.items_source}: column 'item_id': 2 rows") for line in lines)
+    assert lines[-1] == f"Data Docs: {broken_report.data_docs}"
+    assert error.value.report == broken_report.to_dict()
+
+
+def test_optional_value_column_may_be_absent_and_gx_root_defaults_to_settings(sample):
+    events = sample.events.drop(columns=c.VALUE)
+    report = validate(events, sample.items, events_source="e.csv", items_source="i.csv")
+    assert report.success and report.statistics["events"]["expectations"] == 9
+    assert report.data_docs.is_relative_to(settings.gx_root())
+
+
+def test_missing_required_column_and_frames_without_row_numbers(sample, gx_root):
+    events = sample.events.drop(columns=[c.TIMESTAMP, c.ROW])
+    report = validate(events, sample.items, events_source="e.csv", items_source="i.csv", gx_root=gx_root)
+    (found,) = report.failures
+    assert found["expectation"] == "expect_table_columns_to_match_set"
+    assert found["message"] == (
+        "e.csv: missing required column(s) ['timestamp']; "
+        "found ['event_type', 'item_id', 'user_id', 'value']. Fix the file and re-run."
+    )
+
+
+def test_rerun_in_the_same_project_keeps_one_copy_of_each_suite(sample, gx_root, broken_report):
+    assert run(sample, gx_root).success  # after several runs in this project, with other data
+    assert sorted(p.name for p in (gx_root / "expectations").glob("*.json")) == ["events.json", "items.json"]
+    assert sorted(p.name for p in (gx_root / "checkpoints").glob("*.json")) == ["events.json", "items.json"]
+
+
+def test_suite_files_are_documented():
+    for name in ("events", "items"):
+        suite = json.loads((ROOT / "expectations" / f"{name}.json").read_text())
+        assert suite["name"] == name and suite["meta"]["notes"]
+        assert all(e["meta"]["notes"] for e in suite["expectations"])
+
+
+def test_importing_the_package_does_not_import_great_expectations():
+    code = "import sys, components.validation; print('great_expectations' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
