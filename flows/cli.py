@@ -84,10 +84,14 @@ def _config_dict(args) -> dict:
 
 
 def _check_data_args(args) -> None:
+    """Fail before any server starts on the mistakes a glance can find."""
     if args.movielens and (args.events or args.items):
         raise BehaviorflowError("give either --movielens or --events with --items, not both")
     if bool(args.events) != bool(args.items):
         raise BehaviorflowError("--events and --items go together: give both files (or --movielens DIR)")
+    for flag, path in (("--events", args.events), ("--items", args.items), ("--movielens", args.movielens)):
+        if path and not Path(path).exists():
+            raise BehaviorflowError(f"{flag} {path}: no such file or folder")
 
 
 def cmd_retrain(args) -> int:
@@ -179,6 +183,11 @@ def format_summary(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        # Our own one-line errors replace the tracebacks Prefect logs for a failed task, and MLflow's
+        # database-migration notices; --debug (or setting these variables) brings them back.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     settings.apply_environment()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):

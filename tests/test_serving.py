@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +27,7 @@ from components.errors import BehaviorflowError
 from components.packaging import bento_requirements, build_bento, export_bento, save_bundle_to_store
 from serving.contract import MODEL_TAG_ENV
 from serving import contract
+from tests.helpers import ROOT, free_port, running_server
 from tests.tiny_bundle import (
     MAX_LEN,
     REGISTRY_VERSION,
@@ -38,7 +37,6 @@ from tests.tiny_bundle import (
     reference_top_k,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS, DIM, SEED = 30, 8, 0
 TRAINING_STACK = ("torch", "transformers", "prefect", "mlflow", "great-expectations", "great_expectations",
                   "pandas")
@@ -204,48 +202,17 @@ def test_service_imports_no_training_stack():
 # ---------------------------------------------------------------------------------------- real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_tag, tmp_path_factory):
     """One `bentoml serve` process for the module; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {**os.environ, MODEL_TAG_ENV: model_tag}
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Recommender",
-               "--host", "127.0.0.1", "--port", str(port)]
-    started = time.monotonic()
-    with log.open("w") as out:
-        # Its own process group, so teardown reaches the worker processes too.
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Recommender", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > 60:
-                pytest.fail(f"bentoml serve not ready after 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        print(f"bentoml serve ready in {time.monotonic() - started:.1f} s")
+    with running_server(command, env, log, url) as seconds:
+        print(f"bentoml serve ready in {seconds:.1f} s")
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def test_server_with_bentoml_client(server, table, users):

@@ -54,7 +54,7 @@ def _alias_version(client, alias: str, name: str = settings.REGISTERED_MODEL_NAM
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 

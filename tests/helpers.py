@@ -1,0 +1,53 @@
+"""Shared test helpers: free ports and real server processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(command: list[str], env: dict, log: Path, url: str, ready_path: str = "/readyz", timeout: float = 60) -> Iterator[float]:
+    """Start `command`, wait until GET url+ready_path answers 200, yield the seconds it took; always stop it."""
+    started = time.monotonic()
+    with log.open("w") as out:
+        # Its own process group, so teardown reaches worker processes too.
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{command[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - started > timeout:
+                pytest.fail(f"{command[:3]} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,71 @@
+"""The command line: fast help, one-line errors for user mistakes (no traceback), config checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from components.config import RetrainConfig, merge_overrides
+from components.errors import BehaviorflowError
+from tests.helpers import ROOT
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_help_is_fast_and_lists_commands():
+    started = time.monotonic()
+    out = cli("--help")
+    assert out.returncode == 0
+    assert time.monotonic() - started < 10  # no torch / GE / prefect import for --help
+    for command in ("retrain", "validate", "serve", "sample-data"):
+        assert command in out.stdout
+    retrain = cli("retrain", "--help").stdout
+    assert "--events" in retrain and "--movielens" in retrain and "--set" in retrain and "Exit codes" in retrain
+
+
+def test_missing_file_is_one_line_without_traceback(tmp_path):
+    out = cli("retrain", "--events", str(tmp_path / "nope.csv"), "--items", str(tmp_path / "items.csv"))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ") and "nope.csv" in out.stderr
+
+
+def test_bad_config_override_is_named():
+    out = cli("retrain", "--set", "train.max_epoch=3")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "config.train: unknown field(s) ['max_epoch']" in out.stderr and "max_epochs" in out.stderr
+
+
+def test_events_without_items_is_refused():
+    out = cli("retrain", "--events", "e.csv")
+    assert out.returncode == 2 and "--events and --items go together" in out.stderr
+
+
+def test_sample_data_and_validate(tmp_path):
+    out = cli("sample-data", "--out", str(tmp_path))
+    assert out.returncode == 0 and (tmp_path / "events.csv").exists()
+    events = pd.read_csv(tmp_path / "events.csv", dtype=str)
+    events.loc[9, "event_type"] = "viewed"  # data row 10 = line 11 (the header is line 1)
+    events.to_csv(tmp_path / "events.csv", index=False)
+    out = cli("validate", "--events", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "column 'event_type'" in out.stderr and "'viewed' (row 11)" in out.stderr
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_epochs: 4\nmodel:\n  d_model: 32\n  n_heads: 1\n")
+    cfg = RetrainConfig.from_yaml(path)
+    assert (cfg.train.max_epochs, cfg.model.d_model) == (4, 32)
+    merged = RetrainConfig.from_dict(merge_overrides(cfg.to_dict(), ["train.lr=0.003", "prepare.event_types=[purchase]"]))
+    assert merged.train.lr == 0.003 and merged.prepare.event_types == ("purchase",) and merged.train.max_epochs == 4
+    with pytest.raises(BehaviorflowError, match=r"config.train.lr: expected a number, got 'fast'"):
+        RetrainConfig.from_dict({"train": {"lr": "fast"}})
+    with pytest.raises(BehaviorflowError, match=r"config.model: d_model \(30\) is not a multiple of n_heads \(4\)"):
+        RetrainConfig.from_dict({"model": {"d_model": 30, "n_heads": 4}})

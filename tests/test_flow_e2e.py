@@ -1,0 +1,155 @@
+"""The whole retraining flow on real components: Prefect (temporary API server), Great Expectations,
+MLflow on a fresh SQLite store, ONNX Runtime, `bentoml build`, and a real `behaviorflow serve`
+(bentoml serve) process called over HTTP. The tests run in file order: first run, corrupt input,
+second run, gate failure — each asserting the registry state it leaves behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import httpx
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from components import settings
+from components.data.sample import SampleConfig, write_sample
+from components.errors import GateFailed, ValidationFailed
+from components.evaluation.bundle import bundle_topk
+from flows.retrain import retrain
+from tests.helpers import free_port, running_server
+
+pytestmark = pytest.mark.e2e
+NAME = settings.REGISTERED_MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A temporary Prefect API, its own MLflow store and a small sample dataset."""
+    root = tmp_path_factory.mktemp("e2e")
+    events, items = write_sample(root / "data", SampleConfig(n_users=300, series_per_category=2))
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    config = {
+        "data": {"events": str(events), "items": str(items)},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 1},
+        "train": {"max_epochs": 6, "progress": False},
+        "export": {"probe_size": 64},
+    }
+    with prefect_test_harness(server_startup_timeout=120):
+        yield {"root": root, "config": config, "events": events, "items": items, "client": MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), "runs": {}}
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def versions(client) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
+
+
+def alias(client, name) -> str:
+    return str(client.get_model_version_by_alias(NAME, name).version)
+
+
+def test_first_run_registers_a_champion_and_serves_it(world):
+    summary = retrain(config=world["config"])
+    world["runs"]["first"] = summary
+    client = world["client"]
+
+    # Registry: version 1, both aliases, tagged with its Bento and data fingerprint.
+    assert summary["registry"]["version"] == "1" and summary["registry"]["aliases"] == ["challenger", "champion"]
+    assert alias(client, "champion") == "1" and alias(client, "challenger") == "1"
+    mv = client.get_model_version(NAME, "1")
+    assert mv.tags["bento_tag"] == summary["registry"]["bento_tag"]
+    assert mv.tags["data_fingerprint"] == summary["data_fingerprint"] and len(summary["data_fingerprint"]) == 16
+    assert mv.tags["promoted"] == "true" and mv.tags["gate"].startswith("PASSED")
+
+    # The model learned the sequential structure: far above popularity on the held-out targets.
+    m, pop = summary["metrics"]["model"], summary["metrics"]["popularity"]
+    assert m["NDCG@10"] > 2 * pop["NDCG@10"], summary["metrics"]
+    assert summary["gate"]["champion"] is None and "no champion yet" in summary["gate"]["reasons"][-1]
+    assert summary["parity"]["identical_topk"] and summary["parity"]["cases"] >= 64
+
+    # The run holds what a reviewer needs.
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["outcome"] == "registered" and run.data.params["train.max_epochs"] == "6"
+    assert run.data.metrics["NDCG_at_10"] == pytest.approx(m["NDCG@10"])
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])} | {a.path for a in client.list_artifacts(summary["run_id"], "charts")}
+    assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "bundle", "bento"} <= artifacts
+    assert [a.path for a in client.list_artifacts(summary["run_id"], "bento")][0].endswith(".bento")
+    assert os.path.exists(summary["data_docs"])
+
+    # Serve the champion with the real CLI command and ask it over HTTP; it answers what ONNX answers.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = world["root"] / "serve.log"
+    command = [sys.executable, "-m", "flows.cli", "serve", "--alias", "champion", "--port", str(port)]
+    bundle = world["root"] / "bundle"
+    client.download_artifacts(summary["run_id"], "bundle", str(world["root"]))
+    events = pd.read_csv(world["events"], dtype=str)
+    with running_server(command, dict(os.environ), log, url, timeout=90):
+        meta = httpx.get(f"{url}/metadata").json()
+        assert meta["model_version"] == "1" and meta["manifest"]["data_fingerprint"] == summary["data_fingerprint"]
+        history = events["item_id"].drop_duplicates().head(5).tolist()
+        reply = httpx.post(f"{url}/recommend", json={"history": history, "k": 10}).json()
+        expected = bundle_topk(bundle, [history], 10)[0]
+        assert [r["item_id"] for r in reply["items"]] == expected
+        assert not set(expected) & set(history) and all(r["title"] for r in reply["items"])
+        user = events["user_id"].iloc[0]
+        by_user = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 5})
+        assert by_user.status_code == 200 and len(by_user.json()["items"]) == 5
+        bad = httpx.post(f"{url}/recommend", json={"history": ["no-such-item"], "k": 5})
+        assert bad.status_code == 400 and "no-such-item" in bad.text
+
+
+def test_corrupt_input_stops_before_training_and_leaves_the_registry_unchanged(world):
+    client = world["client"]
+    before = versions(client)
+    events = pd.read_csv(world["events"], dtype=str)
+    events.loc[3, "event_type"] = "viewd"
+    events.loc[7, "item_id"] = "ghost-item"
+    corrupt = world["root"] / "corrupt-events.csv"
+    events.to_csv(corrupt, index=False)
+    config = {**world["config"], "data": {"events": str(corrupt), "items": world["config"]["data"]["items"]}}
+
+    with pytest.raises(ValidationFailed) as failure:
+        retrain(config=config)
+    message = str(failure.value)
+    assert "corrupt-events.csv: column 'event_type'" in message and "'viewd' (row 5)" in message  # header = line 1
+    assert "ghost-item" in message and "row 9" in message
+    assert "Data Docs:" in message
+
+    assert versions(client) == before and alias(client, "champion") == "1"
+    run = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.info.status == "FAILED"
+    assert "train_loss" not in run.data.metrics  # it stopped before training
+    assert "validation.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_second_run_is_a_new_version_gated_against_the_champion(world):
+    first = world["runs"]["first"]
+    summary = retrain(config=world["config"])
+    client = world["client"]
+    assert summary["registry"]["version"] == "2"
+    gate = summary["gate"]
+    assert gate["champion_version"] == "1" and gate["passed"]
+    # The champion was re-scored by ONNX Runtime on the same test cases: it matches its own first score.
+    assert summary["metrics"]["champion"]["NDCG@10"] == pytest.approx(first["metrics"]["model"]["NDCG@10"], abs=0.01)
+    assert any("vs champion v1" in r for r in gate["reasons"])
+    assert alias(client, "champion") == "2" and alias(client, "challenger") == "2"
+    assert client.get_model_version(NAME, "1").tags["replaced_by"] == "2"
+
+
+def test_a_failed_gate_registers_nothing(world):
+    client = world["client"]
+    before = versions(client)
+    config = {**world["config"], "gate": {"min_lift": 1000.0}}
+    with pytest.raises(GateFailed, match="does not beat popularity") as failure:
+        retrain(config=config)
+    assert "nothing was exported or registered" in str(failure.value)
+    assert versions(client) == before and alias(client, "champion") == "2"
+    run = client.get_run(failure.value.summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "gate_failed" and run.data.tags["gate"] == "failed"
