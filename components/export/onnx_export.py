@@ -58,6 +58,8 @@ def export_onnx(model: TextSASRec, path: Path, config: ExportConfig = ExportConf
     example = (torch.ones(2, min(3, model.cfg.max_len), dtype=torch.int64), torch.ones(2, dtype=torch.bool))
     batch = torch.export.Dim("batch")
     started = time.perf_counter()
+    # The exporter warns about every torchvision operator it cannot register; torchvision is not used.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

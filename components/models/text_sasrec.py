@@ -95,7 +95,9 @@ class TextSASRec(nn.Module):
         ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
         ids[0] = False
         self.register_buffer("has_id", ids)
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.d_model), nn.LayerNorm(cfg.d_model)) if cfg.use_text else None
+        # A plain linear map: with unit-norm LM embeddings and the std-0.02 init below, text and id parts
+        # start at the same small scale, so initial scores are near uniform (loss ≈ log n_items).
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model) if cfg.use_text else None
         self.id_emb = nn.Embedding(n, cfg.d_model) if cfg.use_id else None
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)

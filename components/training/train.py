@@ -36,6 +36,8 @@ class TrainConfig:
     seed: int = 0  # weights, dropout and batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
     progress: bool = True  # a progress bar per epoch on the terminal
+    sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
+    #   with this many shared negatives per batch, for catalogs too large to score whole at every step
 
 
 @dataclass
@@ -61,6 +63,31 @@ def training_pairs(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
     return [s[-(max_len + 1) :] for s in train if len(s) >= 2]
 
 
+def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Cross-entropy of each real next step against the whole catalog (or a sampled part of it).
+
+    Scores are computed only where a target exists: left padding is often most of a batch, and the
+    (steps × catalog) score matrix is the dominant cost.
+    """
+    table = model.item_table()  # (N + 1, d)
+    real = targets != 0  # (B, T)
+    hidden = model.encode(inputs, table)[real]  # (M, d): M real steps
+    targets = targets[real]  # (M,)
+    if config.sampled_negatives <= 0:
+        logits = hidden @ table.T  # (M, N + 1)
+        logits[:, 0] = float("-inf")  # padding is never a valid next item
+        return F.cross_entropy(logits, targets)
+    # Sampled softmax with logQ correction (Bengio & Senécal 2008; Yi et al. 2019): negatives are drawn
+    # in proportion to training frequency q(i); subtracting log q(i) keeps the estimate unbiased.
+    negatives = torch.multinomial(model.sampling_probs, config.sampled_negatives, replacement=True)  # (S,)
+    log_q = torch.log(model.sampling_probs * config.sampled_negatives)
+    positive = (hidden * table[targets]).sum(-1, keepdim=True) - log_q[targets].unsqueeze(1)  # (M, 1)
+    negative = hidden @ table[negatives].T - log_q[negatives]  # (M, S)
+    negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))  # accidental hits
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
+
+
 def train_model(
     model: TextSASRec,
     train: list[np.ndarray],
@@ -75,6 +102,11 @@ def train_model(
     sequences = training_pairs(train, model.cfg.max_len)
     if not sequences:
         raise ValueError("no training sequence has two or more steps: nothing to learn from")
+    if config.sampled_negatives > 0:
+        # Negatives follow training frequency, smoothed so every real item can be drawn; never padding.
+        weights = torch.bincount(torch.from_numpy(np.concatenate(sequences)), minlength=model.cfg.n_items + 1).float() + 1e-3
+        weights[0] = 0.0
+        model.sampling_probs = (weights / weights.sum()).to(device)
     val_inputs, val_targets = valid
     if len(val_targets) > config.val_users:
         pick = np.sort(rng.choice(len(val_targets), config.val_users, replace=False))
@@ -99,9 +131,7 @@ def train_model(
             batch = [sequences[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             padded = torch.from_numpy(pad_histories(batch, model.cfg.max_len + 1)).to(device)
             inputs, targets = padded[:, :-1], padded[:, 1:]  # (B, T): predict step t+1 from steps ≤ t
-            logits = model(inputs)  # (B, T, n_items + 1)
-            logits[..., 0] = float("-inf")  # padding is never a valid next item
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0)
+            loss = next_item_loss(model, inputs, targets, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

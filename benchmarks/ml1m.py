@@ -1,0 +1,226 @@
+"""MovieLens-1M next-item benchmark (SASRec/BERT4Rec/gSASRec protocol), CPU.
+
+Protocol (as published): the SASRec version of ML-1M (6,040 users, 3,416 items), leave-one-out, full
+ranking over all items, items of the input excluded, history length 200. Hyperparameters are chosen on
+the 512 validation users only (`val/`); the test is the 3,261 users whose exact test input is known
+(`test/input.recovered.tsv.gz`, targets in `test/output.txt`). Item text = "title. genres" from
+`movies.dat` through `sas_to_original_items.txt`.
+
+The data is read by path and never copied (research-only licence; see ../shared/data/ml-1m/README.md).
+
+    .venv/bin/python benchmarks/ml1m.py                       # text model, id-only, popularity, cold start
+    .venv/bin/python benchmarks/ml1m.py --minutes 60 --cold-minutes 15 --skip-cold
+    .venv/bin/python benchmarks/ml1m.py --data /path/to/ml-1m --out benchmarks/results/ml1m.json
+
+Results: a printed table, an MLflow run per variant (experiment "behaviorflow-benchmarks") and the
+JSON file (default benchmarks/results/ml1m.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from components import settings  # noqa: E402
+
+settings.apply_environment()
+
+import torch  # noqa: E402
+
+from components.evaluation import bootstrap_ci, coverage, metrics_from_ranks, model_topk, popularity_topk, ranks_from_topk  # noqa: E402
+from components.evaluation.metrics import per_case  # noqa: E402
+from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
+from components.tokenization import TextEncoderConfig, embed_items  # noqa: E402
+from components.training import TrainConfig, train_model  # noqa: E402
+
+log = logging.getLogger("benchmarks.ml1m")
+GSASREC_NDCG10 = 0.1726
+
+
+def read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def load(data: Path) -> dict:
+    sas = data / "sasrec-version"
+    n_items = json.loads((sas / "dataset_stats.json").read_text())["num_items"]
+    train = [np.array(line.split(), dtype=np.int64) for line in read_lines(sas / "train" / "input.txt.gz")]
+    val_inputs = [np.array(line.split(), dtype=np.int64) for line in read_lines(sas / "val" / "input.txt")]
+    val_targets = np.array([int(x) for x in read_lines(sas / "val" / "output.txt")], dtype=np.int64)
+    test_all = np.array([int(x) for x in read_lines(sas / "test" / "output.txt")], dtype=np.int64)
+    test_users, test_inputs = [], []
+    for line in read_lines(sas / "test" / "input.recovered.tsv.gz"):
+        user, items = line.split("\t")
+        test_users.append(int(user))
+        test_inputs.append(np.array(items.split(), dtype=np.int64))
+    test_targets = test_all[np.array(test_users) - 1]
+    # Item text: sas id -> original MovieLens id -> "Title (year). Genre, Genre"
+    to_original = dict(tuple(map(int, line.split())) for line in read_lines(sas / "sas_to_original_items.txt"))
+    movies = {}
+    with open(data / "movies.dat", encoding="iso-8859-1") as f:
+        for line in f:
+            movie_id, title, genres = line.rstrip("\n").split("::")
+            movies[int(movie_id)] = f"{title}. {', '.join(genres.split('|'))}"
+    texts = [movies[to_original[i]] for i in range(1, n_items + 1)]
+    return {"n_items": n_items, "train": train, "valid": (val_inputs, val_targets), "test": (test_inputs, test_targets), "texts": texts}
+
+
+def evaluate(topk: np.ndarray, targets: np.ndarray, n_items: int) -> dict:
+    ranks = ranks_from_topk(topk, targets)
+    out = metrics_from_ranks(ranks, topk.shape[1]) | {"coverage@10": coverage(topk, n_items)}
+    out["ci95"] = {m: [round(x, 4) for x in bootstrap_ci(v)] for m, v in per_case(ranks, 10).items()}
+    out["cases"] = int(len(targets))
+    return out
+
+
+def hr10(topk: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict:
+    ranks = ranks_from_topk(topk[mask], targets[mask])
+    return {"HR@10": float((ranks < 10).mean()) if mask.any() else None, "NDCG@10": float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean()) if mask.any() else None, "cases": int(mask.sum())}
+
+
+def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray):
+    torch.manual_seed(train_cfg.seed)
+    model = TextSASRec(replace(model_cfg, n_items=data["n_items"], text_dim=embeddings.shape[1]), torch.from_numpy(embeddings), torch.from_numpy(has_id))
+    log.info("%s: training for up to %.0f min", name, train_cfg.max_minutes)
+    result = train_model(model, train, data["valid"], train_cfg)
+    return model, result
+
+
+def trained_mask(train: list[np.ndarray], n_items: int) -> np.ndarray:
+    mask = np.zeros(n_items + 1, dtype=bool)
+    for seq in train:
+        mask[seq] = True
+    mask[0] = False
+    return mask
+
+
+def log_mlflow(name: str, params: dict, metrics: dict, curve: list[dict]) -> str:
+    import mlflow
+
+    from components.registry import configure
+
+    configure("behaviorflow-benchmarks")
+    with mlflow.start_run(run_name=f"ml1m-{name}") as run:
+        mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, dict)})
+        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items() if isinstance(v, (int, float))})
+        for row in curve:
+            mlflow.log_metrics({"val_NDCG_at_10": row["val_NDCG@10"], "train_loss": row["loss"]}, step=row["epoch"])
+        return run.info.run_id
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ml1m.json")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training budget of the text-aware model")
+    parser.add_argument("--id-minutes", type=float, default=30.0, help="training budget of the id-only variant")
+    parser.add_argument("--cold-minutes", type=float, default=15.0, help="training budget of each cold-start model")
+    parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--skip-id", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    # Protocol settings (max_len 200 is part of the published protocol) + our training defaults.
+    model_cfg = TextSASRecConfig(max_len=200)
+    train_cfg = TrainConfig(max_minutes=args.minutes, patience=1000, progress=False)
+    import yaml
+
+    for text in args.set:
+        key, value = text.split("=", 1)
+        section, field = key.split(".")
+        if section == "model":
+            model_cfg = replace(model_cfg, **{field: yaml.safe_load(value)})
+        else:
+            train_cfg = replace(train_cfg, **{field: yaml.safe_load(value)})
+
+    started = time.perf_counter()
+    data = load(args.data)
+    embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
+    n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
+    log.info("loaded: %d train users, %d val, %d test, %d items (%.0f s)", len(data["train"]), len(data["valid"][1]), len(test_targets), n_items, time.perf_counter() - started)
+    results: dict = {"protocol": "ML-1M SASRec version, leave-one-out, full ranking over 3,416 items, input items excluded, max_len 200; 512 validation users for selection, 3,261 test users", "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
+
+    pop = popularity_topk(data["train"], test_inputs, n_items, 20)
+    results["popularity"] = evaluate(pop, test_targets, n_items)
+
+    has_id = trained_mask(data["train"], n_items)
+    model, fit_text = fit("text", data, embeddings, model_cfg, train_cfg, data["train"], has_id)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["text"] = evaluate(model_topk(model, test_inputs, 20), test_targets, n_items)
+    results["train_wall_s"] = round(fit_text.wall_s, 1)
+    results["peak_rss_mb"] = round(peak_rss_mb, 1)
+    results["epochs"] = len(fit_text.curve)
+    results["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_text.curve]
+    reached = [r["minutes"] for r in fit_text.curve if r["val_NDCG@10"] >= GSASREC_NDCG10]
+    results["minutes_to_ndcg10_0.1726"] = round(reached[0], 2) if reached else None
+    results["minutes_to_ndcg10_0.1726_note"] = "first epoch whose validation NDCG@10 (512 users) reached 0.1726"
+    log_mlflow("text", {"variant": "text", **asdict(model_cfg), **asdict(train_cfg)}, {k: v for k, v in results["text"].items() if isinstance(v, float)}, fit_text.curve)
+
+    if not args.skip_id:
+        id_cfg = replace(model_cfg, use_text=False)
+        id_model, fit_id = fit("id_only", data, embeddings, id_cfg, replace(train_cfg, max_minutes=args.id_minutes), data["train"], has_id)
+        results["id_only"] = evaluate(model_topk(id_model, test_inputs, 20), test_targets, n_items)
+        results["id_only"]["train_wall_s"] = round(fit_id.wall_s, 1)
+        results["id_only"]["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_id.curve]
+        log_mlflow("id_only", {"variant": "id_only", **asdict(id_cfg)}, {k: v for k, v in results["id_only"].items() if isinstance(v, float)}, fit_id.curve)
+
+    if not args.skip_cold:
+        # Cold start: 10 % of items removed from training entirely; test cases whose target is one of them.
+        rng = np.random.default_rng(0)
+        cold = np.zeros(n_items + 1, dtype=bool)
+        cold[rng.choice(np.arange(1, n_items + 1), n_items // 10, replace=False)] = True
+        cold_train = [s[~cold[s]] for s in data["train"]]
+        cold_has_id = trained_mask(cold_train, n_items)
+        cold_cases = cold[test_targets]
+        cold_cfg = replace(train_cfg, max_minutes=args.cold_minutes)
+        results["cold_start"] = {"removed_items": int(cold.sum()), "cold_cases": int(cold_cases.sum()), "train_minutes_each": args.cold_minutes}
+        for name, cfg in (("text", model_cfg), ("id_only", replace(model_cfg, use_text=False))):
+            m, _ = fit(f"cold-{name}", data, embeddings, cfg, cold_cfg, cold_train, cold_has_id)
+            top = model_topk(m, test_inputs, 20)
+            results["cold_start"][name] = hr10(top, test_targets, cold_cases)
+            if name == "text":
+                results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
+        warm = results["cold_start"]["warm_text"]["HR@10"]
+        results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
+
+    results["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    results["total_wall_s"] = round(time.perf_counter() - started, 1)
+    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    print("\nML-1M, 3,261 test users, full ranking (95 % bootstrap CI)")
+    print(f"{'model':<12} {'HR@10':>8} {'CI':>17} {'NDCG@10':>8} {'CI':>17} {'HR@20':>8} {'NDCG@20':>8}")
+    for name in ("text", "id_only", "popularity"):
+        if name in r:
+            m = r[name]
+            print(f"{name:<12} {m['HR@10']:8.4f} {str(m['ci95']['HR@10']):>17} {m['NDCG@10']:8.4f} {str(m['ci95']['NDCG@10']):>17} {m['HR@20']:8.4f} {m['NDCG@20']:8.4f}")
+    print(f"training wall time {r['train_wall_s']} s, peak RSS {r['peak_rss_mb']} MB, minutes to val NDCG@10 ≥ 0.1726: {r['minutes_to_ndcg10_0.1726']}")
+    if "cold_start" in r:
+        c = r["cold_start"]
+        print(f"cold start ({c['removed_items']} items removed, {c['cold_cases']} test cases): text HR@10 {c['text']['HR@10']:.4f}, id-only {c['id_only']['HR@10']:.4f}, warm text {c['warm_text']['HR@10']:.4f} (ratio {c['text_vs_warm_ratio']})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The deployment files in deploy/ — checked statically, and used for real end to end.
+
+The e2e test does what docs/deploy.md tells an operator to do, on 127.0.0.1 and without mocks: start a
+Prefect server, create the process work pool from deploy/work-pool-process.json, deploy
+deploy/prefect.yaml with the CLI, trigger `retrain-on-demand` with a tiny config, let
+`prefect worker start --run-once` execute it, then check the flow run through the Prefect API and
+the new model version in the MLflow registry the worker was pointed at.
+
+    python -m pytest tests/test_deployment.py -q -s        # about 2 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from components import settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PREFECT = [sys.executable, "-m", "prefect"]
+FLOW_NAME = "behaviorflow-retrain"
+POOL = "behaviorflow-cpu"
+
+# OFFLINE_ENV entries the work pool deliberately leaves out (see the template's `env` description).
+NOT_IN_POOL_ENV = {"PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+
+
+# --- static checks: cheap, and they name the file and field that drifted ---
+
+
+def test_prefect_yaml_declares_both_deployments():
+    spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"retrain-nightly", "retrain-on-demand"}
+    assert spec["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BEHAVIORFLOW_REPO }}"}}]
+    for name, deployment in deployments.items():
+        path, _, function = deployment["entrypoint"].partition(":")
+        assert f"def {function}(" in (ROOT / path).read_text(), f"{name}: entrypoint {deployment['entrypoint']} not found"
+        assert deployment["work_pool"]["name"] == POOL
+        assert deployment["parameters"] == {"config": {}}
+    assert deployments["retrain-nightly"]["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
+    assert deployments["retrain-on-demand"]["schedules"] == []
+
+
+def test_work_pool_template_keeps_runs_offline():
+    template = json.loads((DEPLOY / "work-pool-process.json").read_text())
+    variables = template["variables"]["properties"]
+    expected = {k: v for k, v in settings.OFFLINE_ENV.items() if k not in NOT_IN_POOL_ENV}
+    assert variables["env"]["default"] == expected
+    placeholders = set(re.findall(r"{{\s*(\w+)\s*}}", json.dumps(template["job_configuration"])))
+    assert placeholders <= set(variables), f"undeclared job variables: {placeholders - set(variables)}"
+
+
+def test_compose_and_kubernetes_files_parse():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"mlflow", "prefect-server", "prefect-worker"}
+    worker_env = compose["services"]["prefect-worker"]["environment"]
+    assert worker_env["BEHAVIORFLOW_REPO"] == "/app"
+    assert worker_env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert worker_env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "recommender.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"Deployment", "Service"}
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith(f"{settings.BENTO_SERVICE_NAME}:")
+    assert container["ports"][0]["containerPort"] == 3000
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["resources"]["limits"]["cpu"] == "2"
+    service = kinds["Service"]["spec"]
+    assert service["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert service["ports"][0]["targetPort"] == 3000
+
+
+# --- end to end: server, work pool, deploy, run, worker, registry ---
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a process started with start_new_session=True, with its children (uvicorn, flow runs)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, chars: int = 6000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def _prefect(args: list[str], env: dict, log: Path, timeout: float = 120) -> str:
+    """Run a prefect CLI command, fail with its output when it fails, return its stdout."""
+    result = subprocess.run([*PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    with log.open("a") as out:
+        out.write(f"$ prefect {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+    assert result.returncode == 0, f"prefect {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real Prefect server on a free 127.0.0.1 port with its own SQLite database; yields its API URL."""
+    port = _free_port()
+    env = os.environ | settings.OFFLINE_ENV | {"PREFECT_HOME": str(tmp_path / "prefect-server")}
+    env.pop("PREFECT_API_URL", None)
+    log = tmp_path / "prefect-server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            # No UI (nothing looks at it); no scheduler, so the nightly schedule creates no runs here.
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120  # ~20 s on a fresh database, more on a busy machine
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited {proc.returncode}:\n{_tail(log)}")
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prefect server not healthy after 120 s:\n{_tail(log)}")
+            time.sleep(1)
+        yield api
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.e2e
+def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
+    from components.data.sample import SampleConfig, write_sample
+
+    events, items = write_sample(tmp_path / "data", SampleConfig(n_users=200, series_per_category=2))
+    home = tmp_path / "behaviorflow-home"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The worker's environment is what an operator sets on the worker host; the work pool template
+    # adds the offline defaults on top for every flow run.
+    env = os.environ | settings.OFFLINE_ENV | {
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the worker log below shows the flow run's progress
+        "BEHAVIORFLOW_REPO": str(ROOT),
+        "BEHAVIORFLOW_HOME": str(home),
+        "BENTOML_HOME": str(home / "bentoml"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
+    log = tmp_path / "cli.log"
+
+    _prefect(["work-pool", "create", POOL, "--type", "process", "--base-job-template", str(DEPLOY / "work-pool-process.json")], env, log)
+    _prefect(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--all"], env, log)
+    config = {
+        "data": {"events": str(events), "items": str(items)},
+        "train": {"max_epochs": 2, "progress": False},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 1},
+        "export": {"probe_size": 32},
+    }
+    out = _prefect(["deployment", "run", f"{FLOW_NAME}/retrain-on-demand", "--params", json.dumps({"config": config})], env, log)
+    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as wl:
+        worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", POOL, "--run-once"],
+            cwd=tmp_path, env=env, stdout=wl, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        worker.wait(timeout=360)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not finish the flow run within 6 minutes:\n{_tail(worker_log)}")
+    finally:
+        _stop(worker)
+
+    # The flow run, as the Prefect API sees it.
+    run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()
+    assert run["state"]["type"] == "COMPLETED", f"flow run {flow_run_id}: {run['state']}\n{_tail(worker_log)}"
+    assert run["parameters"] == {"config": config}
+    deployments = httpx.post(f"{prefect_server}/deployments/filter", json={}, timeout=10).json()
+    nightly = next(d for d in deployments if d["name"] == "retrain-nightly")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
+
+    # The registry the worker was pointed at: version 1, challenger and (gate passed) champion.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    versions = client.search_model_versions(f"name='{settings.REGISTERED_MODEL_NAME}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    for alias in (settings.CHALLENGER_ALIAS, settings.CHAMPION_ALIAS):
+        assert str(client.get_model_version_by_alias(settings.REGISTERED_MODEL_NAME, alias).version) == "1"
+    # ...and the Bento went into the worker's BENTOML_HOME, not the default ~/bentoml.
+    assert list((home / "bentoml" / "bentos" / settings.BENTO_SERVICE_NAME).iterdir())
