@@ -8,8 +8,13 @@ The ONNX graph maps a batch of histories to the top-K items:
     ->
     top_items     int64  [batch, K]     item indices (1..n_items), best first; K = min(MAX_K, n_items)
     top_scores    float  [batch, K]     the model's score (logit) of each, higher is better
+    user_vector   float  [batch, d]     the history's representation: score(i) = user_vector · item_vectors[i]
+                                        (with the bundle's item_vectors.npy: probabilities for any candidate)
 
 Item index i (1-based) is `items[i - 1]` of the bundle's `items.json`; index 0 is padding.
+
+The HTTP API (serving/service.py) takes the request models below; its limits are the constants under
+"Request limits", so clients, tests and the service read them from one place.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ INPUT_HISTORY = "history"
 INPUT_EXCLUDE_SEEN = "exclude_seen"
 OUTPUT_ITEMS = "top_items"
 OUTPUT_SCORES = "top_scores"
+OUTPUT_USER = "user_vector"
 PAD_INDEX = 0
 MAX_K = 100  # the graph always returns this many (or the whole catalog if smaller); callers slice
 
@@ -38,6 +44,14 @@ MODEL_FILE = "model.onnx"
 ITEMS_FILE = "items.json"      # [{"item_id": str, "title": str}, ...] in index order (index = position + 1)
 USERS_FILE = "users.json"      # {user_id: [item_id, ...]}: the latest history of every known user
 MANIFEST_FILE = "manifest.json"  # max_len, metrics, data fingerprint, created_at, ...
+ITEM_VECTORS_FILE = "item_vectors.npy"  # optional: float32 [n_items + 1, d], the model's item table (row 0 = padding);
+#   the same vectors the graph scores with, used to explain a pick by the history items most similar to it
+
+# Request limits. Each violation is a 400 naming the field and the limit (the body size: a 413).
+MAX_HISTORY = 2_000  # item ids in one request's `history`; the model reads only the most recent max_len of them
+MAX_CANDIDATES = 1_000  # item ids one POST /score may ask about
+MAX_BECAUSE = 3  # history items quoted as the reason for one recommendation
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full history and a full candidate list of 100-character ids (~310 kB) fit 3x
 
 
 def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -57,7 +71,7 @@ def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarra
 class Bundle:
     """A loaded model bundle folder: the ONNX path, the item table, known users and the manifest."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, load_users: bool = True):
         self.path = Path(path)
         self.manifest: dict = json.loads((self.path / MANIFEST_FILE).read_text())
         items = json.loads((self.path / ITEMS_FILE).read_text())
@@ -65,19 +79,29 @@ class Bundle:
         self.titles: list[str] = [row["title"] for row in items]
         self.index_of: dict[str, int] = {item: i + 1 for i, item in enumerate(self.item_ids)}
         users_path = self.path / USERS_FILE
-        self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if users_path.exists() else {}
+        load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
+        self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}
         self.max_len: int = int(self.manifest["max_len"])
 
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
 
+    def item_vectors(self) -> np.ndarray | None:
+        """The item table [n_items + 1, d] float32 of ITEM_VECTORS_FILE, or None when the bundle has none."""
+        path = self.path / ITEM_VECTORS_FILE
+        return np.load(path, allow_pickle=False).astype(np.float32, copy=False) if path.exists() else None
+
 
 class RecommendRequest(BaseModel):
     """Either a known `user_id` (their latest history is used) or an explicit `history` of item ids."""
 
     user_id: str | None = Field(default=None, description="a user known to the model")
-    history: list[str] | None = Field(default=None, description="item ids, oldest first")
+    history: list[str] | None = Field(
+        default=None,
+        max_length=MAX_HISTORY,
+        description=f"item ids, oldest first (at most {MAX_HISTORY}; the model reads the most recent max_len)",
+    )
     k: int = Field(default=10, ge=1, le=MAX_K, description=f"how many items to return (1..{MAX_K})")
     exclude_seen: bool = Field(default=True, description="never recommend items of the history")
 
@@ -93,9 +117,70 @@ class RecommendRequest(BaseModel):
 class Recommendation(BaseModel):
     item_id: str
     title: str
-    score: float
+    score: float = Field(description="the model's score (logit) of the item, higher is better")
+    because: list[str] = Field(
+        default_factory=list,
+        description=(
+            f"up to {MAX_BECAUSE} item ids of the history that most drove this pick: the distinct items of the "
+            "history the model read (its most recent max_len) ranked by the dot product of their vector with "
+            "this item's vector in the bundle's item table (the vectors the model scores with), highest "
+            "first, ties to the more recent; empty when the bundle has no item table"
+        ),
+    )
 
 
 class RecommendResponse(BaseModel):
     items: list[Recommendation]
-    model_version: str | None = None
+    model_version: str | None = Field(default=None, description="the model's version in the registry")
+
+
+class ScoreRequest(BaseModel):
+    """A history of item ids and the candidates to score as its next interaction."""
+
+    history: list[str] = Field(
+        min_length=1,
+        max_length=MAX_HISTORY,
+        description=f"item ids, oldest first (1..{MAX_HISTORY}; the model reads the most recent max_len)",
+    )
+    candidates: list[str] = Field(
+        min_length=1,
+        max_length=MAX_CANDIDATES,
+        description=f"item ids to score (1..{MAX_CANDIDATES}); answered in this order, repeats included",
+    )
+
+
+class CandidateScore(BaseModel):
+    item_id: str
+    probability: float = Field(
+        description=(
+            "the model's probability that this item is the next interaction: softmax over the whole catalog "
+            "(padding excluded, seen items included) of user_vector · item_vectors"
+        )
+    )
+
+
+class ScoreResponse(BaseModel):
+    scores: list[CandidateScore]
+    model_version: str | None = Field(default=None, description="the model's version in the registry")
+
+
+class ServiceMetadata(BaseModel):
+    """What GET /metadata returns: which model this server answers with, and what it can do."""
+
+    model_name: str = Field(description="the registered model's name")
+    model_version: str | None = Field(description="the registered model's version (the registry version)")
+    alias: str | None = Field(
+        description="the registry alias the bundle was packaged under, if its manifest records one; aliases "
+        "move after packaging, so ask the registry which version an alias points to now"
+    )
+    metrics: dict | None = Field(description="the offline evaluation metrics recorded at export")
+    data_fingerprint: str | None = Field(description="fingerprint of the training data")
+    bento_model_tag: str = Field(description="the Bento model store tag of the bundle served")
+    bento_tag: str | None = Field(description="the Bento served; null when served from source")
+    created_at: str | None = Field(description="when the bundle was exported (ISO 8601)")
+    n_items: int
+    n_users: int
+    max_len: int = Field(description="how many of the most recent history items the model reads")
+    can_score: bool = Field(description="POST /score and `because` work (the bundle has item vectors)")
+    limits: dict[str, int]
+    manifest: dict = Field(description="the bundle's whole manifest")

@@ -1,30 +1,49 @@
-"""The Bento service a serving team runs: top-k recommendations from an exported ONNX bundle.
+"""The Bento service a serving team runs: recommendations and next-item probabilities from an exported
+ONNX bundle (serving/contract.py).
 
 It needs bentoml, onnxruntime, numpy, pydantic and `serving.contract` only — never the training stack
 (torch, transformers, prefect, mlflow, great_expectations, pandas) — so the Bento stays small and fast
 to start. Run it from the repository root:
 
-    BEHAVIORFLOW_MODEL_TAG=behaviorflow-recommender:<version> \
+    BEHAVIORFLOW_MODEL_TAG=behaviorflow-recommender:<version> \\
         bentoml serve serving.service:Recommender --host 127.0.0.1 --port 3000
 
-    curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' \
+    curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' \\
         -d @serving/sample_request.json
-    curl -s localhost:3000/metadata
+    curl -s -X POST localhost:3000/score -H 'content-type: application/json' \\
+        -d '{"history": ["i001", "i002"], "candidates": ["i003", "i004"]}'
+    curl -s localhost:3000/metadata        # also /healthz and /livez (alive), /readyz (warmed up), /docs
 
-Status codes: a malformed body (types, k out of 1..100, both or neither of user_id/history, an empty
-history) is a 400 from the request model's validation; unknown item ids are a 400 naming them; an
-unknown user is a 404 (see `_history_of`). Nothing a client sends causes a 500.
+Two services, one process each (BentoML starts both):
+
+    Recommender  the HTTP API: validates requests, maps item ids to indices, filters, explains, scores
+      └─ Ranker  owns the ONNX session; its `rank` API is adaptively batched (BentoML 1.4 batches an API
+                 of exactly one argument, so the per-request options travel inside it, as BentoML's
+                 "Handle multiple parameters" guide does), and inside each batch histories are grouped by
+                 length, each group padded only to its own longest, so short requests never pay for long
+                 ones. Its warm-up runs before /readyz answers 200.
+
+Status codes: a malformed body (types, k out of 1..100, both or neither of user_id/history, an empty or
+too long history, too many candidates) is a 400 from the request model's validation, naming the field;
+unknown item ids are a 400 listing them; an unknown user is a 404 (see `_history_of`); a body over
+MAX_BODY_BYTES is a 413; POST /score on a bundle without item vectors is a 501. Nothing a client sends
+causes another 5xx; a 503 means the ranker is overloaded (a request waited longer than
+BATCH_MAX_LATENCY_MS).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Sequence
 
+import aiohttp  # BentoML's own client between services (see Recommender._rank)
 import bentoml
 import numpy as np
 import onnxruntime as ort
-from bentoml.exceptions import InvalidArgument, NotFound
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
+from pydantic import BaseModel
 from starlette.applications import Starlette  # BentoML's own HTTP layer: adds nothing to the Bento
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -33,106 +52,312 @@ from starlette.routing import Route
 from serving.contract import (
     BENTO_MODEL_NAME,
     BENTO_SERVICE_NAME,
-    MODEL_TAG_ENV,
     INPUT_EXCLUDE_SEEN,
     INPUT_HISTORY,
+    ITEM_VECTORS_FILE,
+    MAX_BECAUSE,
+    MAX_BODY_BYTES,
+    MAX_CANDIDATES,
+    MAX_HISTORY,
     MAX_K,
+    MODEL_TAG_ENV,
     OUTPUT_ITEMS,
     OUTPUT_SCORES,
+    OUTPUT_USER,
     PAD_INDEX,
     Bundle,
+    CandidateScore,
     Recommendation,
     RecommendRequest,
     RecommendResponse,
+    ScoreRequest,
+    ScoreResponse,
+    ServiceMetadata,
     pad_histories,
 )
 
+RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
+# Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
+# themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
+# is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.
+BATCH_MAX_SIZE = 32
+BATCH_MAX_LATENCY_MS = 5_000
+# Recommender's worker threads: each holds one request while the ranker answers it, so this bounds how
+# many requests can meet in one batch (BentoML's default of 1 would never batch at all).
+RECOMMENDER_THREADS = BATCH_MAX_SIZE
+# BentoML 1.4.40's client between services closes its connection pool every `max_requests` calls or
+# `max_age` seconds (runner_connection defaults: 100, 300 s), failing the calls in flight on it with
+# ServerDisconnectedError: under concurrent load, a few 500s every 100 requests. Both services share one
+# host, so the pool has nothing to gain from recycling: never recycle it. (Recommender._rank also
+# retries once, for the keep-alive race of bentoml/BentoML#4971, fix proposed in PR #5698.)
+_NEVER = 2**31 - 1
+_RANKER_CONNECTION = {"max_requests": _NEVER, "max_age": float(_NEVER)}
+
 _EXCLUDED = float("-inf")  # the graph's score for items it must never return (padding, excluded items)
 _MAX_LISTED = 20  # unknown ids quoted in one error message; the rest are counted
+_MAX_ID_CHARS = 80  # an unknown id longer than this is quoted cut short
+# Start-up check of item_vectors against the graph: |top_scores - user_vector · item_vectors| at most this
+# fraction of the largest score. fp32 graphs agree to ~1e-7, an int8 graph (components/export/quantize.py
+# quantizes the table it scores with) to ~1e-2; another model's vectors are off by ~1.
+_CHECK_TOLERANCE = 0.05
+_NO_ITEM_VECTORS = (
+    f"score: this model cannot score candidates: its bundle has no {ITEM_VECTORS_FILE} (the item table "
+    "that turns user_vector into probabilities); re-export the model with item vectors"
+)
+
+# The one model both services load; its tag is read at import, so a Bento build records it.
+_MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
 
 
-def _metadata(request: Request) -> JSONResponse:
-    return JSONResponse(bentoml.get_current_service().metadata())
+class ScoringUnavailable(BentoMLException):
+    """POST /score on a bundle without item vectors (HTTP answers 501 before this is raised)."""
+
+    error_code = HTTPStatus.NOT_IMPLEMENTED
 
 
-# BentoML APIs are POST only; a mounted Starlette app adds GET /metadata. BentoML mounts it "passively":
-# it answers only paths its own routes match, so /recommend, /readyz, /docs... are untouched.
-_http = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
+# ---------------------------------------------------------------------------------------- the ranker
 
 
-@bentoml.asgi_app(_http, path="/")
-# One worker: ONNX Runtime already spreads one inference over the cores; scale out with replicas.
-@bentoml.service(name=BENTO_SERVICE_NAME, workers=1, traffic={"timeout": 30})
-class Recommender:
-    """Ranks the catalog for a known user (their stored history) or for an explicit item history."""
+class RankQuery(BaseModel):
+    """One history for the graph: item indices, oldest first, already cut to the model's max_len."""
 
-    model_ref = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, f"{BENTO_MODEL_NAME}:latest"))
+    window: list[int]
+    exclude_seen: bool
+
+
+class Ranked(BaseModel):
+    """The graph's answer for one RankQuery: the top-K (index, score) pairs and the user vector."""
+
+    items: list[int]
+    scores: list[float]
+    user_vector: list[float]
+
+
+def length_groups(lengths: Sequence[int], max_len: int) -> list[list[int]]:
+    """Indices of `lengths` grouped so that each group pads cheaply: by the power of two at or above each
+    length (capped at max_len), shortest group first. A group pads to its own longest member, which is
+    at most twice its shortest, and a batch runs at most log2(max_len) + 2 graph calls."""
+    groups: dict[int, list[int]] = {}
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        length = min(max(1, lengths[index]), max_len)
+        groups.setdefault(min(max_len, 1 << (length - 1).bit_length()), []).append(index)
+    return [groups[key] for key in sorted(groups)]
+
+
+@bentoml.service(name=RANKER_SERVICE_NAME, workers=1, traffic={"timeout": 30}, runner_connection=_RANKER_CONNECTION)
+class Ranker:
+    """Runs the ONNX graph on batches of histories. Internal: only Recommender calls it."""
+
+    model_ref = _MODEL
 
     def __init__(self) -> None:
         self.model_tag = str(self.model_ref.tag)
-        self.bundle = Bundle(self.model_ref.path)
+        self.bundle = Bundle(self.model_ref.path, load_users=False)  # Recommender looks users up
         self.session = ort.InferenceSession(str(self.bundle.model_path), providers=["CPUExecutionProvider"])
-        self._check_bundle()
+        self._check_graph()
+        self._warm_up()
 
-    def _check_bundle(self) -> None:
-        """Fail at start-up, not on the first request, when the bundle breaks the inference contract.
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
+    def rank(self, queries: list[RankQuery]) -> list[Ranked]:
+        """The graph's answer for each query, in order; one graph call per length group."""
+        answers: list[Ranked | None] = [None] * len(queries)
+        for group in length_groups([len(q.window) for q in queries], self.bundle.max_len):
+            items, scores, users = self._run([queries[i].window for i in group], [queries[i].exclude_seen for i in group])
+            for row, index in enumerate(group):
+                answers[index] = Ranked(items=items[row].tolist(), scores=scores[row].tolist(), user_vector=users[row].tolist())
+        return answers  # type: ignore[return-value]  # every index belongs to exactly one group
 
-        Its one inference also warms the session up, so the first client does not pay for it.
-        """
+    def _run(self, windows: list[list[int]], exclude_seen: list[bool]) -> list[np.ndarray]:
+        feeds = {
+            INPUT_HISTORY: pad_histories(windows, self.bundle.max_len),  # [group, its longest window]
+            INPUT_EXCLUDE_SEEN: np.array(exclude_seen, dtype=bool),
+        }
+        return self.session.run([OUTPUT_ITEMS, OUTPUT_SCORES, OUTPUT_USER], feeds)
+
+    def _check_graph(self) -> None:
+        """Fail at start-up, not on the first request, when the bundle breaks the inference contract."""
         where = f"model bundle {self.bundle.path} ({self.model_tag})"
         inputs = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        expected_outputs = {OUTPUT_ITEMS, OUTPUT_SCORES}
-        if inputs != {INPUT_HISTORY, INPUT_EXCLUDE_SEEN} or not expected_outputs <= outputs:
+        expected_outputs = [OUTPUT_ITEMS, OUTPUT_SCORES, OUTPUT_USER]
+        if inputs != {INPUT_HISTORY, INPUT_EXCLUDE_SEEN} or not set(expected_outputs) <= outputs:
             raise ValueError(
                 f"{where}: the ONNX graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
                 f"serving.contract expects inputs {[INPUT_HISTORY, INPUT_EXCLUDE_SEEN]} and outputs "
-                f"{[OUTPUT_ITEMS, OUTPUT_SCORES]}: re-export the model"
+                f"{expected_outputs}: re-export the model"
             )
-        stray = {item for history in self.bundle.users.values() for item in history}
-        stray -= self.bundle.index_of.keys()
-        if stray:
-            raise ValueError(
-                f"{where}: users.json mentions {len(stray)} item ids missing from items.json "
-                f"(e.g. {sorted(stray)[:5]}): export both files from the same catalog"
-            )
-        items, _ = self.session.run([OUTPUT_ITEMS, OUTPUT_SCORES], self._feeds([PAD_INDEX + 1], True))
+        items, scores, users = self._run([[PAD_INDEX + 1]], [False])
         n_items = len(self.bundle.item_ids)
         if items.shape[1] != min(MAX_K, n_items):
             raise ValueError(
                 f"{where}: the graph returns {items.shape[1]} items per row, but items.json lists {n_items} "
                 f"items (expected K = {min(MAX_K, n_items)}): export both from the same catalog"
             )
+        table = self.bundle.item_vectors()
+        if table is None:
+            return
+        if table.ndim != 2 or table.shape != (n_items + 1, users.shape[1]):
+            raise ValueError(
+                f"{where}: {ITEM_VECTORS_FILE} has shape {table.shape}, expected (n_items + 1, d) = "
+                f"({n_items + 1}, {users.shape[1]}) for {n_items} items and a user_vector of {users.shape[1]}: "
+                "export both from the same model"
+            )
+        finite = np.isfinite(scores[0])
+        graph = scores[0][finite].astype(np.float64)
+        off = float(np.abs(table[items[0][finite]].astype(np.float64) @ users[0] - graph).max(initial=0.0))
+        largest = float(np.abs(graph).max(initial=0.0))
+        if off > _CHECK_TOLERANCE * max(largest, 1e-6):
+            raise ValueError(
+                f"{where}: user_vector · {ITEM_VECTORS_FILE} differs from the graph's top_scores by up to "
+                f"{off:.3g} (largest score {largest:.3g}): the item vectors are not the ones the graph scores "
+                "with; export both from the same model"
+            )
+
+    def _warm_up(self) -> None:
+        """One graph call per length group size, batch of one and full batch, before /readyz says ready."""
+        max_len = self.bundle.max_len
+        lengths = sorted({min(max_len, 1 << k) for k in range(max_len.bit_length() + 1)} | {max_len})
+        for length in lengths:
+            for batch in (1, BATCH_MAX_SIZE):
+                self._run([[PAD_INDEX + 1] * length] * batch, [True] * batch)
+
+
+# ---------------------------------------------------------------------------------------- the HTTP API
+
+
+def _metadata(request: Request) -> JSONResponse:
+    return JSONResponse(bentoml.get_current_service().metadata().model_dump(mode="json"))
+
+
+# BentoML APIs are POST only; a mounted Starlette app adds GET /metadata. BentoML mounts it "passively":
+# it answers only paths its own routes match, so /recommend, /readyz, /docs... are untouched. BentoML
+# already serves GET /healthz and /livez (alive) and /readyz (200 once both services have started).
+_http = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
+
+
+@bentoml.asgi_app(_http, path="/")
+# One worker: ONNX Runtime already spreads one inference over the cores; scale out with replicas.
+@bentoml.service(name=BENTO_SERVICE_NAME, workers=1, threads=RECOMMENDER_THREADS, traffic={"timeout": 30})
+class Recommender:
+    """Ranks the catalog for a known user (their stored history) or for an explicit item history, and
+    scores candidates as the next interaction of a history."""
+
+    model_ref = _MODEL
+    ranker = bentoml.depends(Ranker)
+
+    def __init__(self) -> None:
+        self.model_tag = str(self.model_ref.tag)  # on an instance, model_ref is the stored model
+        self.created_at = self.model_ref.info.creation_time.isoformat()
+        self.bundle = Bundle(self.model_ref.path)
+        self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
+        self._check_bundle()
+        # In-process this builds the Ranker now (its checks and warm-up run here); served, it is a client
+        # of the Ranker's process, whose readiness /readyz waits for.
+        self.ranker  # noqa: B018
+
+    def _check_bundle(self) -> None:
+        stray = {item for history in self.bundle.users.values() for item in history}
+        stray -= self.bundle.index_of.keys()
+        if stray:
+            raise ValueError(
+                f"model bundle {self.bundle.path} ({self.model_tag}): users.json mentions {len(stray)} item "
+                f"ids missing from items.json (e.g. {sorted(stray)[:5]}): export both files from the same catalog"
+            )
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     def recommend(self, **fields: Any) -> RecommendResponse:
-        """Top-k items, best first. The JSON body (and the keyword arguments) are a RecommendRequest."""
+        """Top-k items, best first, each with the history items that most drove it. The JSON body (and
+        the keyword arguments) are a RecommendRequest."""
         # Over HTTP BentoML has validated the body already; validating here gives in-process callers
         # (tests, batch jobs) the same checks and the same messages.
         request = RecommendRequest(**fields)
         history = self._history_of(request)
-        ranked = self._rank(history, request.exclude_seen)[: request.k]
+        window = history[-self.bundle.max_len :]
+        ranked = self._rank(RankQuery(window=window, exclude_seen=request.exclude_seen))
+        # The graph sees only the window, so items seen before it are dropped here. -inf means "never
+        # recommend" (padding, excluded items, anything an exporter masks); such items fill the tail when
+        # K covers the whole catalog, and -inf is not even valid JSON.
+        banned = {PAD_INDEX, *history} if request.exclude_seen else {PAD_INDEX}
+        picks = [(i, s) for i, s in zip(ranked.items, ranked.scores) if i not in banned and s != _EXCLUDED]
+        picks = picks[: request.k]
+        because = self._because(window, [i for i, _ in picks])
         return RecommendResponse(
             items=[
-                Recommendation(item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=s)
-                for i, s in ranked
+                Recommendation(
+                    item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=s, because=why
+                )
+                for (i, s), why in zip(picks, because)
             ],
             model_version=self._model_version(),
         )
 
-    def metadata(self) -> dict[str, Any]:
-        """What GET /metadata returns: the Bento model tag, catalog sizes and the bundle's manifest."""
-        return {
-            "model_tag": self.model_tag,
-            "model_version": self._model_version(),
-            "n_items": len(self.bundle.item_ids),
-            "n_users": len(self.bundle.users),
-            "manifest": self.bundle.manifest,
-        }
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    def score(self, **fields: Any) -> ScoreResponse:
+        """The probability of each candidate being the history's next interaction, in the candidates'
+        order. The JSON body (and the keyword arguments) are a ScoreRequest."""
+        request = ScoreRequest(**fields)
+        if self.item_vectors is None:
+            raise ScoringUnavailable(_NO_ITEM_VECTORS)
+        unknown = [
+            message
+            for field, ids in (("history", request.history), ("candidates", request.candidates))
+            if (message := self._unknown(field, ids))
+        ]
+        if unknown:
+            raise InvalidArgument(
+                f"{'; '.join(unknown)} (not in the model's catalog of {len(self.bundle.item_ids)} items)"
+            )
+        history = [self.bundle.index_of[item] for item in request.history]
+        candidates = [self.bundle.index_of[item] for item in request.candidates]
+        window = history[-self.bundle.max_len :]
+        ranked = self._rank(RankQuery(window=window, exclude_seen=False))
+        probabilities = self._probabilities(ranked.user_vector, candidates)
+        return ScoreResponse(
+            scores=[CandidateScore(item_id=c, probability=p) for c, p in zip(request.candidates, probabilities.tolist())],
+            model_version=self._model_version(),
+        )
+
+    def metadata(self) -> ServiceMetadata:
+        """What GET /metadata returns: which model answers, where it came from, what it can do."""
+        manifest = self.bundle.manifest
+        bento = Recommender.bento  # set when served from a built Bento; None from source
+        return ServiceMetadata(
+            model_name=str(manifest.get("model_name") or self.model_tag.partition(":")[0]),
+            model_version=self._model_version(),
+            alias=manifest.get("alias"),
+            metrics=manifest.get("metrics"),
+            data_fingerprint=manifest.get("data_fingerprint"),
+            bento_model_tag=self.model_tag,
+            bento_tag=None if bento is None else str(bento.tag),
+            created_at=manifest.get("created_at") or self.created_at,
+            n_items=len(self.bundle.item_ids),
+            n_users=len(self.bundle.users),
+            max_len=self.bundle.max_len,
+            can_score=self.item_vectors is not None,
+            limits={
+                "k": MAX_K,
+                "history": MAX_HISTORY,
+                "candidates": MAX_CANDIDATES,
+                "because": MAX_BECAUSE,
+                "body_bytes": MAX_BODY_BYTES,
+            },
+            manifest=manifest,
+        )
 
     def _model_version(self) -> str | None:
         version = self.bundle.manifest.get("registry_version")
         return None if version is None else str(version)
+
+    def _unknown(self, field: str, ids: list[str]) -> str | None:
+        """'field: unknown item ids [...]' for the ids not in the catalog, or None when all are known."""
+        unknown = list(dict.fromkeys(item for item in ids if item not in self.bundle.index_of))
+        if not unknown:
+            return None
+        shown = [item if len(item) <= _MAX_ID_CHARS else item[:_MAX_ID_CHARS] + "..." for item in unknown[:_MAX_LISTED]]
+        listed = repr(shown) + (
+            f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
+        )
+        return f"{field}: unknown item ids {listed}"
 
     def _history_of(self, request: RecommendRequest) -> list[int]:
         """The request's history as item indices, oldest first."""
@@ -147,32 +372,114 @@ class Recommender:
                     "users); send the user's 'history' of item ids instead"
                 )
             return [self.bundle.index_of[item] for item in history]  # checked at start-up
-        unknown = list(dict.fromkeys(item for item in request.history if item not in self.bundle.index_of))
-        if unknown:
-            listed = repr(unknown[:_MAX_LISTED]) + (
-                f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
-            )
-            raise InvalidArgument(
-                f"history: unknown item ids {listed} (not in the model's catalog of "
-                f"{len(self.bundle.item_ids)} items)"
-            )
+        if message := self._unknown("history", request.history):
+            raise InvalidArgument(f"{message} (not in the model's catalog of {len(self.bundle.item_ids)} items)")
         return [self.bundle.index_of[item] for item in request.history]
 
-    def _feeds(self, history: list[int], exclude_seen: bool) -> dict[str, np.ndarray]:
-        return {
-            INPUT_HISTORY: pad_histories([history], self.bundle.max_len),  # keeps the most recent max_len
-            INPUT_EXCLUDE_SEEN: np.array([exclude_seen], dtype=bool),
-        }
+    def _rank(self, query: RankQuery) -> Ranked:
+        """The Ranker's answer for one query (served: batched with other requests' queries)."""
+        try:
+            return self.ranker.rank([query])[0]
+        except aiohttp.ClientConnectionError:
+            # A pooled connection the Ranker's server closed as it was reused (bentoml/BentoML#4971; its
+            # fix, PR #5698, is not in 1.4.40): ranking is idempotent, so ask once more.
+            return self.ranker.rank([query])[0]
 
-    def _rank(self, history: list[int], exclude_seen: bool) -> list[tuple[int, float]]:
-        """(item index, score) pairs, best first, at most K = min(MAX_K, n_items)."""
-        items, scores = self.session.run([OUTPUT_ITEMS, OUTPUT_SCORES], self._feeds(history, exclude_seen))
-        # The graph sees only the last max_len items, so items seen before that window are dropped here.
-        # -inf means "never recommend" (padding, excluded items, anything an exporter masks); such items
-        # fill the tail when K covers the whole catalog, and -inf is not even valid JSON.
-        banned = {PAD_INDEX, *history} if exclude_seen else {PAD_INDEX}
-        return [
-            (i, s)
-            for i, s in zip(items[0].tolist(), scores[0].tolist())
-            if i not in banned and s != _EXCLUDED
-        ]
+    def _because(self, window: list[int], picks: list[int]) -> list[list[str]]:
+        """For each pick, the distinct window items whose vectors have the largest dot product with its
+        vector, at most MAX_BECAUSE, largest first, ties to the more recent (see Recommendation.because)."""
+        if self.item_vectors is None or not picks:
+            return [[] for _ in picks]
+        recent_first = list(dict.fromkeys(reversed(window)))
+        similarity = self.item_vectors[picks] @ self.item_vectors[recent_first].T  # (picks, distinct window)
+        order = np.argsort(-similarity, axis=1, kind="stable")[:, :MAX_BECAUSE]  # stable: recent first on ties
+        return [[self.bundle.item_ids[recent_first[j] - 1] for j in row] for row in order.tolist()]
+
+    def _probabilities(self, user_vector: list[float], candidates: list[int]) -> np.ndarray:
+        """softmax over items 1..n of user_vector · item_vectors, at `candidates` (a stable logsumexp)."""
+        logits = (self.item_vectors[1:] @ np.asarray(user_vector, dtype=np.float32)).astype(np.float64)
+        top = logits.max()
+        log_normalizer = top + np.log(np.exp(logits - top).sum())
+        return np.exp(logits[np.asarray(candidates) - 1] - log_normalizer)
+
+
+# ---------------------------------------------------------------------------------------- the HTTP edge
+
+
+def _can_score() -> bool:
+    try:
+        return bentoml.get_current_service().item_vectors is not None
+    except BentoMLException:  # not instantiated yet: let the request through to BentoML's own answer
+        return True
+
+
+class RequestGuard:
+    """ASGI middleware in front of Recommender's routes, for what its request models cannot say.
+
+    - A body over `max_body_bytes` is a 413 before it is read (BentoML 1.4 has no such setting: its
+      `max_message_length` is for gRPC); a body without Content-Length is counted as it arrives.
+    - POST /score on a bundle without item vectors is a 501 with the reason: BentoML replaces the message
+      of every error of 500 and above with "An unexpected error has occurred", so the service's own
+      ScoringUnavailable (501) would reach the client without its reason.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") == "/score" and not _can_score():
+            await _send_error(send, HTTPStatus.NOT_IMPLEMENTED, _NO_ITEM_VECTORS)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _send_error(send, HTTPStatus.BAD_REQUEST, f"Content-Length: {declared!r} is not a byte count")
+            elif int(declared) > self.max_body_bytes:
+                await _send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(f"{int(declared)} bytes"))
+            else:
+                await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                await _send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(f"over {self.max_body_bytes} bytes"))
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, size: str) -> str:
+        return (
+            f"request body: {size}, the limit is {self.max_body_bytes} bytes (history: at most {MAX_HISTORY} "
+            f"item ids, candidates: at most {MAX_CANDIDATES})"
+        )
+
+
+async def _send_error(send: Any, status: HTTPStatus, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": int(status), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+Recommender.add_asgi_middleware(RequestGuard, max_body_bytes=MAX_BODY_BYTES)

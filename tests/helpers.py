@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "serving.service:Recommender"
 
 
 def free_port() -> int:
@@ -51,3 +53,17 @@ def running_server(command: list[str], env: dict, log: Path, url: str, ready_pat
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextmanager
+def bentoml_serve(model_tag: str, log: Path, target: str = SERVICE, timeout: float = 60) -> Iterator[str]:
+    """`bentoml serve` `target` (the service from source, or a Bento tag) on a free port, with the Bento
+    model `model_tag`; yield its base URL."""
+    from serving.contract import MODEL_TAG_ENV
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(command, {**os.environ, MODEL_TAG_ENV: model_tag}, log, url, timeout=timeout) as seconds:
+        print(f"bentoml serve ready in {seconds:.1f} s (log: {log})")
+        yield url

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.errors import ParityFailed
-from components.export import ExportConfig, check_parity, export_onnx
+from components.export import ExportConfig, check_parity, export_onnx, quantize_int8
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig, TopKGraph
 from components.training import TrainConfig, train_model
 from serving import contract
@@ -65,9 +65,9 @@ def test_id_only_variant_ignores_text():
 def test_topk_graph_excludes_history_on_request():
     graph = TopKGraph(tiny(), k=10)
     history = torch.tensor([[0, 3, 4, 5]])
-    items, _ = graph(history, torch.tensor([True]))
+    items, _, _ = graph(history, torch.tensor([True]))
     assert not set(items[0].tolist()) & {0, 3, 4, 5}
-    items_all, scores = graph(history, torch.tensor([False]))
+    items_all, scores, _ = graph(history, torch.tensor([False]))
     assert 0 not in items_all[0].tolist() and torch.all(scores[0, :-1] >= scores[0, 1:])
 
 
@@ -88,15 +88,20 @@ def test_onnx_export_matches_torch(tmp_path):
     path = export_onnx(model, tmp_path / "m.onnx", ExportConfig(k=contract.MAX_K))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [contract.INPUT_HISTORY, contract.INPUT_EXCLUDE_SEEN]
-    assert [o.name for o in session.get_outputs()] == [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES]
+    assert [o.name for o in session.get_outputs()] == [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER]
     rng = np.random.default_rng(0)
     histories = [rng.integers(1, N_ITEMS + 1, size=rng.integers(1, 20)) for _ in range(300)]
     report = check_parity(model, path, histories, ExportConfig(probe_size=256))
     assert report.passed and report.cases == 258 and report.max_abs_score_diff < 1e-4
     assert {b["batch"] for b in report.batches} >= {1, 7, 64}
     # Graph output K is min(MAX_K, n_items), dynamic batch and length work.
-    items, scores = session.run(None, {"history": contract.pad_histories(histories[:3], 12), "exclude_seen": np.array([True, False, True])})
-    assert items.shape == (3, N_ITEMS) and scores.dtype == np.float32
+    items, scores, user = session.run(None, {"history": contract.pad_histories(histories[:3], 12), "exclude_seen": np.array([True, False, True])})
+    assert items.shape == (3, N_ITEMS) and scores.dtype == np.float32 and user.shape == (3, 32)
+    # user_vector · item table reproduces the top scores (what /score relies on)
+    with torch.no_grad():
+        table = model.item_table().numpy()
+    finite = np.isfinite(scores)  # excluded items fill the tail with -inf
+    np.testing.assert_allclose(np.take_along_axis(user @ table.T, items, 1)[finite], scores[finite], atol=1e-4)
 
 
 def test_parity_failure_blocks(tmp_path):
@@ -107,3 +112,17 @@ def test_parity_failure_blocks(tmp_path):
     histories = [np.array([1, 2, 3]), np.array([4, 5])] * 10
     with pytest.raises(ParityFailed, match=r"ONNX Runtime disagrees with torch on \d+ of 22 probe histories"):
         check_parity(model, path, histories)
+
+
+def test_int8_variant_is_measured_and_gated(tmp_path):
+    model = tiny()
+    fp32 = export_onnx(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    histories = [rng.integers(1, N_ITEMS + 1, size=rng.integers(2, 12)) for _ in range(200)]
+    targets = rng.integers(1, N_ITEMS + 1, size=200)
+    report = quantize_int8(fp32, tmp_path / "m.int8.onnx", histories, targets, max_len=12)
+    assert report.cases == 200 and 0.0 <= report.top10_overlap <= 1.0
+    assert report.bytes_int8 > 0 and (tmp_path / "m.int8.onnx").exists()
+    assert report.accepted == (report.relative_drop <= 0.01 and report.top10_overlap >= 0.9)
+    strict = quantize_int8(fp32, tmp_path / "m2.int8.onnx", histories, targets, max_len=12, min_top10_overlap=1.01)
+    assert not strict.accepted and strict.reason.startswith("fp32 served: top-10 overlap with fp32 is")

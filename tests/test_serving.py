@@ -1,21 +1,27 @@
 """Serving in three layers, against a tiny real ONNX bundle and an independent numpy reference:
 
-1. the Bento service class in-process (ranking, k, exclusion, truncation, errors, start-up checks);
-2. a real `bentoml serve` process, called with `bentoml.SyncHTTPClient` and raw HTTP (bad payloads → 4xx);
+1. the Bento service classes in-process (ranking, k, exclusion, truncation, `because`, /score
+   probabilities, limits, errors, start-up checks, batching by length);
+2. a real `bentoml serve` process, called with `bentoml.SyncHTTPClient` and raw HTTP (bad payloads → 4xx,
+   concurrent requests batched and still exact);
 3. packaging: bundle → Bento model → a slim Bento → a `.bento` archive.
+
+The fuzzing of the served OpenAPI spec lives in tests/test_serving_fuzz.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
+import aiohttp
 import bentoml
 import httpx
 import numpy as np
@@ -27,13 +33,17 @@ from components.errors import BehaviorflowError
 from components.packaging import bento_requirements, build_bento, export_bento, save_bundle_to_store
 from serving.contract import MODEL_TAG_ENV
 from serving import contract
-from tests.helpers import ROOT, free_port, running_server
+from tests.helpers import ROOT, bentoml_serve
 from tests.tiny_bundle import (
+    CREATED_AT,
     MAX_LEN,
+    MODEL_NAME,
     REGISTRY_VERSION,
     embeddings,
     item_id,
     make_tiny_bundle,
+    reference_because,
+    reference_probabilities,
     reference_top_k,
 )
 
@@ -41,6 +51,7 @@ N_ITEMS, DIM, SEED = 30, 8, 0
 TRAINING_STACK = ("torch", "transformers", "prefect", "mlflow", "great-expectations", "great_expectations",
                   "pandas")
 SCORE_TOL = 1e-5
+PROBABILITY_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +74,17 @@ def model_tag(bundle_dir) -> str:
     return save_bundle_to_store(bundle_dir, labels={"source": "tests"}, metadata={"data_fingerprint": "abc"})
 
 
-def load_service(tag: str):
-    """A fresh import of serving.service bound to `tag` (the model is picked at import), instantiated."""
+def load_module(tag: str):
+    """A fresh import of serving.service bound to `tag` (the model is picked at import)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(MODEL_TAG_ENV, tag)
         mp.delitem(sys.modules, "serving.service", raising=False)
-        module = importlib.import_module("serving.service")
-        return module.Recommender()
+        return importlib.import_module("serving.service")
+
+
+def load_service(tag: str):
+    """The Recommender of a fresh serving.service bound to `tag`; in-process it builds its Ranker too."""
+    return load_module(tag).Recommender()
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +92,32 @@ def service(model_tag):
     return load_service(model_tag)
 
 
+def indices(ids: list[str]) -> list[int]:
+    return [int(i[1:]) for i in ids]
+
+
 def expected(table, history_ids: list[str], k: int, exclude_seen: bool) -> tuple[list[str], np.ndarray]:
-    top, scores = reference_top_k(table, [int(i[1:]) for i in history_ids], k, exclude_seen)
+    top, scores = reference_top_k(table, indices(history_ids), k, exclude_seen)
     return [item_id(i) for i in top], scores
 
 
 def assert_matches(response: dict, table, history_ids: list[str], k: int, exclude_seen: bool) -> None:
+    """Items, scores, titles, `because` and version all equal the numpy reference."""
     want_ids, want_scores = expected(table, history_ids, k, exclude_seen)
     got_ids = [row["item_id"] for row in response["items"]]
     assert got_ids == want_ids
     np.testing.assert_allclose([row["score"] for row in response["items"]], want_scores, atol=SCORE_TOL)
     assert [row["title"] for row in response["items"]] == [f"Item {int(i[1:])}" for i in want_ids]
+    want_because = reference_because(table, indices(history_ids), indices(want_ids))
+    assert [indices(row["because"]) for row in response["items"]] == want_because
+    assert response["model_version"] == REGISTRY_VERSION
+
+
+def assert_probabilities(response: dict, table, history: list[str], candidates: list[str]) -> None:
+    """Candidates in the order asked, probabilities equal to the numpy reference."""
+    assert [row["item_id"] for row in response["scores"]] == candidates
+    got = np.array([row["probability"] for row in response["scores"]])
+    np.testing.assert_allclose(got, reference_probabilities(table, indices(history), indices(candidates)), atol=PROBABILITY_TOL, rtol=0)
     assert response["model_version"] == REGISTRY_VERSION
 
 
@@ -154,6 +184,8 @@ def test_unknown_items_are_listed(service):
     many = [f"unknown{i}" for i in range(25)]
     with pytest.raises(InvalidArgument, match=r"\['unknown0', .*'unknown19'\] and 5 more \(not in"):
         service.recommend(history=many)
+    with pytest.raises(InvalidArgument, match=r"unknown item ids \['" + "y" * 80 + r"\.\.\.'\] \(not in"):
+        service.recommend(history=["y" * 5000])  # a long id is quoted cut short
 
 
 def test_unknown_user_is_not_found(service):
@@ -162,12 +194,245 @@ def test_unknown_user_is_not_found(service):
     assert err.value.error_code == 404
 
 
+def test_because_names_the_most_similar_history_items(service, table):
+    # Fewer distinct items than MAX_BECAUSE: all of them, repeats once; more: exactly MAX_BECAUSE.
+    short = service.recommend(history=["i004", "i004", "i011"], k=4).items
+    assert all(sorted(r.because) == ["i004", "i011"] for r in short)
+    long = service.recommend(history=[item_id(i) for i in range(1, 11)], k=4).items
+    assert all(len(r.because) == contract.MAX_BECAUSE for r in long)
+    # Checked by hand for one pick: the window item with the largest dot product comes first.
+    pick = int(long[0].item_id[1:])
+    best = max(range(1, 11), key=lambda h: float(table[h] @ table[pick]))
+    assert long[0].because[0] == item_id(best)
+    # Only the window the model reads explains a pick: items before it never appear.
+    history = [item_id(1 + i % N_ITEMS) for i in range(MAX_LEN + 5)]
+    window = set(history[-MAX_LEN:])
+    assert all(set(r.because) <= window for r in service.recommend(history=history, k=5, exclude_seen=False).items)
+
+
+@pytest.mark.parametrize(
+    "history, candidates",
+    [
+        (["i001"], ["i002"]),
+        (["i003", "i005", "i007"], ["i009", "i003", "i030", "i009"]),  # order kept, repeats kept, seen items scored
+        ([item_id(i) for i in range(1, 26)], [item_id(i) for i in range(30, 0, -1)]),  # > max_len, whole catalog
+    ],
+)
+def test_score_matches_reference(service, table, history, candidates):
+    response = service.score(history=history, candidates=candidates).model_dump()
+    assert_probabilities(response, table, history, candidates)
+    probabilities = [row["probability"] for row in response["scores"]]
+    assert all(0 < p < 1 for p in probabilities)
+    distinct = {row["item_id"]: row["probability"] for row in response["scores"]}
+    assert sum(distinct.values()) <= 1 + PROBABILITY_TOL
+    if len(distinct) == N_ITEMS:  # the whole catalog: a distribution
+        assert sum(distinct.values()) == pytest.approx(1.0, abs=PROBABILITY_TOL)
+
+
+def test_score_is_stable_for_large_logits(model_tag, table):
+    """A naive softmax overflows (exp(1000) = inf) or underflows to 0/0; the service's logsumexp does not."""
+    service = load_module(model_tag).Recommender()
+    service.item_vectors = table * 400  # logits in the thousands; the graph's user vector is unchanged
+    candidates = [item_id(i) for i in range(1, N_ITEMS + 1)]
+    probabilities = np.array([s.probability for s in service.score(history=["i001", "i002"], candidates=candidates).scores])
+    logits = (table[1:] * 400).astype(np.float64) @ table[[1, 2]].astype(np.float64).mean(axis=0)
+    assert np.abs(logits).max() > 1000 and np.isfinite(probabilities).all()
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-9)
+    assert probabilities.argmax() == logits.argmax() and probabilities.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_score_lists_unknown_ids_of_both_fields(service):
+    with pytest.raises(InvalidArgument) as err:
+        service.score(history=["i001", "ghost"], candidates=["i002", "x", "y", "x"])
+    assert err.value.error_code == 400
+    assert str(err.value) == (
+        f"history: unknown item ids ['ghost']; candidates: unknown item ids ['x', 'y'] "
+        f"(not in the model's catalog of {N_ITEMS} items)"
+    )
+
+
+@pytest.mark.parametrize(
+    "call, fields, message",
+    [
+        ("recommend", {"history": ["i001"] * (contract.MAX_HISTORY + 1)}, r"history\n  List should have at most 2000 items"),
+        ("score", {"history": ["i001"] * (contract.MAX_HISTORY + 1), "candidates": ["i002"]}, r"history\n  List should have at most 2000 items"),
+        ("score", {"history": ["i001"], "candidates": ["i002"] * (contract.MAX_CANDIDATES + 1)}, r"candidates\n  List should have at most 1000 items"),
+        ("score", {"history": [], "candidates": ["i002"]}, r"history\n  List should have at least 1 item"),
+        ("score", {"history": ["i001"], "candidates": []}, r"candidates\n  List should have at least 1 item"),
+        ("score", {"history": ["i001"]}, r"candidates\n  Field required"),
+    ],
+)
+def test_limits_name_the_field_and_the_limit(service, call, fields, message):
+    with pytest.raises(pydantic.ValidationError, match=message):
+        getattr(service, call)(**fields)
+
+
+def test_requests_at_the_limits_are_answered(service, table):
+    history = [item_id(1 + i % N_ITEMS) for i in range(contract.MAX_HISTORY)]
+    assert_matches(service.recommend(history=history, k=contract.MAX_K).model_dump(), table, history, contract.MAX_K, True)
+    candidates = [item_id(1 + i % N_ITEMS) for i in range(contract.MAX_CANDIDATES)]
+    assert_probabilities(service.score(history=history, candidates=candidates).model_dump(), table, history, candidates)
+
+
 def test_metadata(service, model_tag):
-    meta = service.metadata()
-    assert meta["model_tag"] == model_tag
-    assert meta["model_version"] == REGISTRY_VERSION
-    assert meta["n_items"] == N_ITEMS
+    meta = service.metadata().model_dump()
+    assert meta["bento_model_tag"] == model_tag and meta["bento_tag"] is None  # served from source
+    assert meta["model_name"] == MODEL_NAME and meta["model_version"] == REGISTRY_VERSION
+    assert meta["alias"] is None  # the tiny manifest records none
+    assert meta["metrics"] == {"HR@10": 0.5, "NDCG@10": 0.25} and meta["data_fingerprint"] == "abc"
+    assert meta["created_at"] == CREATED_AT
+    assert (meta["n_items"], meta["n_users"], meta["max_len"], meta["can_score"]) == (N_ITEMS, 5, MAX_LEN, True)
+    assert meta["limits"] == {"k": 100, "history": 2000, "candidates": 1000, "because": 3, "body_bytes": 1 << 20}
     assert meta["manifest"]["max_len"] == MAX_LEN and meta["manifest"]["data_fingerprint"] == "abc"
+
+
+def test_bundle_without_item_vectors(tmp_path, table):
+    """No item table: recommendations as before with an empty `because`; /score is a 501 that says why."""
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED, item_vectors=False)
+    manifest = json.loads((bundle / contract.MANIFEST_FILE).read_text())
+    manifest.pop("created_at")
+    (bundle / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+    module = load_module(save_bundle_to_store(bundle))
+    service = module.Recommender()
+    response = service.recommend(history=["i003", "i005"], k=5).model_dump()
+    assert [row["item_id"] for row in response["items"]] == expected(table, ["i003", "i005"], 5, True)[0]
+    assert all(row["because"] == [] for row in response["items"])
+    with pytest.raises(module.ScoringUnavailable, match=r"no item_vectors.npy .* re-export the model") as err:
+        service.score(history=["i001"], candidates=["i002"])
+    assert err.value.error_code == 501
+    meta = service.metadata()
+    assert meta.can_score is False and meta.created_at == service.model_ref.info.creation_time.isoformat()
+
+
+def test_older_clients_still_parse_recommendations():
+    """`because` is new: a response without it (an older server) still parses, with an empty list."""
+    old = {"items": [{"item_id": "i001", "title": "Item 1", "score": 1.5}], "model_version": "3"}
+    assert contract.RecommendResponse.model_validate(old).items[0].because == []
+
+
+def guarded(module, method: str, path: str, chunks: list[bytes], headers: dict[str, str] | None = None):
+    """(status, body, what the app behind it read) for one request through RequestGuard, in-process."""
+    seen = []
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run():
+        messages = [{"type": "http.request", "body": c, "more_body": j < len(chunks) - 1} for j, c in enumerate(chunks)]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        scope = {"type": "http", "method": method, "path": path, "headers": raw}
+        await module.RequestGuard(app, max_body_bytes=10)(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, body = asyncio.run(run())
+    return status, body, seen
+
+
+def test_request_guard(model_tag, monkeypatch):
+    module = load_module(model_tag)
+    assert guarded(module, "POST", "/recommend", [b"12345", b"67890"])[:2] == (200, b"ok")  # 10 bytes: fits
+    assert guarded(module, "POST", "/recommend", [b"12345", b"67890"])[2] == [b"1234567890"]  # replayed whole
+    status, body, seen = guarded(module, "POST", "/recommend", [b"123456", b"78901"])
+    assert (status, seen) == (413, []) and "over 10 bytes, the limit is 10 bytes" in json.loads(body)["error"]
+    status, body, seen = guarded(module, "POST", "/recommend", [b"x"], {"Content-Length": "11"})
+    assert (status, seen) == (413, []) and "11 bytes, the limit is 10 bytes" in json.loads(body)["error"]
+    assert guarded(module, "POST", "/recommend", [b"x"], {"Content-Length": "1"})[0] == 200
+    status, body, _ = guarded(module, "POST", "/recommend", [b"x"], {"Content-Length": "-1"})
+    assert status == 400 and json.loads(body)["error"] == "Content-Length: b'-1' is not a byte count"
+    assert guarded(module, "GET", "/metadata", [b""] * 3)[0] == 200  # GETs pass untouched
+    # POST /score answers 501 with its reason when the loaded model cannot score (BentoML would mask it).
+    assert guarded(module, "POST", "/score", [b"{}"])[0] == 200
+    monkeypatch.setattr(module, "_can_score", lambda: False)
+    status, body, seen = guarded(module, "POST", "/score", [b"{}"])
+    assert (status, seen) == (501, []) and json.loads(body)["error"].startswith("score: this model cannot score")
+    assert guarded(module, "POST", "/recommend", [b"{}"])[0] == 200
+
+
+def test_length_groups():
+    from serving.service import length_groups
+
+    lengths = [20, 1, 3, 17, 2, 1, 9, 4, 0]
+    groups = length_groups(lengths, max_len=20)
+    assert groups == [[8, 1, 5], [4], [2, 7], [6], [3, 0]]  # shortest first; widths 1, 2, 4, 9, 20
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:  # each group pads to at most twice its shortest member
+        widths = [max(1, lengths[i]) for i in group]
+        assert max(widths) <= 2 * min(widths)
+    assert length_groups([], max_len=20) == []
+
+
+def test_ranker_groups_a_batch_by_length(service, table):
+    """One graph call per length group, each padded to its own longest; answers equal one-by-one runs."""
+    from serving.service import RankQuery
+
+    ranker = service.ranker
+    rng = np.random.default_rng(5)
+    windows = [[int(i) for i in rng.integers(1, N_ITEMS + 1, size=n)] for n in (20, 1, 3, 17, 2, 1, 9, 4)]
+    queries = [RankQuery(window=w, exclude_seen=bool(j % 2)) for j, w in enumerate(windows)]
+    widths = []
+    real_run = ranker.session.run
+
+    def spy(names, feeds):
+        widths.append(feeds[contract.INPUT_HISTORY].shape)
+        return real_run(names, feeds)
+
+    ranker.session.run = spy
+    try:
+        batched = ranker.rank(queries)
+        widths_batched, widths[:] = list(widths), []
+        alone = [ranker.rank([q])[0] for q in queries]
+    finally:
+        ranker.session.run = real_run
+    assert widths_batched == [(2, 1), (1, 2), (2, 4), (1, 9), (2, 20)]
+    for together, one in zip(batched, alone):  # equal up to float32 rounding (another matmul shape)
+        assert together.items == one.items
+        np.testing.assert_allclose(together.scores, one.scores, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(together.user_vector, one.user_vector, rtol=1e-6, atol=1e-6)
+    for query, answer in zip(queries, batched):
+        top, _ = reference_top_k(table, query.window, 10, query.exclude_seen)
+        assert [i for i in answer.items if i not in (set(query.window) if query.exclude_seen else set())][:10] == top
+        np.testing.assert_allclose(answer.user_vector, table[query.window].mean(axis=0), atol=1e-6)
+
+
+def test_a_dropped_connection_to_the_ranker_is_retried_once(service, monkeypatch):
+    ranker = service.ranker
+    real_rank = ranker.rank
+    calls = []
+
+    def flaky(queries):
+        calls.append(len(queries))
+        if len(calls) == 1:
+            raise aiohttp.ServerDisconnectedError()
+        return real_rank(queries)
+
+    monkeypatch.setattr(ranker, "rank", flaky)
+    assert len(service.recommend(history=["i001"], k=3).items) == 3 and calls == [1, 1]
+
+    def broken(queries):
+        calls.append(len(queries))
+        raise aiohttp.ServerDisconnectedError()
+
+    calls.clear()
+    monkeypatch.setattr(ranker, "rank", broken)
+    with pytest.raises(aiohttp.ServerDisconnectedError):  # twice in a row: not hidden
+        service.recommend(history=["i001"], k=3)
+    assert calls == [1, 1]
 
 
 def test_sample_request_is_valid(service):
@@ -192,6 +457,37 @@ def test_inconsistent_bundle_fails_at_start_up(tmp_path, keep_items, users, mess
         load_service(save_bundle_to_store(bundle))
 
 
+@pytest.mark.parametrize(
+    "vectors, message",
+    [
+        (lambda table: table[:-1], r"item_vectors.npy has shape \(30, 8\), expected \(n_items \+ 1, d\) = \(31, 8\)"),
+        (lambda table: table[:, :4], r"item_vectors.npy has shape \(31, 4\), expected .* = \(31, 8\)"),
+        (lambda table: embeddings(N_ITEMS, DIM, SEED + 1), r"differs from the graph's top_scores .* not the ones the graph scores with"),
+    ],
+    ids=["one row short", "narrower than user_vector", "another model's vectors"],
+)
+def test_item_vectors_not_the_graphs_fail_at_start_up(tmp_path, table, vectors, message):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    np.save(bundle / contract.ITEM_VECTORS_FILE, vectors(table))
+    with pytest.raises(ValueError, match=message):
+        load_service(save_bundle_to_store(bundle))
+
+
+def test_int8_graph_with_fp32_item_vectors_is_served(tmp_path, table):
+    """An int8 graph scores with a quantized table, ~1% off the fp32 item vectors: still the same model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    quantize_dynamic(str(bundle / contract.MODEL_FILE), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
+    (tmp_path / "int8.onnx").replace(bundle / contract.MODEL_FILE)
+    service = load_service(save_bundle_to_store(bundle))
+    everything = [item_id(i) for i in range(1, N_ITEMS + 1)]
+    probabilities = [s.probability for s in service.score(history=["i001", "i002"], candidates=everything).scores]
+    assert sum(probabilities) == pytest.approx(1.0, abs=PROBABILITY_TOL)
+    top = service.recommend(history=["i001", "i002"], k=3).items
+    assert len(top) == 3 and all(len(r.because) == 2 for r in top)
+
+
 def test_service_imports_no_training_stack():
     probe = "import sys, serving.service; print([m for m in sys.argv[1:] if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe, *TRAINING_STACK, "components"], cwd=ROOT,
@@ -204,14 +500,8 @@ def test_service_imports_no_training_stack():
 
 @pytest.fixture(scope="module")
 def server(model_tag, tmp_path_factory):
-    """One `bentoml serve` process for the module; yields its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, MODEL_TAG_ENV: model_tag}
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Recommender", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with running_server(command, env, log, url) as seconds:
-        print(f"bentoml serve ready in {seconds:.1f} s")
+    """One `bentoml serve` process for the module (Recommender and its Ranker); yields its base URL."""
+    with bentoml_serve(model_tag, tmp_path_factory.mktemp("server") / "serve.log") as url:
         yield url
 
 
@@ -219,10 +509,12 @@ def test_server_with_bentoml_client(server, table, users):
     with bentoml.SyncHTTPClient(server) as client:
         by_history = client.recommend(history=["i003", "i005", "i007"], k=10, exclude_seen=True)
         by_user = client.recommend(user_id="u2", k=4)
+        scored = client.score(history=["i003", "i005"], candidates=["i007", "i003", "i020"])
         with pytest.raises(BentoMLException, match=r"unknown item ids \['nope'\]") as err:
             client.recommend(history=["nope"])
     assert_matches(by_history, table, ["i003", "i005", "i007"], 10, True)
     assert_matches(by_user, table, users["u2"], 4, True)
+    assert_probabilities(scored, table, ["i003", "i005"], ["i007", "i003", "i020"])
     assert err.value.error_code == 400
 
 
@@ -231,37 +523,117 @@ def test_server_with_raw_http(server, table, model_tag):
     response = httpx.post(f"{server}/recommend", json={"history": history, "k": 3, "exclude_seen": False})
     assert response.status_code == 200, response.text
     assert_matches(response.json(), table, history, 3, False)
+    candidates = [item_id(i) for i in range(N_ITEMS, 0, -1)]
+    scored = httpx.post(f"{server}/score", json={"history": history, "candidates": candidates})
+    assert scored.status_code == 200, scored.text
+    assert_probabilities(scored.json(), table, history, candidates)
+    assert sum(row["probability"] for row in scored.json()["scores"]) == pytest.approx(1.0, abs=PROBABILITY_TOL)
+
+
+def test_server_metadata_and_probes(server, model_tag):
     meta = httpx.get(f"{server}/metadata")
-    assert meta.status_code == 200 and meta.json()["model_tag"] == model_tag
+    assert meta.status_code == 200
+    body = meta.json()
+    assert set(body) == set(contract.ServiceMetadata.model_fields)
+    assert body["bento_model_tag"] == model_tag and body["bento_tag"] is None  # served from source
+    assert (body["model_name"], body["model_version"], body["alias"]) == (MODEL_NAME, REGISTRY_VERSION, None)
+    assert body["metrics"] == {"HR@10": 0.5, "NDCG@10": 0.25} and body["data_fingerprint"] == "abc"
+    assert body["created_at"] == CREATED_AT and body["can_score"] is True
+    for probe in ("/healthz", "/livez", "/readyz"):  # BentoML's own; /readyz only after both warm-ups
+        assert httpx.get(f"{server}{probe}").status_code == 200, probe
+    # The Ranker is internal: its API is not on the public port.
+    assert httpx.post(f"{server}/rank", json={"queries": []}).status_code == 404
+
+
+def test_server_batches_concurrent_requests_and_stays_exact(server, table):
+    """Concurrent requests of mixed lengths meet in the Ranker's batches; every answer is still exact."""
+    rng = np.random.default_rng(11)
+    histories = [[item_id(int(i)) for i in rng.integers(1, N_ITEMS + 1, size=int(n))]
+                 for n in rng.choice([1, 2, 3, 5, 9, 17, 25, 60], size=150)]
+
+    def batches() -> tuple[float, float]:
+        text = httpx.get(f"{server}/metrics").text
+        found = {}
+        for name in ("sum", "count"):
+            match = re.search(rf'^bentoml_service_adaptive_batch_size_{name}{{[^}}]*method_name="rank"[^}}]*}} (\S+)$', text, re.M)
+            found[name] = float(match.group(1)) if match else 0.0
+        return found["sum"], found["count"]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(*(
+                client.post(f"{server}/recommend", json={"history": h, "k": 5}) if j % 3 else
+                client.post(f"{server}/score", json={"history": h, "candidates": ["i001", "i017"]})
+                for j, h in enumerate(histories)
+            ))
+
+    queries_before, batches_before = batches()
+    responses = asyncio.run(fire())
+    queries, n_batches = (a - b for a, b in zip(batches(), (queries_before, batches_before)))
+    for j, (history, response) in enumerate(zip(histories, responses)):
+        assert response.status_code == 200, response.text
+        if j % 3:
+            assert_matches(response.json(), table, history, 5, True)
+        else:
+            assert_probabilities(response.json(), table, history, ["i001", "i017"])
+    print(f"{len(histories)} concurrent requests: {queries:.0f} ranker queries in {n_batches:.0f} batches")
+    assert queries == len(histories)
+    assert n_batches < queries  # at least one batch held more than one request
 
 
 @pytest.mark.parametrize(
-    "body, status, needles",
+    "route, body, status, needles",
     [
-        ({"history": ["i001"], "k": 0}, 400, ['"k"', "greater than or equal to 1"]),
-        ({"history": ["i001"], "k": 101}, 400, ['"k"', "less than or equal to 100"]),
-        ({"history": ["i001"], "k": "ten"}, 400, ['"k"', "valid integer"]),
-        ({"user_id": "u0", "history": ["i001"]}, 400, ["exactly one of 'user_id' or 'history'"]),
-        ({}, 400, ["exactly one of 'user_id' or 'history'"]),
-        ({"history": []}, 400, ["'history' is empty"]),
-        ({"history": "i001"}, 400, ['"history"', "valid array"]),
-        ({"history": [1, 2]}, 400, ['"history"', "valid string"]),
-        ({"user_id": "u0", "exclude_seen": "maybe"}, 400, ['"exclude_seen"', "valid boolean"]),
-        ({"history": ["nope", "i001", "zz"]}, 400, ["history: unknown item ids ['nope', 'zz']", "30 items"]),
-        ({"user_id": "ghost"}, 404, ["user_id: unknown user 'ghost'"]),
-        ("{not json", 400, ["Invalid JSON"]),
-        ("[1, 2]", 400, ["Input should be an object"]),
+        ("/recommend", {"history": ["i001"], "k": 0}, 400, ['"k"', "greater than or equal to 1"]),
+        ("/recommend", {"history": ["i001"], "k": 101}, 400, ['"k"', "less than or equal to 100"]),
+        ("/recommend", {"history": ["i001"], "k": "ten"}, 400, ['"k"', "valid integer"]),
+        ("/recommend", {"user_id": "u0", "history": ["i001"]}, 400, ["exactly one of 'user_id' or 'history'"]),
+        ("/recommend", {}, 400, ["exactly one of 'user_id' or 'history'"]),
+        ("/recommend", {"history": []}, 400, ["'history' is empty"]),
+        ("/recommend", {"history": "i001"}, 400, ['"history"', "valid array"]),
+        ("/recommend", {"history": [1, 2]}, 400, ['"history"', "valid string"]),
+        ("/recommend", {"user_id": "u0", "exclude_seen": "maybe"}, 400, ['"exclude_seen"', "valid boolean"]),
+        ("/recommend", {"history": ["nope", "i001", "zz"]}, 400, ["history: unknown item ids ['nope', 'zz']", "30 items"]),
+        ("/recommend", {"user_id": "ghost"}, 404, ["user_id: unknown user 'ghost'"]),
+        ("/recommend", "{not json", 400, ["Invalid JSON"]),
+        ("/recommend", "[1, 2]", 400, ["Input should be an object"]),
+        ("/recommend", {"history": ["i001"] * 2001}, 400, ['"history"', "at most 2000 items"]),
+        ("/score", {"history": ["i001"], "candidates": ["i002"] * 1001}, 400, ['"candidates"', "at most 1000 items"]),
+        ("/score", {"history": ["i001"] * 2001, "candidates": ["i002"]}, 400, ['"history"', "at most 2000 items"]),
+        ("/score", {"history": ["i001"], "candidates": []}, 400, ['"candidates"', "at least 1 item"]),
+        ("/score", {"history": [], "candidates": ["i002"]}, 400, ['"history"', "at least 1 item"]),
+        ("/score", {"candidates": ["i002"]}, 400, ['"history"', "Field required"]),
+        ("/score", {"history": ["i001", "no"], "candidates": ["i002", "zz"]}, 400,
+         ["history: unknown item ids ['no']; candidates: unknown item ids ['zz']"]),
     ],
 )
-def test_server_rejects_bad_payloads(server, body, status, needles):
+def test_server_rejects_bad_payloads(server, body, status, needles, route):
     if isinstance(body, str):
         headers = {"content-type": "application/json"}
-        response = httpx.post(f"{server}/recommend", content=body, headers=headers)
+        response = httpx.post(f"{server}{route}", content=body, headers=headers)
     else:
-        response = httpx.post(f"{server}/recommend", json=body)
+        response = httpx.post(f"{server}{route}", json=body)
     assert response.status_code == status, response.text
     for needle in needles:
         assert needle in response.text
+
+
+def test_server_limits_the_body_size(server):
+    headers = {"content-type": "application/json"}
+    declared = httpx.post(f"{server}/recommend", content='{"history": ["' + "x" * (1 << 20) + '"]}', headers=headers)
+    assert declared.status_code == 413
+    assert "request body: 1048593 bytes, the limit is 1048576 bytes" in declared.text
+
+    def chunks(n: int):  # a chunked body carries no Content-Length: it is counted as it arrives
+        yield b'{"history": ["'
+        for _ in range(n):
+            yield b"x" * 100_000
+        yield b'"]}'
+
+    too_big = httpx.post(f"{server}/recommend", content=chunks(11), headers=headers)
+    assert too_big.status_code == 413 and "the limit is 1048576 bytes" in too_big.text
+    fits = httpx.post(f"{server}/recommend", content=chunks(1), headers=headers)
+    assert fits.status_code == 400 and "unknown item ids" in fits.text  # read, parsed, answered
 
 
 # ---------------------------------------------------------------------------------------- packaging
@@ -271,7 +643,8 @@ def test_save_bundle_to_store(model_tag, bundle_dir):
     model = bentoml.models.get(model_tag)
     assert model.tag.name == "behaviorflow-recommender"
     assert model.info.labels == {"source": "tests"} and model.info.metadata == {"data_fingerprint": "abc"}
-    for name in (contract.MODEL_FILE, contract.ITEMS_FILE, contract.USERS_FILE, contract.MANIFEST_FILE):
+    for name in (contract.MODEL_FILE, contract.ITEMS_FILE, contract.USERS_FILE, contract.MANIFEST_FILE,
+                 contract.ITEM_VECTORS_FILE):
         assert Path(model.path_of(name)).read_bytes() == (bundle_dir / name).read_bytes()
 
 
@@ -304,6 +677,15 @@ def test_bento_is_slim_and_records_the_model(bento_tag, model_tag):
     assert {"serving/service.py", "serving/contract.py", "serving/sample_request.json"} <= set(files)
     packaged = [f for f in files if f != "bentofile.yaml"]
     assert all(f.startswith("serving/") and f.endswith((".py", ".json")) for f in packaged), files
+
+
+def test_built_bento_serves_and_names_itself(bento_tag, model_tag, table, tmp_path):
+    """The Bento (both services, one recorded model) serves from the store and reports its own tag."""
+    with bentoml_serve(model_tag, tmp_path / "serve-bento.log", target=bento_tag) as url:
+        meta = httpx.get(f"{url}/metadata").json()
+        response = httpx.post(f"{url}/recommend", json={"history": ["i003", "i005"], "k": 4}).json()
+    assert meta["bento_tag"] == bento_tag and meta["bento_model_tag"] == model_tag
+    assert_matches(response, table, ["i003", "i005"], 4, True)
 
 
 def test_export_bento(bento_tag, model_tag, tmp_path):

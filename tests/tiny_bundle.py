@@ -7,8 +7,11 @@ computes a mean-of-history-embeddings recommender:
     scores = user @ E.T                                          # (B, n_items + 1)
     scores[:, PAD] = -inf; scores[b, history[b]] = -inf  where exclude_seen[b]
     top_scores, top_items = TopK(scores, K)
+    user_vector = user
 
+and the bundle's item_vectors.npy is E itself, so score(i) = user_vector · item_vectors[i] holds exactly.
 It is built with `onnx.helper` so serving can be tested before (and independently of) the torch exporter.
+The reference functions at the end recompute every answer with plain numpy, from E alone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from serving import contract
 
 MAX_LEN = 20
 REGISTRY_VERSION = "7"
+MODEL_NAME = "tiny-recommender"
+CREATED_AT = "2024-05-01T12:00:00+00:00"
 
 
 def item_id(index: int) -> str:
@@ -80,6 +85,7 @@ def _graph(table: np.ndarray) -> onnx.ModelProto:
         node("Or", ["drop_seen", "pad_col"], ["drop"]),
         node("Where", ["drop", "neg_inf", "raw"], ["scores"]),
         node("TopK", ["scores", "k"], [contract.OUTPUT_SCORES, contract.OUTPUT_ITEMS], axis=-1),
+        node("Identity", ["user"], [contract.OUTPUT_USER]),
     ]
     graph = helper.make_graph(
         nodes,
@@ -91,6 +97,7 @@ def _graph(table: np.ndarray) -> onnx.ModelProto:
         outputs=[
             helper.make_tensor_value_info(contract.OUTPUT_ITEMS, TensorProto.INT64, ["batch", k]),
             helper.make_tensor_value_info(contract.OUTPUT_SCORES, TensorProto.FLOAT, ["batch", k]),
+            helper.make_tensor_value_info(contract.OUTPUT_USER, TensorProto.FLOAT, ["batch", dim]),
         ],
         initializer=consts,
     )
@@ -100,20 +107,28 @@ def _graph(table: np.ndarray) -> onnx.ModelProto:
     return model
 
 
-def make_tiny_bundle(directory: Path, n_items: int = 30, dim: int = 8, seed: int = 0) -> Path:
-    """Write model.onnx, items.json, users.json and manifest.json into `directory` and return it."""
+def make_tiny_bundle(
+    directory: Path, n_items: int = 30, dim: int = 8, seed: int = 0, item_vectors: bool = True
+) -> Path:
+    """Write model.onnx, items.json, users.json, manifest.json (and item_vectors.npy) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(_graph(embeddings(n_items, dim, seed)), directory / contract.MODEL_FILE)
+    table = embeddings(n_items, dim, seed)
+    onnx.save(_graph(table), directory / contract.MODEL_FILE)
+    if item_vectors:
+        np.save(directory / contract.ITEM_VECTORS_FILE, table)
     items = [{"item_id": item_id(i), "title": f"Item {i}"} for i in range(1, n_items + 1)]
     rng = np.random.default_rng(seed + 1)
     users = {f"u{u}": [item_id(int(i)) for i in rng.integers(1, n_items + 1, size=3 + 2 * u)]
              for u in range(4)}
     users["u_long"] = [item_id(1 + i % n_items) for i in range(MAX_LEN + 7)]  # longer than max_len
     manifest = {
+        "model_name": MODEL_NAME,
         "max_len": MAX_LEN,
         "registry_version": REGISTRY_VERSION,
         "data_fingerprint": "abc",
+        "metrics": {"HR@10": 0.5, "NDCG@10": 0.25},
+        "created_at": CREATED_AT,
         "n_items": n_items,
         "dim": dim,
         "seed": seed,
@@ -140,3 +155,33 @@ def reference_top_k(
     order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in banned]
     top = order[: min(k, contract.MAX_K)]
     return top, scores[top]
+
+
+def _user(table: np.ndarray, history: Sequence[int], max_len: int) -> np.ndarray:
+    window = list(history)[-max_len:]
+    return table[window].astype(np.float64).mean(axis=0)
+
+
+def reference_because(
+    table: np.ndarray, history: Sequence[int], picks: Sequence[int], max_len: int = MAX_LEN
+) -> list[list[int]]:
+    """For each pick, the (at most MAX_BECAUSE) distinct items of the window with the largest dot product
+    with the pick, largest first, ties to the more recent item."""
+    window = list(history)[-max_len:]
+    recent_first = list(dict.fromkeys(reversed(window)))
+    out = []
+    for pick in picks:
+        sims = [float(np.dot(table[h].astype(np.float64), table[pick].astype(np.float64))) for h in recent_first]
+        order = sorted(range(len(recent_first)), key=lambda j: -sims[j])  # sorted() is stable: recent first on ties
+        out.append([recent_first[j] for j in order[: contract.MAX_BECAUSE]])
+    return out
+
+
+def reference_probabilities(
+    table: np.ndarray, history: Sequence[int], candidates: Sequence[int], max_len: int = MAX_LEN
+) -> np.ndarray:
+    """P(next = c) for each candidate: softmax over items 1..n (padding excluded) of user · E[i]."""
+    logits = table[1:].astype(np.float64) @ _user(table, history, max_len)
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    return probabilities[np.asarray(candidates) - 1]

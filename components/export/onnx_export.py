@@ -29,6 +29,9 @@ class ExportConfig:
     probe_size: int = 256  # histories in the parity probe set
     score_atol: float = 1e-4  # fp32 kernels differ slightly between torch and ORT; ids must not
     k: int = contract.MAX_K  # the graph returns this many items (capped at the catalog size)
+    try_int8: bool = True  # also build an int8 variant; it is served only if it passes the two checks below
+    int8_max_ndcg_drop: float = 0.01  # relative NDCG@10 drop vs fp32 tolerated on the test cases
+    int8_min_top10_overlap: float = 0.9  # mean share of fp32's top-10 that int8 keeps
 
 
 @dataclass
@@ -69,7 +72,7 @@ def export_onnx(model: TextSASRec, path: Path, config: ExportConfig = ExportConf
             dynamo=True,
             verbose=False,
             input_names=[contract.INPUT_HISTORY, contract.INPUT_EXCLUDE_SEEN],
-            output_names=[contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES],
+            output_names=[contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER],
             dynamic_shapes={
                 "history": {0: batch, 1: torch.export.Dim("seq", max=model.cfg.max_len)},
                 "exclude_seen": {0: batch},
@@ -112,7 +115,7 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
             {contract.INPUT_HISTORY: padded, contract.INPUT_EXCLUDE_SEEN: exclude},
         )
         with torch.no_grad():
-            items, scores = (t.numpy() for t in graph(torch.from_numpy(padded), torch.from_numpy(exclude)))
+            items, scores, _ = (t.numpy() for t in graph(torch.from_numpy(padded), torch.from_numpy(exclude)))
             full = (graph.model.encode(torch.from_numpy(padded), graph.table)[:, -1] @ graph.table.T).numpy()
         # Slots scored -inf (padding, excluded items filling the tail of a short catalog) are not
         # recommendations, and their order among equal -inf scores is arbitrary: compare the rest.
@@ -154,9 +157,11 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
     return report
 
 
-def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict) -> Path:
+def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict, item_vectors: np.ndarray | None = None) -> Path:
     """The model bundle (serving/contract.py): what the Bento model store holds and the service loads."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if item_vectors is not None:
+        np.save(out_dir / contract.ITEM_VECTORS_FILE, item_vectors.astype(np.float32))
     if onnx_path.resolve() != (out_dir / contract.MODEL_FILE).resolve():
         (out_dir / contract.MODEL_FILE).write_bytes(onnx_path.read_bytes())
     items = [{"item_id": i, "title": t} for i, t in zip(item_ids, titles)]

@@ -171,9 +171,10 @@ class TopKGraph(nn.Module):
         self.register_buffer("padding", padding)
 
     def forward(self, history: torch.Tensor, exclude_seen: torch.Tensor):
-        scores = self.model.encode(history, self.table)[:, -1] @ self.table.T  # (B, n_items + 1)
+        user = self.model.encode(history, self.table)[:, -1]  # (B, d)
+        scores = user @ self.table.T  # (B, n_items + 1)
         seen = torch.zeros_like(scores).scatter(1, history, 1.0) > 0  # (B, n_items + 1); column 0 = padding
         drop = (seen & exclude_seen.unsqueeze(1)) | self.padding
         scores = scores.masked_fill(drop, float("-inf"))
         top_scores, top_items = torch.topk(scores, self.k, dim=1)
-        return top_items, top_scores
+        return top_items, top_scores, user

@@ -115,3 +115,60 @@ def bento_requirements(bento_tag: str) -> list[str]:
     path = Path(bento.path) / "env" / "python" / "requirements.txt"
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line and not line.startswith("-")]
+
+
+def import_bento(archive: Path) -> str:
+    """Import a `.bento` archive into the local Bento store (a no-op if that tag is already there)."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    archive = Path(archive)
+    if not archive.is_file():
+        raise BehaviorflowError(f"Bento archive {archive} does not exist")
+    try:
+        return str(bentoml.bentos.import_bento(str(archive)).tag)
+    except BentoMLException as exc:
+        if "already exists" not in str(exc):
+            raise BehaviorflowError(f"cannot import {archive}: {exc}") from exc
+    # Already in the store: find it by reading the archive's own tag.
+    import tarfile
+
+    import yaml
+
+    with tarfile.open(archive) as tar:
+        info = yaml.safe_load(tar.extractfile("bento.yaml"))
+    tag = f"{info['name']}:{info['version']}"
+    try:
+        bentoml.bentos.get(tag)
+    except NotFound as exc:  # pragma: no cover - inconsistent store
+        raise BehaviorflowError(f"{archive}: BentoML says {tag} exists but cannot find it: {exc}") from exc
+    return tag
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers (the client alone is not enough to build an image)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    import subprocess
+
+    return subprocess.run([docker, "info"], capture_output=True, timeout=20).returncode == 0
+
+
+def write_container_context(bento_tag: str, out_dir: Path) -> Path:
+    """Write the exact Docker build context `bentoml containerize` would build (Dockerfile + Bento + model).
+
+    For machines without a Docker engine (CI, this project's dev boxes): the folder can be built
+    elsewhere with `docker build -f env/docker/Dockerfile .`. Uses BentoML's own generator
+    (bentoml._internal.container.construct_containerfile, BentoML 1.4.x; internal API — re-check on upgrade).
+    """
+    import bentoml
+    from bentoml._internal.container import construct_containerfile
+
+    bento = bentoml.bentos.get(bento_tag)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise BehaviorflowError(f"{out_dir} is not empty: give a new folder for the build context")
+    with construct_containerfile(bento, enable_buildkit=True) as (context, dockerfile_path):
+        shutil.copytree(context, out_dir, dirs_exist_ok=True)
+    return out_dir

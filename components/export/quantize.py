@@ -1,0 +1,89 @@
+"""An int8 variant of the exported graph (ONNX Runtime dynamic quantization), served only if it keeps
+the quality: NDCG@10 may drop by at most `max_ndcg_drop` (relative) and the top-10 lists must overlap
+the fp32 ones by at least `min_top10_overlap` on the same evaluation cases. Otherwise fp32 is served
+and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from serving import contract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizationReport:
+    accepted: bool
+    reason: str
+    ndcg10_fp32: float
+    ndcg10_int8: float
+    relative_drop: float
+    top10_overlap: float
+    bytes_fp32: int
+    bytes_int8: int
+    cases: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _top10(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size: int = 256) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = []
+    for start in range(0, len(histories), batch_size):
+        chunk = histories[start : start + batch_size]
+        feeds = {contract.INPUT_HISTORY: contract.pad_histories(chunk, max_len), contract.INPUT_EXCLUDE_SEEN: np.ones(len(chunk), dtype=bool)}
+        out.append(session.run([contract.OUTPUT_ITEMS], feeds)[0][:, :10])
+    return np.concatenate(out)
+
+
+def _ndcg10(top10: np.ndarray, targets: np.ndarray) -> float:
+    hits = top10 == targets[:, None]
+    return float((hits / np.log2(np.arange(2, 12))).sum(1).mean())
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, histories: Sequence[np.ndarray], targets: np.ndarray, max_len: int, max_ndcg_drop: float = 0.01, min_top10_overlap: float = 0.9) -> QuantizationReport:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    started = time.perf_counter()
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    top_fp32, top_int8 = _top10(fp32_path, histories, max_len), _top10(int8_path, histories, max_len)
+    ndcg_fp32, ndcg_int8 = _ndcg10(top_fp32, targets), _ndcg10(top_int8, targets)
+    drop = (ndcg_fp32 - ndcg_int8) / ndcg_fp32 if ndcg_fp32 > 0 else 0.0
+    overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_fp32, top_int8)]))
+    problems = []
+    if drop > max_ndcg_drop:
+        problems.append(f"NDCG@10 drops {drop:.1%} ({ndcg_fp32:.4f} → {ndcg_int8:.4f}; allowed {max_ndcg_drop:.0%})")
+    if overlap < min_top10_overlap:
+        problems.append(f"top-10 overlap with fp32 is {overlap:.3f} (needs ≥ {min_top10_overlap})")
+    accepted = not problems
+    reason = (
+        f"int8 served: NDCG@10 {ndcg_int8:.4f} vs fp32 {ndcg_fp32:.4f} (drop {drop:.1%}), top-10 overlap {overlap:.3f}"
+        if accepted
+        else "fp32 served: " + "; ".join(problems)
+    )
+    report = QuantizationReport(
+        accepted=accepted,
+        reason=reason,
+        ndcg10_fp32=ndcg_fp32,
+        ndcg10_int8=ndcg_int8,
+        relative_drop=drop,
+        top10_overlap=overlap,
+        bytes_fp32=fp32_path.stat().st_size,
+        bytes_int8=int8_path.stat().st_size,
+        cases=len(targets),
+        seconds=time.perf_counter() - started,
+    )
+    log.info("quantization: %s", reason)
+    return report
