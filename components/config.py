@@ -36,8 +36,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    exclude_seen: bool = True  # items of the input history are not ranked (the published protocol)
+    exclude_seen: bool = True  # items of the input history are not ranked (the published protocol); a seen target is a miss
     list_len: int = 20  # top-K list length; metrics are reported at 1, 5, 10, 20 up to this
+    # Also rank each test target among this many uniformly sampled negatives (never its input items or
+    # itself), reported as sampled_HR@10 … next to the full-ranking metrics (which the gate keeps
+    # reading); None = full ranking only. Sampled metrics flatter every model: compare them only with each other.
+    sampled_negatives: int | None = None
+    sample_seed: int = 0  # which negatives are drawn (the same ones for every ranker)
+
+    def __post_init__(self):
+        if self.list_len < 1:
+            raise ValueError(f"list_len ({self.list_len}) must be at least 1, e.g. 20")
+        if self.sampled_negatives is not None and self.sampled_negatives < 1:
+            raise ValueError(f"sampled_negatives ({self.sampled_negatives}) must be at least 1 (e.g. 100), or null for full ranking only")
 
 
 @dataclass(frozen=True)

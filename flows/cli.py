@@ -1,4 +1,4 @@
-"""`behaviorflow`: the command line for MLOps engineers (retrain, validate) and serving teams (serve).
+"""`behaviorflow`: the command line for MLOps engineers (retrain, validate) and serving teams (serve, predict).
 
 Heavy libraries are imported only inside commands, so `behaviorflow --help` answers at once.
 User mistakes print one line (`error: …`) and exit 2; `--debug` shows the traceback.
@@ -25,6 +25,7 @@ EPILOG = """examples:
   behaviorflow retrain --movielens ~/data/ml-1m --config my.yaml
   behaviorflow validate --events events.csv --items items.csv
   behaviorflow serve --alias champion --port 3000
+  behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
 
 state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHAVIORFLOW_HOME
 (default ./.behaviorflow). Use real servers with MLFLOW_TRACKING_URI and PREFECT_API_URL."""
@@ -63,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
+
+    predict = sub.add_parser("predict", help="batch top-K for a file of user histories, with a registered model (ONNX Runtime)", description=(
+        "Rank every history in a file with a registered model's bundle, exactly as the service would "
+        "(ONNX Runtime, the model's last max_len items, seen items excluded). Input lines: "
+        "user_id<TAB>item_id item_id … (oldest first); output lines: user_id<TAB>top-K item ids, best first. "
+        "Unknown item ids are skipped and counted; a user with no known item gets an empty list."))
+    predict.add_argument("--model", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+                         help=f"registered model version, e.g. {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS} or {settings.REGISTERED_MODEL_NAME}/3")
+    predict.add_argument("--histories", required=True, metavar="FILE", help="user_id<TAB>space-separated item ids, one user per line")
+    predict.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    predict.add_argument("--out", required=True, metavar="FILE", help="where to write user_id<TAB>top-K item ids")
+    predict.add_argument("--keep-seen", action="store_true", help="allow items of the history in the answer (default: excluded)")
 
     sample = sub.add_parser("sample-data", help="write the bundled synthetic sample dataset (events.csv, items.csv)")
     sample.add_argument("--out", default="sample-data", help="output folder (default: ./sample-data)")
@@ -143,6 +156,18 @@ def cmd_serve(args) -> int:
     return 0  # not reached
 
 
+def cmd_predict(args) -> int:
+    from components.prediction import PredictConfig, predict_with_registered_model
+
+    try:
+        config = PredictConfig(k=args.k, exclude_seen=not args.keep_seen)
+    except BehaviorflowError as exc:
+        raise BehaviorflowError(f"--k: {exc}") from None
+    version, summary = predict_with_registered_model(args.model, Path(args.histories), Path(args.out), config, progress=sys.stderr.isatty())
+    print(f"{args.model} (version {version}): {summary.line()}; wrote {args.out}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from components.data.sample import SampleConfig, write_sample
 
@@ -164,6 +189,11 @@ def format_summary(s: dict) -> str:
     if "champion" in s["metrics"]:
         c = s["metrics"]["champion"]
         lines.append(f"                champion v{s['gate']['champion_version']} NDCG@10 {c['NDCG@10']:.4f}  HR@10 {c['HR@10']:.4f}")
+    slices = s.get("slices", {}).get("model", {})
+    if slices:
+        cut = next(key for key in next(iter(slices.values())) if key.startswith("HR@"))
+        parts = [f"{name.replace('_', ' ')} {values[cut]:.4f} ({values['cases']} cases)" for name, values in slices.items()]
+        lines.append(f"  by target     model {cut}: " + " · ".join(parts))
     g = s["gate"]
     lines.append(f"  gate          {'PASSED' if g['passed'] else 'FAILED'}: " + "; ".join(g["reasons"]))
     lines.append(f"  MLflow run    {s['run_id']} in {s['tracking_uri']}")
@@ -171,13 +201,16 @@ def format_summary(s: dict) -> str:
         r, p = s["registry"], s["parity"]
         lines += [
             f"  ONNX parity   {p['cases']} histories, top-K identical: {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.1e}",
+            f"  precision     {s['quantization']['reason'] if s.get('quantization') else 'fp32 (int8 not tried)'}",
             f"  registered    {settings.REGISTERED_MODEL_NAME} version {r['version']} — aliases: {', '.join(r['aliases'])}",
             f"  Bento         {r['bento_tag']}  (archive: {r['bento_archive']})",
             f"  serve it      .venv/bin/behaviorflow serve --alias {r['aliases'][-1]}   (then POST http://127.0.0.1:3000/recommend)",
         ]
     else:
         lines.append("  registered    nothing (the gate stopped the flow before export)")
-    lines.append(f"  browse runs   .venv/bin/mlflow ui --backend-store-uri {s['tracking_uri']}")
+    uri = s["tracking_uri"]
+    browse = uri if uri.startswith("http") else f".venv/bin/mlflow ui --backend-store-uri {uri}"
+    lines.append(f"  browse runs   {browse}")
     return "\n".join(lines)
 
 
@@ -188,11 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         # database-migration notices; --debug (or setting these variables) brings them back.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # MLflow draws a bar for every artifact download (e.g. `predict` fetching a bundle), terminal or not.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings.apply_environment()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "sample-data": cmd_sample}
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "predict": cmd_predict, "sample-data": cmd_sample}
     try:
         return commands[args.command](args)
     except GateFailed as exc:

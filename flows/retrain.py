@@ -37,6 +37,7 @@ log = logging.getLogger("behaviorflow")
 # --- 1. validate: Great Expectations suites from expectations/; a failure stops before training ---
 @task(name="load data", cache_policy=NONE)
 def load_data(data: DataConfig):
+    log.info("[1/9] load and validate data")
     from components.data import load_dataset
     from components.data.sample import SampleConfig, write_sample
 
@@ -57,9 +58,10 @@ def validate_data(dataset):
     return report
 
 
-# --- 2. prepare: dedup, chronological per-user sequences, leave-one-out split ---
+# --- 2. prepare: dedup, chronological per-user sequences, leave-one-out or temporal split ---
 @task(name="prepare", cache_policy=NONE)
 def prepare_sequences(dataset, config: RetrainConfig):
+    log.info("[2/9] prepare: sequences and %s split", config.prepare.split.replace("_", "-"))
     from components.preparation import prepare
     from components.registry.tracking import log_json
 
@@ -71,6 +73,7 @@ def prepare_sequences(dataset, config: RetrainConfig):
 # --- 3. tokenize: item text through the pretrained LM (offline), cached by fingerprint ---
 @task(name="tokenize", cache_policy=NONE)
 def encode_item_text(texts: list[str], config: RetrainConfig) -> np.ndarray:
+    log.info("[3/9] tokenize and embed %d item texts with the language model", len(texts))
     from components.tokenization import embed_items
 
     return embed_items(texts, config.text, settings.cache_dir())
@@ -79,6 +82,7 @@ def encode_item_text(texts: list[str], config: RetrainConfig) -> np.ndarray:
 # --- 4. train: causal transformer over histories, full cross-entropy, early-stopped ---
 @task(name="train", cache_policy=NONE)
 def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path):
+    log.info("[4/9] train")
     import torch
 
     from components.models.text_sasrec import TextSASRec
@@ -92,22 +96,30 @@ def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path
     return result
 
 
-# --- 5. evaluate: full ranking on the test targets, next to popularity and the champion ---
+# --- 5. evaluate: full ranking on the test targets (and per slice), next to popularity and the champion ---
 @task(name="evaluate", cache_policy=NONE)
 def evaluate(result, prepared, config: RetrainConfig, run_dir: Path):
+    log.info("[5/9] evaluate: model, popularity and champion on the test cases")
     from components.evaluation.evaluate import evaluate_rankers
     from components.evaluation.plots import learning_curve, metric_bars
     from components.registry import find_champion
     from components.registry.tracking import log_figure_files, log_json, log_metrics
 
     champion = find_champion(run_dir / "champion")
-    report = evaluate_rankers(result.model, prepared, config.evaluate.list_len, config.evaluate.exclude_seen, champion.bundle_dir if champion else None)
-    for name, metrics in report.results.items():
-        log_metrics("" if name == "model" else f"{name}_", metrics)
+    report = evaluate_rankers(
+        result.model,
+        prepared,
+        config.evaluate.list_len,
+        config.evaluate.exclude_seen,
+        champion.bundle_dir if champion else None,
+        sampled=config.evaluate.sampled_negatives,
+        seed=config.evaluate.sample_seed,
+    )
+    log_metrics("", report.flat_metrics())  # NDCG_at_10, popularity_NDCG_at_10, cold_start_HR_at_10, ...
     log_json("evaluation.json", report.to_dict() | {"champion_version": champion.version if champion else None})
     charts = [
         learning_curve(result.curve, run_dir / "learning_curve.png", report.results["popularity"]["NDCG@10"]),
-        metric_bars(report.results, run_dir / "test_metrics.png"),
+        metric_bars(report.results, run_dir / "test_metrics.png", split=report.split),
     ]
     log_figure_files(charts)
     return report, champion
@@ -117,6 +129,7 @@ def evaluate(result, prepared, config: RetrainConfig, run_dir: Path):
 #        First run: no champion, the popularity rule alone decides. A failed gate stops here. ---
 @task(name="gate", cache_policy=NONE)
 def gate(report, champion, config: RetrainConfig):
+    log.info("[6/9] gate")
     import mlflow
 
     from components.gate import decide
@@ -133,14 +146,24 @@ def gate(report, champion, config: RetrainConfig):
 # --- 7. export: ONNX inference graph; ONNX Runtime must match torch (a failure blocks promotion) ---
 @task(name="export", cache_policy=NONE)
 def export(result, prepared, dataset_fingerprint: str, decision, report, config: RetrainConfig, run_dir: Path):
-    from components.export import check_parity, export_onnx, write_bundle
+    log.info("[7/9] export to ONNX and check parity with ONNX Runtime")
+    import torch
+
+    from components.export import check_parity, export_onnx, quantize_int8, write_bundle
+    from components.registry import BUNDLE_ARTIFACT
     from components.registry.tracking import log_folder, log_json
 
     onnx_path = export_onnx(result.model, run_dir / "model.onnx", config.export)
-    test_inputs, _ = prepared.test_split()
+    test_inputs, test_targets = prepared.test_split()
     parity = check_parity(result.model, onnx_path, test_inputs, config.export)
     log_json("parity.json", parity.to_dict())
     max_len = result.model.cfg.max_len
+    quantization = None
+    if config.export.try_int8:
+        ex = config.export
+        quantization = quantize_int8(onnx_path, run_dir / "model.int8.onnx", test_inputs, test_targets, max_len, ex.int8_max_ndcg_drop, ex.int8_min_top10_overlap)
+        log_json("quantization.json", quantization.to_dict())
+    served = run_dir / "model.int8.onnx" if quantization and quantization.accepted else onnx_path
     users = {u: [prepared.item_ids[i - 1] for i in seq[-max_len:]] for u, seq in zip(prepared.user_ids, prepared.sequences)}
     manifest = {
         "model_name": settings.REGISTERED_MODEL_NAME,
@@ -149,16 +172,21 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
         "data_fingerprint": dataset_fingerprint,
         "metrics": report.results["model"],
         "gate": decision.summary(),
+        "precision": "int8" if served != onnx_path else "fp32",
+        "quantization": quantization.reason if quantization else "not tried",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    bundle = write_bundle(run_dir / "bundle", onnx_path, prepared.item_ids, prepared.titles, users, manifest)
-    log_folder(bundle, "bundle")
-    return bundle, parity
+    with torch.no_grad():
+        item_vectors = result.model.item_table().numpy()
+    bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors)
+    log_folder(bundle, BUNDLE_ARTIFACT)
+    return bundle, parity, quantization
 
 
 # --- 8 + 9. package as a Bento and register: one all-or-nothing step (a failure leaves no version) ---
 @task(name="package and register", cache_policy=NONE)
 def package_and_register(bundle: Path, dataset_fingerprint: str, decision, config: RetrainConfig, run_dir: Path):
+    log.info("[8/9] package the Bento and [9/9] register in MLflow")
     import mlflow
 
     from components import registry
@@ -187,6 +215,7 @@ def package_and_register(bundle: Path, dataset_fingerprint: str, decision, confi
 @flow(name="behaviorflow-retrain", log_prints=True)
 def retrain(config: dict | None = None) -> dict:
     """Run the whole lifecycle. `config` is the nested mapping of RetrainConfig (as in a YAML file)."""
+    settings.apply_environment()  # a deployed run starts in a Prefect worker, not through the CLI
     import mlflow
 
     from components import registry
@@ -217,13 +246,15 @@ def retrain(config: dict | None = None) -> dict:
             "preparation": prepared.stats,
             "training": {"epochs": len(result.curve), "best_epoch": result.best_epoch, "stopped": result.stopped_because, "device": result.device, "wall_s": round(result.wall_s, 1)},
             "metrics": report.results,
+            "slices": report.slices,
             "cases": report.cases,
             "gate": decision.to_dict(),
             "run_dir": str(run_dir),
         }
         if decision.passed:
-            bundle, parity = export(result, prepared, fingerprint, decision, report, cfg, run_dir)
+            bundle, parity, quantization = export(result, prepared, fingerprint, decision, report, cfg, run_dir)
             summary["parity"] = parity.to_dict()
+            summary["quantization"] = quantization.to_dict() if quantization else None
             summary["registry"] = package_and_register(bundle, fingerprint, decision, cfg, run_dir)
         # A failed gate is a normal outcome, not a crash: the run ends FINISHED, tagged gate_failed.
         mlflow.set_tag("outcome", "registered" if decision.passed else "gate_failed")

@@ -23,7 +23,7 @@ def test_help_is_fast_and_lists_commands():
     out = cli("--help")
     assert out.returncode == 0
     assert time.monotonic() - started < 10  # no torch / GE / prefect import for --help
-    for command in ("retrain", "validate", "serve", "sample-data"):
+    for command in ("retrain", "validate", "serve", "predict", "sample-data"):
         assert command in out.stdout
     retrain = cli("retrain", "--help").stdout
     assert "--events" in retrain and "--movielens" in retrain and "--set" in retrain and "Exit codes" in retrain

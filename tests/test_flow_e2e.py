@@ -77,6 +77,9 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     run = client.get_run(summary["run_id"])
     assert run.data.tags["outcome"] == "registered" and run.data.params["train.max_epochs"] == "6"
     assert run.data.metrics["NDCG_at_10"] == pytest.approx(m["NDCG@10"])
+    slices = summary["slices"]["model"]  # by the test target's training popularity (components/evaluation/slices.py)
+    assert slices["head"]["cases"] + slices["long_tail"]["cases"] == summary["cases"]
+    assert run.data.metrics["head_HR_at_10"] == pytest.approx(slices["head"]["HR@10"]) and "popularity_long_tail_NDCG_at_10" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])} | {a.path for a in client.list_artifacts(summary["run_id"], "charts")}
     assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "bundle", "bento"} <= artifacts
     assert [a.path for a in client.list_artifacts(summary["run_id"], "bento")][0].endswith(".bento")

@@ -1,4 +1,5 @@
-"""Evaluation: full-ranking next-item metrics for the model, the popularity baseline and the champion."""
+"""Evaluation: full-ranking next-item metrics (overall and by target slice; sampled-negative metrics on
+request) for the model, the popularity baseline and the champion."""
 
 from components.evaluation.metrics import KS, bootstrap_ci, coverage, metrics_from_ranks, ranks_from_topk
 from components.evaluation.rankers import model_topk, popularity_topk

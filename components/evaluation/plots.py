@@ -33,7 +33,7 @@ def learning_curve(curve: list[dict], path: Path, popularity_ndcg: float | None 
     return path
 
 
-def metric_bars(results: dict[str, dict], path: Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")) -> Path:
+def metric_bars(results: dict[str, dict], path: Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10", "HR@20", "NDCG@20"), split: str = "leave_one_out") -> Path:
     """Grouped bars: one group per metric, one bar per ranker (model, popularity, champion …)."""
     plt = _pyplot()
     names = [n for n, m in results.items() if m]
@@ -45,7 +45,7 @@ def metric_bars(results: dict[str, dict], path: Path, metrics: tuple[str, ...] =
         bars = ax.bar(xs, [results[name][m] for m in shown], width, label=name)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(shown))], shown)
-    ax.set(title="test metrics (full ranking, leave-one-out)", ylabel="value")
+    ax.set(title=f"test metrics (full ranking, {split.replace('_', '-')} split)", ylabel="value")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -1,15 +1,22 @@
-"""Top-K item lists from the rankers we compare: the trained model (torch) and popularity."""
+"""Top-K item lists — and full score rows, for sampled evaluation — from the rankers we compare: the
+trained model (torch) and popularity."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 
+def item_counts(train: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+    """How often each item index occurs in the training sequences: int64 [n_items + 1] (0 = padding)."""
+    steps = [np.asarray(s, dtype=np.int64) for s in train]
+    return np.bincount(np.concatenate(steps or [np.zeros(0, np.int64)]), minlength=n_items + 1)
+
+
 def popularity_topk(train: Sequence[np.ndarray], histories: Sequence[np.ndarray], n_items: int, k: int, exclude_seen: bool = True) -> np.ndarray:
     """Most frequent training items first (ties by lower index), skipping each history's items if asked."""
-    counts = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in train] or [np.zeros(0, np.int64)]), minlength=n_items + 1)
+    counts = item_counts(train, n_items)
     counts[0] = -1  # padding is never recommended
     order = np.argsort(-counts, kind="stable")
     order = order[order != 0]
@@ -25,8 +32,22 @@ def popularity_topk(train: Sequence[np.ndarray], histories: Sequence[np.ndarray]
     return out
 
 
-def model_topk(model, histories: Sequence[np.ndarray], k: int, exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> np.ndarray:
-    """Full-ranking top-K of a TextSASRec-like model (anything with `.cfg`, `.item_table()`, `.encode()`)."""
+def popularity_scores(train: Sequence[np.ndarray], histories: Sequence[np.ndarray], n_items: int, exclude_seen: bool = True, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """Score rows [B, n_items + 1] per batch: the training count; -inf for padding and, if asked, seen items."""
+    counts = item_counts(train, n_items).astype(np.float64)
+    counts[0] = -np.inf
+    for start in range(0, len(histories), batch_size):
+        chunk = histories[start : start + batch_size]
+        scores = np.repeat(counts[None, :], len(chunk), axis=0)
+        if exclude_seen:
+            for row, history in enumerate(chunk):
+                scores[row, np.asarray(history, dtype=np.int64)] = -np.inf
+        yield scores
+
+
+def _model_score_batches(model, histories: Sequence[np.ndarray], exclude_seen: bool, batch_size: int, device):
+    """Score rows [B, n_items + 1] (torch, on the model's device) per batch of histories: -inf for
+    padding and, with `exclude_seen`, for every item of the history."""
     import torch
 
     from serving.contract import pad_histories
@@ -34,16 +55,32 @@ def model_topk(model, histories: Sequence[np.ndarray], k: int, exclude_seen: boo
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            table = model.item_table()
+            for start in range(0, len(histories), batch_size):
+                chunk = histories[start : start + batch_size]
+                batch = torch.from_numpy(pad_histories(chunk, model.cfg.max_len)).to(device)  # the last max_len steps
+                scores = model.encode(batch, table)[:, -1] @ table.T  # (B, n_items + 1)
+                scores[:, 0] = float("-inf")
+                if exclude_seen:  # the whole history, also the steps before the model's window (as serving does)
+                    seen = pad_histories(chunk, max((len(h) for h in chunk), default=1))
+                    scores.scatter_(1, torch.from_numpy(seen).to(device), float("-inf"))
+                yield scores
+    finally:
+        model.train(was_training)
+
+
+def model_topk(model, histories: Sequence[np.ndarray], k: int, exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> np.ndarray:
+    """Full-ranking top-K of a TextSASRec-like model (anything with `.cfg`, `.item_table()`, `.encode()`)."""
+    import torch
+
     k = min(k, model.cfg.n_items)
-    out = []
-    with torch.inference_mode():
-        table = model.item_table()
-        for start in range(0, len(histories), batch_size):
-            batch = torch.from_numpy(pad_histories(histories[start : start + batch_size], model.cfg.max_len)).to(device)
-            scores = model.encode(batch, table)[:, -1] @ table.T  # (B, n_items + 1)
-            scores[:, 0] = float("-inf")
-            if exclude_seen:
-                scores.scatter_(1, batch, float("-inf"))
-            out.append(torch.topk(scores, k, dim=1).indices.cpu().numpy())
-    model.train(was_training)
+    out = [torch.topk(scores, k, dim=1).indices.cpu().numpy() for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device)]
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def model_scores(model, histories: Sequence[np.ndarray], exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> Iterator[np.ndarray]:
+    """Score rows [B, n_items + 1] (float32 numpy) per batch, masked as in `model_topk`."""
+    for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device):
+        yield scores.float().cpu().numpy()

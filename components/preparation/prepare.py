@@ -1,10 +1,23 @@
-"""Turn a validated behaviour log into per-user item sequences and a leave-one-out split.
+"""Turn a validated behaviour log into per-user item sequences and a leakage-safe evaluation split.
 
-Leave-one-out (the protocol of SASRec, BERT4Rec and gSASRec): for a user whose sequence is
-s_1 … s_n, training sees s_1 … s_{n-2}; validation asks for s_{n-1} given s_1 … s_{n-2}; the test asks
-for s_n given s_1 … s_{n-1}. No target is ever part of the training data or of its own input.
-Users with fewer than `min_sequence_length` steps are too short to evaluate: their whole sequence
-is used for training and they are counted in the statistics — no row is dropped without a count.
+Two splits (`PrepareConfig.split`):
+
+* `leave_one_out` (the protocol of SASRec, BERT4Rec and gSASRec): for a user whose sequence is
+  s_1 … s_n, training sees s_1 … s_{n-2}; validation asks for s_{n-1} given s_1 … s_{n-2}; the test
+  asks for s_n given s_1 … s_{n-1}. Users with fewer than `min_sequence_length` steps are too short
+  to evaluate: their whole sequence is used for training and they are counted in the statistics.
+* `temporal` (one global cut-off, so no training step comes from the evaluation period): the test
+  cut-off T is the `temporal_quantile` quantile of all event timestamps, the validation cut-off T_val
+  the same quantile of the timestamps before T (numpy's default, linear interpolation). Training
+  sees each user's steps strictly before T_val; a user's validation case is their first step in
+  [T_val, T), their test case their first step at or after T — each with every earlier step of that
+  user as its input. A step's time is the time of its first event (a view, click and cart of one item
+  in a row are one step, timed by the view). Users with no step before a cut-off have no history to
+  predict from: they get no case for that period and are counted in the statistics.
+
+Either way, a case's input is a prefix of the user's chronological sequence ending right before its
+target, so no target is ever part of its own input or of the training data. No row is dropped without
+a count.
 """
 
 from __future__ import annotations
@@ -15,14 +28,49 @@ import numpy as np
 import pandas as pd
 
 from components import contract as C
+from components.data.readers import epoch_seconds
 from components.errors import BehaviorflowError
+
+SPLITS = ("leave_one_out", "temporal")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     event_types: tuple[str, ...] | None = None  # behaviours that form sequences; None = all of them
     collapse_repeats: bool = True  # view→click→cart→purchase of one item in a row is one step
-    min_sequence_length: int = 3  # fewer steps cannot give train + validation + test targets
+    min_sequence_length: int = 3  # leave_one_out: fewer steps cannot give train + validation + test targets
+    split: str = "leave_one_out"  # "leave_one_out" (last two steps per user) or "temporal" (global time cut-offs)
+    temporal_quantile: float = 0.9  # temporal: the test cut-off is this quantile of event times, 0 < q < 1
+
+    def __post_init__(self):
+        if self.min_sequence_length < 2:
+            raise ValueError(f"min_sequence_length ({self.min_sequence_length}) must be at least 2: a user needs a validation and a test step")
+        if self.split not in SPLITS:
+            raise ValueError(f"split {self.split!r} is not one of {list(SPLITS)}")
+        if not 0.0 < self.temporal_quantile < 1.0:
+            raise ValueError(f"temporal_quantile ({self.temporal_quantile}) must lie strictly between 0 and 1, e.g. 0.9")
+
+
+@dataclass(frozen=True)
+class EvalCases:
+    """Held-out next-item cases. Case j asks for step `positions[j]` of user `users[j]`'s sequence,
+    given `inputs[j]` = every step of that user before it (a prefix of the sequence, oldest first)."""
+
+    users: np.ndarray  # int64 [N]: positions in PreparedData.user_ids
+    positions: np.ndarray  # int64 [N]: index of the target step in that user's sequence (= len(inputs[j]))
+    inputs: list[np.ndarray]  # [N] item-index arrays: sequences[users[j]][:positions[j]]
+    targets: np.ndarray  # int64 [N]: item index of the target step
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @classmethod
+    def at(cls, sequences: list[np.ndarray], users: np.ndarray, positions: np.ndarray) -> "EvalCases":
+        """The cases asking for `sequences[u][p]` given `sequences[u][:p]`, for each (u, p)."""
+        users, positions = np.asarray(users, dtype=np.int64), np.asarray(positions, dtype=np.int64)
+        inputs = [sequences[u][:p] for u, p in zip(users, positions)]
+        targets = np.array([sequences[u][p] for u, p in zip(users, positions)], dtype=np.int64)
+        return cls(users=users, positions=positions, inputs=inputs, targets=targets)
 
 
 @dataclass
@@ -34,23 +82,29 @@ class PreparedData:
     titles: list[str]
     user_ids: list[str]  # every user, in order
     sequences: list[np.ndarray]  # each user's full chronological sequence (item indices)
-    train: list[np.ndarray]  # what training may see, per user
-    eval_users: np.ndarray  # positions in user_ids of the users with validation/test targets
+    step_times: list[np.ndarray]  # float64 epoch seconds of each step (its first event), like `sequences`
+    train: list[np.ndarray]  # what training may see, per user (a prefix of the user's sequence)
+    valid: EvalCases  # validation cases (early stopping)
+    test: EvalCases  # test cases (evaluation, the gate)
+    split: str = "leave_one_out"  # how valid/test were cut (PrepareConfig.split)
     stats: dict = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def eval_users(self) -> np.ndarray:
+        """Positions in user_ids of the users with a test case (leave-one-out: also their validation case)."""
+        return self.test.users
+
     def valid_split(self) -> tuple[list[np.ndarray], np.ndarray]:
-        """(inputs, targets): s_1..s_{n-2} → s_{n-1}."""
-        seqs = [self.sequences[u] for u in self.eval_users]
-        return [s[:-2] for s in seqs], np.array([s[-2] for s in seqs], dtype=np.int64)
+        """(inputs, targets) of the validation cases."""
+        return self.valid.inputs, self.valid.targets
 
     def test_split(self) -> tuple[list[np.ndarray], np.ndarray]:
-        """(inputs, targets): s_1..s_{n-1} → s_n."""
-        seqs = [self.sequences[u] for u in self.eval_users]
-        return [s[:-1] for s in seqs], np.array([s[-1] for s in seqs], dtype=np.int64)
+        """(inputs, targets) of the test cases."""
+        return self.test.inputs, self.test.targets
 
     def trained_items(self) -> np.ndarray:
         """Boolean mask [n_items + 1]: items that occur in training data (index 0 = padding, False)."""
@@ -68,7 +122,7 @@ def item_texts(catalog: pd.DataFrame) -> list[str]:
 
 
 def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig()) -> PreparedData:
-    stats: dict[str, int] = {"event_rows_in": len(events), "items_in_catalog": len(items)}
+    stats: dict[str, object] = {"event_rows_in": len(events), "items_in_catalog": len(items)}
     columns = [c for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.TIMESTAMP, C.VALUE) if c in events.columns]
     frame = events[columns]
     before = len(frame)
@@ -100,32 +154,110 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     frame = frame.sort_values([C.USER_ID, C.TIMESTAMP], kind="mergesort")
     users = frame[C.USER_ID].to_numpy()
     steps = frame["_item"].to_numpy(dtype=np.int64)
+    times = epoch_seconds(frame[C.TIMESTAMP]).to_numpy(dtype="float64", na_value=np.nan)
+    event_times = times
     if config.collapse_repeats:
         same = np.zeros(len(steps), dtype=bool)
         same[1:] = (steps[1:] == steps[:-1]) & (users[1:] == users[:-1])
         stats["repeat_steps_collapsed"] = int(same.sum())
-        users, steps = users[~same], steps[~same]
+        users, steps, times = users[~same], steps[~same], times[~same]  # a step keeps its first event's time
 
     boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
     user_ids = [str(u) for u in users[np.r_[0, boundaries]]]
     sequences = np.split(steps, boundaries)
-
-    long_enough = np.array([len(s) >= config.min_sequence_length for s in sequences])
-    train = [s[:-2] if ok else s for s, ok in zip(sequences, long_enough)]
+    step_times = np.split(times, boundaries)
     stats.update(
         users=len(user_ids),
-        eval_users=int(long_enough.sum()),
-        short_users_train_only=int((~long_enough).sum()),
         sequence_steps=int(len(steps)),
         items_with_events=int(len(np.unique(steps))),
+        split=config.split,
     )
+    if config.split == "temporal":
+        train, valid, test = _temporal_split(sequences, step_times, event_times, config, stats)
+    else:
+        train, valid, test = _leave_one_out_split(sequences, config, stats)
+    stats.update(valid_cases=len(valid), test_cases=len(test))
     return PreparedData(
         item_ids=item_ids,
         item_texts=item_texts(catalog),
         titles=catalog[C.TITLE].astype(str).tolist(),
         user_ids=user_ids,
         sequences=sequences,
+        step_times=step_times,
         train=train,
-        eval_users=np.flatnonzero(long_enough),
+        valid=valid,
+        test=test,
+        split=config.split,
         stats=stats,
     )
+
+
+def _leave_one_out_split(sequences: list[np.ndarray], config: PrepareConfig, stats: dict) -> tuple[list[np.ndarray], EvalCases, EvalCases]:
+    """Train on s_1..s_{n-2}; validate on s_{n-1}; test on s_n. Short users train only."""
+    long_enough = np.array([len(s) >= config.min_sequence_length for s in sequences], dtype=bool)
+    train = [s[:-2] if ok else s for s, ok in zip(sequences, long_enough)]
+    users = np.flatnonzero(long_enough)
+    lengths = np.array([len(sequences[u]) for u in users], dtype=np.int64)
+    stats.update(eval_users=int(long_enough.sum()), short_users_train_only=int((~long_enough).sum()))
+    return train, EvalCases.at(sequences, users, lengths - 2), EvalCases.at(sequences, users, lengths - 1)
+
+
+def _temporal_split(
+    sequences: list[np.ndarray], step_times: list[np.ndarray], event_times: np.ndarray, config: PrepareConfig, stats: dict
+) -> tuple[list[np.ndarray], EvalCases, EvalCases]:
+    """Global cut-offs T_val < T (see the module docstring); one validation and one test case per user."""
+    q = config.temporal_quantile
+    missing = int(np.isnan(event_times).sum())
+    if missing:
+        raise BehaviorflowError(
+            f"prepare.split=temporal: {missing} events have no readable timestamp; fix the 'timestamp' column "
+            "(epoch seconds or ISO-8601) or use prepare.split=leave_one_out"
+        )
+    cutoff = float(np.quantile(event_times, q))
+    earlier = event_times[event_times < cutoff]
+    if len(earlier) == 0:
+        raise BehaviorflowError(
+            f"prepare.split=temporal: no event comes before the test cut-off {cutoff:.0f} (the {q} quantile of "
+            "event times); raise prepare.temporal_quantile or check the timestamps"
+        )
+    valid_cutoff = float(np.quantile(earlier, q))
+    train, valid_at, test_at = [], [], []
+    no_history_valid = no_history_test = 0
+    for u, (seq, t) in enumerate(zip(sequences, step_times)):
+        n_train = int(np.searchsorted(t, valid_cutoff, side="left"))  # steps strictly before T_val
+        n_before_test = int(np.searchsorted(t, cutoff, side="left"))  # steps strictly before T
+        train.append(seq[:n_train])
+        if n_train < n_before_test:  # a step in [T_val, T): the first one is the validation target
+            if n_train > 0:
+                valid_at.append((u, n_train))
+            else:
+                no_history_valid += 1
+        if n_before_test < len(seq):  # a step at or after T: the first one is the test target
+            if n_before_test > 0:
+                test_at.append((u, n_before_test))
+            else:
+                no_history_test += 1
+    valid = EvalCases.at(sequences, *_pairs(valid_at))
+    test = EvalCases.at(sequences, *_pairs(test_at))
+    stats.update(
+        temporal_quantile=q,
+        cutoff_timestamp=cutoff,
+        valid_cutoff_timestamp=valid_cutoff,
+        train_steps=int(sum(len(s) for s in train)),
+        users_without_history_before_valid_cutoff=no_history_valid,
+        users_without_history_before_cutoff=no_history_test,
+    )
+    for name, cases, where in (("validation", valid, f"[{valid_cutoff:.0f}, {cutoff:.0f})"), ("test", test, f"at or after {cutoff:.0f}")):
+        if len(cases) == 0:
+            raise BehaviorflowError(
+                f"prepare.split=temporal: no {name} case — no user has a step {where} after an earlier step "
+                f"(temporal_quantile={q}); change prepare.temporal_quantile or use prepare.split=leave_one_out"
+            )
+    return train, valid, test
+
+
+def _pairs(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    if not pairs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    users, positions = zip(*pairs)
+    return np.array(users, dtype=np.int64), np.array(positions, dtype=np.int64)

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 from components import settings
+from components.errors import BehaviorflowError
+from serving import contract
 
 log = logging.getLogger(__name__)
+
+BUNDLE_ARTIFACT = "bundle"  # the run artifact folder that holds the model bundle (flows/retrain.py logs it)
 
 
 @dataclass
@@ -61,15 +65,83 @@ def _alias_version(client, alias: str, name: str = settings.REGISTERED_MODEL_NAM
 
 def find_champion(download_to: Path, name: str = settings.REGISTERED_MODEL_NAME) -> ChampionInfo | None:
     """The current champion and its bundle, or None on the first run."""
-    import mlflow
-
     client = _client()
     version = _alias_version(client, settings.CHAMPION_ALIAS, name)
     if version is None:
         return None
     mv = client.get_model_version(name, version)
-    local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="bundle", dst_path=str(download_to), tracking_uri=settings.tracking_uri())
-    return ChampionInfo(version=str(version), run_id=mv.run_id, bundle_dir=Path(local), tags=dict(mv.tags))
+    return ChampionInfo(version=str(version), run_id=mv.run_id, bundle_dir=download_bundle(mv, download_to), tags=dict(mv.tags))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version, named the way people write it: `NAME@ALIAS` or `NAME/VERSION`."""
+
+    name: str  # the registered model's name
+    alias: str | None = None  # e.g. "champion"; exactly one of alias and version is set
+    version: str | None = None  # e.g. "3"
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelRef":
+        example = f"e.g. {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS} or {settings.REGISTERED_MODEL_NAME}/1"
+        name, sep, rest = text.rpartition("@") if "@" in text else text.rpartition("/")
+        if not sep or not name or not rest:
+            raise BehaviorflowError(f"model {text!r}: expected NAME@ALIAS or NAME/VERSION ({example})")
+        if sep == "@":
+            return cls(name=name, alias=rest)
+        if not rest.isdigit():
+            raise BehaviorflowError(f"model {text!r}: the version after '/' must be a number ({example})")
+        return cls(name=name, version=rest)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
+
+
+def resolve_version(ref: ModelRef):
+    """The ModelVersion `ref` names; a BehaviorflowError naming what exists when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    where = settings.tracking_uri()
+    try:
+        model = client.get_registered_model(ref.name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+        listed = ", ".join(names) if names else "none — run 'behaviorflow retrain' first"
+        raise BehaviorflowError(f"no registered model '{ref.name}' in {where}; registered models: {listed}") from None
+    if ref.alias is not None:
+        aliases = dict(model.aliases or {})
+        if ref.alias not in aliases:
+            listed = ", ".join(f"@{a} = version {v}" for a, v in sorted(aliases.items())) or "none"
+            raise BehaviorflowError(f"model '{ref.name}' has no alias '{ref.alias}' in {where}; its aliases: {listed}")
+        version = str(aliases[ref.alias])
+    else:
+        version = str(ref.version)
+    try:
+        return client.get_model_version(ref.name, version)
+    except MlflowException:
+        versions = sorted((str(v.version) for v in client.search_model_versions(f"name='{ref.name}'")), key=int)
+        raise BehaviorflowError(
+            f"model '{ref.name}' has no version {version} in {where}; its versions: {', '.join(versions) or 'none'}"
+        ) from None
+
+
+def download_bundle(model_version, download_to: Path) -> Path:
+    """Download the model bundle (serving/contract.py layout) that `model_version`'s run logged as `bundle/`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    where = f"model '{model_version.name}' version {model_version.version} (MLflow run {model_version.run_id})"
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=model_version.run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=str(download_to), tracking_uri=settings.tracking_uri()
+        )
+    except (MlflowException, OSError) as exc:
+        raise BehaviorflowError(f"{where}: cannot download its '{BUNDLE_ARTIFACT}' artifact ({exc}); was it registered by 'behaviorflow retrain'?") from exc
+    path = Path(local)
+    if not (path / contract.MANIFEST_FILE).is_file():
+        raise BehaviorflowError(f"{where}: its '{BUNDLE_ARTIFACT}' artifact has no {contract.MANIFEST_FILE}; was it registered by 'behaviorflow retrain'?")
+    return path
 
 
 @contextmanager

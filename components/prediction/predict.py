@@ -1,0 +1,140 @@
+"""Batch prediction: the top-K next items for every user history in a file, ranked by a registered
+model's bundle through ONNX Runtime — the graph, item table and exclusion rule the Bento service uses
+(`components.evaluation.bundle.BundleRanker`), so a batch answer equals the online one.
+
+Input, one user per line (UTF-8):   user_id<TAB>item_id item_id …      (oldest first)
+Output, one line per input line:    user_id<TAB>item_id item_id …      (best first, at most K)
+
+Item ids the model does not know are skipped and counted; a user left with no known item gets an
+empty list (the service would refuse such a request). Blank lines are skipped. A line without a tab
+or with an empty user id stops the run, naming the file and line; the output file appears only when
+every line was written (it is written next to its final name and renamed).
+
+    behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from components.errors import BehaviorflowError
+from serving.contract import MAX_K
+
+_EXAMPLES = 3  # unknown item ids quoted in the summary line
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    k: int = 10  # items per user, 1..MAX_K (the exported graph returns at most MAX_K)
+    exclude_seen: bool = True  # never recommend an item of the user's history (the service's default)
+    batch_size: int = 1024  # histories per ONNX Runtime call; also the progress-bar step
+
+    def __post_init__(self):
+        if not 1 <= self.k <= MAX_K:
+            raise BehaviorflowError(f"k ({self.k}) must be between 1 and {MAX_K}: the exported graph returns at most {MAX_K} items")
+        if self.batch_size < 1:
+            raise BehaviorflowError(f"batch_size ({self.batch_size}) must be at least 1")
+
+
+@dataclass
+class PredictionSummary:
+    users: int = 0  # histories read (non-blank lines)
+    unknown_items: int = 0  # item ids not in the model's catalog, skipped (every occurrence counts)
+    lines_with_unknown: int = 0  # lines that held at least one of them
+    no_known_items: int = 0  # users whose history had no known item: written with an empty list
+    unknown_examples: list[str] = field(default_factory=list)  # the first few unknown ids, for the summary
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        text = f"{self.users} users, {self.unknown_items} unknown item ids skipped in {self.lines_with_unknown} lines"
+        if self.unknown_examples:
+            text += f" (e.g. {', '.join(map(repr, self.unknown_examples))})"
+        if self.no_known_items:
+            text += f"; {self.no_known_items} users had no known item and got no recommendations"
+        return text
+
+
+def read_histories(path: Path) -> Iterator[tuple[int, str, list[str], int]]:
+    """(line number, user id, item ids, bytes read) per line of a histories file; a blank line gives
+    user id "" and no items (its bytes still count, for the progress bar)."""
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise BehaviorflowError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+            if not line.strip():
+                yield number, "", [], len(raw)  # blank: counted for progress only
+                continue
+            user, tab, items = line.partition("\t")
+            if not tab:
+                raise BehaviorflowError(f"{path}, line {number}: no tab — expected user_id<TAB>item_id item_id … (oldest first), got {line[:60]!r}")
+            if not user.strip():
+                raise BehaviorflowError(f"{path}, line {number}: empty user_id before the tab")
+            yield number, user, items.split(), len(raw)
+
+
+def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictConfig = PredictConfig(), progress: bool = False) -> PredictionSummary:
+    """Rank every history of `histories` with the bundle in `bundle_dir` and write `out`."""
+    from tqdm import tqdm
+
+    from components.evaluation.bundle import BundleRanker
+
+    histories, out = Path(histories), Path(out)
+    if not histories.is_file():
+        raise BehaviorflowError(f"histories file {histories}: no such file")
+    ranker = BundleRanker(bundle_dir)
+    known = ranker.bundle.index_of
+    summary = PredictionSummary()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as sink, tqdm(
+            total=histories.stat().st_size, unit="B", unit_scale=True, desc="predict", disable=not progress
+        ) as bar:
+            batch: list[tuple[str, list[str]]] = []
+            for _, user, items, size in read_histories(histories):
+                bar.update(size)
+                if not user:
+                    continue
+                kept = [i for i in items if i in known]
+                if len(kept) < len(items):
+                    summary.lines_with_unknown += 1
+                    summary.unknown_items += len(items) - len(kept)
+                    for item in items:
+                        if item not in known and len(summary.unknown_examples) < _EXAMPLES and item not in summary.unknown_examples:
+                            summary.unknown_examples.append(item)
+                summary.users += 1
+                summary.no_known_items += not kept
+                batch.append((user, kept))
+                if len(batch) >= config.batch_size:
+                    _write(sink, batch, ranker, config)
+                    batch = []
+            _write(sink, batch, ranker, config)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return summary
+
+
+def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> None:
+    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size))
+    for user, history in batch:
+        sink.write(f"{user}\t{' '.join(next(ranked) if history else [])}\n")
+
+
+def predict_with_registered_model(model: str, histories: Path, out: Path, config: PredictConfig = PredictConfig(), progress: bool = False) -> tuple[str, PredictionSummary]:
+    """Resolve `model` (NAME@ALIAS or NAME/VERSION) in the MLflow registry, download its bundle and run
+    `predict_file`. Returns (the version used, the summary)."""
+    from components import registry
+
+    histories = Path(histories)
+    if not histories.is_file():  # before any registry call
+        raise BehaviorflowError(f"histories file {histories}: no such file")
+    version = registry.resolve_version(registry.ModelRef.parse(model))
+    with tempfile.TemporaryDirectory(prefix="behaviorflow-predict-") as scratch:
+        bundle = registry.download_bundle(version, Path(scratch))
+        return str(version.version), predict_file(bundle, histories, out, config, progress)

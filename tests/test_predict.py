@@ -1,0 +1,144 @@
+"""`behaviorflow predict` against a real MLflow SQLite store: two versions logged and registered the way
+the flow does it, the real CLI run as a subprocess, its output checked against an independent numpy
+reference of the model (tests/tiny_bundle.py); and the mistakes a user makes, each a one-line error."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from components import registry
+from components.errors import BehaviorflowError
+from components.prediction import PredictConfig, predict_file, read_histories
+from components.registry.tracking import log_folder, log_onnx_model
+from flows.cli import main
+from tests.helpers import ROOT
+from tests.tiny_bundle import MAX_LEN, embeddings, item_id, make_tiny_bundle, reference_top_k
+
+NAME = "predict-test-model"
+N_ITEMS, DIM = 30, 8
+SEEDS = {"1": 0, "2": 5}  # registry version -> the tiny bundle's seed
+
+LONG = [item_id(1 + (7 * i) % N_ITEMS) for i in range(MAX_LEN + 9)]  # longer than the model's window
+HISTORIES = "\n".join([
+    "alice\ti001 i005 i009",
+    "bob\ti002 zz1 i003 zz2",  # two unknown ids: skipped
+    "carol\t" + " ".join(LONG),
+    "dave\tzz3",  # nothing known: an empty answer
+    "",  # blank lines are skipped
+    "erin\ti010",
+]) + "\n"
+KNOWN = {"alice": ["i001", "i005", "i009"], "bob": ["i002", "i003"], "carol": LONG, "dave": [], "erin": ["i010"]}
+
+
+def expected(seed: int, k: int, exclude_seen: bool = True) -> list[str]:
+    table = embeddings(N_ITEMS, DIM, seed)
+    lines = []
+    for user, history in KNOWN.items():
+        top = reference_top_k(table, [int(i[1:]) for i in history], k, exclude_seen)[0] if history else []
+        lines.append(f"{user}\t{' '.join(item_id(i) for i in top)}")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Version 1 (champion) and version 2 (challenger only), each with its bundle logged as the flow does."""
+    root = tmp_path_factory.mktemp("predict")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        registry.configure(experiment="predict-test")
+        for version, seed in SEEDS.items():
+            bundle = make_tiny_bundle(root / f"bundle-{version}", n_items=N_ITEMS, dim=DIM, seed=seed)
+            with mlflow.start_run() as run:
+                log_folder(bundle, registry.BUNDLE_ARTIFACT)
+                uri = log_onnx_model(bundle / "model.onnx", {})
+                with registry.pending_version(uri, run.info.run_id, name=NAME) as registered:
+                    registry.finalize_version(registered, {}, promote=version == "1", name=NAME)
+            assert registered == version
+        (root / "histories.tsv").write_text(HISTORIES)
+        yield root, dict(os.environ)
+
+
+def run_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", "predict", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize(("model", "seed"), [(f"{NAME}@champion", 0), (f"{NAME}/1", 0), (f"{NAME}@challenger", 5)])
+def test_cli_predicts_what_the_model_computes(store, model, seed):
+    root, env = store
+    out = root / f"top-{model.replace('/', '_').replace('@', '_')}.tsv"
+    done = run_cli(env, "--model", model, "--histories", str(root / "histories.tsv"), "--k", "7", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().splitlines() == expected(seed, 7)
+    version = "1" if seed == 0 else "2"
+    assert done.stdout.strip() == (
+        f"{model} (version {version}): 5 users, 3 unknown item ids skipped in 2 lines (e.g. 'zz1', 'zz2', 'zz3'); "
+        f"1 users had no known item and got no recommendations; wrote {out}"
+    )
+
+
+def test_the_versions_really_differ():
+    """Guards the test above: were both versions alike, resolving the wrong one would go unnoticed."""
+    assert expected(0, 7) != expected(5, 7)
+
+
+def test_keep_seen_and_the_whole_history_is_excluded_by_default(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0)
+    source = tmp_path / "h.tsv"
+    source.write_text(HISTORIES)
+    out = tmp_path / "out" / "top.tsv"  # a missing folder is created
+    summary = predict_file(bundle, source, out, PredictConfig(k=5, exclude_seen=False, batch_size=2))
+    assert out.read_text().splitlines() == expected(0, 5, exclude_seen=False)
+    assert (summary.users, summary.unknown_items, summary.lines_with_unknown, summary.no_known_items) == (5, 3, 2, 1)
+    predict_file(bundle, source, out, PredictConfig(k=25))
+    carol = dict(line.split("\t") for line in out.read_text().splitlines())["carol"].split()
+    assert carol and not set(carol) & set(LONG)  # also items before the model's last MAX_LEN are left out
+    assert not list(tmp_path.glob("out/.*partial"))
+
+
+def test_malformed_line_names_file_and_line_and_writes_nothing(tmp_path, capsys, store):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("u1\ti001 i002\n\nu2 i003 i004\n")  # line 3 has a space where the tab belongs
+    out = tmp_path / "top.tsv"
+    code = main(["predict", "--model", f"{NAME}@champion", "--histories", str(bad), "--k", "3", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {bad}, line 3: no tab") and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    with pytest.raises(BehaviorflowError, match=r"line 1: empty user_id"):
+        bad.write_text("\ti001\n")
+        list(read_histories(bad))
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("nope@champion", f"no registered model 'nope' in sqlite:///.*; registered models: {NAME}"),
+    (f"{NAME}@staging", f"model '{NAME}' has no alias 'staging' in .*; its aliases: @challenger = version 2, @champion = version 1"),
+    (f"{NAME}/9", f"model '{NAME}' has no version 9 in .*; its versions: 1, 2"),
+    (NAME, f"model '{NAME}': expected NAME@ALIAS or NAME/VERSION"),
+    (f"{NAME}/latest", "the version after '/' must be a number"),
+])
+def test_unknown_model_alias_or_version_is_one_line_naming_what_exists(store, tmp_path, capsys, model, message):
+    root, _ = store
+    code = main(["predict", "--model", model, "--histories", str(root / "histories.tsv"), "--out", str(tmp_path / "o.tsv")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and re.search(message, err), err
+
+
+def test_bad_k_and_missing_file_fail_before_the_registry(tmp_path, capsys):
+    assert main(["predict", "--model", "m@champion", "--histories", str(tmp_path / "none.tsv"), "--out", "o.tsv"]) == 2
+    assert f"histories file {tmp_path / 'none.tsv'}: no such file" in capsys.readouterr().err
+    assert main(["predict", "--model", "m@champion", "--histories", "h.tsv", "--k", "0", "--out", "o.tsv"]) == 2
+    assert "--k: k (0) must be between 1 and 100" in capsys.readouterr().err
+
+
+def test_empty_input_gives_an_empty_output(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM)
+    (tmp_path / "h.tsv").write_text("")
+    summary = predict_file(bundle, tmp_path / "h.tsv", tmp_path / "o.tsv")
+    assert summary.users == 0 and (tmp_path / "o.tsv").read_text() == ""
+    assert summary.line() == "0 users, 0 unknown item ids skipped in 0 lines"
