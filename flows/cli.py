@@ -24,7 +24,9 @@ EPILOG = """examples:
   behaviorflow retrain --events events.parquet --items items.csv --set train.max_minutes=30
   behaviorflow retrain --movielens ~/data/ml-1m --config my.yaml
   behaviorflow validate --events events.csv --items items.csv
-  behaviorflow serve --alias champion --port 3000
+  behaviorflow serve --alias champion --port 3000        # pulls the Bento from MLflow if it is not local
+  behaviorflow bento pull --alias champion
+  behaviorflow bento containerize --alias champion --context-only build/ctx
   behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
 
 state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHAVIORFLOW_HOME
@@ -60,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="run the Great Expectations suites on a dataset (no training)")
     _data_args(validate)
 
-    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (bentoml serve)")
+    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)")
+    serve.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
@@ -76,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     predict.add_argument("--out", required=True, metavar="FILE", help="where to write user_id<TAB>top-K item ids")
     predict.add_argument("--keep-seen", action="store_true", help="allow items of the history in the answer (default: excluded)")
+
+    bento = sub.add_parser("bento", help="pull a registered version's Bento, or containerize it", description=(
+        "pull: registry alias/version → the version's .bento archive in MLflow → the local Bento store. "
+        "containerize: `bentoml containerize` when a Docker engine answers; otherwise (or with --context-only) "
+        "write the exact Docker build context to a folder."))
+    bento.add_argument("action", choices=["pull", "containerize"])
+    bento.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
+    which = bento.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias (default: champion)")
+    which.add_argument("--version", help="a registry version number instead of an alias")
+    bento.add_argument("--image-tag", help="image name:tag for containerize (default: the Bento tag)")
+    bento.add_argument("--context-only", metavar="DIR", help="containerize: only write the Docker build context to DIR")
 
     sample = sub.add_parser("sample-data", help="write the bundled synthetic sample dataset (events.csv, items.csv)")
     sample.add_argument("--out", default="sample-data", help="output folder (default: ./sample-data)")
@@ -138,22 +153,38 @@ def cmd_validate(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from components import registry
+    from components.packaging import pull_bento
 
-    registry.configure()
-    version = registry.version_by_alias(args.alias)
-    if version is None:
-        raise BehaviorflowError(f"no model version has the alias '{args.alias}' in {settings.tracking_uri()}: run 'behaviorflow retrain' first")
-    bento_tag = version.tags.get("bento_tag")
-    if not bento_tag:
-        raise BehaviorflowError(f"version {version.version} has no 'bento_tag' tag: it was not packaged by behaviorflow")
-    print(f"serving {settings.REGISTERED_MODEL_NAME} v{version.version} (@{args.alias}) = Bento {bento_tag} on http://{args.host}:{args.port}", flush=True)
+    pulled = pull_bento(f"{args.model}@{args.alias}")  # a no-op when the Bento is already local
+    print(f"serving {pulled.model} = version {pulled.version} = Bento {pulled.bento_tag} on http://{args.host}:{args.port}", flush=True)
     # A Bento served from the local store does not apply its recorded environment (BentoML does that
     # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
-    env = os.environ | {settings.MODEL_TAG_ENV: version.tags.get("bento_model_tag", "")}
+    env = os.environ | {settings.MODEL_TAG_ENV: pulled.bento_model_tag}
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    os.execvpe(bentoml, [bentoml, "serve", bento_tag, "--host", args.host, "--port", str(args.port)], env)
+    os.execvpe(bentoml, [bentoml, "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)], env)
     return 0  # not reached
+
+
+def cmd_bento(args) -> int:
+    from components.packaging import docker_available, pull_bento, write_container_context
+
+    reference = f"{args.model}/{args.version}" if args.version else f"{args.model}@{args.alias}"
+    pulled = pull_bento(reference)
+    state = "already in" if pulled.already_local else "imported into"
+    print(f"{reference} = version {pulled.version} = Bento {pulled.bento_tag} ({state} the local Bento store {os.environ.get('BENTOML_HOME')})")
+    if args.action == "pull":
+        return 0
+    if args.context_only or not docker_available():
+        out = Path(args.context_only or f"bento-context-{pulled.bento_tag.replace(':', '-')}")
+        write_container_context(pulled.bento_tag, out)
+        why = "" if args.context_only else " (no Docker engine answers here)"
+        print(f"wrote the Docker build context to {out}{why}; build it with:\n  docker build -t {args.image_tag or pulled.bento_tag} -f {out}/env/docker/Dockerfile {out}")
+        return 0
+    import subprocess
+
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    command = [bentoml, "containerize", pulled.bento_tag] + (["--image-tag", args.image_tag] if args.image_tag else [])
+    return subprocess.run(command).returncode
 
 
 def cmd_predict(args) -> int:
@@ -227,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "predict": cmd_predict, "sample-data": cmd_sample}
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "sample-data": cmd_sample}
     try:
         return commands[args.command](args)
     except GateFailed as exc:
