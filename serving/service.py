@@ -23,6 +23,13 @@ Two services, one process each (BentoML starts both):
                  length, each group padded only to its own longest, so short requests never pay for long
                  ones. Its warm-up runs before /readyz answers 200.
 
+BEHAVIORFLOW_BATCHING=0 (read when this module is imported, so set it for `bentoml serve`; also 'false',
+'no', 'off') turns the Ranker service off: Recommender builds a Ranker in its own process, with its own
+ONNX session, and runs each request's history through the graph alone, on the request's thread — one
+process, no adaptive batching, no hop between services. Responses are the same: the same items, `because`
+and scores, up to float32 rounding (a batched history shares its padding with its length group). It is
+the baseline benchmarks/serving.py measures the batched service against; unset or 1 is the batched pair.
+
 Status codes: a malformed body (types, k out of 1..100, both or neither of user_id/history, an empty or
 too long history, too many candidates) is a 400 from the request model's validation, naming the field;
 unknown item ids are a 400 listing them; an unknown user is a 404 (see `_history_of`); a body over
@@ -77,6 +84,10 @@ from serving.contract import (
 )
 
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
+# Adaptive batching in a separate Ranker service (default), or each request ranked alone in Recommender's
+# process (BEHAVIORFLOW_BATCHING=0): see the module docstring.
+BATCHING_ENV = "BEHAVIORFLOW_BATCHING"
+BATCHING = os.environ.get(BATCHING_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.
@@ -243,7 +254,8 @@ class Recommender:
     scores candidates as the next interaction of a history."""
 
     model_ref = _MODEL
-    ranker = bentoml.depends(Ranker)
+    if BATCHING:  # a class attribute only when batching: BentoML starts the services it finds here
+        ranker = bentoml.depends(Ranker)
 
     def __init__(self) -> None:
         self.model_tag = str(self.model_ref.tag)  # on an instance, model_ref is the stored model
@@ -251,9 +263,14 @@ class Recommender:
         self.bundle = Bundle(self.model_ref.path)
         self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
         self._check_bundle()
-        # In-process this builds the Ranker now (its checks and warm-up run here); served, it is a client
-        # of the Ranker's process, whose readiness /readyz waits for.
-        self.ranker  # noqa: B018
+        if BATCHING:
+            # In-process this builds the Ranker now (its checks and warm-up run here); served, it is a
+            # client of the Ranker's process, whose readiness /readyz waits for.
+            self.ranker  # noqa: B018
+        else:
+            # BEHAVIORFLOW_BATCHING=0: a Ranker of our own, called directly (its checks and warm-up run
+            # here, before /readyz); `rank` then runs each request's batch of one on its thread.
+            self.ranker = Ranker()
 
     def _check_bundle(self) -> None:
         stray = {item for history in self.bundle.users.values() for item in history}

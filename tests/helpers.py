@@ -25,19 +25,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session=True and its children: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @contextmanager
-def running_server(command: list[str], env: dict, log: Path, url: str, ready_path: str = "/readyz", timeout: float = 60) -> Iterator[float]:
+def running_server(command: list[str], env: dict, log: Path, url: str, ready_path: str = "/readyz", timeout: float = 60, cwd: Path = ROOT) -> Iterator[float]:
     """Start `command`, wait until GET url+ready_path answers 200, yield the seconds it took; always stop it."""
     started = time.monotonic()
     with log.open("w") as out:
         # Its own process group, so teardown reaches worker processes too.
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"{command[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -46,13 +62,7 @@ def running_server(command: list[str], env: dict, log: Path, url: str, ready_pat
             time.sleep(0.2)
         yield time.monotonic() - started
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
 
 
 @contextmanager

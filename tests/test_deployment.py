@@ -14,11 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,8 +23,8 @@ import pytest
 import yaml
 
 from components import settings
+from tests.helpers import ROOT, free_port, running_server, stop_process
 
-ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PREFECT = [sys.executable, "-m", "prefect"]
 FLOW_NAME = "behaviorflow-retrain"
@@ -88,28 +85,6 @@ def test_compose_and_kubernetes_files_parse():
 # --- end to end: server, work pool, deploy, run, worker, registry ---
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a process started with start_new_session=True, with its children (uvicorn, flow runs)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _tail(path: Path, chars: int = 6000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
@@ -126,36 +101,17 @@ def _prefect(args: list[str], env: dict, log: Path, timeout: float = 120) -> str
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real Prefect server on a free 127.0.0.1 port with its own SQLite database; yields its API URL."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | settings.OFFLINE_ENV | {"PREFECT_HOME": str(tmp_path / "prefect-server")}
     env.pop("PREFECT_API_URL", None)
-    log = tmp_path / "prefect-server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            # No UI (nothing looks at it); no scheduler, so the nightly schedule creates no runs here.
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler"],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120  # ~20 s on a fresh database, more on a busy machine
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited {proc.returncode}:\n{_tail(log)}")
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after 120 s:\n{_tail(log)}")
-            time.sleep(1)
+    # No UI (nothing looks at it); no scheduler, so the nightly schedule creates no runs here.
+    command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler"]
+    # ~20 s on a fresh database, more on a busy machine
+    with running_server(command, env, tmp_path / "prefect-server.log", api, ready_path="/health", timeout=120, cwd=tmp_path):
         yield api
-    finally:
-        _stop(proc)
 
 
-@pytest.mark.e2e
 def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     from components.data.sample import SampleConfig, write_sample
 
@@ -197,7 +153,7 @@ def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail(f"the worker did not finish the flow run within 6 minutes:\n{_tail(worker_log)}")
     finally:
-        _stop(worker)
+        stop_process(worker)
 
     # The flow run, as the Prefect API sees it.
     run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()

@@ -1,0 +1,817 @@
+"""Serving benchmark: torch eager vs ONNX Runtime fp32 vs int8 in-process, and the real service under load.
+
+One run measures, on this machine:
+
+1. In-process latency of the exported inference path (history -> top-100): torch eager (`TopKGraph`
+   under `torch.inference_mode`) vs ONNX Runtime fp32 vs ONNX Runtime int8, at batch 1 and 64 and at
+   history lengths 50 and max_len, interleaved call by call, warm-up first; median and p95 per call.
+2. The int8 decision of `components.export.quantize_int8` (NDCG@10 drop and top-10 overlap vs fp32 on
+   the model's test split) — only meaningful on a trained model with real targets.
+3. Packaging of the served model as the flow does it: bundle (with item vectors) -> Bento model store
+   -> `bentoml build` -> `.bento` archive (its size), and `bentoml serve <bento>` time to /readyz.
+4. Load: locust (headless, FastHttpUser) POSTing /recommend with real user ids and histories from the
+   bundle, against the batched service (Recommender -> Ranker, adaptive batching) and the unbatched one
+   (BEHAVIORFLOW_BATCHING=0: one process, each request ranked alone): closed-loop concurrency 1, 8, 32,
+   64 (no think time, so the highest of them is the open-ended maximum throughput) and a constant
+   target rate (200 requests/s by default, `--rate-users` users at rate/users each). Percentiles come
+   from locust's CSV (whole milliseconds below 100 ms) and, exactly, from a request hook.
+
+The models (each number in the output names its model):
+
+- `ml1m`: ML-1M scale (3,416 items, d_model 64, 2 layers, 2 heads, max_len 200; flags change it),
+  trained `--ml1m-steps` steps on the real ML-1M training sequences (`--ml1m-data`, the SASRec
+  version read by benchmarks/ml1m.py; item text "title. genres", cached embeddings). Its test split is
+  the 3,261 users with a known test input. Without the data (or with `--synthetic`): random weights,
+  random text vectors and synthetic log-normal history lengths — speed does not depend on the weights
+  (same shapes, same kernels), but then no int8 decision is made for it.
+- `sample`: the bundled sample shop (`generate_sample()` -> `prepare` -> `embed_items`), max_len 50,
+  trained `--sample-steps` steps; int8 is decided on its 1,500 test cases.
+
+    .venv/bin/python benchmarks/serving.py               # full run, ~20 min on 2 cores -> benchmarks/results/serving.json
+    .venv/bin/python benchmarks/serving.py --quick       # smoke test, ~2-3 min: small model, seconds of load
+    .venv/bin/python benchmarks/serving.py --pinning split --concurrency 1,8 --run-time 60
+
+Run it on an otherwise idle machine: the server, the load generator and the in-process timings share
+its cores. `--pinning shared` (default) lets server and locust share all cores; `split` pins the
+server to CPU 0 and locust to CPU 1 (taskset); `--compare-pinning` adds the target-rate scenario under
+the other pinning. See benchmarks/README.md for how to read the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+log = logging.getLogger("benchmarks.serving")
+
+BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # = serving.service.BATCHING_ENV (not imported: it imports bentoml)
+SERVICES = {"batched": "1", "unbatched": "0"}
+TARGET_P99_MS = 15.0
+TARGET_SPEEDUP = 3.0
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelUnderTest:
+    """A trained (or random-weight) TextSASRec with everything the benchmark needs around it."""
+
+    name: str
+    description: str
+    model: object  # TextSASRec
+    test_inputs: list[np.ndarray]
+    test_targets: np.ndarray | None  # None: no real targets (random weights): no int8 decision
+    item_ids: list[str]
+    titles: list[str]
+    users: dict[str, list[int]]  # user id -> item indices, oldest first (full history)
+    training: dict = field(default_factory=dict)
+
+
+def sample_model(args) -> ModelUnderTest:
+    import torch
+
+    from components import settings
+    from components.data.sample import generate_sample
+    from components.models.text_sasrec import TextSASRec, TextSASRecConfig
+    from components.preparation import prepare
+    from components.tokenization import TextEncoderConfig, embed_items
+
+    events, items = generate_sample()
+    prepared = prepare(events, items)
+    embeddings = embed_items(prepared.item_texts, TextEncoderConfig(), settings.cache_dir(), progress=False)
+    cfg = TextSASRecConfig(n_items=prepared.n_items, text_dim=int(embeddings.shape[1]), max_len=args.sample_max_len)
+    model = TextSASRec(cfg, torch.from_numpy(embeddings), torch.from_numpy(prepared.trained_items()))
+    training = train(model, prepared.train, prepared.valid_split(), args.sample_steps, args)
+    test_inputs, test_targets = prepared.test_split()
+    return ModelUnderTest(
+        name="sample",
+        description=(
+            f"bundled sample shop ({len(prepared.user_ids)} users, {prepared.n_items} items), TextSASRec "
+            f"d_model {cfg.d_model}, {cfg.n_layers} layers, max_len {cfg.max_len}, trained {training['steps']} steps"
+        ),
+        model=model,
+        test_inputs=list(test_inputs),
+        test_targets=np.asarray(test_targets),
+        item_ids=list(prepared.item_ids),
+        titles=list(prepared.titles),
+        users={u: [int(i) for i in seq] for u, seq in zip(prepared.user_ids, prepared.sequences)},
+        training=training,
+    )
+
+
+def ml1m_model(args) -> ModelUnderTest:
+    import torch
+
+    from components.models.text_sasrec import TextSASRec, TextSASRecConfig
+
+    def config(n_items: int, text_dim: int) -> TextSASRecConfig:
+        return TextSASRecConfig(
+            n_items=n_items, text_dim=text_dim, d_model=args.d_model, n_layers=args.n_layers,
+            n_heads=args.n_heads, max_len=args.max_len,
+        )
+
+    real = not args.synthetic and (args.ml1m_data / "sasrec-version").is_dir()
+    if real:
+        from benchmarks.ml1m import load, trained_mask  # the one ML-1M reader of this repository
+        from components import settings
+        from components.tokenization import TextEncoderConfig, embed_items
+
+        data = load(args.ml1m_data)
+        n_items = data["n_items"]
+        embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir(), progress=False)
+        cfg = config(n_items, int(embeddings.shape[1]))
+        model = TextSASRec(cfg, torch.from_numpy(embeddings), torch.from_numpy(trained_mask(data["train"], n_items)))
+        training = train(model, data["train"], data["valid"], args.ml1m_steps, args) if args.ml1m_steps > 0 else {"steps": 0}
+        test_inputs, test_targets = data["test"]
+        # Served users: every SAS user with their training sequence (what a bundle would hold).
+        users = {f"u{k + 1}": [int(i) for i in seq] for k, seq in enumerate(data["train"])}
+        what = f"trained {training['steps']} steps on the ML-1M training sequences" if training["steps"] else "random weights"
+        return ModelUnderTest(
+            name="ml1m",
+            description=(
+                f"ML-1M ({len(users)} users, {n_items} items), TextSASRec d_model {cfg.d_model}, {cfg.n_layers} "
+                f"layers, max_len {cfg.max_len}, {what}"
+            ),
+            model=model,
+            test_inputs=list(test_inputs),
+            test_targets=np.asarray(test_targets) if training["steps"] else None,
+            item_ids=[str(i) for i in range(1, n_items + 1)],
+            titles=list(data["texts"]),
+            users=users,
+            training=training,
+        )
+    # Synthetic stand-in of the same size: random weights, random unit text vectors, ML-1M-like lengths.
+    rng = np.random.default_rng(0)
+    n_items, text_dim = args.n_items, 384
+    text = rng.normal(size=(n_items, text_dim)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    model = TextSASRec(config(n_items, text_dim), torch.from_numpy(text))
+    lengths = np.clip(rng.lognormal(np.log(95), 1.0, size=6040).astype(int), 20, 2000)
+    users = {f"u{k + 1}": rng.integers(1, n_items + 1, size=n).tolist() for k, n in enumerate(lengths)}
+    return ModelUnderTest(
+        name="ml1m",
+        description=(
+            f"ML-1M-sized synthetic stand-in ({len(users)} users, {n_items} items, log-normal history lengths), "
+            f"TextSASRec d_model {args.d_model}, {args.n_layers} layers, max_len {args.max_len}, random weights"
+        ),
+        model=model,
+        test_inputs=[np.asarray(h[:-1], dtype=np.int64) for h in list(users.values())[:2000]],
+        test_targets=None,
+        item_ids=[f"m{i}" for i in range(1, n_items + 1)],
+        titles=[f"Movie {i}" for i in range(1, n_items + 1)],
+        users=users,
+        training={"steps": 0},
+    )
+
+
+def train(model, train_seqs, valid, steps: int, args) -> dict:
+    """About `steps` optimizer steps (whole epochs) of the project's own training loop."""
+    from components.training import TrainConfig, train_model
+    from components.training.train import training_pairs
+
+    batch = TrainConfig().batch_size
+    per_epoch = max(1, math.ceil(len(training_pairs(train_seqs, model.cfg.max_len)) / batch))
+    epochs = max(1, math.ceil(steps / per_epoch))
+    cfg = TrainConfig(max_epochs=epochs, max_minutes=args.train_minutes, patience=10**6, progress=False, val_users=512)
+    result = train_model(model, list(train_seqs), valid, cfg)
+    model.eval()
+    return {
+        "steps": len(result.curve) * per_epoch,
+        "epochs": len(result.curve),
+        "wall_s": round(result.wall_s, 1),
+        "best_val": {k: round(v, 4) for k, v in result.best_val.items()},
+        "stopped_because": result.stopped_because,
+    }
+
+
+# ---------------------------------------------------------------------------------------- in-process
+
+
+def fixed_length_batch(histories: list[np.ndarray], batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """[batch, length] real item indices: a random user's history, extended backwards with other users'
+    histories when shorter, so every row is exactly `length` steps (the model reads at most max_len)."""
+    pool = [h for h in histories if len(h)]
+    rows = []
+    for _ in range(batch):
+        seq: list[int] = []
+        while len(seq) < length:
+            seq = list(pool[rng.integers(len(pool))]) + seq
+        rows.append(seq[-length:])
+    return np.asarray(rows, dtype=np.int64)
+
+
+def summarize(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000
+    return {
+        "median_ms": round(float(np.median(ms)), 4),
+        "p95_ms": round(float(np.percentile(ms, 95)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "min_ms": round(float(ms.min()), 4),
+        "reps": len(ms),
+    }
+
+
+def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
+    """Interleaved timings of torch eager and each ONNX graph on the same batches."""
+    import onnxruntime as ort
+    import torch
+
+    from components.models.text_sasrec import TopKGraph
+    from serving import contract
+
+    graph = TopKGraph(mut.model.cpu().eval(), contract.MAX_K)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, path in paths.items()}
+    outputs = [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER]
+    max_len = mut.model.cfg.max_len
+    lengths = sorted({min(max_len, n) if n > 0 else max_len for n in args.lengths})
+    rng = np.random.default_rng(1)
+    rows = []
+    with torch.inference_mode():
+        for batch in args.batches:
+            for length in lengths:
+                history = fixed_length_batch(mut.test_inputs, batch, length, rng)
+                exclude = np.ones(batch, dtype=bool)
+                feeds = {contract.INPUT_HISTORY: history, contract.INPUT_EXCLUDE_SEEN: exclude}
+                engines: dict[str, Callable[[], object]] = {
+                    "torch": lambda: graph(torch.from_numpy(history), torch.from_numpy(exclude)),
+                    **{f"onnx_{name}": (lambda s=s: s.run(outputs, feeds)) for name, s in sessions.items()},
+                }
+                for run in engines.values():
+                    for _ in range(args.warmup):
+                        run()
+                times: dict[str, list[float]] = {name: [] for name in engines}
+                for _ in range(args.reps):
+                    for name, run in engines.items():  # interleaved: drift hits every engine alike
+                        started = time.perf_counter()
+                        run()
+                        times[name].append(time.perf_counter() - started)
+                for name, t in times.items():
+                    rows.append({"model": mut.name, "engine": name, "batch": batch, "seq": length, **summarize(t)})
+                log.info(
+                    "%s batch %d seq %d: %s", mut.name, batch, length,
+                    ", ".join(f"{n} {np.median(t) * 1000:.3f} ms" for n, t in times.items()),
+                )
+    return rows
+
+
+def speedups(rows: list[dict], over: str, under: str) -> dict:
+    """median(over) / median(under) per (batch, seq): how many times faster `under` is."""
+    by = {(r["engine"], r["batch"], r["seq"]): r["median_ms"] for r in rows}
+    out: dict = {}
+    for (engine, batch, seq), ms in by.items():
+        if engine == under and (over, batch, seq) in by:
+            out.setdefault(f"batch{batch}", {})[f"seq{seq}"] = round(by[(over, batch, seq)] / ms, 2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- packaging
+
+
+def package(mut: ModelUnderTest, onnx_path: Path, item_vectors: np.ndarray, precision: str, quantization: str, work: Path) -> dict:
+    from components.export import write_bundle
+    from components.packaging import build_bento, export_bento, save_bundle_to_store
+    from serving import contract
+
+    max_len = mut.model.cfg.max_len
+    users = {u: [mut.item_ids[i - 1] for i in seq[-max_len:]] for u, seq in mut.users.items() if len(seq)}
+    manifest = {
+        "model_name": contract.BENTO_MODEL_NAME,
+        "max_len": max_len,
+        "n_items": len(mut.item_ids),
+        "precision": precision,
+        "quantization": quantization,
+        "benchmark_model": mut.description,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    bundle = write_bundle(work / "bundle", onnx_path, mut.item_ids, mut.titles, users, manifest, item_vectors)
+    model_tag = save_bundle_to_store(bundle, labels={"source": "benchmarks-serving"}, metadata=manifest)
+    started = time.perf_counter()
+    bento_tag = build_bento(model_tag, labels={"source": "benchmarks-serving"})
+    build_s = time.perf_counter() - started
+    archive = export_bento(bento_tag, work / f"{bento_tag.replace(':', '-')}.bento")
+    return {
+        "model": mut.name,
+        "precision": precision,
+        "model_tag": model_tag,
+        "bento_tag": bento_tag,
+        "bento_build_s": round(build_s, 1),
+        "bento_size_bytes": archive.stat().st_size,
+        "bento_size_mib": round(archive.stat().st_size / 2**20, 2),
+        "bundle_bytes": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()),
+        "users": len(users),
+        "bodies": users,  # popped before the JSON is written
+    }
+
+
+# ---------------------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve <bento>` in its own process group; `ready_s` is the time from start to /readyz 200."""
+
+    def __init__(self, bento_tag: str, model_tag: str, batching: str, cpus: str | None, log_path: Path, env: dict):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(self.port)]
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
+        self.log_path = log_path
+        from serving.contract import MODEL_TAG_ENV
+
+        started = time.monotonic()
+        with log_path.open("w") as out:
+            # cwd: the work folder, so the Bento's own copy of serving/ is what runs, not the checkout's.
+            self.proc = subprocess.Popen(
+                command, cwd=log_path.parent, env={**env, MODEL_TAG_ENV: model_tag, BATCHING_ENV: batching},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        import httpx
+
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - started > 180:
+                self.stop()
+                raise RuntimeError(f"bentoml serve not ready after 180 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.ready_s = time.monotonic() - started
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server's whole process tree."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20, 1)
+        except psutil.Error:
+            return float("nan")
+
+    def processes(self) -> int:
+        import psutil
+
+        return 1 + len(psutil.Process(self.proc.pid).children(recursive=True))
+
+    def batch_stats(self) -> tuple[float, float]:
+        """(ranker queries, ranker batches) so far, from BentoML's Prometheus metrics; (0, 0) unbatched."""
+        import re
+
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        found = []
+        for name in ("sum", "count"):
+            match = re.search(rf'^bentoml_service_adaptive_batch_size_{name}{{[^}}]*method_name="rank"[^}}]*}} (\S+)$', text, re.M)
+            found.append(float(match.group(1)) if match else 0.0)
+        return found[0], found[1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------- load (locust)
+
+LOCUSTFILE = '''"""Generated by benchmarks/serving.py: POST /recommend with bodies drawn from a JSON file."""
+import json
+import os
+import random
+
+from locust import FastHttpUser, constant, constant_throughput, events, task
+
+BODIES = json.load(open(os.environ["BF_BODIES"]))
+RATE = float(os.environ.get("BF_USER_RATE", "0"))  # requests/s per user; 0 = closed loop, no think time
+OUT = os.environ["BF_LATENCIES"]
+_state = {"steady": False, "rows": []}  # rows: [ms, ok, steady]
+
+
+@events.spawning_complete.add_listener
+def _steady(user_count, **kwargs):
+    _state["steady"] = True  # --reset-stats resets locust's own stats at this moment too
+
+
+@events.request.add_listener
+def _record(request_type, name, response_time, response_length, exception=None, **kwargs):
+    _state["rows"].append([response_time, exception is None, _state["steady"]])
+
+
+@events.test_stop.add_listener
+def _dump(environment, **kwargs):
+    with open(OUT, "w") as f:
+        json.dump(_state["rows"], f)
+
+
+class Client(FastHttpUser):
+    wait_time = constant_throughput(RATE) if RATE > 0 else constant(0)
+
+    @task
+    def recommend(self):
+        with self.client.post("/recommend", json=random.choice(BODIES), catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+            elif b'"items":[{' not in (response.content or b""):
+                response.failure("no items in the response")
+'''
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    users: int
+    rate: float | None  # total target requests/s; None = closed loop (as fast as each user can)
+
+
+def run_locust(scenario: Scenario, url: str, bodies: Path, work: Path, run_time: int, cpus: str | None, env: dict) -> dict:
+    prefix = work / f"locust-{scenario.name}"
+    latencies = work / f"latencies-{scenario.name}.json"
+    command = [
+        str(Path(sys.executable).parent / "locust"), "-f", str(work / "locustfile.py"), "--headless",
+        "-u", str(scenario.users), "-r", str(scenario.users), "--run-time", f"{run_time}s", "--host", url,
+        "--csv", str(prefix), "--reset-stats", "--only-summary", "--stop-timeout", "10", "--loglevel", "WARNING",
+    ]
+    if cpus is not None:
+        command = ["taskset", "-c", cpus, *command]
+    user_rate = (scenario.rate / scenario.users) if scenario.rate else 0.0
+    child_env = {**env, "BF_BODIES": str(bodies), "BF_USER_RATE": str(user_rate), "BF_LATENCIES": str(latencies)}
+    started = time.monotonic()
+    with (work / f"locust-{scenario.name}.log").open("w") as out:
+        proc = subprocess.run(command, env=child_env, stdout=out, stderr=subprocess.STDOUT, timeout=run_time + 120)
+    wall = time.monotonic() - started
+    with open(f"{prefix}_stats.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+
+    def number(key: str) -> float | None:
+        value = row.get(key, "N/A")
+        return None if value in ("N/A", "", None) else float(value)
+
+    rows = json.loads(latencies.read_text()) if latencies.exists() else []
+    steady = np.array([r[0] for r in rows if r[2] and r[1]], dtype=float)
+    exact = {f"p{q}_ms": round(float(np.percentile(steady, q)), 2) for q in (50, 95, 99)} if len(steady) else {}
+    if len(steady):
+        exact["max_ms"] = round(float(steady.max()), 2)
+    return {
+        "scenario": scenario.name,
+        "rps_target": scenario.rate,
+        "concurrency": scenario.users,
+        "users_rate_each": round(user_rate, 3) if user_rate else None,
+        "requests": int(number("Request Count") or 0),
+        "achieved_rps": round(number("Requests/s") or 0.0, 1),
+        "p50_ms": number("50%"),
+        "p95_ms": number("95%"),
+        "p99_ms": number("99%"),
+        "max_ms": number("Max Response Time"),
+        # Every failed request of the run, ramp-up included (locust's CSV counts after the reset only).
+        "errors": int(sum(1 for r in rows if not r[1])),
+        "errors_steady": int(number("Failure Count") or 0),
+        "exact": exact,
+        "locust_exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
+    }
+
+
+def compare_responses(answers: dict[str, list[dict]]) -> dict:
+    """Item ids, `because` and scores of the same requests answered by each service."""
+    names = list(answers)
+    if len(names) < 2:
+        return {"compared": 0}
+    a, b = answers[names[0]], answers[names[1]]
+    same_ids, same_because, worst = True, True, 0.0
+    for x, y in zip(a, b):
+        same_ids &= [r["item_id"] for r in x["items"]] == [r["item_id"] for r in y["items"]]
+        same_because &= [r["because"] for r in x["items"]] == [r["because"] for r in y["items"]]
+        if len(x["items"]) == len(y["items"]):
+            worst = max(worst, max((abs(p["score"] - q["score"]) for p, q in zip(x["items"], y["items"])), default=0.0))
+    return {"services": names, "compared": min(len(a), len(b)), "identical_item_ids": same_ids,
+            "identical_because": same_because, "max_abs_score_diff": worst}
+
+
+def load_tests(served: dict, bodies: list[dict], args, work: Path, env: dict) -> tuple[list[dict], dict]:
+    import httpx
+
+    bodies_path = work / "bodies.json"
+    bodies_path.write_text(json.dumps(bodies))
+    (work / "locustfile.py").write_text(LOCUSTFILE)
+    scenarios = [Scenario(f"c{c}", c, None) for c in args.concurrency]
+    rate = Scenario(f"r{args.rate:g}", args.rate_users, args.rate) if args.rate > 0 else None
+    if rate:
+        scenarios.append(rate)
+    cpus = os.cpu_count() or 1
+    pin = {"shared": (None, None), "split": ("0", "1")}  # (server cpus, locust cpus)
+    pinnings = [args.pinning]
+    if args.compare_pinning and cpus >= 2:
+        pinnings.append("split" if args.pinning == "shared" else "shared")
+    results, servers = [], {}
+    answers: dict[str, list[dict]] = {}
+    probes = bodies[: args.identity_probes]
+    for service in args.services:
+        for pinning in pinnings:
+            todo = scenarios if pinning == args.pinning else [s for s in (rate,) if s]
+            if not todo:
+                continue
+            server_cpus, locust_cpus = pin[pinning]
+            server = Server(served["bento_tag"], served["model_tag"], SERVICES[service], server_cpus,
+                            work / f"serve-{service}-{pinning}.log", env)
+            try:
+                with httpx.Client(timeout=60) as client:
+                    for body in bodies[: args.warmup_requests]:  # warm the HTTP path and the graph shapes
+                        client.post(f"{server.url}/recommend", json=body).raise_for_status()
+                    if service not in answers:
+                        answers[service] = [client.post(f"{server.url}/recommend", json=b).json() for b in probes]
+                servers[f"{service}/{pinning}"] = {
+                    "ready_s": round(server.ready_s, 2), "processes": server.processes(), "rss_mb_after_warmup": server.rss_mb(),
+                    "server_cpus": server_cpus or "all", "locust_cpus": locust_cpus or "all",
+                }
+                log.info("%s (%s pinning): ready in %.1f s", service, pinning, server.ready_s)
+                for scenario in todo:
+                    before = server.batch_stats()
+                    row = run_locust(scenario, server.url, bodies_path, work, args.run_time, locust_cpus, env)
+                    queries, batches = (x - y for x, y in zip(server.batch_stats(), before))
+                    row = {"service": service, "pinning": pinning, **row,
+                           "mean_ranker_batch": round(queries / batches, 2) if batches else None}
+                    results.append(row)
+                    log.info(
+                        "%s %s %s: %.1f req/s, p50 %s p95 %s p99 %s ms, errors %d", service, pinning, scenario.name,
+                        row["achieved_rps"], row["p50_ms"], row["p95_ms"], row["p99_ms"], row["errors"],
+                    )
+                servers[f"{service}/{pinning}"]["rss_mb_after_load"] = server.rss_mb()
+            finally:
+                server.stop()
+    return results, {"servers": servers, "responses": compare_responses(answers)}
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: sample model only, few repetitions, seconds of load")
+    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/serving.json; --quick: a temp file)")
+    parser.add_argument("--work", type=Path, help="working folder (Bento store, bundle, locust files, server logs); default: a temp folder")
+    parser.add_argument("--keep-work", action="store_true", help="keep the working folder (logs, .bento archive)")
+    g = parser.add_argument_group("models")
+    g.add_argument("--models", default="ml1m,sample", help="models for the in-process comparison and the int8 decision")
+    g.add_argument("--serve-model", choices=["ml1m", "sample"], default="ml1m", help="the model packaged, served and load-tested")
+    g.add_argument("--serve-precision", choices=["auto", "fp32", "int8"], default="auto", help="auto: int8 if quantize_int8 accepts it (as the flow does)")
+    g.add_argument("--ml1m-data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
+    g.add_argument("--synthetic", action="store_true", help="ML-1M-sized random-weight model on synthetic histories, even with the data")
+    g.add_argument("--n-items", type=int, default=3416, help="catalog size of the synthetic model")
+    g.add_argument("--d-model", type=int, default=64)
+    g.add_argument("--n-layers", type=int, default=2)
+    g.add_argument("--n-heads", type=int, default=2)
+    g.add_argument("--max-len", type=int, default=200)
+    g.add_argument("--ml1m-steps", type=int, default=300, help="training steps of the ML-1M model (0 = random weights)")
+    g.add_argument("--sample-steps", type=int, default=300, help="training steps of the sample model")
+    g.add_argument("--sample-max-len", type=int, default=50)
+    g.add_argument("--train-minutes", type=float, default=10.0, help="cap on each training")
+    g = parser.add_argument_group("in-process latency")
+    g.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads = ORT intra-op threads")
+    g.add_argument("--batches", default="1,64")
+    g.add_argument("--lengths", default="50,0", help="history lengths; 0 = the model's max_len")
+    g.add_argument("--reps", type=int, default=100)
+    g.add_argument("--warmup", type=int, default=10)
+    g = parser.add_argument_group("load")
+    g.add_argument("--services", default="batched,unbatched")
+    g.add_argument("--concurrency", default="1,8,32,64", help="closed-loop locust users, no think time")
+    g.add_argument("--rate", type=float, default=200.0, help="target requests/s of the constant-rate scenario (0: none)")
+    g.add_argument("--rate-users", type=int, default=50, help="users sharing the target rate")
+    g.add_argument("--run-time", type=int, default=30, help="seconds per scenario")
+    g.add_argument("--pinning", choices=["shared", "split"], default="shared", help="split: server on CPU 0, locust on CPU 1")
+    g.add_argument("--compare-pinning", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the target-rate scenario under the other pinning")
+    g.add_argument("--warmup-requests", type=int, default=100)
+    g.add_argument("--identity-probes", type=int, default=50, help="requests whose answers must agree between the services")
+    g.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.serve_model = "sample", "sample"
+        args.sample_steps, args.reps, args.warmup = 24, 5, 2
+        args.concurrency, args.rate, args.rate_users, args.run_time = "1,8", 50.0, 10, 3
+        args.compare_pinning, args.warmup_requests, args.identity_probes = False, 10, 10
+    args.models = [m for m in args.models.split(",") if m]
+    if args.serve_model not in args.models:
+        args.models.append(args.serve_model)
+    args.batches = [int(x) for x in args.batches.split(",")]
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
+    args.services = [s for s in args.services.split(",") if s]
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "behaviorflow-serving-quick.json" if args.quick else ROOT / "benchmarks" / "results" / "serving.json"
+    return args
+
+
+def git(*argv: str) -> str:
+    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bf-serving-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # Our own Bento store: the benchmark's model and Bento never become anyone's `:latest`. The state
+    # folder (embedding cache) stays the project's, so ML-1M text embeddings are reused.
+    os.environ.setdefault("BEHAVIORFLOW_HOME", str(ROOT / ".behaviorflow"))
+    os.environ["BENTOML_HOME"] = str(work / "bentoml")
+    from components import settings
+
+    settings.apply_environment()
+    load_at_start = os.getloadavg()
+    if load_at_start[0] > 0.5:
+        log.warning("load average %.2f at start: something else is running, the numbers will be noisy", load_at_start[0])
+
+    import onnxruntime as ort
+    import torch
+
+    from components.export import ExportConfig, check_parity, export_onnx, quantize_int8
+
+    torch.set_num_threads(args.threads)
+    results: dict = {
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join([Path(sys.executable).name, "benchmarks/serving.py", *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": args.threads,
+            "threads_note": "in-process: torch.set_num_threads = ORT intra_op_num_threads = threads; the service uses ORT's default",
+        },
+        "models": {},
+    }
+    builders = {"ml1m": ml1m_model, "sample": sample_model}
+    served_files = {}
+    for name in args.models:
+        log.info("model %s: building", name)
+        mut = builders[name](args)
+        entry: dict = {"description": mut.description, "config": asdict(mut.model.cfg), "training": mut.training}
+        fp32 = export_onnx(mut.model, work / f"{name}.onnx")
+        parity = check_parity(mut.model, fp32, mut.test_inputs, ExportConfig(), raise_on_failure=False)
+        entry["parity"] = {k: v for k, v in parity.to_dict().items() if k != "batches"}
+        paths = {"fp32": fp32}
+        int8 = work / f"{name}.int8.onnx"
+        if mut.test_targets is not None:
+            q = quantize_int8(fp32, int8, mut.test_inputs, mut.test_targets, mut.model.cfg.max_len)
+            entry["int8"] = q.to_dict()
+        else:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)  # speed only
+            entry["int8"] = {"accepted": None, "reason": "not decided: random weights, no real targets",
+                             "bytes_fp32": fp32.stat().st_size, "bytes_int8": int8.stat().st_size}
+        paths["int8"] = int8
+        rows = inprocess(mut, paths, args)
+        entry["latency"] = rows
+        entry["onnx_vs_torch_speedup"] = speedups(rows, "torch", "onnx_fp32")
+        entry["int8_vs_fp32_speedup"] = speedups(rows, "onnx_fp32", "onnx_int8")
+        results["models"][name] = entry
+        if name == args.serve_model:
+            with torch.no_grad():
+                item_vectors = mut.model.item_table().numpy()
+            accepted = bool(entry["int8"].get("accepted"))
+            precision = args.serve_precision if args.serve_precision != "auto" else ("int8" if accepted else "fp32")
+            served_files = {"mut": mut, "onnx": paths[precision], "vectors": item_vectors, "precision": precision,
+                            "quantization": entry["int8"]["reason"]}
+
+    # Headline numbers: the served model at its max_len (all lengths are in models.<name>.latency).
+    head = results["models"][args.serve_model]
+    head_seq = f"seq{head['config']['max_len']}"
+    for key in ("onnx_vs_torch_speedup", "int8_vs_fp32_speedup"):
+        results[key] = {b: v.get(head_seq) for b, v in head[key].items()} | {"model": args.serve_model, "seq": head["config"]["max_len"], "all": {m: e[key] for m, e in results["models"].items()}}
+    results["int8_decisions"] = {m: {"accepted": e["int8"]["accepted"], "reason": e["int8"]["reason"]} for m, e in results["models"].items()}
+
+    if not args.skip_load:
+        mut = served_files["mut"]
+        log.info("packaging %s (%s) and building the Bento", mut.name, served_files["precision"])
+        served = package(mut, served_files["onnx"], served_files["vectors"], served_files["precision"], served_files["quantization"], work)
+        users = served.pop("bodies")
+        rng = np.random.default_rng(2)
+        ids = list(users)
+        picked = [ids[i] for i in rng.choice(len(ids), size=min(2000, len(ids)), replace=False)]
+        bodies = [{"user_id": u, "k": 10} if j % 2 else {"history": users[u], "k": 10} for j, u in enumerate(picked)]
+        results["serving"] = served | {"request_mix": "half {user_id}, half {history: that user's stored history (up to max_len ids)}, k=10, exclude_seen default"}
+        load, extra = load_tests(served, bodies, args, work, dict(os.environ))
+        results["load"] = load
+        results["serving"] |= extra
+        results["serving"]["ready_s"] = {k: v["ready_s"] for k, v in extra["servers"].items()}
+
+    results["acceptance"] = acceptance(results, args)
+    results["total_wall_s"] = round(time.perf_counter() - started, 1)
+    results["work_dir"] = str(work) if args.keep_work else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str))
+    print_report(results)
+    print(f"\nresults: {args.out}" + (f"   work folder kept: {work}" if args.keep_work else ""))
+    if not args.keep_work and args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def acceptance(r: dict, args) -> dict:
+    out: dict = {}
+    o = r["onnx_vs_torch_speedup"]
+    for b in ("batch1", "batch64"):
+        per_seq = r["models"][o["model"]]["onnx_vs_torch_speedup"].get(b, {})
+        if per_seq:
+            out[f"onnx_ge_{TARGET_SPEEDUP:g}x_{b}"] = min(per_seq.values()) >= TARGET_SPEEDUP
+    rate = [row for row in r.get("load", []) if row["rps_target"] and row["pinning"] == args.pinning]
+    for row in rate:
+        key = f"{row['service']}_at_{row['rps_target']:g}rps"
+        out[key] = {
+            "p99_ms": row["p99_ms"], "p99_exact_ms": row["exact"].get("p99_ms"), "achieved_rps": row["achieved_rps"],
+            "errors": row["errors"],
+            "passed": row["p99_ms"] is not None and row["p99_ms"] <= TARGET_P99_MS and row["errors"] == 0
+            and row["achieved_rps"] >= 0.95 * row["rps_target"],
+        }
+    return out
+
+
+def print_report(r: dict) -> None:
+    print(f"\nbehaviorflow serving benchmark ({r['mode']}), commit {r['git_commit'][:10]}{' (dirty)' if r['git_dirty'] else ''}, "
+          f"{r['machine']['cpus']} CPUs, {r['machine']['threads']} threads, load at start {r['machine']['load_average_at_start'][0]}")
+    for name, m in r["models"].items():
+        print(f"\n[{name}] {m['description']}")
+        t = m.get("training", {})
+        if t.get("best_val"):
+            print(f"  training: {t['steps']} steps in {t['wall_s']} s, val {t['best_val']}")
+        p = m["parity"]
+        print(f"  ONNX parity: {p['cases']} histories, top-K identical {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.2e}")
+        q = m["int8"]
+        verdict = {True: "ACCEPTED", False: "REJECTED", None: "not decided"}[q["accepted"]]
+        print(f"  int8: {verdict} — {q['reason']}  ({q['bytes_fp32'] / 2**20:.2f} MiB → {q['bytes_int8'] / 2**20:.2f} MiB)")
+        print(f"  {'batch':>5} {'seq':>4} | {'torch ms':>9} {'fp32 ms':>8} {'int8 ms':>8} | {'fp32/torch':>10} {'int8/fp32':>9}   (median per call; p95 in the JSON)")
+        cells = {(x["engine"], x["batch"], x["seq"]): x for x in m["latency"]}
+        for batch, seq in sorted({(x["batch"], x["seq"]) for x in m["latency"]}):
+            t_, f_, i_ = (cells[(e, batch, seq)]["median_ms"] for e in ("torch", "onnx_fp32", "onnx_int8"))
+            print(f"  {batch:>5} {seq:>4} | {t_:9.3f} {f_:8.3f} {i_:8.3f} | {t_ / f_:9.2f}x {f_ / i_:8.2f}x")
+    if "serving" in r:
+        s = r["serving"]
+        print(f"\nserved: {s['model']} ({s['precision']}), Bento {s['bento_tag']}: .bento {s['bento_size_mib']} MiB, "
+              f"build {s['bento_build_s']} s; bentoml serve → /readyz: " + ", ".join(f"{k} {v} s" for k, v in s["ready_s"].items()))
+        resp = s["responses"]
+        if resp.get("compared"):
+            print(f"responses batched vs unbatched ({resp['compared']} requests): identical ids {resp['identical_item_ids']}, "
+                  f"because {resp['identical_because']}, max |Δscore| {resp['max_abs_score_diff']:.2e}")
+        print(f"\n{'service':<10} {'pinning':<7} {'scenario':<8} {'users':>5} | {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+              f"{'p99 exact':>9} {'errors':>6} {'batch':>5}")
+        for row in r["load"]:
+            f = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+            print(f"{row['service']:<10} {row['pinning']:<7} {row['scenario']:<8} {row['concurrency']:>5} | {row['achieved_rps']:7.1f} "
+                  f"{f(row['p50_ms']):>7} {f(row['p95_ms']):>7} {f(row['p99_ms']):>7} {f(row['exact'].get('p99_ms')):>9} "
+                  f"{row['errors']:>6} {f(row['mean_ranker_batch']):>5}")
+        closed = [x for x in r["load"] if x["rps_target"] is None]
+        for service in dict.fromkeys(x["service"] for x in closed):
+            best = max((x for x in closed if x["service"] == service), key=lambda x: x["achieved_rps"])
+            print(f"max throughput {service}: {best['achieved_rps']} req/s (closed loop, {best['concurrency']} users)")
+        by = {(x["service"], x["scenario"], x["pinning"]): x for x in r["load"]}
+        for (service, scenario, pinning), x in by.items():
+            other = by.get(("unbatched", scenario, pinning))
+            if service == "batched" and other and other["achieved_rps"]:
+                print(f"batched/unbatched {scenario} ({pinning}): throughput {x['achieved_rps'] / other['achieved_rps']:.2f}x, "
+                      f"p99 {x['p99_ms']} vs {other['p99_ms']} ms")
+    print("\nheadline: ONNX fp32 vs torch eager (" + r["onnx_vs_torch_speedup"]["model"] + f", seq {r['onnx_vs_torch_speedup']['seq']}): "
+          f"batch 1 {r['onnx_vs_torch_speedup'].get('batch1')}x, batch 64 {r['onnx_vs_torch_speedup'].get('batch64')}x; "
+          f"int8 vs fp32: batch 1 {r['int8_vs_fp32_speedup'].get('batch1')}x, batch 64 {r['int8_vs_fp32_speedup'].get('batch64')}x")
+    print("acceptance: " + json.dumps(r["acceptance"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
