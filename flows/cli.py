@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)")
     serve.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
+    serve.add_argument("--shadow", metavar="ALIAS", help="also rank every request with this alias's model (e.g. challenger), off the response path, into a JSONL log")
+    serve.add_argument("--shadow-log", metavar="FILE", help="where the shadow log goes (default: $BEHAVIORFLOW_HOME/shadow/…jsonl)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
 
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--version", help="a registry version number instead of an alias")
     bento.add_argument("--image-tag", help="image name:tag for containerize (default: the Bento tag)")
     bento.add_argument("--context-only", metavar="DIR", help="containerize: only write the Docker build context to DIR")
+
+    shadow = sub.add_parser("shadow-report", help="compare champion and challenger answers from a shadow log")
+    shadow.add_argument("--log", required=True, help="the JSONL file written by 'serve --shadow'")
+    shadow.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sample = sub.add_parser("sample-data", help="write the bundled synthetic sample dataset (events.csv, items.csv)")
     sample.add_argument("--out", default="sample-data", help="output folder (default: ./sample-data)")
@@ -160,6 +166,16 @@ def cmd_serve(args) -> int:
     # A Bento served from the local store does not apply its recorded environment (BentoML does that
     # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
     env = os.environ | {settings.MODEL_TAG_ENV: pulled.bento_model_tag}
+    if args.shadow:
+        from components import registry
+        from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
+
+        shadow = registry.resolve_version(registry.ModelRef.parse(f"{args.model}@{args.shadow}"))
+        bundle = registry.download_bundle(shadow, settings.home() / "shadow" / f"v{shadow.version}")
+        log_path = Path(args.shadow_log or settings.home() / "shadow" / f"shadow-v{pulled.version}-vs-v{shadow.version}.jsonl").resolve()
+        env |= {SHADOW_BUNDLE_ENV: str(bundle), SHADOW_LOG_ENV: str(log_path)}
+        print(f"shadow: @{args.shadow} = version {shadow.version} ranks every /recommend request off the response path → {log_path}\n"
+              f"        compare with: behaviorflow shadow-report --log {log_path}", flush=True)
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     os.execvpe(bentoml, [bentoml, "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)], env)
     return 0  # not reached
@@ -196,6 +212,14 @@ def cmd_predict(args) -> int:
         raise BehaviorflowError(f"--k: {exc}") from None
     version, summary = predict_with_registered_model(args.model, Path(args.histories), Path(args.out), config, progress=sys.stderr.isatty())
     print(f"{args.model} (version {version}): {summary.line()}; wrote {args.out}")
+    return 0
+
+
+def cmd_shadow_report(args) -> int:
+    from components.evaluation.shadow import compare_shadow_log
+
+    report = compare_shadow_log(args.log)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
     return 0
 
 
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "sample-data": cmd_sample}
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
     try:
         return commands[args.command](args)
     except GateFailed as exc:

@@ -3,8 +3,8 @@ second model (the challenger) would have answered to the same request, for offli
 (`behaviorflow shadow-report`).
 
 Enabled by two environment variables at serve time (`behaviorflow serve --shadow challenger` sets them):
-    BEHAVIORFLOW_SHADOW_MODEL_TAG  the challenger's Bento model tag (must be in the local Bento store)
-    BEHAVIORFLOW_SHADOW_LOG        the JSONL file to append to (one line per request)
+    BEHAVIORFLOW_SHADOW_BUNDLE  the challenger's model bundle folder (serving/contract.py layout)
+    BEHAVIORFLOW_SHADOW_LOG     the JSONL file to append to (one line per request)
 The challenger runs in one background thread behind a bounded queue: when it falls behind, requests
 are dropped from the shadow log (and counted), never delayed.
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-SHADOW_MODEL_ENV = "BEHAVIORFLOW_SHADOW_MODEL_TAG"
+SHADOW_BUNDLE_ENV = "BEHAVIORFLOW_SHADOW_BUNDLE"
 SHADOW_LOG_ENV = "BEHAVIORFLOW_SHADOW_LOG"
 QUEUE_SIZE = 1024  # requests waiting for the challenger; beyond this they are dropped, not waited for
 
