@@ -20,11 +20,12 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: help install run test serve clean
+.PHONY: help install run test serve bench-ml1m bench-serving clean
 help:
 	@echo "make run    set up .venv and run the retraining flow on the bundled sample data"
 	@echo "make test   set up .venv and run the test suite"
 	@echo "make serve  serve the champion model on http://127.0.0.1:3000"
+	@echo "make bench-ml1m / bench-serving   the benchmarks (see benchmarks/README.md)"
 	@echo "make clean  remove .venv and the local state folder .behaviorflow"
 
 install: $(VENV)/.installed
@@ -47,6 +48,13 @@ test: install
 
 serve: install
 	$(BIN)/behaviorflow serve
+
+bench-ml1m: install
+	$(BIN)/python benchmarks/ml1m.py
+
+bench-serving: install
+	$(PIP) -c constraints.txt -e '.[test,bench]' >> $(PIP_LOG) 2>&1 || { cat $(PIP_LOG); exit 1; }
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) .behaviorflow

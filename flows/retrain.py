@@ -83,14 +83,11 @@ def encode_item_text(texts: list[str], config: RetrainConfig) -> np.ndarray:
 @task(name="train", cache_policy=NONE)
 def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path):
     log.info("[4/9] train")
-    import torch
-
-    from components.models.text_sasrec import TextSASRec
     from components.registry.tracking import log_curve
-    from components.training import train_model
+    from components.training import new_model, train_model
 
     model_cfg = replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1]))
-    model = TextSASRec(model_cfg, torch.from_numpy(embeddings), torch.from_numpy(prepared.trained_items()))
+    model = new_model(model_cfg, embeddings, prepared.trained_items(), config.train.seed)
     result = train_model(model, prepared.train, prepared.valid_split(), config.train, checkpoint_dir=run_dir / "checkpoints")
     log_curve(result.curve)
     return result

@@ -30,6 +30,10 @@ process, no adaptive batching, no hop between services. Responses are the same: 
 and scores, up to float32 rounding (a batched history shares its padding with its length group). It is
 the baseline benchmarks/serving.py measures the batched service against; unset or 1 is the batched pair.
 
+Shadow mode (serving/shadow.py): with BEHAVIORFLOW_SHADOW_BUNDLE and BEHAVIORFLOW_SHADOW_LOG set (as
+`behaviorflow serve --shadow challenger` does), every /recommend answer is also ranked by the challenger's
+bundle in a background thread and both lists are appended to the JSONL log, off the response path.
+
 Status codes: a malformed body (types, k out of 1..100, both or neither of user_id/history, an empty or
 too long history, too many candidates) is a 400 from the request model's validation, naming the field;
 unknown item ids are a 400 listing them; an unknown user is a 404 (see `_history_of`); a body over
@@ -43,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Sequence
 
 import aiohttp  # BentoML's own client between services (see Recommender._rank)
@@ -82,6 +87,8 @@ from serving.contract import (
     ServiceMetadata,
     pad_histories,
 )
+from serving.ranking import BundleRanker
+from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
 
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
 # Adaptive batching in a separate Ranker service (default), or each request ranked alone in Recommender's
@@ -246,6 +253,17 @@ def _metadata(request: Request) -> JSONResponse:
 _http = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
 
 
+def _shadow_recorder() -> ShadowRecorder | None:
+    """Shadow mode (serving/shadow.py): the challenger bundle named by the environment, or None."""
+    bundle_dir, log_path = os.environ.get(SHADOW_BUNDLE_ENV), os.environ.get(SHADOW_LOG_ENV)
+    if not bundle_dir:
+        return None
+    if not log_path:
+        raise ValueError(f"{SHADOW_BUNDLE_ENV} is set but {SHADOW_LOG_ENV} is not: name the JSONL file for the shadow log")
+    ranker = BundleRanker(Path(bundle_dir))
+    return ShadowRecorder(lambda history, k, exclude_seen: ranker.topk([history], k, exclude_seen)[0], Path(log_path), str(bundle_dir))
+
+
 @bentoml.asgi_app(_http, path="/")
 # One worker: ONNX Runtime already spreads one inference over the cores; scale out with replicas.
 @bentoml.service(name=BENTO_SERVICE_NAME, workers=1, threads=RECOMMENDER_THREADS, traffic={"timeout": 30})
@@ -263,6 +281,7 @@ class Recommender:
         self.bundle = Bundle(self.model_ref.path)
         self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
         self._check_bundle()
+        self.shadow = _shadow_recorder()  # None unless serve --shadow configured a challenger
         if BATCHING:
             # In-process this builds the Ranker now (its checks and warm-up run here); served, it is a
             # client of the Ranker's process, whose readiness /readyz waits for.
@@ -298,6 +317,9 @@ class Recommender:
         picks = [(i, s) for i, s in zip(ranked.items, ranked.scores) if i not in banned and s != _EXCLUDED]
         picks = picks[: request.k]
         because = self._because(window, [i for i, _ in picks])
+        if self.shadow is not None:  # queued for a background thread: adds no latency to this answer
+            history_ids = [self.bundle.item_ids[i - 1] for i in history]
+            self.shadow.submit(history_ids, request.k, request.exclude_seen, [self.bundle.item_ids[i - 1] for i, _ in picks])
         return RecommendResponse(
             items=[
                 Recommendation(

@@ -139,6 +139,8 @@ def test_second_run_is_a_new_version_gated_against_the_champion(world):
     assert summary["registry"]["version"] == "2"
     gate = summary["gate"]
     assert gate["champion_version"] == "1" and gate["passed"]
+    # Same data, same config, same seed: the retrain reproduces the first model exactly.
+    assert summary["metrics"]["model"]["NDCG@10"] == pytest.approx(first["metrics"]["model"]["NDCG@10"], abs=1e-9)
     # The champion was re-scored by ONNX Runtime on the same test cases: it matches its own first score.
     assert summary["metrics"]["champion"]["NDCG@10"] == pytest.approx(first["metrics"]["model"]["NDCG@10"], abs=0.01)
     assert any("vs champion v1" in r for r in gate["reasons"])

@@ -697,3 +697,25 @@ def test_export_bento(bento_tag, model_tag, tmp_path):
     name, version = model_tag.split(":")
     assert any(n.endswith(f"models/{name}/{version}/{contract.MODEL_FILE}") for n in names), names
     assert any(n.endswith("src/serving/service.py") for n in names), names
+
+
+def test_shadow_mode_records_the_challenger_off_the_response_path(model_tag, table, tmp_path, monkeypatch):
+    """In-process: the champion answers; the challenger bundle (another model) is logged beside it."""
+    from components.evaluation.shadow import compare_shadow_log
+    from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
+
+    challenger = make_tiny_bundle(tmp_path / "challenger", n_items=N_ITEMS, dim=DIM, seed=SEED + 5)
+    log = tmp_path / "shadow.jsonl"
+    monkeypatch.setenv(SHADOW_BUNDLE_ENV, str(challenger))
+    monkeypatch.setenv(SHADOW_LOG_ENV, str(log))
+    service = load_service(model_tag)
+    history = ["i003", "i005", "i007"]
+    answer = service.recommend(history=history, k=5)
+    service.shadow.flush()
+    record = json.loads(log.read_text().splitlines()[0])
+    assert record["champion"] == [r.item_id for r in answer.items]  # what the client got
+    want, _ = reference_top_k(embeddings(N_ITEMS, DIM, SEED + 5), indices(history), 5, True)
+    assert record["challenger"] == [f"i{i:03d}" for i in want]  # what the challenger would have said
+    assert record["history"] == history and record["k"] == 5
+    report = compare_shadow_log(log)
+    assert report.requests == 1 and 0.0 <= report.mean_overlap_at_k <= 1.0

@@ -1,6 +1,6 @@
 """Batch prediction: the top-K next items for every user history in a file, ranked by a registered
 model's bundle through ONNX Runtime — the graph, item table and exclusion rule the Bento service uses
-(`components.evaluation.bundle.BundleRanker`), so a batch answer equals the online one.
+(`serving.ranking.BundleRanker`), so a batch answer equals the online one.
 
 Input, one user per line (UTF-8):   user_id<TAB>item_id item_id …      (oldest first)
 Output, one line per input line:    user_id<TAB>item_id item_id …      (best first, at most K)
@@ -81,7 +81,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
     """Rank every history of `histories` with the bundle in `bundle_dir` and write `out`."""
     from tqdm import tqdm
 
-    from components.evaluation.bundle import BundleRanker
+    from serving.ranking import BundleRanker
 
     histories, out = Path(histories), Path(out)
     if not histories.is_file():

@@ -52,6 +52,13 @@ class TrainResult:
     stopped_because: str = ""
 
 
+def new_model(config, text_embeddings: np.ndarray, has_id: np.ndarray, seed: int) -> TextSASRec:
+    """A freshly initialised model, seeded: the same data and config give the same weights on every run
+    (so a retrain of unchanged data reproduces the champion instead of failing the gate by chance)."""
+    torch.manual_seed(seed)
+    return TextSASRec(config, torch.from_numpy(text_embeddings), torch.from_numpy(has_id))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
