@@ -69,7 +69,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, histories: Sequence[np.ndarr
         problems.append(f"top-10 overlap with fp32 is {overlap:.3f} (needs ≥ {min_top10_overlap})")
     accepted = not problems
     reason = (
-        f"int8 served: NDCG@10 {ndcg_int8:.4f} vs fp32 {ndcg_fp32:.4f} (drop {drop:.1%}), top-10 overlap {overlap:.3f}"
+        f"int8 served: NDCG@10 {ndcg_int8:.4f} vs fp32 {ndcg_fp32:.4f} (change {-drop:+.2%}), top-10 overlap {overlap:.3f}"
         if accepted
         else "fp32 served: " + "; ".join(problems)
     )
