@@ -115,8 +115,9 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
             {contract.INPUT_HISTORY: padded, contract.INPUT_EXCLUDE_SEEN: exclude},
         )
         with torch.no_grad():
-            items, scores, _ = (t.numpy() for t in graph(torch.from_numpy(padded), torch.from_numpy(exclude)))
-            full = (graph.model.encode(torch.from_numpy(padded), graph.table)[:, -1] @ graph.table.T).numpy()
+            items, scores, user = graph(torch.from_numpy(padded), torch.from_numpy(exclude))
+            full = (user @ graph.table.T).numpy()  # every item's torch score, unmasked (the graph's own user vector)
+            items, scores = items.numpy(), scores.numpy()
         # Slots scored -inf (padding, excluded items filling the tail of a short catalog) are not
         # recommendations, and their order among equal -inf scores is arbitrary: compare the rest.
         finite = np.isfinite(scores)
