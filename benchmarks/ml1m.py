@@ -155,7 +155,15 @@ def main(argv=None) -> int:
     embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
     n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
     log.info("loaded: %d train users, %d val, %d test, %d items (%.0f s)", len(data["train"]), len(data["valid"][1]), len(test_targets), n_items, time.perf_counter() - started)
-    results: dict = {"protocol": "ML-1M SASRec version, leave-one-out, full ranking over 3,416 items, input items excluded, max_len 200; 512 validation users for selection, 3,261 test users", "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
+    def save(stage: str) -> None:
+        """Write what is measured so far (a long run that is stopped keeps its finished stages)."""
+        results["stage"] = stage
+        results["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        results["total_wall_s"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+
+    results: dict = {"command": "python benchmarks/ml1m.py " + " ".join(argv if argv is not None else sys.argv[1:]), "protocol": "ML-1M SASRec version, leave-one-out, full ranking over 3,416 items, input items excluded, max_len 200; 512 validation users for selection, 3,261 test users", "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
     pop = popularity_topk(data["train"], test_inputs, n_items, 20)
     results["popularity"] = evaluate(pop, test_targets, n_items)
@@ -172,6 +180,7 @@ def main(argv=None) -> int:
     results["minutes_to_ndcg10_0.1726"] = round(reached[0], 2) if reached else None
     results["minutes_to_ndcg10_0.1726_note"] = "first epoch whose validation NDCG@10 (512 users) reached 0.1726"
     log_mlflow("text", {"variant": "text", **asdict(model_cfg), **asdict(train_cfg)}, {k: v for k, v in results["text"].items() if isinstance(v, float)}, fit_text.curve)
+    save("text")
 
     if not args.skip_id:
         id_cfg = replace(model_cfg, use_text=False)
@@ -180,6 +189,7 @@ def main(argv=None) -> int:
         results["id_only"]["train_wall_s"] = round(fit_id.wall_s, 1)
         results["id_only"]["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_id.curve]
         log_mlflow("id_only", {"variant": "id_only", **asdict(id_cfg)}, {k: v for k, v in results["id_only"].items() if isinstance(v, float)}, fit_id.curve)
+        save("id_only")
 
     if not args.skip_cold:
         # Cold start: 10 % of items removed from training entirely; test cases whose target is one of them.
@@ -197,14 +207,12 @@ def main(argv=None) -> int:
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
             if name == "text":
                 results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
+            save(f"cold_start-{name}")
         warm = results["cold_start"]["warm_text"]["HR@10"]
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
 
-    results["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    results["total_wall_s"] = round(time.perf_counter() - started, 1)
     results["machine"] = f"{torch.get_num_threads()} torch threads, CPU"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    save("done")
     print_table(results)
     return 0
 

@@ -3,12 +3,37 @@ batch prediction, the shadow challenger — with exactly the service's rules. nu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from serving import contract
+
+# ONNX Runtime threading for every session the service opens (read when a session is created):
+#   BEHAVIORFLOW_ORT_THREADS  intra-op threads per session; 0 or unset = ONNX Runtime's default (one per
+#                             physical core). 1 suits many small concurrent requests on few cores.
+#   BEHAVIORFLOW_ORT_SPIN     1 (default) lets idle intra-op threads spin for the next op (lowest latency
+#                             per call); 0 makes them sleep, leaving the CPU to other requests and processes.
+ORT_THREADS_ENV = "BEHAVIORFLOW_ORT_THREADS"
+ORT_SPIN_ENV = "BEHAVIORFLOW_ORT_SPIN"
+
+
+def ort_session(path: Path):
+    """An ONNX Runtime CPU session for a bundle's graph, threaded as the environment says (see above)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    threads = os.environ.get(ORT_THREADS_ENV, "0").strip() or "0"
+    if not threads.isdigit():
+        raise ValueError(f"{ORT_THREADS_ENV}={threads!r}: expected a whole number of threads (0 = ONNX Runtime's default)")
+    options.intra_op_num_threads = int(threads)
+    spin = os.environ.get(ORT_SPIN_ENV, "1").strip().lower()
+    if spin not in {"0", "1", "true", "false", "yes", "no", "on", "off"}:
+        raise ValueError(f"{ORT_SPIN_ENV}={spin!r}: expected 1 or 0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin in {"1", "true", "yes", "on"} else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class BundleRanker:
@@ -21,10 +46,8 @@ class BundleRanker:
     """
 
     def __init__(self, bundle_dir: Path):
-        import onnxruntime as ort
-
         self.bundle = contract.Bundle(bundle_dir)
-        self.session = ort.InferenceSession(str(self.bundle.model_path), providers=["CPUExecutionProvider"])
+        self.session = ort_session(self.bundle.model_path)
 
     def topk(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256) -> list[list[str]]:
         """Top-k item ids, best first, for histories of item ids (oldest first)."""

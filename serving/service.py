@@ -53,7 +53,6 @@ from typing import Any, Sequence
 import aiohttp  # BentoML's own client between services (see Recommender._rank)
 import bentoml
 import numpy as np
-import onnxruntime as ort
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel
 from starlette.applications import Starlette  # BentoML's own HTTP layer: adds nothing to the Bento
@@ -87,7 +86,7 @@ from serving.contract import (
     ServiceMetadata,
     pad_histories,
 )
-from serving.ranking import BundleRanker
+from serving.ranking import BundleRanker, ort_session
 from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
 
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
@@ -171,7 +170,7 @@ class Ranker:
     def __init__(self) -> None:
         self.model_tag = str(self.model_ref.tag)
         self.bundle = Bundle(self.model_ref.path, load_users=False)  # Recommender looks users up
-        self.session = ort.InferenceSession(str(self.bundle.model_path), providers=["CPUExecutionProvider"])
+        self.session = ort_session(self.bundle.model_path)  # threads: BEHAVIORFLOW_ORT_THREADS / _SPIN
         self._check_graph()
         self._warm_up()
 

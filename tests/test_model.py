@@ -14,11 +14,12 @@ from serving import contract
 N_ITEMS, TEXT_DIM = 40, 16
 
 
-def tiny(seed=0, **overrides):
+def tiny(seed=0, cold=5, **overrides):
     torch.manual_seed(seed)
     cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0, **overrides)
     has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
-    has_id[-5:] = False  # the last five items never occurred in training
+    if cold:
+        has_id[-cold:] = False  # the last items never occurred in training
     return TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM), has_id).eval()
 
 
@@ -47,13 +48,56 @@ def test_causal_no_peeking_and_left_padding_is_inert():
     torch.testing.assert_close(model.score_last(torch.tensor([[0, 0, 5, 6, 7]])), model.score_last(torch.tensor([[5, 6, 7]])), atol=1e-5, rtol=1e-5)
 
 
-def test_cold_items_have_text_but_no_id_part():
+def test_last_step_path_equals_the_full_encoder():
+    model = tiny()
+    history = torch.tensor([[0, 0, 0, 3, 4, 9], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    full = model.encode(history)[:, -1:]
+    torch.testing.assert_close(model.encode(history, last_only=True), full, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.score_last(history), full[:, -1] @ model.item_table().T, atol=1e-5, rtol=1e-5)
+
+
+def test_cold_items_are_text_plus_their_text_neighbours_ids():
     model = tiny()
     table = model.item_table()
     text_only = model.text_proj(model.text_table)
-    torch.testing.assert_close(table[-5:], text_only[-5:])  # never-seen items: text only
-    assert not torch.allclose(table[1:5], text_only[1:5])  # seen items: text + id
-    assert torch.all(torch.isfinite(table)) and table[-5:].abs().sum() > 0
+    ids = model.id_emb.weight
+    # Hand-computed imputation for cold item N: cosine neighbours among trained items, softmax weights.
+    unit = torch.nn.functional.normalize(model.text_table, dim=1)
+    trained = torch.nonzero(model.has_id).squeeze(1)
+    sim = unit[N_ITEMS] @ unit[trained].T
+    top, idx = sim.topk(model.cfg.cold_neighbors)
+    expected = text_only[N_ITEMS] + (torch.softmax(top / model.cfg.neighbor_temperature, 0).unsqueeze(1) * ids[trained[idx]]).sum(0)
+    torch.testing.assert_close(table[N_ITEMS], expected)
+    torch.testing.assert_close(table[1:5], text_only[1:5] + ids[1:5])  # trained items: text + own id
+    assert not model.has_id[model.neighbors[-5:]].logical_not().any()  # neighbours are always trained items
+    assert torch.all(model.neighbors[1:] != torch.arange(1, N_ITEMS + 1).unsqueeze(1))  # never the item itself
+    torch.testing.assert_close(model.neighbor_weights[1:].sum(1), torch.ones(N_ITEMS))
+
+
+def test_cold_items_are_text_only_without_neighbours():
+    model = tiny(cold_neighbors=0)
+    text_only = model.text_proj(model.text_table)
+    torch.testing.assert_close(model.item_table()[-5:], text_only[-5:])
+
+
+def test_id_dropout_substitutes_the_cold_representation_in_training_only():
+    model = tiny(id_dropout=1.0)
+    torch.testing.assert_close(model.item_table()[1:5], (model.text_proj(model.text_table) + model.id_emb.weight)[1:5])  # eval: own ids
+    model.train()
+    imputed = (model.id_emb.weight[model.neighbors] * model.neighbor_weights.unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(model.item_table()[1:], (model.text_proj(model.text_table) + imputed)[1:])
+
+
+def test_never_trained_items_are_not_training_negatives():
+    from components.training.train import next_item_loss
+
+    model = tiny(id_dropout=0.0).train()
+    inputs, targets = torch.tensor([[0, 1, 2]]), torch.tensor([[1, 2, 3]])
+    loss = next_item_loss(model, inputs, targets, TrainConfig())
+    with torch.no_grad():
+        # Make the cold items' (text-only) scores enormous: the loss must not notice them.
+        model.text_table[-5:] *= 1000
+    assert next_item_loss(model, inputs, targets, TrainConfig()).item() == pytest.approx(loss.item(), rel=1e-5)
 
 
 def test_id_only_variant_ignores_text():
@@ -78,9 +122,15 @@ def test_training_learns_a_deterministic_chain(sampled_negatives):
     train = [s[:-2] for s in seqs]
     valid = ([s[:-2] for s in seqs], np.array([s[-2] for s in seqs]))
     config = TrainConfig(max_epochs=40, lr=3e-3, warmup_steps=5, batch_size=32, patience=40, progress=False, sampled_negatives=sampled_negatives)
-    result = train_model(tiny(), train, valid, config)
+    result = train_model(tiny(cold=0), train, valid, config)
     assert result.best_val["HR@10"] > 0.9, result.curve[-1]
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
+
+
+def test_training_refuses_items_marked_untrained_that_occur_in_training():
+    seqs = [np.array([1, 2, 3, N_ITEMS])]  # item N_ITEMS is marked as never trained by tiny()
+    with pytest.raises(ValueError, match=rf"1 item\(s\) occur in the training sequences .* \[{N_ITEMS}\]"):
+        train_model(tiny(), seqs, ([np.array([1])], np.array([2])), TrainConfig(max_epochs=1, progress=False))
 
 
 def test_onnx_export_matches_torch(tmp_path):

@@ -61,7 +61,7 @@ def _model_score_batches(model, histories: Sequence[np.ndarray], exclude_seen: b
             for start in range(0, len(histories), batch_size):
                 chunk = histories[start : start + batch_size]
                 batch = torch.from_numpy(pad_histories(chunk, model.cfg.max_len)).to(device)  # the last max_len steps
-                scores = model.encode(batch, table)[:, -1] @ table.T  # (B, n_items + 1)
+                scores = model.encode(batch, table, last_only=True)[:, -1] @ table.T  # (B, n_items + 1)
                 scores[:, 0] = float("-inf")
                 if exclude_seen:  # the whole history, also the steps before the model's window (as serving does)
                     seen = pad_histories(chunk, max((len(h) for h in chunk), default=1))

@@ -5,9 +5,14 @@ SASRec with full cross-entropy ("SASRec+", Klenitskiy & Vasilev, RecSys 2023) fo
 representations from a frozen pretrained language model, projected and added to a learned id
 embedding (as in UniSRec / Recformer-style text-based recommenders).
 
-An item is represented as   e_i = W · lm(text_i)  +  has_id_i · id_i
-so an item that never occurred in training (has_id_i = 0) is still represented by its text, and
-can be recommended. The same item table scores the next item (tied input/output embeddings):
+An item is represented as   e_i = W · lm(text_i)  +  id_i
+where id_i is a learned embedding for an item seen in training, and for an item that never occurred
+in training ("cold") the similarity-weighted mean of the id embeddings of its nearest trained items in
+language-model space (content neighbours, as in DropoutNet / neighbour-based cold-start imputation).
+So a brand-new item is represented by its text and by what the model learned about items that read
+like it, and can be recommended. Training hides a random share of id embeddings (`id_dropout`) and
+substitutes the same neighbour imputation, so the model learns to rank imputed items as it ranks
+trained ones. The same item table scores the next item (tied input/output embeddings):
     score(i | history) = h_T · e_i,   h_T = transformer(history)[-1]
 """
 
@@ -32,7 +37,10 @@ class TextSASRecConfig:
     dropout: float = 0.2  # on embeddings, attention and MLP: small data overfits quickly
     use_text: bool = True  # False = the id-only baseline (plain SASRec)
     use_id: bool = True  # False = text only (every item is "cold")
-    id_dropout: float = 0.0  # training-time chance to hide an item's id part: teaches text to stand alone
+    id_dropout: float = 0.2  # training-time chance to replace an item's id embedding by its text neighbours'
+    #   (the cold-item representation): without it the model learns that only trained ids win
+    cold_neighbors: int = 10  # trained items (nearest by LM text) whose ids represent a cold item; 0 = text only
+    neighbor_temperature: float = 0.05  # softmax temperature over the neighbours' cosine similarities
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -50,13 +58,18 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """last_only: return only the last step's output (its query alone; keys and values of all steps)."""
         B, T, D = x.shape
+        hs = D // self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if last_only:
+            q, allowed = q[:, -1:], allowed[:, -1:]
+        q = q.reshape(B, q.shape[1], self.n_heads, hs).transpose(1, 2)  # (B, nh, Tq, hs)
+        k, v = (t.view(B, T, self.n_heads, hs).transpose(1, 2) for t in (k, v))  # (B, nh, T, hs)
         # Fused attention (softmax(q·kᵀ/√hs + mask)·v): on CPU about twice as fast as the explicit form.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], D)  # (B, Tq, D)
         return self.resid_drop(self.proj(y))
 
 
@@ -72,8 +85,9 @@ class Block(nn.Module):
             nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout)
         )
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), allowed)
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        y = self.attn(self.ln1(x), allowed, last_only)
+        x = (x[:, -1:] if last_only else x) + y
         return x + self.mlp(self.ln2(x))
 
 
@@ -94,6 +108,9 @@ class TextSASRec(nn.Module):
         ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
         ids[0] = False
         self.register_buffer("has_id", ids)
+        neighbors, weights = content_neighbors(text, ids, cfg.cold_neighbors if (cfg.use_text and cfg.use_id) else 0, cfg.neighbor_temperature)
+        self.register_buffer("neighbors", neighbors)  # (n, k) trained items nearest by text (never the item itself)
+        self.register_buffer("neighbor_weights", weights)  # (n, k), rows sum to 1 (zero rows when k = 0)
         # A plain linear map: with unit-norm LM embeddings and the std-0.02 init below, text and id parts
         # start at the same small scale, so initial scores are near uniform (loss ≈ log n_items).
         self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model) if cfg.use_text else None
@@ -118,16 +135,24 @@ class TextSASRec(nn.Module):
         if self.text_proj is not None:
             table = table + self.text_proj(self.text_table)
         if self.id_emb is not None:
+            ids = self.id_emb.weight
             keep = self.has_id.unsqueeze(1).float()
             if self.training and self.cfg.id_dropout > 0:
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
-            table = table + self.id_emb.weight * keep
+            table = table + ids * keep
+            if self.neighbors.shape[1]:
+                imputed = (ids[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)  # (n, d)
+                table = table + imputed * (1.0 - keep)
         mask = torch.ones_like(table[:, :1])
         mask[0] = 0.0
         return table * mask
 
-    def encode(self, history: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """history: [B, T] left-padded item indices -> hidden states [B, T, d_model]."""
+    def encode(self, history: torch.Tensor, table: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """history: [B, T] left-padded item indices -> hidden states [B, T, d_model].
+
+        last_only: only the state after the whole history, [B, 1, d_model] — the inference path. The last
+        block then computes its query, MLP and norms for the last step alone (the earlier blocks still
+        need every step): the same numbers as encode(...)[:, -1:] at a fraction of the cost."""
         table = self.item_table() if table is None else table
         B, T = history.shape
         real = history != 0  # (B, T)
@@ -138,8 +163,8 @@ class TextSASRec(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=history.device).tril()
         # Attend to real earlier steps; every step may attend to itself so padded rows never see only -inf.
         allowed = causal & (real.unsqueeze(1) | torch.eye(T, dtype=torch.bool, device=history.device))  # (B, T, T)
-        for block in self.blocks:
-            x = block(x, allowed)
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, last_only and i == len(self.blocks) - 1)
         return self.ln_f(x)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
@@ -150,7 +175,29 @@ class TextSASRec(nn.Module):
     def score_last(self, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item after the whole history: [B, n_items + 1] (column 0 = padding)."""
         table = self.item_table()
-        return self.encode(history, table)[:, -1] @ table.T
+        return self.encode(history, table, last_only=True)[:, -1] @ table.T
+
+
+@torch.no_grad()
+def content_neighbors(text: torch.Tensor, has_id: torch.Tensor, k: int, temperature: float, chunk: int = 4096):
+    """For every item row: the k trained items most similar by LM text (cosine; never the item itself)
+    and softmax(similarity / temperature) weights. Rows are computed in chunks, so memory stays
+    O(chunk × trained items)."""
+    n = text.shape[0]
+    trained = torch.nonzero(has_id, as_tuple=False).squeeze(1)
+    k = min(k, max(0, len(trained) - 1))
+    if k == 0:
+        return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0)
+    unit = F.normalize(text, dim=1)
+    candidates = unit[trained].T  # (D, n_trained)
+    neighbors, weights = torch.zeros(n, k, dtype=torch.long), torch.zeros(n, k)
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(n, start + chunk))
+        sim = unit[rows] @ candidates  # (c, n_trained)
+        sim[rows.unsqueeze(1) == trained.unsqueeze(0)] = float("-inf")  # an item is not its own neighbour
+        top, idx = sim.topk(k, dim=1)
+        neighbors[rows], weights[rows] = trained[idx], torch.softmax(top / temperature, dim=1)
+    return neighbors, weights
 
 
 class TopKGraph(nn.Module):
@@ -171,7 +218,7 @@ class TopKGraph(nn.Module):
         self.register_buffer("padding", padding)
 
     def forward(self, history: torch.Tensor, exclude_seen: torch.Tensor):
-        user = self.model.encode(history, self.table)[:, -1]  # (B, d)
+        user = self.model.encode(history, self.table, last_only=True)[:, -1]  # (B, d)
         scores = user @ self.table.T  # (B, n_items + 1)
         seen = torch.zeros_like(scores).scatter(1, history, 1.0) > 0  # (B, n_items + 1); column 0 = padding
         drop = (seen & exclude_seen.unsqueeze(1)) | self.padding

@@ -82,7 +82,10 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
     targets = targets[real]  # (M,)
     if config.sampled_negatives <= 0:
         logits = hidden @ table.T  # (M, N + 1)
-        logits[:, 0] = float("-inf")  # padding is never a valid next item
+        # Padding is never a valid next item, and items that never occur in training are not negatives:
+        # nothing is known about them, and pushing them down would teach the model to bury new items.
+        # In place and by column: the (steps × catalog) matrix is the largest tensor of a step.
+        logits.index_fill_(1, torch.nonzero(~model.has_id).squeeze(1), float("-inf"))
         return F.cross_entropy(logits, targets)
     # Sampled softmax with logQ correction (Bengio & Senécal 2008; Yi et al. 2019): negatives are drawn
     # in proportion to training frequency q(i); subtracting log q(i) keeps the estimate unbiased.
@@ -109,10 +112,17 @@ def train_model(
     sequences = training_pairs(train, model.cfg.max_len)
     if not sequences:
         raise ValueError("no training sequence has two or more steps: nothing to learn from")
+    seen = np.unique(np.concatenate(sequences))
+    unmarked = seen[~model.has_id.cpu().numpy()[seen]]
+    if len(unmarked):
+        raise ValueError(
+            f"{len(unmarked)} item(s) occur in the training sequences but are marked as never trained in the model "
+            f"(has_id False), e.g. item indices {unmarked[:5].tolist()}: build has_id from the same training data"
+        )
     if config.sampled_negatives > 0:
-        # Negatives follow training frequency, smoothed so every real item can be drawn; never padding.
+        # Negatives follow training frequency, smoothed so every trained item can be drawn.
         weights = torch.bincount(torch.from_numpy(np.concatenate(sequences)), minlength=model.cfg.n_items + 1).float() + 1e-3
-        weights[0] = 0.0
+        weights[~model.has_id.cpu()] = 0.0  # padding and never-trained items are not negatives
         model.sampling_probs = (weights / weights.sum()).to(device)
     val_inputs, val_targets = valid
     if len(val_targets) > config.val_users:
