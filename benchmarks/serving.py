@@ -64,7 +64,13 @@ sys.path.insert(0, str(ROOT))
 log = logging.getLogger("benchmarks.serving")
 
 BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # = serving.service.BATCHING_ENV (not imported: it imports bentoml)
-SERVICES = {"batched": "1", "unbatched": "0"}
+# Service layouts the load test can start (--services): the environment each `bentoml serve` gets.
+ORT_THREADS_ENV = "BEHAVIORFLOW_ORT_THREADS"  # = serving.ranking.ORT_THREADS_ENV
+SERVICES = {
+    "batched": {BATCHING_ENV: "1"},
+    "unbatched": {BATCHING_ENV: "0"},
+    "unbatched_ort1": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1"},  # one intra-op thread per ONNX call
+}
 TARGET_P99_MS = 15.0
 TARGET_SPEEDUP = 3.0
 
@@ -337,7 +343,7 @@ def free_port() -> int:
 class Server:
     """`bentoml serve <bento>` in its own process group; `ready_s` is the time from start to /readyz 200."""
 
-    def __init__(self, bento_tag: str, model_tag: str, batching: str, cpus: str | None, log_path: Path, env: dict):
+    def __init__(self, bento_tag: str, model_tag: str, service_env: dict, cpus: str | None, log_path: Path, env: dict):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(self.port)]
@@ -350,7 +356,7 @@ class Server:
         with log_path.open("w") as out:
             # cwd: the work folder, so the Bento's own copy of serving/ is what runs, not the checkout's.
             self.proc = subprocess.Popen(
-                command, cwd=log_path.parent, env={**env, MODEL_TAG_ENV: model_tag, BATCHING_ENV: batching},
+                command, cwd=log_path.parent, env={**env, MODEL_TAG_ENV: model_tag, **service_env},
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         import httpx
@@ -611,7 +617,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--reps", type=int, default=100)
     g.add_argument("--warmup", type=int, default=10)
     g = parser.add_argument_group("load")
-    g.add_argument("--services", default="batched,unbatched")
+    g.add_argument("--services", default="batched,unbatched", help=f"comma-separated, of {', '.join(SERVICES)}")
     g.add_argument("--concurrency", default="1,8,32,64", help="closed-loop locust users, no think time")
     g.add_argument("--rate", type=float, default=200.0, help="target requests/s of the constant-rate scenario (0: none)")
     g.add_argument("--rate-users", type=int, default=50, help="users sharing the target rate")
@@ -635,6 +641,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     args.services = [s for s in args.services.split(",") if s]
+    unknown = sorted(set(args.services) - set(SERVICES))
+    if unknown:
+        parser.error(f"--services: unknown {unknown}; choose from {sorted(SERVICES)}")
     if args.out is None:
         args.out = Path(tempfile.gettempdir()) / "behaviorflow-serving-quick.json" if args.quick else ROOT / "benchmarks" / "results" / "serving.json"
     return args
@@ -797,11 +806,11 @@ def print_report(r: dict) -> None:
         if resp.get("compared"):
             print(f"responses batched vs unbatched ({resp['compared']} requests): identical ids {resp['identical_item_ids']}, "
                   f"because {resp['identical_because']}, max |Δscore| {resp['max_abs_score_diff']:.2e}")
-        print(f"\n{'service':<10} {'pinning':<7} {'scenario':<8} {'users':>5} | {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+        print(f"\n{'service':<14} {'pinning':<7} {'scenario':<8} {'users':>5} | {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
               f"{'p99 exact':>9} {'errors':>6} {'batch':>5}")
         for row in r["load"]:
             f = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-            print(f"{row['service']:<10} {row['pinning']:<7} {row['scenario']:<8} {row['concurrency']:>5} | {row['achieved_rps']:7.1f} "
+            print(f"{row['service']:<14} {row['pinning']:<7} {row['scenario']:<8} {row['concurrency']:>5} | {row['achieved_rps']:7.1f} "
                   f"{f(row['p50_ms']):>7} {f(row['p95_ms']):>7} {f(row['p99_ms']):>7} {f(row['exact'].get('p99_ms')):>9} "
                   f"{row['errors']:>6} {f(row['mean_ranker_batch']):>5}")
         closed = [x for x in r["load"] if x["rps_target"] is None]

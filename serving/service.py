@@ -23,12 +23,14 @@ Two services, one process each (BentoML starts both):
                  length, each group padded only to its own longest, so short requests never pay for long
                  ones. Its warm-up runs before /readyz answers 200.
 
-BEHAVIORFLOW_BATCHING=0 (read when this module is imported, so set it for `bentoml serve`; also 'false',
-'no', 'off') turns the Ranker service off: Recommender builds a Ranker in its own process, with its own
-ONNX session, and runs each request's history through the graph alone, on the request's thread — one
-process, no adaptive batching, no hop between services. Responses are the same: the same items, `because`
-and scores, up to float32 rounding (a batched history shares its padding with its length group). It is
-the baseline benchmarks/serving.py measures the batched service against; unset or 1 is the batched pair.
+BEHAVIORFLOW_BATCHING (read when this module is imported, so set it for `bentoml serve`) chooses between
+the two layouts. 0 (also 'false', 'no', 'off') turns the Ranker service off: Recommender builds a Ranker
+in its own process, with its own ONNX session, and runs each request's history through the graph alone,
+on the request's thread — one process, no adaptive batching, no hop between services. 1 is the batched
+pair. 'auto' (the default) is the batched pair on machines with 4 or more usable CPUs and the single
+process below that: on 2 cores the hop between the services costs more than batching saves
+(benchmarks/results/serving.json measures both). Responses are the same either way: the same items,
+`because` and scores, up to float32 rounding (a batched history shares its padding with its length group).
 
 Shadow mode (serving/shadow.py): with BEHAVIORFLOW_SHADOW_BUNDLE and BEHAVIORFLOW_SHADOW_LOG set (as
 `behaviorflow serve --shadow challenger` does), every /recommend answer is also ranked by the challenger's
@@ -93,7 +95,21 @@ RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
 # Adaptive batching in a separate Ranker service (default), or each request ranked alone in Recommender's
 # process (BEHAVIORFLOW_BATCHING=0): see the module docstring.
 BATCHING_ENV = "BEHAVIORFLOW_BATCHING"
-BATCHING = os.environ.get(BATCHING_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+_BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
+
+
+def _batching(value: str, cpus: int) -> bool:
+    value = value.strip().lower()
+    if value in {"", "auto"}:
+        return cpus >= _BATCHING_MIN_CPUS
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{BATCHING_ENV}={value!r}: expected auto, 1 (the batched pair) or 0 (one process)")
+
+
+BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.

@@ -66,14 +66,14 @@ def running_server(command: list[str], env: dict, log: Path, url: str, ready_pat
 
 
 @contextmanager
-def bentoml_serve(model_tag: str, log: Path, target: str = SERVICE, timeout: float = 60) -> Iterator[str]:
+def bentoml_serve(model_tag: str, log: Path, target: str = SERVICE, timeout: float = 60, env: dict | None = None) -> Iterator[str]:
     """`bentoml serve` `target` (the service from source, or a Bento tag) on a free port, with the Bento
-    model `model_tag`; yield its base URL."""
+    model `model_tag` (and `env` added to the environment); yield its base URL."""
     from serving.contract import MODEL_TAG_ENV
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    with running_server(command, {**os.environ, MODEL_TAG_ENV: model_tag}, log, url, timeout=timeout) as seconds:
+    with running_server(command, {**os.environ, MODEL_TAG_ENV: model_tag, **(env or {})}, log, url, timeout=timeout) as seconds:
         print(f"bentoml serve ready in {seconds:.1f} s (log: {log})")
         yield url

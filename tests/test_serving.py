@@ -498,11 +498,23 @@ def test_service_imports_no_training_stack():
 # ---------------------------------------------------------------------------------------- real server
 
 
-@pytest.fixture(scope="module")
-def server(model_tag, tmp_path_factory):
-    """One `bentoml serve` process for the module (Recommender and its Ranker); yields its base URL."""
-    with bentoml_serve(model_tag, tmp_path_factory.mktemp("server") / "serve.log") as url:
+@pytest.fixture(scope="module", params=["1", "0"], ids=["batched", "one-process"])
+def server(request, model_tag, tmp_path_factory):
+    """A `bentoml serve` process in each layout (Recommender + batched Ranker; Recommender alone), whatever
+    'auto' would pick on this machine; yields its base URL."""
+    from serving.service import BATCHING_ENV
+
+    with bentoml_serve(model_tag, tmp_path_factory.mktemp("server") / "serve.log", env={BATCHING_ENV: request.param}) as url:
         yield url
+
+
+def test_batching_choice():
+    from serving.service import _batching
+
+    assert _batching("auto", 2) is False and _batching("auto", 4) is True and _batching("", 16) is True
+    assert _batching("1", 2) is True and _batching("off", 64) is False
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='maybe': expected auto, 1 .* or 0"):
+        _batching("maybe", 2)
 
 
 def test_server_with_bentoml_client(server, table, users):
@@ -545,8 +557,10 @@ def test_server_metadata_and_probes(server, model_tag):
     assert httpx.post(f"{server}/rank", json={"queries": []}).status_code == 404
 
 
-def test_server_batches_concurrent_requests_and_stays_exact(server, table):
-    """Concurrent requests of mixed lengths meet in the Ranker's batches; every answer is still exact."""
+def test_server_batches_concurrent_requests_and_stays_exact(server, table, request):
+    """Concurrent requests of mixed lengths meet in the Ranker's batches (one process: each request is
+    ranked alone); every answer is still exact."""
+    batched = request.node.callspec.params["server"] == "1"
     rng = np.random.default_rng(11)
     histories = [[item_id(int(i)) for i in rng.integers(1, N_ITEMS + 1, size=int(n))]
                  for n in rng.choice([1, 2, 3, 5, 9, 17, 25, 60], size=150)]
@@ -577,8 +591,11 @@ def test_server_batches_concurrent_requests_and_stays_exact(server, table):
         else:
             assert_probabilities(response.json(), table, history, ["i001", "i017"])
     print(f"{len(histories)} concurrent requests: {queries:.0f} ranker queries in {n_batches:.0f} batches")
-    assert queries == len(histories)
-    assert n_batches < queries  # at least one batch held more than one request
+    if batched:
+        assert queries == len(histories)
+        assert n_batches < queries  # at least one batch held more than one request
+    else:
+        assert queries == n_batches == 0  # no adaptive batching in the one-process layout
 
 
 @pytest.mark.parametrize(
