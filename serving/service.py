@@ -123,6 +123,11 @@ RECOMMENDER_THREADS = BATCH_MAX_SIZE
 # ServerDisconnectedError: under concurrent load, a few 500s every 100 requests. Both services share one
 # host, so the pool has nothing to gain from recycling: never recycle it. (Recommender._rank also
 # retries once, for the keep-alive race of bentoml/BentoML#4971, fix proposed in PR #5698.)
+# Access log lines (one per request, on by default; probes and /metrics scrapes are never logged):
+# BEHAVIORFLOW_ACCESS_LOG=0 turns them off, e.g. behind a proxy or mesh that logs requests already.
+ACCESS_LOG_ENV = "BEHAVIORFLOW_ACCESS_LOG"
+_ACCESS_LOG = os.environ.get(ACCESS_LOG_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+_LOGGING = {"access": {"enabled": _ACCESS_LOG, "skip_paths": ["/livez", "/readyz", "/healthz", "/metrics"]}}
 _NEVER = 2**31 - 1
 _RANKER_CONNECTION = {"max_requests": _NEVER, "max_age": float(_NEVER)}
 
@@ -281,7 +286,7 @@ def _shadow_recorder() -> ShadowRecorder | None:
 
 @bentoml.asgi_app(_http, path="/")
 # One worker: ONNX Runtime already spreads one inference over the cores; scale out with replicas.
-@bentoml.service(name=BENTO_SERVICE_NAME, workers=1, threads=RECOMMENDER_THREADS, traffic={"timeout": 30})
+@bentoml.service(name=BENTO_SERVICE_NAME, workers=1, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
 class Recommender:
     """Ranks the catalog for a known user (their stored history) or for an explicit item history, and
     scores candidates as the next interaction of a history."""

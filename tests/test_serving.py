@@ -24,6 +24,8 @@ from pathlib import Path
 import aiohttp
 import bentoml
 import httpx
+import time
+
 import numpy as np
 import pydantic
 import pytest
@@ -504,8 +506,23 @@ def server(request, model_tag, tmp_path_factory):
     'auto' would pick on this machine; yields its base URL."""
     from serving.service import BATCHING_ENV
 
-    with bentoml_serve(model_tag, tmp_path_factory.mktemp("server") / "serve.log", env={BATCHING_ENV: request.param}) as url:
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with bentoml_serve(model_tag, log, env={BATCHING_ENV: request.param}) as url:
+        SERVER_LOGS[url] = log
         yield url
+
+
+SERVER_LOGS: dict[str, Path] = {}  # base URL -> the server's log
+
+
+def test_server_logs_requests_but_not_probes(server):
+    assert httpx.post(f"{server}/recommend", json={"history": ["i001"], "k": 2}).status_code == 200
+    for probe in ("/readyz", "/livez", "/healthz", "/metrics"):
+        assert httpx.get(f"{server}{probe}").status_code == 200
+    time.sleep(0.5)  # the access log is written after the response
+    lines = SERVER_LOGS[server].read_text().splitlines()
+    assert any("path=/recommend" in line and "status=200" in line for line in lines)
+    assert not [line for line in lines if any(f"path={p}," in line for p in ("/readyz", "/livez", "/healthz", "/metrics"))]
 
 
 def test_batching_choice():
