@@ -490,6 +490,24 @@ def test_int8_graph_with_fp32_item_vectors_is_served(tmp_path, table):
     assert len(top) == 3 and all(len(r.because) == 2 for r in top)
 
 
+def test_ort_threading_comes_from_the_environment(tmp_path, monkeypatch):
+    from serving.ranking import ORT_SPIN_ENV, ORT_THREADS_ENV, ort_session
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    monkeypatch.setenv(ORT_THREADS_ENV, "1")
+    monkeypatch.setenv(ORT_SPIN_ENV, "0")
+    options = ort_session(bundle / contract.MODEL_FILE).get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv(ORT_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_ORT_THREADS='two': expected a whole number"):
+        ort_session(bundle / contract.MODEL_FILE)
+    monkeypatch.setenv(ORT_THREADS_ENV, "0")
+    monkeypatch.setenv(ORT_SPIN_ENV, "sometimes")
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_ORT_SPIN='sometimes': expected 1 or 0"):
+        ort_session(bundle / contract.MODEL_FILE)
+
+
 def test_service_imports_no_training_stack():
     probe = "import sys, serving.service; print([m for m in sys.argv[1:] if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe, *TRAINING_STACK, "components"], cwd=ROOT,
