@@ -101,8 +101,11 @@ def test_never_trained_items_are_not_training_negatives():
 
 
 def test_id_only_variant_ignores_text():
-    model = tiny(use_text=False)
+    model = tiny(use_text=False, id_dropout=0.5)
     assert model.text_proj is None
+    model.train()
+    torch.testing.assert_close(model.item_table()[1:-5], model.id_emb.weight[1:-5])  # no id dropout without text
+    model.eval()
     assert torch.all(model.item_table()[-5:] == 0)  # cold items are unrepresentable without text
 
 

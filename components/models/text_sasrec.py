@@ -137,7 +137,7 @@ class TextSASRec(nn.Module):
         if self.id_emb is not None:
             ids = self.id_emb.weight
             keep = self.has_id.unsqueeze(1).float()
-            if self.training and self.cfg.id_dropout > 0:
+            if self.training and self.cfg.id_dropout > 0 and self.text_proj is not None:  # without text nothing stands in
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
             table = table + ids * keep
             if self.neighbors.shape[1]:
