@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 BENTO_MODEL_NAME = "behaviorflow-recommender"  # the model in the Bento model store
 BENTO_SERVICE_NAME = "behaviorflow_recommender"  # the Bento (service) name
 MODEL_TAG_ENV = "BEHAVIORFLOW_MODEL_TAG"  # which Bento model the service loads; set at build and serve time
+BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # auto | 1 | 0: the service layout (serving/service.py); builds record both
 
 INPUT_HISTORY = "history"
 INPUT_EXCLUDE_SEEN = "exclude_seen"

@@ -63,6 +63,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving.contract import (
+    BATCHING_ENV,
     BENTO_MODEL_NAME,
     BENTO_SERVICE_NAME,
     INPUT_EXCLUDE_SEEN,
@@ -94,7 +95,6 @@ from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
 # Adaptive batching in a separate Ranker service (default), or each request ranked alone in Recommender's
 # process (BEHAVIORFLOW_BATCHING=0): see the module docstring.
-BATCHING_ENV = "BEHAVIORFLOW_BATCHING"
 _BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
 
 

@@ -710,8 +710,10 @@ def test_save_bundle_rejects_incomplete_bundle(tmp_path):
 def bento_tag(model_tag):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(MODEL_TAG_ENV, "someone-elses-model:1")
+        mp.setenv(contract.BATCHING_ENV, "0")  # as on a small build machine: the Bento must still hold the Ranker
         tag = build_bento(model_tag, labels={"registry_version": "7"}, version="t1")
         assert os.environ[MODEL_TAG_ENV] == "someone-elses-model:1"  # restored
+        assert os.environ[contract.BATCHING_ENV] == "0"
     return tag
 
 
@@ -731,9 +733,11 @@ def test_bento_is_slim_and_records_the_model(bento_tag, model_tag):
     assert all(f.startswith("serving/") and f.endswith((".py", ".json")) for f in packaged), files
 
 
-def test_built_bento_serves_and_names_itself(bento_tag, model_tag, table, tmp_path):
-    """The Bento (both services, one recorded model) serves from the store and reports its own tag."""
-    with bentoml_serve(model_tag, tmp_path / "serve-bento.log", target=bento_tag) as url:
+@pytest.mark.parametrize("layout", ["1", "0"], ids=["batched", "one-process"])
+def test_built_bento_serves_and_names_itself(bento_tag, model_tag, table, tmp_path, layout):
+    """The Bento (both services, one recorded model, whatever layout the building machine would pick)
+    serves from the store in either layout and reports its own tag."""
+    with bentoml_serve(model_tag, tmp_path / "serve-bento.log", target=bento_tag, env={contract.BATCHING_ENV: layout}) as url:
         meta = httpx.get(f"{url}/metadata").json()
         response = httpx.post(f"{url}/recommend", json={"history": ["i003", "i005"], "k": 4}).json()
     assert meta["bento_tag"] == bento_tag and meta["bento_model_tag"] == model_tag

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from components.errors import BehaviorflowError
 from serving import contract
-from serving.contract import BENTO_MODEL_NAME, BENTO_SERVICE_NAME, MODEL_TAG_ENV
+from serving.contract import BATCHING_ENV, BENTO_MODEL_NAME, BENTO_SERVICE_NAME, MODEL_TAG_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "serving.service:Recommender"
@@ -61,9 +61,13 @@ def build_bento(model_tag: str, *, labels: dict[str, str] | None = None, version
     # The service picks its model from MODEL_TAG_ENV when its module is imported, and the build records
     # the model it picked. An earlier import in this process (tests, a flow serving in-process) would be
     # reused as is, so hide it during the build and put it back afterwards.
-    previous_env = os.environ.get(MODEL_TAG_ENV)
+    # The Bento must also record the Ranker service whatever machine builds it: `bentoml serve` of a Bento
+    # can only start services the build recorded, and BEHAVIORFLOW_BATCHING=auto picks the layout from
+    # the CPUs of the machine that serves. Built with batching on, either layout serves.
+    overrides = {MODEL_TAG_ENV: exact_tag, BATCHING_ENV: "1"}
+    previous = {name: os.environ.get(name) for name in overrides}
     previous_module = sys.modules.pop(SERVICE_MODULE, None)
-    os.environ[MODEL_TAG_ENV] = exact_tag
+    os.environ.update(overrides)
     # Build from a folder holding only serving/: BentoML walks the whole build context (a .venv in the
     # repository root adds seconds per build), although it copies only what INCLUDE matches.
     context = Path(tempfile.mkdtemp(prefix="bento-build-"))
@@ -81,10 +85,11 @@ def build_bento(model_tag: str, *, labels: dict[str, str] | None = None, version
         )
     finally:
         shutil.rmtree(context, ignore_errors=True)
-        if previous_env is None:
-            os.environ.pop(MODEL_TAG_ENV, None)
-        else:
-            os.environ[MODEL_TAG_ENV] = previous_env
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if previous_module is not None:
             sys.modules[SERVICE_MODULE] = previous_module
     recorded = sorted(str(m.tag) for m in bento.info.all_models)
