@@ -117,7 +117,9 @@ BATCH_MAX_SIZE = 32
 BATCH_MAX_LATENCY_MS = 5_000
 # Recommender's worker threads: each holds one request while the ranker answers it, so this bounds how
 # many requests can meet in one batch (BentoML's default of 1 would never batch at all).
-RECOMMENDER_THREADS = BATCH_MAX_SIZE
+# One process (no batching): each thread runs a request's graph itself, so more threads than cores only
+# make them queue for the GIL in 5 ms slices; a few more than the cores keeps the cores busy.
+RECOMMENDER_THREADS = BATCH_MAX_SIZE if BATCHING else min(BATCH_MAX_SIZE, (os.cpu_count() or 1) + 2)
 # BentoML 1.4.40's client between services closes its connection pool every `max_requests` calls or
 # `max_age` seconds (runner_connection defaults: 100, 300 s), failing the calls in flight on it with
 # ServerDisconnectedError: under concurrent load, a few 500s every 100 requests. Both services share one
