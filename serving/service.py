@@ -193,7 +193,9 @@ class Ranker:
     def __init__(self) -> None:
         self.model_tag = str(self.model_ref.tag)
         self.bundle = Bundle(self.model_ref.path, load_users=False)  # Recommender looks users up
-        self.session = ort_session(self.bundle.model_path)  # threads: BEHAVIORFLOW_ORT_THREADS / _SPIN
+        # One process: requests run side by side on their own threads, one ORT thread each (unless
+        # BEHAVIORFLOW_ORT_THREADS says otherwise); batched: one batch at a time uses every core.
+        self.session = ort_session(self.bundle.model_path, default_threads=0 if BATCHING else 1)
         self._check_graph()
         self._warm_up()
 

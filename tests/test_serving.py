@@ -499,6 +499,9 @@ def test_ort_threading_comes_from_the_environment(tmp_path, monkeypatch):
     options = ort_session(bundle / contract.MODEL_FILE).get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.delenv(ORT_THREADS_ENV)
+    assert ort_session(bundle / contract.MODEL_FILE, default_threads=1).get_session_options().intra_op_num_threads == 1
+    assert ort_session(bundle / contract.MODEL_FILE).get_session_options().intra_op_num_threads == 0
     monkeypatch.setenv(ORT_THREADS_ENV, "two")
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_ORT_THREADS='two': expected a whole number"):
         ort_session(bundle / contract.MODEL_FILE)
