@@ -61,16 +61,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from serving.contract import ACCESS_LOG_ENV, BATCHING_ENV  # noqa: E402 (pydantic only, no bentoml)
+from serving.ranking import ORT_THREADS_ENV  # noqa: E402 (onnxruntime is imported lazily there)
+
 log = logging.getLogger("benchmarks.serving")
 
-BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # = serving.service.BATCHING_ENV (not imported: it imports bentoml)
 # Service layouts the load test can start (--services): the environment each `bentoml serve` gets.
-ORT_THREADS_ENV = "BEHAVIORFLOW_ORT_THREADS"  # = serving.ranking.ORT_THREADS_ENV
 SERVICES = {
     "batched": {BATCHING_ENV: "1"},
     "unbatched": {BATCHING_ENV: "0"},
     "unbatched_ort1": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1"},  # one intra-op thread per ONNX call
-    "unbatched_lean": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1", "BEHAVIORFLOW_ACCESS_LOG": "0"},  # + no access log
+    "unbatched_lean": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1", ACCESS_LOG_ENV: "0"},  # + no access log
 }
 TARGET_P99_MS = 15.0
 TARGET_SPEEDUP = 3.0

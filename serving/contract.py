@@ -31,6 +31,7 @@ BENTO_MODEL_NAME = "behaviorflow-recommender"  # the model in the Bento model st
 BENTO_SERVICE_NAME = "behaviorflow_recommender"  # the Bento (service) name
 MODEL_TAG_ENV = "BEHAVIORFLOW_MODEL_TAG"  # which Bento model the service loads; set at build and serve time
 BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # auto | 1 | 0: the service layout (serving/service.py); builds record both
+ACCESS_LOG_ENV = "BEHAVIORFLOW_ACCESS_LOG"  # 1 | 0: the service's per-request access log
 
 INPUT_HISTORY = "history"
 INPUT_EXCLUDE_SEEN = "exclude_seen"

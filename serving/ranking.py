@@ -1,5 +1,6 @@
 """Rank with a model bundle folder outside the Bento service — the champion re-scored during evaluation,
-batch prediction, the shadow challenger — with exactly the service's rules. numpy + ONNX Runtime only."""
+batch prediction, the shadow challenger — with exactly the service's rules; and the ONNX Runtime session
+and on/off settings the service shares with them. numpy + ONNX Runtime only."""
 
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ ORT_THREADS_ENV = "BEHAVIORFLOW_ORT_THREADS"
 ORT_SPIN_ENV = "BEHAVIORFLOW_ORT_SPIN"
 
 
+def env_switch(name: str, value: str, expected: str = "1 or 0") -> bool:
+    """An on/off setting's value (1/true/yes/on or 0/false/no/off, any case) as a bool; anything else is
+    refused, naming the variable and what it takes."""
+    value = value.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={value!r}: expected {expected}")
+
+
 def ort_session(path: Path, default_threads: int = 0):
     """An ONNX Runtime CPU session for a bundle's graph, threaded as the environment says (see above);
     `default_threads` when BEHAVIORFLOW_ORT_THREADS is unset."""
@@ -31,10 +43,8 @@ def ort_session(path: Path, default_threads: int = 0):
     if not threads.isdigit():
         raise ValueError(f"{ORT_THREADS_ENV}={threads!r}: expected a whole number of threads (0 = ONNX Runtime's default)")
     options.intra_op_num_threads = int(threads)
-    spin = os.environ.get(ORT_SPIN_ENV, "1").strip().lower()
-    if spin not in {"0", "1", "true", "false", "yes", "no", "on", "off"}:
-        raise ValueError(f"{ORT_SPIN_ENV}={spin!r}: expected 1 or 0")
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin in {"1", "true", "yes", "on"} else "0")
+    spin = env_switch(ORT_SPIN_ENV, os.environ.get(ORT_SPIN_ENV, "1"))
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

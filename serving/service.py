@@ -63,6 +63,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving.contract import (
+    ACCESS_LOG_ENV,
     BATCHING_ENV,
     BENTO_MODEL_NAME,
     BENTO_SERVICE_NAME,
@@ -89,7 +90,7 @@ from serving.contract import (
     ServiceMetadata,
     pad_histories,
 )
-from serving.ranking import BundleRanker, ort_session
+from serving.ranking import BundleRanker, env_switch, ort_session
 from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
 
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
@@ -99,17 +100,13 @@ _BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
 
 
 def _batching(value: str, cpus: int) -> bool:
-    value = value.strip().lower()
-    if value in {"", "auto"}:
+    if value.strip().lower() in {"", "auto"}:
         return cpus >= _BATCHING_MIN_CPUS
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{BATCHING_ENV}={value!r}: expected auto, 1 (the batched pair) or 0 (one process)")
+    return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (one process)")
 
 
-BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # usable here
+BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), _CPUS)
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.
@@ -119,17 +116,20 @@ BATCH_MAX_LATENCY_MS = 5_000
 # many requests can meet in one batch (BentoML's default of 1 would never batch at all).
 # One process (no batching): each thread runs a request's graph itself, so more threads than cores only
 # make them queue for the GIL in 5 ms slices; a few more than the cores keeps the cores busy.
-RECOMMENDER_THREADS = BATCH_MAX_SIZE if BATCHING else min(BATCH_MAX_SIZE, (os.cpu_count() or 1) + 2)
+RECOMMENDER_THREADS = BATCH_MAX_SIZE if BATCHING else min(BATCH_MAX_SIZE, _CPUS + 2)
+# Access log lines (one per request, on by default; probes and /metrics scrapes are never logged):
+# BEHAVIORFLOW_ACCESS_LOG=0 turns them off, e.g. behind a proxy or mesh that logs requests already.
+_LOGGING = {
+    "access": {
+        "enabled": env_switch(ACCESS_LOG_ENV, os.environ.get(ACCESS_LOG_ENV, "1")),
+        "skip_paths": ["/livez", "/readyz", "/healthz", "/metrics"],
+    }
+}
 # BentoML 1.4.40's client between services closes its connection pool every `max_requests` calls or
 # `max_age` seconds (runner_connection defaults: 100, 300 s), failing the calls in flight on it with
 # ServerDisconnectedError: under concurrent load, a few 500s every 100 requests. Both services share one
 # host, so the pool has nothing to gain from recycling: never recycle it. (Recommender._rank also
 # retries once, for the keep-alive race of bentoml/BentoML#4971, fix proposed in PR #5698.)
-# Access log lines (one per request, on by default; probes and /metrics scrapes are never logged):
-# BEHAVIORFLOW_ACCESS_LOG=0 turns them off, e.g. behind a proxy or mesh that logs requests already.
-ACCESS_LOG_ENV = "BEHAVIORFLOW_ACCESS_LOG"
-_ACCESS_LOG = os.environ.get(ACCESS_LOG_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
-_LOGGING = {"access": {"enabled": _ACCESS_LOG, "skip_paths": ["/livez", "/readyz", "/healthz", "/metrics"]}}
 _NEVER = 2**31 - 1
 _RANKER_CONNECTION = {"max_requests": _NEVER, "max_age": float(_NEVER)}
 

@@ -555,6 +555,13 @@ def test_batching_choice():
         _batching("maybe", 2)
 
 
+def test_access_log_switch_refuses_other_values():
+    probe = subprocess.run([sys.executable, "-c", "import serving.service"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, contract.ACCESS_LOG_ENV: "maybe"})
+    assert probe.returncode != 0
+    assert "BEHAVIORFLOW_ACCESS_LOG='maybe': expected 1 or 0" in probe.stderr
+
+
 def test_server_with_bentoml_client(server, table, users):
     with bentoml.SyncHTTPClient(server) as client:
         by_history = client.recommend(history=["i003", "i005", "i007"], k=10, exclude_seen=True)

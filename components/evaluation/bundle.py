@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from serving.ranking import BundleRanker  # noqa: F401 (also imported from here)
+from serving.ranking import BundleRanker
 
 
 def bundle_topk(bundle_dir: Path, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256) -> list[list[str]]:

@@ -112,7 +112,8 @@ def train_model(
     sequences = training_pairs(train, model.cfg.max_len)
     if not sequences:
         raise ValueError("no training sequence has two or more steps: nothing to learn from")
-    seen = np.unique(np.concatenate(sequences))
+    steps = np.concatenate(sequences)
+    seen = np.unique(steps)
     unmarked = seen[~model.has_id.cpu().numpy()[seen]]
     if len(unmarked):
         raise ValueError(
@@ -121,7 +122,7 @@ def train_model(
         )
     if config.sampled_negatives > 0:
         # Negatives follow training frequency, smoothed so every trained item can be drawn.
-        weights = torch.bincount(torch.from_numpy(np.concatenate(sequences)), minlength=model.cfg.n_items + 1).float() + 1e-3
+        weights = torch.bincount(torch.from_numpy(steps), minlength=model.cfg.n_items + 1).float() + 1e-3
         weights[~model.has_id.cpu()] = 0.0  # padding and never-trained items are not negatives
         model.sampling_probs = (weights / weights.sum()).to(device)
     val_inputs, val_targets = valid
