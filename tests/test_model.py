@@ -36,6 +36,10 @@ def test_config_errors_name_the_values():
         TextSASRecConfig(n_items=3, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match=r"text_embeddings must have shape \(40, 16\), got \(3, 16\)"):
         TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM), torch.zeros(3, TEXT_DIM))
+    with pytest.raises(ValueError, match=r"cold_imputation 'knn' is not one of neighbors, mlp"):
+        TextSASRecConfig(cold_imputation="knn")
+    with pytest.raises(ValueError, match=r"lr_schedule 'linear' is not one of constant, cosine"):
+        TrainConfig(lr_schedule="linear")
 
 
 def test_causal_no_peeking_and_left_padding_is_inert():
@@ -57,7 +61,7 @@ def test_last_step_path_equals_the_full_encoder():
 
 
 def test_cold_items_are_text_plus_their_text_neighbours_ids():
-    model = tiny()
+    model = tiny(cold_imputation="neighbors")
     table = model.item_table()
     text_only = model.text_proj(model.text_table)
     ids = model.id_emb.weight
@@ -75,17 +79,48 @@ def test_cold_items_are_text_plus_their_text_neighbours_ids():
 
 
 def test_cold_items_are_text_only_without_neighbours():
-    model = tiny(cold_neighbors=0)
+    model = tiny(cold_imputation="neighbors", cold_neighbors=0)
     text_only = model.text_proj(model.text_table)
     torch.testing.assert_close(model.item_table()[-5:], text_only[-5:])
 
 
 def test_id_dropout_substitutes_the_cold_representation_in_training_only():
-    model = tiny(id_dropout=1.0)
+    model = tiny(cold_imputation="neighbors", id_dropout=1.0)
     torch.testing.assert_close(model.item_table()[1:5], (model.text_proj(model.text_table) + model.id_emb.weight)[1:5])  # eval: own ids
     model.train()
     imputed = (model.id_emb.weight[model.neighbors] * model.neighbor_weights.unsqueeze(-1)).sum(1)
     torch.testing.assert_close(model.item_table()[1:], (model.text_proj(model.text_table) + imputed)[1:])
+
+
+def test_mlp_imputation_maps_text_to_id_space_for_cold_and_dropped_items():
+    model = tiny(cold_imputation="mlp", id_dropout=1.0)
+    assert model.neighbors.shape[1] == 0  # no neighbour search when the network imputes
+    text_only = model.text_proj(model.text_table)
+    imputed = model.imputer(model.text_table)
+    table = model.item_table()
+    torch.testing.assert_close(table[-5:], (text_only + imputed)[-5:])  # cold: text + imputed id
+    torch.testing.assert_close(table[1:-5], (text_only + model.id_emb.weight)[1:-5])  # trained: own id in eval
+    model.train()
+    torch.testing.assert_close(model.item_table()[1:], (text_only + imputed)[1:])  # training drops every id here
+    # The imputer learns only through dropped ids: with id_dropout 0 it gets no gradient from trained items.
+    model = tiny(cold_imputation="mlp", id_dropout=0.0).train()
+    model.item_table()[1:-5].sum().backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.imputer.parameters())
+    assert tiny(cold_imputation="mlp", use_text=False).imputer is None  # id-only: nothing to impute from
+
+
+def test_cosine_schedule_decays_over_the_steps_or_the_minutes_whichever_runs_out_first():
+    from components.training.train import lr_factor
+
+    cfg = TrainConfig(warmup_steps=10, max_epochs=10, max_minutes=60.0, lr_schedule="cosine")
+    assert lr_factor(0, 0.0, 100, cfg) == pytest.approx(0.1)  # warm-up: (step + 1) / warmup_steps
+    assert lr_factor(9, 0.0, 100, cfg) == pytest.approx(1.0 * 0.5 * (1 + np.cos(np.pi * 9 / 1000)))
+    assert lr_factor(500, 0.0, 100, cfg) == pytest.approx(0.5)  # half of 10 epochs × 100 steps
+    assert lr_factor(100, 30 * 60.0, 100, cfg) == pytest.approx(0.5)  # half of the 60 minutes
+    assert lr_factor(100, 90 * 60.0, 100, cfg) == pytest.approx(0.0)  # past the budget: stays at 0
+    constant = TrainConfig(warmup_steps=10, max_minutes=60.0)
+    assert lr_factor(0, 0.0, 100, constant) == pytest.approx(0.1)
+    assert lr_factor(500, 59 * 60.0, 100, constant) == 1.0
 
 
 def test_never_trained_items_are_not_training_negatives():

@@ -7,12 +7,13 @@ embedding (as in UniSRec / Recformer-style text-based recommenders).
 
 An item is represented as   e_i = W · lm(text_i)  +  id_i
 where id_i is a learned embedding for an item seen in training, and for an item that never occurred
-in training ("cold") the similarity-weighted mean of the id embeddings of its nearest trained items in
-language-model space (content neighbours, as in DropoutNet / neighbour-based cold-start imputation).
-So a brand-new item is represented by its text and by what the model learned about items that read
-like it, and can be recommended. Training hides a random share of id embeddings (`id_dropout`) and
-substitutes the same neighbour imputation, so the model learns to rank imputed items as it ranks
-trained ones. The same item table scores the next item (tied input/output embeddings):
+in training ("cold") an imputed id: by default a small network from the LM embedding to id space
+(`cold_imputation="mlp"`), or the similarity-weighted mean of the id embeddings of its nearest trained
+items in language-model space (`"neighbors"`). Training hides a random share of id embeddings
+(`id_dropout`, as in DropoutNet) and substitutes the imputation, so the imputer is trained on exactly
+its job and the model learns to rank imputed items as it ranks trained ones. A brand-new item is
+represented by its text and by what the model learned about items that read like it, and can be
+recommended. The same item table scores the next item (tied input/output embeddings):
     score(i | history) = h_T · e_i,   h_T = transformer(history)[-1]
 """
 
@@ -41,12 +42,20 @@ class TextSASRecConfig:
     #   (the cold-item representation): without it the model learns that only trained ids win
     cold_neighbors: int = 10  # trained items (nearest by LM text) whose ids represent a cold item; 0 = text only
     neighbor_temperature: float = 0.05  # softmax temperature over the neighbours' cosine similarities
+    cold_imputation: str = "mlp"  # what stands in for a missing id: "mlp" (a small network from LM text to id
+    #   space, learned through id_dropout: trained on exactly the job of standing in for an id) or "neighbors"
+    #   (the weighted ids of the cold_neighbors nearest trained items by text)
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not a multiple of n_heads ({self.n_heads})")
         if not (self.use_text or self.use_id):
             raise ValueError("the model needs text, ids or both: use_text and use_id are both False")
+        if self.cold_imputation not in COLD_IMPUTATIONS:
+            raise ValueError(f"cold_imputation {self.cold_imputation!r} is not one of {', '.join(COLD_IMPUTATIONS)}")
+
+
+COLD_IMPUTATIONS = ("neighbors", "mlp")
 
 
 class CausalSelfAttention(nn.Module):
@@ -108,13 +117,18 @@ class TextSASRec(nn.Module):
         ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
         ids[0] = False
         self.register_buffer("has_id", ids)
-        neighbors, weights = content_neighbors(text, ids, cfg.cold_neighbors if (cfg.use_text and cfg.use_id) else 0, cfg.neighbor_temperature)
+        impute = cfg.use_text and cfg.use_id
+        k = cfg.cold_neighbors if (impute and cfg.cold_imputation == "neighbors") else 0
+        neighbors, weights = content_neighbors(text, ids, k, cfg.neighbor_temperature)
         self.register_buffer("neighbors", neighbors)  # (n, k) trained items nearest by text (never the item itself)
         self.register_buffer("neighbor_weights", weights)  # (n, k), rows sum to 1 (zero rows when k = 0)
         # A plain linear map: with unit-norm LM embeddings and the std-0.02 init below, text and id parts
         # start at the same small scale, so initial scores are near uniform (loss ≈ log n_items).
         self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model) if cfg.use_text else None
         self.id_emb = nn.Embedding(n, cfg.d_model) if cfg.use_id else None
+        self.imputer = None
+        if impute and cfg.cold_imputation == "mlp":
+            self.imputer = nn.Sequential(nn.Linear(cfg.text_dim, 2 * cfg.d_model), nn.GELU(), nn.Linear(2 * cfg.d_model, cfg.d_model))
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -140,7 +154,9 @@ class TextSASRec(nn.Module):
             if self.training and self.cfg.id_dropout > 0 and self.text_proj is not None:  # without text nothing stands in
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
             table = table + ids * keep
-            if self.neighbors.shape[1]:
+            if self.imputer is not None:
+                table = table + self.imputer(self.text_table) * (1.0 - keep)
+            elif self.neighbors.shape[1]:
                 imputed = (ids[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)  # (n, d)
                 table = table + imputed * (1.0 - keep)
         mask = torch.ones_like(table[:, :1])

@@ -29,6 +29,8 @@ class TrainConfig:
     lr: float = 1e-3  # Adam; higher rates diverge on small catalogs
     weight_decay: float = 0.0  # dropout regularises; decay on id embeddings hurts rare items
     warmup_steps: int = 100  # linear learning-rate warm-up (stabilises early attention)
+    lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" = decay to 0 over the budget
+    #   (max_epochs or max_minutes, whichever runs out first; for fixed-budget runs, where patience is off)
     max_epochs: int = 200  # upper bound; early stopping normally ends training first
     max_minutes: float = 60.0  # wall-clock budget for the whole fit
     patience: int = 5  # validations without a new best NDCG@10 before stopping
@@ -38,6 +40,13 @@ class TrainConfig:
     progress: bool = True  # a progress bar per epoch on the terminal
     sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -98,6 +107,17 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
 
 
+def lr_factor(step: int, elapsed_s: float, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at an optimizer step: linear warm-up, then constant or cosine decay.
+    Cosine follows the share of the budget used, by steps or by wall-clock time, whichever is larger,
+    so a time-limited run ends its decay when its time runs out."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    if config.lr_schedule == "constant":
+        return warmup
+    used = max(step / max(1, config.max_epochs * steps_per_epoch), elapsed_s / 60 / config.max_minutes)
+    return warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, used)))
+
+
 def train_model(
     model: TextSASRec,
     train: list[np.ndarray],
@@ -131,11 +151,11 @@ def train_model(
         val_inputs, val_targets = [val_inputs[i] for i in pick], val_targets[pick]
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
+    start = time.perf_counter()
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, time.perf_counter() - start, steps_per_epoch, config))
     result = TrainResult(model=model, device=str(device))
     best_state, best_ndcg, stale = None, -1.0, 0
-    start = time.perf_counter()
-    steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
     log.info("training on %s: %d sequences, %d steps/epoch", device, len(sequences), steps_per_epoch)
 
     from tqdm.auto import tqdm
