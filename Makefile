@@ -49,11 +49,12 @@ test: install
 serve: install
 	$(BIN)/behaviorflow serve
 
-bench-ml1m: install
-	$(BIN)/python benchmarks/ml1m.py
+bench-ml1m: install  # the settings of the committed results/ml1m.json (about 105 minutes on 2 cores)
+	$(BIN)/python benchmarks/ml1m.py --minutes 58.5 --id-minutes 20 --cold-minutes 10 --set train.lr=0.003 --set train.lr_schedule=cosine
 
 bench-serving: install
 	$(PIP) -c constraints.txt -e '.[test,bench]' >> $(PIP_LOG) 2>&1 || { cat $(PIP_LOG); exit 1; }
+	@command -v wrk > /dev/null || echo "note: wrk is not installed (apt-get install wrk): the load runs under locust only"
 	$(BIN)/python benchmarks/serving.py
 
 clean:
