@@ -151,6 +151,9 @@ def main(argv=None) -> int:
             train_cfg = replace(train_cfg, **{field: yaml.safe_load(value)})
 
     started = time.perf_counter()
+    # The code that runs is the code at start: commits made while a long run goes on don't change it.
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
     data = load(args.data)
     embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
     n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
@@ -158,12 +161,11 @@ def main(argv=None) -> int:
     def save(stage: str) -> None:
         """Write what is measured so far (a long run that is stopped keeps its finished stages)."""
         results["stage"] = stage
-        results["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         results["total_wall_s"] = round(time.perf_counter() - started, 1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
 
-    results: dict = {"command": "python benchmarks/ml1m.py " + " ".join(argv if argv is not None else sys.argv[1:]), "protocol": "ML-1M SASRec version, leave-one-out, full ranking over 3,416 items, input items excluded, max_len 200; 512 validation users for selection, 3,261 test users", "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
+    results: dict = {"git_commit": commit, "git_dirty": dirty, "command": "python benchmarks/ml1m.py " + " ".join(argv if argv is not None else sys.argv[1:]), "protocol": "ML-1M SASRec version, leave-one-out, full ranking over 3,416 items, input items excluded, max_len 200; 512 validation users for selection, 3,261 test users", "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
     pop = popularity_topk(data["train"], test_inputs, n_items, 20)
     results["popularity"] = evaluate(pop, test_targets, n_items)

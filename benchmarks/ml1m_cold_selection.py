@@ -86,7 +86,9 @@ def main(argv=None) -> int:
     warm_val = ~cold[val_targets]
     log.info("%d items removed; %d selection cases (training users whose last item is removed); %d warm validation cases", cold.sum(), len(picked), warm_val.sum())
 
-    results = {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "removed_items": int(cold.sum()), "selection_cases": len(picked), "minutes_each": args.minutes, "variants": {}}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # the code at start
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    results = {"git_commit": commit, "git_dirty": dirty, "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "removed_items": int(cold.sum()), "selection_cases": len(picked), "minutes_each": args.minutes, "variants": {}}
     for text in args.variant:
         name, model_cfg, train_cfg = parse_variant(text, base_model, base_train)
         started = time.perf_counter()
@@ -104,7 +106,6 @@ def main(argv=None) -> int:
             "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)},
         }
         log.info("%s: cold HR@10 %.4f  warm val HR@10 %.4f NDCG@10 %.4f  ratio %s", name, cold_hr["HR@10"], warm["HR@10"], warm["NDCG@10"], results["variants"][name]["ratio"])
-        results["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         args.out.write_text(json.dumps(results, indent=2))
 
     print(f"\n{'variant':<16} {'cold HR@10':>10} {'warm HR@10':>10} {'warm NDCG@10':>12} {'ratio':>6}")
