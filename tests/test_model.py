@@ -144,6 +144,19 @@ def test_id_only_variant_ignores_text():
     assert torch.all(model.item_table()[-5:] == 0)  # cold items are unrepresentable without text
 
 
+def test_id_only_model_never_ranks_items_it_cannot_represent():
+    from components.evaluation import model_topk
+
+    model = tiny(use_text=False)  # the last 5 items never occurred in training: no id, no text
+    histories = [np.array([1, 2, 3]), np.array([7])]
+    top = model_topk(model, histories, N_ITEMS - 5 - 1, exclude_seen=False)  # every representable item but one
+    assert not set(top.ravel().tolist()) & set(range(N_ITEMS - 4, N_ITEMS + 1)) and 0 not in top
+    items, scores, _ = TopKGraph(model, k=N_ITEMS)(torch.tensor([[1, 2, 3]]), torch.tensor([False]))
+    assert set(items[0, : N_ITEMS - 5].tolist()) == set(range(1, N_ITEMS - 4))  # the representable ones first
+    assert torch.all(torch.isinf(scores[0, N_ITEMS - 5 :]))  # the rest only as -inf filler
+    assert not tiny().unscorable[1:].any()  # with text, cold items are represented and rankable
+
+
 def test_topk_graph_excludes_history_on_request():
     graph = TopKGraph(tiny(), k=10)
     history = torch.tensor([[0, 3, 4, 5]])

@@ -47,7 +47,8 @@ def popularity_scores(train: Sequence[np.ndarray], histories: Sequence[np.ndarra
 
 def _model_score_batches(model, histories: Sequence[np.ndarray], exclude_seen: bool, batch_size: int, device):
     """Score rows [B, n_items + 1] (torch, on the model's device) per batch of histories: -inf for
-    padding and, with `exclude_seen`, for every item of the history."""
+    padding, for items the model cannot represent (`model.unscorable`) and, with `exclude_seen`, for
+    every item of the history."""
     import torch
 
     from serving.contract import pad_histories
@@ -62,7 +63,7 @@ def _model_score_batches(model, histories: Sequence[np.ndarray], exclude_seen: b
                 chunk = histories[start : start + batch_size]
                 batch = torch.from_numpy(pad_histories(chunk, model.cfg.max_len)).to(device)  # the last max_len steps
                 scores = model.encode(batch, table, last_only=True)[:, -1] @ table.T  # (B, n_items + 1)
-                scores[:, 0] = float("-inf")
+                scores.masked_fill_(model.unscorable, float("-inf"))  # padding, and items the model cannot represent
                 if exclude_seen:  # the whole history, also the steps before the model's window (as serving does)
                     seen = pad_histories(chunk, max((len(h) for h in chunk), default=1))
                     scores.scatter_(1, torch.from_numpy(seen).to(device), float("-inf"))

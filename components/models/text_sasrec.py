@@ -117,6 +117,12 @@ class TextSASRec(nn.Module):
         ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
         ids[0] = False
         self.register_buffer("has_id", ids)
+        # Items the model cannot represent: padding and, without text, items never seen in training (their
+        # table row is zero, so a score of 0 would place them among trained items by accident). The
+        # ranking paths (evaluation, the ONNX graph) never return them.
+        unscorable = torch.zeros(n, dtype=torch.bool) if cfg.use_text else ~ids
+        unscorable[0] = True
+        self.register_buffer("unscorable", unscorable, persistent=False)
         impute = cfg.use_text and cfg.use_id
         k = cfg.cold_neighbors if (impute and cfg.cold_imputation == "neighbors") else 0
         neighbors, weights = content_neighbors(text, ids, k, cfg.neighbor_temperature)
@@ -229,9 +235,7 @@ class TopKGraph(nn.Module):
         self.k = min(k, model.cfg.n_items)
         with torch.no_grad():
             self.register_buffer("table", model.item_table().detach().clone())
-        padding = torch.zeros(1, model.cfg.n_items + 1, dtype=torch.bool)
-        padding[0, 0] = True
-        self.register_buffer("padding", padding)
+        self.register_buffer("padding", model.unscorable.unsqueeze(0).clone())  # padding + unrepresentable items
 
     def forward(self, history: torch.Tensor, exclude_seen: torch.Tensor):
         user = self.model.encode(history, self.table, last_only=True)[:, -1]  # (B, d)
