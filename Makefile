@@ -54,7 +54,6 @@ bench-ml1m: install  # the settings of the committed results/ml1m.json (about 10
 
 bench-serving: install
 	$(PIP) -c constraints.txt -e '.[test,bench]' >> $(PIP_LOG) 2>&1 || { cat $(PIP_LOG); exit 1; }
-	@command -v wrk > /dev/null || echo "note: wrk is not installed (apt-get install wrk): the load runs under locust only"
 	$(BIN)/python benchmarks/serving.py
 
 clean:
