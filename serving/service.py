@@ -46,6 +46,7 @@ BATCH_MAX_LATENCY_MS).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from http import HTTPStatus
@@ -198,6 +199,7 @@ class Ranker:
         self.session = ort_session(self.bundle.model_path, default_threads=0 if BATCHING else 1)
         self._check_graph()
         self._warm_up()
+        gc.freeze()  # see Recommender.__init__
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
     def rank(self, queries: list[RankQuery]) -> list[Ranked]:
@@ -314,6 +316,10 @@ class Recommender:
             # BEHAVIORFLOW_BATCHING=0: a Ranker of our own, called directly (its checks and warm-up run
             # here, before /readyz); `rank` then runs each request's batch of one on its thread.
             self.ranker = Ranker()
+        # Everything loaded so far (the bundle's user histories: a list per user; the framework) lives as
+        # long as the process. Moved out of the cyclic collector's reach, it is no longer rescanned by
+        # every full collection, which otherwise stalls whichever request triggers one.
+        gc.freeze()
 
     def _check_bundle(self) -> None:
         stray = {item for history in self.bundle.users.values() for item in history}
