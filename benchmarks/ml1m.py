@@ -109,6 +109,38 @@ def trained_mask(train: list[np.ndarray], n_items: int) -> np.ndarray:
     return mask
 
 
+def cold_items(train: list[np.ndarray], n_items: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A random 10 % of the items as a mask [n_items + 1], and the training sequences without them."""
+    rng = np.random.default_rng(seed)
+    cold = np.zeros(n_items + 1, dtype=bool)
+    cold[rng.choice(np.arange(1, n_items + 1), n_items // 10, replace=False)] = True
+    return cold, [s[~cold[s]] for s in train]
+
+
+def apply_overrides(overrides: list[str], model_cfg: TextSASRecConfig, train_cfg: TrainConfig, where: str = "--set"):
+    """model.X=V / train.X=V strings (V read as YAML) applied to the two configs."""
+    import yaml
+
+    for text in overrides:
+        key, value = text.split("=", 1)
+        section, field = key.split(".")
+        if section == "model":
+            model_cfg = replace(model_cfg, **{field: yaml.safe_load(value)})
+        elif section == "train":
+            train_cfg = replace(train_cfg, **{field: yaml.safe_load(value)})
+        else:
+            raise SystemExit(f"{where} {text!r}: {key!r} must start with model. or train.")
+    return model_cfg, train_cfg
+
+
+def git_state() -> tuple[str, bool]:
+    """(HEAD commit, whether tracked files differ from it): the code a run starts with."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
 def log_mlflow(name: str, params: dict, metrics: dict, curve: list[dict]) -> str:
     import mlflow
 
@@ -140,20 +172,11 @@ def main(argv=None) -> int:
     # Protocol settings (max_len 200 is part of the published protocol) + our training defaults.
     model_cfg = TextSASRecConfig(max_len=200)
     train_cfg = TrainConfig(max_minutes=args.minutes, patience=1000, progress=False)
-    import yaml
-
-    for text in args.set:
-        key, value = text.split("=", 1)
-        section, field = key.split(".")
-        if section == "model":
-            model_cfg = replace(model_cfg, **{field: yaml.safe_load(value)})
-        else:
-            train_cfg = replace(train_cfg, **{field: yaml.safe_load(value)})
+    model_cfg, train_cfg = apply_overrides(args.set, model_cfg, train_cfg)
 
     started = time.perf_counter()
     # The code that runs is the code at start: commits made while a long run goes on don't change it.
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    commit, dirty = git_state()
     data = load(args.data)
     embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
     n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
@@ -195,10 +218,7 @@ def main(argv=None) -> int:
 
     if not args.skip_cold:
         # Cold start: 10 % of items removed from training entirely; test cases whose target is one of them.
-        rng = np.random.default_rng(0)
-        cold = np.zeros(n_items + 1, dtype=bool)
-        cold[rng.choice(np.arange(1, n_items + 1), n_items // 10, replace=False)] = True
-        cold_train = [s[~cold[s]] for s in data["train"]]
+        cold, cold_train = cold_items(data["train"], n_items, seed=0)
         cold_has_id = trained_mask(cold_train, n_items)
         cold_cases = cold[test_targets]
         cold_cfg = replace(train_cfg, max_minutes=args.cold_minutes)

@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, fit, hr10, load, trained_mask  # noqa: E402
+from ml1m import ROOT, apply_overrides, cold_items, fit, git_state, hr10, load, trained_mask  # noqa: E402
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from components import settings  # noqa: E402
 from components.evaluation import model_topk  # noqa: E402
@@ -45,17 +42,9 @@ log = logging.getLogger("benchmarks.cold_selection")
 
 
 def parse_variant(text: str, model_cfg: TextSASRecConfig, train_cfg: TrainConfig):
+    """'NAME:model.X=V,train.X=V' -> (NAME, model config, train config)."""
     name, _, overrides = text.partition(":")
-    for item in filter(None, overrides.split(",")):
-        key, value = item.split("=", 1)
-        section, field = key.split(".")
-        if section == "model":
-            model_cfg = replace(model_cfg, **{field: yaml.safe_load(value)})
-        elif section == "train":
-            train_cfg = replace(train_cfg, **{field: yaml.safe_load(value)})
-        else:
-            raise SystemExit(f"--variant {text!r}: {key!r} must start with model. or train.")
-    return name, model_cfg, train_cfg
+    return (name, *apply_overrides([o for o in overrides.split(",") if o], model_cfg, train_cfg, where="--variant"))
 
 
 def main(argv=None) -> int:
@@ -74,10 +63,7 @@ def main(argv=None) -> int:
     embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
     n_items = data["n_items"]
 
-    rng = np.random.default_rng(1)  # not the test experiment's seed 0: other items are cold here
-    cold = np.zeros(n_items + 1, dtype=bool)
-    cold[rng.choice(np.arange(1, n_items + 1), n_items // 10, replace=False)] = True
-    cold_train = [s[~cold[s]] for s in data["train"]]
+    cold, cold_train = cold_items(data["train"], n_items, seed=1)  # not the test experiment's seed 0: other items
     has_id = trained_mask(cold_train, n_items)
     picked = [i for i, s in enumerate(data["train"]) if cold[s[-1]] and (~cold[s[:-1]]).sum() >= 1]
     sel_inputs = [data["train"][i][:-1][~cold[data["train"][i][:-1]]] for i in picked]
@@ -86,8 +72,7 @@ def main(argv=None) -> int:
     warm_val = ~cold[val_targets]
     log.info("%d items removed; %d selection cases (training users whose last item is removed); %d warm validation cases", cold.sum(), len(picked), warm_val.sum())
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # the code at start
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    commit, dirty = git_state()
     results = {"git_commit": commit, "git_dirty": dirty, "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "removed_items": int(cold.sum()), "selection_cases": len(picked), "minutes_each": args.minutes, "variants": {}}
     for text in args.variant:
         name, model_cfg, train_cfg = parse_variant(text, base_model, base_train)
