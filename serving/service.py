@@ -91,8 +91,12 @@ from serving.contract import (
     ServiceMetadata,
     pad_histories,
 )
+from serving import bentoml_fixes
 from serving.ranking import BundleRanker, env_switch, ort_session
 from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
+
+# BentoML keeps every request's context alive for the whole request timeout: see serving/bentoml_fixes.py.
+TIMEOUT_FIX_APPLIED = bentoml_fixes.apply()
 
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
 # Adaptive batching in a separate Ranker service (default), or each request ranked alone in Recommender's
