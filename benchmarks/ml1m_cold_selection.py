@@ -34,6 +34,7 @@ from ml1m import ROOT, apply_overrides, cold_items, fit, git_state, hr10, load, 
 
 from components import settings  # noqa: E402
 from components.evaluation import model_topk  # noqa: E402
+from components.evaluation.rankers import model_scores  # noqa: E402
 from components.models.text_sasrec import TextSASRecConfig  # noqa: E402
 from components.tokenization import TextEncoderConfig, embed_items  # noqa: E402
 from components.training import TrainConfig  # noqa: E402
@@ -45,6 +46,29 @@ def parse_variant(text: str, model_cfg: TextSASRecConfig, train_cfg: TrainConfig
     """'NAME:model.X=V,train.X=V' -> (NAME, model config, train config)."""
     name, _, overrides = text.partition(":")
     return (name, *apply_overrides([o for o in overrides.split(",") if o], model_cfg, train_cfg, where="--variant"))
+
+
+def cold_diagnostics(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.ndarray) -> dict:
+    """Why a cold target is missed: is it ranked low among the other removed items too (the text does
+    not tell it apart), or only against the trained ones (its scores sit on another scale)?"""
+    among_all, among_cold, gaps = [], [], []
+    for start, scores in zip(range(0, len(inputs), 256), model_scores(model, inputs)):
+        t = targets[start : start + len(scores)]
+        target_scores = scores[np.arange(len(t)), t][:, None]
+        among_all.append((scores > target_scores).sum(1))
+        cold_scores = np.where(cold[None, :], scores, -np.inf)
+        among_cold.append((cold_scores > target_scores).sum(1))
+        finite = np.isfinite(scores)
+        warm = finite & ~cold[None, :]
+        gaps.append((np.where(finite & cold[None, :], scores, 0).sum(1) / np.maximum(1, (finite & cold[None, :]).sum(1)))
+                    - (np.where(warm, scores, 0).sum(1) / np.maximum(1, warm.sum(1))))
+    among_all, among_cold = np.concatenate(among_all), np.concatenate(among_cold)
+    return {
+        "median_rank_among_all": float(np.median(among_all) + 1),
+        "HR@10_among_removed_items": float((among_cold < 10).mean()),
+        "median_rank_among_removed_items": float(np.median(among_cold) + 1),
+        "removed_minus_trained_mean_score": float(np.concatenate(gaps).mean()),
+    }
 
 
 def main(argv=None) -> int:
@@ -79,6 +103,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         model, fitted = fit(name, data, embeddings, model_cfg, train_cfg, cold_train, has_id)
         cold_hr = hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
+        cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
         results["variants"][name] = {
             "overrides": text.partition(":")[2],

@@ -135,6 +135,33 @@ def test_never_trained_items_are_not_training_negatives():
     assert next_item_loss(model, inputs, targets, TrainConfig()).item() == pytest.approx(loss.item(), rel=1e-5)
 
 
+def test_imputed_item_loss_adds_the_cross_entropy_of_the_catalog_as_new_items():
+    import torch.nn.functional as F
+
+    from components.training.train import next_item_loss
+
+    model = tiny(id_dropout=0.0).eval()  # eval: no dropout, so both calls see the same states
+    inputs, targets = torch.tensor([[0, 1, 2]]), torch.tensor([[1, 2, 3]])
+    plain = next_item_loss(model, inputs, targets, TrainConfig())
+    both = next_item_loss(model, inputs, targets, TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0))
+    with torch.no_grad():
+        hidden = model.encode(inputs)[targets != 0]
+        imputed = model.text_proj(model.text_table) + model.imputer(model.text_table)
+        imputed[0] = 0
+        logits = hidden @ imputed.T
+        logits[:, ~model.has_id] = float("-inf")  # untrained items are no negatives here either
+        expected = plain + 0.5 * F.cross_entropy(logits, targets[targets != 0])
+    assert both.item() == pytest.approx(expected.item(), rel=1e-5)
+    # It trains the imputer even with id_dropout 0 (the imputer's only other teacher).
+    model.train()
+    next_item_loss(model, inputs, targets, TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.imputer.parameters())
+    with pytest.raises(ValueError, match="imputed_loss_weight must be >= 0"):
+        TrainConfig(imputed_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="needs the full softmax"):
+        TrainConfig(imputed_loss_weight=0.5, sampled_negatives=8)
+
+
 def test_id_only_variant_ignores_text():
     model = tiny(use_text=False, id_dropout=0.5)
     assert model.text_proj is None

@@ -169,6 +169,20 @@ class TextSASRec(nn.Module):
         mask[0] = 0.0
         return table * mask
 
+    def imputed_table(self) -> torch.Tensor:
+        """Every item as if it had never been trained: text plus the imputed id [n_items + 1, d_model]
+        (row 0 zero). What a brand-new item looks like to the model; used by the imputed-item loss."""
+        if self.text_proj is None:
+            raise ValueError("imputed_table needs text (use_text=True)")
+        table = self.text_proj(self.text_table)
+        if self.imputer is not None:
+            table = table + self.imputer(self.text_table)
+        elif self.id_emb is not None and self.neighbors.shape[1]:
+            table = table + (self.id_emb.weight[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)
+        mask = torch.ones_like(table[:, :1])
+        mask[0] = 0.0
+        return table * mask
+
     def encode(self, history: torch.Tensor, table: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """history: [B, T] left-padded item indices -> hidden states [B, T, d_model].
 

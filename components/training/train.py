@@ -40,10 +40,19 @@ class TrainConfig:
     progress: bool = True  # a progress bar per epoch on the terminal
     sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
+    imputed_loss_weight: float = 0.0  # > 0: add this times the same cross-entropy with every item represented as
+    #   if never trained (text + imputed id): trains the cold-item path on every step and every item, not only
+    #   on the id_dropout share (text models with ids only; full softmax only)
+    imputed_loss_share: float = 0.25  # share of a batch's steps that the imputed-item loss scores (it costs a
+    #   second steps × catalog score matrix)
 
     def __post_init__(self):
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+        if self.imputed_loss_weight < 0 or not 0 < self.imputed_loss_share <= 1:
+            raise ValueError(f"imputed_loss_weight must be >= 0 (got {self.imputed_loss_weight}) and imputed_loss_share in (0, 1] (got {self.imputed_loss_share})")
+        if self.imputed_loss_weight > 0 and self.sampled_negatives > 0:
+            raise ValueError("imputed_loss_weight > 0 needs the full softmax (sampled_negatives = 0)")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -94,8 +103,18 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
         # Padding is never a valid next item, and items that never occur in training are not negatives:
         # nothing is known about them, and pushing them down would teach the model to bury new items.
         # In place and by column: the (steps × catalog) matrix is the largest tensor of a step.
-        logits.index_fill_(1, torch.nonzero(~model.has_id).squeeze(1), float("-inf"))
-        return F.cross_entropy(logits, targets)
+        untrained = torch.nonzero(~model.has_id).squeeze(1)
+        logits.index_fill_(1, untrained, float("-inf"))
+        loss = F.cross_entropy(logits, targets)
+        if config.imputed_loss_weight > 0 and model.text_proj is not None and model.id_emb is not None:
+            # The same user states against a catalog of items as new: each target must win on its text
+            # and imputed id alone, so the cold path learns from every step (not only the dropped ids).
+            rows = torch.rand(len(targets), device=hidden.device) < config.imputed_loss_share
+            if rows.any():
+                cold_logits = hidden[rows] @ model.imputed_table().T
+                cold_logits.index_fill_(1, untrained, float("-inf"))
+                loss = loss + config.imputed_loss_weight * F.cross_entropy(cold_logits, targets[rows])
+        return loss
     # Sampled softmax with logQ correction (Bengio & Senécal 2008; Yi et al. 2019): negatives are drawn
     # in proportion to training frequency q(i); subtracting log q(i) keeps the estimate unbiased.
     negatives = torch.multinomial(model.sampling_probs, config.sampled_negatives, replacement=True)  # (S,)
