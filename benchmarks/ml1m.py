@@ -155,6 +155,22 @@ def log_mlflow(name: str, params: dict, metrics: dict, curve: list[dict]) -> str
         return run.info.run_id
 
 
+def full_data_models(results: dict, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, has_id: np.ndarray) -> None:
+    """The text-aware model on the whole training data: test metrics, wall time, memory, learning curve."""
+    n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
+    model, fit_text = fit("text", data, embeddings, model_cfg, train_cfg, data["train"], has_id)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["text"] = evaluate(model_topk(model, test_inputs, 20), test_targets, n_items)
+    results["train_wall_s"] = round(fit_text.wall_s, 1)
+    results["peak_rss_mb"] = round(peak_rss_mb, 1)
+    results["epochs"] = len(fit_text.curve)
+    results["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_text.curve]
+    reached = [r["minutes"] for r in fit_text.curve if r["val_NDCG@10"] >= GSASREC_NDCG10]
+    results["minutes_to_ndcg10_0.1726"] = round(reached[0], 2) if reached else None
+    results["minutes_to_ndcg10_0.1726_note"] = "first epoch whose validation NDCG@10 (512 users) reached 0.1726"
+    log_mlflow("text", {"variant": "text", **asdict(model_cfg), **asdict(train_cfg)}, {k: v for k, v in results["text"].items() if isinstance(v, float)}, fit_text.curve)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
@@ -164,6 +180,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-minutes", type=float, default=15.0, help="training budget of each cold-start model")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--skip-id", action="store_true")
+    parser.add_argument("--cold-only", action="store_true", help="only popularity and the cold-start experiment (no full-data models)")
+    parser.add_argument("--cold-models", default="text,id_only", help="cold-start models to train: text, id_only or both")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -194,18 +212,11 @@ def main(argv=None) -> int:
     results["popularity"] = evaluate(pop, test_targets, n_items)
 
     has_id = trained_mask(data["train"], n_items)
-    model, fit_text = fit("text", data, embeddings, model_cfg, train_cfg, data["train"], has_id)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["text"] = evaluate(model_topk(model, test_inputs, 20), test_targets, n_items)
-    results["train_wall_s"] = round(fit_text.wall_s, 1)
-    results["peak_rss_mb"] = round(peak_rss_mb, 1)
-    results["epochs"] = len(fit_text.curve)
-    results["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_text.curve]
-    reached = [r["minutes"] for r in fit_text.curve if r["val_NDCG@10"] >= GSASREC_NDCG10]
-    results["minutes_to_ndcg10_0.1726"] = round(reached[0], 2) if reached else None
-    results["minutes_to_ndcg10_0.1726_note"] = "first epoch whose validation NDCG@10 (512 users) reached 0.1726"
-    log_mlflow("text", {"variant": "text", **asdict(model_cfg), **asdict(train_cfg)}, {k: v for k, v in results["text"].items() if isinstance(v, float)}, fit_text.curve)
-    save("text")
+    if args.cold_only:
+        args.skip_id = True
+    else:
+        full_data_models(results, data, embeddings, model_cfg, train_cfg, has_id)
+        save("text")
 
     if not args.skip_id:
         id_cfg = replace(model_cfg, use_text=False)
@@ -223,14 +234,15 @@ def main(argv=None) -> int:
         cold_cases = cold[test_targets]
         cold_cfg = replace(train_cfg, max_minutes=args.cold_minutes)
         results["cold_start"] = {"removed_items": int(cold.sum()), "cold_cases": int(cold_cases.sum()), "train_minutes_each": args.cold_minutes}
-        for name, cfg in (("text", model_cfg), ("id_only", replace(model_cfg, use_text=False))):
+        wanted = set(args.cold_models.split(","))
+        for name, cfg in [(n, c) for n, c in (("text", model_cfg), ("id_only", replace(model_cfg, use_text=False))) if n in wanted]:
             m, _ = fit(f"cold-{name}", data, embeddings, cfg, cold_cfg, cold_train, cold_has_id)
             top = model_topk(m, test_inputs, 20)
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
             if name == "text":
                 results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
             save(f"cold_start-{name}")
-        warm = results["cold_start"]["warm_text"]["HR@10"]
+        warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
 
     results["machine"] = f"{torch.get_num_threads()} torch threads, CPU"
@@ -246,10 +258,12 @@ def print_table(r: dict) -> None:
         if name in r:
             m = r[name]
             print(f"{name:<12} {m['HR@10']:8.4f} {str(m['ci95']['HR@10']):>17} {m['NDCG@10']:8.4f} {str(m['ci95']['NDCG@10']):>17} {m['HR@20']:8.4f} {m['NDCG@20']:8.4f}")
-    print(f"training wall time {r['train_wall_s']} s, peak RSS {r['peak_rss_mb']} MB, minutes to val NDCG@10 ≥ 0.1726: {r['minutes_to_ndcg10_0.1726']}")
+    if "text" in r:
+        print(f"training wall time {r['train_wall_s']} s, peak RSS {r['peak_rss_mb']} MB, minutes to val NDCG@10 ≥ 0.1726: {r['minutes_to_ndcg10_0.1726']}")
     if "cold_start" in r:
         c = r["cold_start"]
-        print(f"cold start ({c['removed_items']} items removed, {c['cold_cases']} test cases): text HR@10 {c['text']['HR@10']:.4f}, id-only {c['id_only']['HR@10']:.4f}, warm text {c['warm_text']['HR@10']:.4f} (ratio {c['text_vs_warm_ratio']})")
+        hr = lambda name: f"{c[name]['HR@10']:.4f}" if name in c else "not run"  # noqa: E731
+        print(f"cold start ({c['removed_items']} items removed, {c['cold_cases']} test cases): text HR@10 {hr('text')}, id-only {hr('id_only')}, warm text {hr('warm_text')} (ratio {c['text_vs_warm_ratio']})")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,17 @@ One run measures, on this machine:
    64 (no think time, so the highest of them is the open-ended maximum throughput) and a constant
    target rate (200 requests/s by default, `--rate-users` users at rate/users each). Percentiles come
    from locust's CSV (whole milliseconds below 100 ms) and, exactly, from a request hook.
-   `--generators locust,wrk` also runs every scenario under wrk (Debian: apt-get install wrk), a C load
+   hey (Go; Debian: apt-get install hey) runs every scenario too, by default: a load generator light
+   enough that it does not take the server's CPU on a 2-core machine (50 locust users do). It runs as
+   `--hey-streams` processes, each with its own request body; at the target rate each stream sends
+   rate/streams requests/s and the streams are staggered, so requests arrive evenly spaced. Every
+   request is in hey's CSV and the percentiles are computed here (0.1 ms resolution), with the
+   self-check below. `--generators locust` skips hey.
+   `--generators ...,wrk` also runs every scenario under wrk (Debian: apt-get install wrk), a C load
    generator: one thread, `users` connections, Poisson arrivals at the target rate (`--arrivals uniform`
-   spaces them evenly). Experimental: its latencies failed the self-check on this machine (each wrk row
-   has `latency_consistent`), so its counts and throughput are usable and its percentiles are not.
+   spaces them evenly). Experimental: its latencies failed the self-check on this machine (each wrk and
+   hey row has `latency_consistent`: no connection can be busy longer than the run), so its counts and
+   throughput are usable and its percentiles are not.
 
 The models (each number in the output names its model):
 
@@ -79,6 +86,7 @@ SERVICES = {
     "unbatched_lean": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1", ACCESS_LOG_ENV: "0"},  # + no access log
 }
 TARGET_P99_MS = 15.0
+GENERATORS = ("locust", "hey", "wrk")
 TARGET_SPEEDUP = 3.0
 
 
@@ -635,6 +643,69 @@ def run_wrk(scenario: Scenario, url: str, bodies: Path, work: Path, run_time: in
     }
 
 
+def run_hey(scenario: Scenario, url: str, bodies: list[dict], work: Path, run_time: int, cpus: str | None, streams: int) -> dict:
+    """One scenario with hey (Go; Debian package hey): several hey processes, each POSTing its own body
+    (a user id or a history) and writing every request to CSV; the percentiles are computed here.
+
+    Closed loop: min(users, streams) processes share `users` workers. Target rate: `streams` processes
+    of one worker each at rate/streams requests/s, started 1/rate s apart, so together they send
+    evenly spaced requests (hey's -q paces each worker; a worker whose answer is late sends its next
+    request at once and then skips ticks, so a slow server shows up as a lower achieved rate)."""
+    processes = streams if scenario.rate else min(scenario.users, streams)
+    workers = [scenario.users // processes + (j < scenario.users % processes) for j in range(processes)] if not scenario.rate else [1] * processes
+    procs = []
+    for j in range(processes):
+        body = work / f"hey-body-{j}.json"
+        body.write_text(json.dumps(bodies[j % len(bodies)]))
+        command = ["hey", "-z", f"{run_time}s", "-c", str(workers[j]), "-m", "POST", "-T", "application/json", "-D", str(body),
+                   "-t", "10", "-o", "csv"]
+        if scenario.rate:
+            command += ["-q", f"{scenario.rate / processes:g}"]
+        command.append(f"{url}/recommend")
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
+        out = (work / f"hey-{scenario.name}-{j}.csv").open("w")
+        procs.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), out))
+        if scenario.rate:
+            time.sleep(1 / scenario.rate)  # stagger the streams: one request every 1/rate s in all
+    latencies, errors, busy_ok, ends, starts = [], 0, True, [], []
+    for j, (proc, out) in enumerate(procs):
+        proc.wait(timeout=run_time + 120)
+        out.close()
+        rows = list(csv.DictReader((work / f"hey-{scenario.name}-{j}.csv").open()))
+        if proc.returncode != 0 or (rows and "response-time" not in rows[0]):
+            raise RuntimeError(f"hey exited with {proc.returncode}: {(work / f'hey-{scenario.name}-{j}.csv').read_text()[-2000:]}")
+        times = np.array([float(r["response-time"]) for r in rows])
+        offsets = np.array([float(r["offset"]) for r in rows])
+        errors += sum(r["status-code"] != "200" for r in rows)
+        latencies.append(times)
+        if len(rows):
+            starts.append(offsets.min())
+            ends.append((offsets + times).max())
+            # Self-check (the one wrk failed): a worker is busy with one request at a time.
+            busy_ok &= bool(times.sum() <= 1.05 * workers[j] * (ends[-1] - starts[-1]) + 0.01)
+    ms = np.concatenate(latencies) * 1000
+    duration = float(run_time)  # hey -z: each process sends for exactly this long
+    pct = {f"p{q}_ms": round(float(np.percentile(ms, q)), 2) if len(ms) else None for q in (50, 95, 99)}
+    return {
+        "scenario": scenario.name,
+        "rps_target": scenario.rate,
+        "concurrency": scenario.users if not scenario.rate else processes,
+        "users_rate_each": round(scenario.rate / processes, 2) if scenario.rate else None,
+        "arrivals": "uniform (staggered streams)" if scenario.rate else None,
+        "requests": int(len(ms)),
+        "achieved_rps": round(len(ms) / duration, 1) if duration else 0.0,
+        **pct,
+        "max_ms": round(float(ms.max()), 2) if len(ms) else None,
+        "errors": int(errors),
+        "errors_steady": int(errors),
+        "exact": dict(pct),
+        "latency_consistent": busy_ok,
+        "hey_processes": processes,
+        "latency_resolution_ms": 0.1,
+    }
+
+
 def compare_responses(answers: dict[str, list[dict]]) -> dict:
     """Item ids, `because` and scores of the same requests answered by each service."""
     names = list(answers)
@@ -695,6 +766,8 @@ def load_tests(served: dict, bodies: list[dict], args, work: Path, env: dict) ->
                         before = server.batch_stats()
                         if generator == "wrk":
                             row = run_wrk(scenario, server.url, bodies_lines, work, args.run_time, locust_cpus, args.arrivals)
+                        elif generator == "hey":
+                            row = run_hey(scenario, server.url, bodies, work, args.run_time, locust_cpus, args.hey_streams)
                         else:
                             row = run_locust(scenario, server.url, bodies_path, work, args.run_time, locust_cpus, env)
                         queries, batches = (x - y for x, y in zip(server.batch_stats(), before))
@@ -747,9 +820,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rate", type=float, default=200.0, help="target requests/s of the constant-rate scenario (0: none)")
     g.add_argument("--rate-users", type=int, default=50, help="users sharing the target rate")
     g.add_argument("--run-time", type=int, default=30, help="seconds per scenario")
-    g.add_argument("--generators", default="locust",
-                   help="load generators, comma-separated: locust, wrk (Debian package wrk; experimental: its latencies failed "
-                        "the self-check here, see latency_consistent)")
+    g.add_argument("--generators", default="locust,hey",
+                   help="load generators, comma-separated: locust; hey (Go, Debian package hey: every request in its CSV, "
+                        "percentiles computed here); wrk (Debian package wrk; experimental: its latencies failed the self-check "
+                        "here, see latency_consistent)")
+    g.add_argument("--hey-streams", type=int, default=16,
+                   help="hey: processes (each its own request body); at the target rate each sends rate/streams req/s")
     g.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
                    help="wrk's arrival times in the target-rate scenario (locust's users each pace themselves)")
     g.add_argument("--pinning", choices=["shared", "split"], default="shared", help="split: server on CPU 0, locust on CPU 1")
@@ -772,10 +848,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     args.services = [s for s in args.services.split(",") if s]
     args.generators = [g for g in args.generators.split(",") if g]
-    if set(args.generators) - {"locust", "wrk"}:
-        parser.error(f"--generators: unknown {sorted(set(args.generators) - {'locust', 'wrk'})}; choose from locust, wrk")
-    if "wrk" in args.generators and not shutil.which("wrk"):
-        parser.error("--generators wrk: wrk is not on PATH; install it with apt-get install wrk")
+    if set(args.generators) - set(GENERATORS):
+        parser.error(f"--generators: unknown {sorted(set(args.generators) - set(GENERATORS))}; choose from {', '.join(GENERATORS)}")
+    for name in ("wrk", "hey"):
+        if name in args.generators and not shutil.which(name) and not args.skip_load:
+            parser.error(f"--generators {name}: {name} is not on PATH; install it with apt-get install {name} "
+                         f"(Debian/Ubuntu), or leave it out: --generators {','.join(g for g in args.generators if g != name) or 'locust'}")
     unknown = sorted(set(args.services) - set(SERVICES))
     if unknown:
         parser.error(f"--services: unknown {unknown}; choose from {sorted(SERVICES)}")
