@@ -235,7 +235,11 @@ def main(argv=None) -> int:
         cold_cfg = replace(train_cfg, max_minutes=args.cold_minutes)
         results["cold_start"] = {"removed_items": int(cold.sum()), "cold_cases": int(cold_cases.sum()), "train_minutes_each": args.cold_minutes}
         wanted = set(args.cold_models.split(","))
-        for name, cfg in [(n, c) for n, c in (("text", model_cfg), ("id_only", replace(model_cfg, use_text=False))) if n in wanted]:
+        variants = {"text": lambda: model_cfg, "id_only": lambda: replace(model_cfg, use_text=False)}
+        if wanted - set(variants):
+            raise SystemExit(f"--cold-models: unknown {sorted(wanted - set(variants))}; choose from text, id_only")
+        for name in [n for n in variants if n in wanted]:
+            cfg = variants[name]()
             m, _ = fit(f"cold-{name}", data, embeddings, cfg, cold_cfg, cold_train, cold_has_id)
             top = model_topk(m, test_inputs, 20)
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
