@@ -53,6 +53,7 @@ bench-ml1m: install  # the settings of the committed results/ml1m.json (about 10
 	$(BIN)/python benchmarks/ml1m.py --minutes 58.5 --id-minutes 20 --cold-minutes 10 --set train.lr=0.003 --set train.lr_schedule=cosine
 
 bench-serving: install
+	@command -v hey >/dev/null || { echo "bench-serving: hey is not installed (apt-get install hey); without it run $(BIN)/python benchmarks/serving.py --generators locust"; exit 1; }
 	$(PIP) -c constraints.txt -e '.[test,bench]' >> $(PIP_LOG) 2>&1 || { cat $(PIP_LOG); exit 1; }
 	$(BIN)/python benchmarks/serving.py
 
