@@ -205,6 +205,30 @@ def test_training_learns_a_deterministic_chain(sampled_negatives):
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
 
 
+def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):
+    import components.training.train as train_module
+
+    # A clock that moves 10 minutes per epoch (at each validation), nothing in between.
+    now = [0.0]
+    monkeypatch.setattr(train_module, "_clock", lambda: now[0])
+    real_ranks = train_module.ranks_from_topk
+
+    def ranks_and_ten_minutes(*args, **kwargs):
+        now[0] += 600.0
+        return real_ranks(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "ranks_from_topk", ranks_and_ten_minutes)
+    seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(6)]) for s in range(N_ITEMS)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    config = TrainConfig(max_epochs=10, max_minutes=25.0, patience=10, batch_size=64, progress=False)
+    result = train_model(tiny(cold=0), seqs, valid, config)
+    # Epoch 2 ends at 20 min; a third would end at 30 > 25, so it never starts (before: it ran to 30 min).
+    assert [row["minutes"] for row in result.curve] == [10.0, 20.0]
+    assert result.stopped_because == "time budget of 25.0 min: another epoch (~10.0 min) would end after it"
+    result = train_model(tiny(cold=0), seqs, valid, TrainConfig(max_epochs=10, max_minutes=5.0, patience=10, batch_size=64, progress=False))
+    assert len(result.curve) == 1 and result.stopped_because == "time budget of 5.0 min reached"  # one epoch always runs
+
+
 def test_training_refuses_items_marked_untrained_that_occur_in_training():
     seqs = [np.array([1, 2, 3, N_ITEMS])]  # item N_ITEMS is marked as never trained by tiny()
     with pytest.raises(ValueError, match=rf"1 item\(s\) occur in the training sequences .* \[{N_ITEMS}\]"):
