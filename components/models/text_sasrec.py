@@ -155,19 +155,14 @@ class TextSASRec(nn.Module):
         if self.text_proj is not None:
             table = table + self.text_proj(self.text_table)
         if self.id_emb is not None:
-            ids = self.id_emb.weight
             keep = self.has_id.unsqueeze(1).float()
             if self.training and self.cfg.id_dropout > 0 and self.text_proj is not None:  # without text nothing stands in
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
-            table = table + ids * keep
-            if self.imputer is not None:
-                table = table + self.imputer(self.text_table) * (1.0 - keep)
-            elif self.neighbors.shape[1]:
-                imputed = (ids[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)  # (n, d)
+            table = table + self.id_emb.weight * keep
+            imputed = self._imputed_ids()
+            if imputed is not None:
                 table = table + imputed * (1.0 - keep)
-        mask = torch.ones_like(table[:, :1])
-        mask[0] = 0.0
-        return table * mask
+        return self._without_padding(table)
 
     def imputed_table(self) -> torch.Tensor:
         """Every item as if it had never been trained: text plus the imputed id [n_items + 1, d_model]
@@ -175,10 +170,22 @@ class TextSASRec(nn.Module):
         if self.text_proj is None:
             raise ValueError("imputed_table needs text (use_text=True)")
         table = self.text_proj(self.text_table)
+        imputed = self._imputed_ids()
+        if imputed is not None:
+            table = table + imputed
+        return self._without_padding(table)
+
+    def _imputed_ids(self) -> torch.Tensor | None:
+        """What stands in for a missing id embedding, for every item [n_items + 1, d_model]: the imputer's
+        map of the LM text, or the weighted ids of the text neighbours; None when nothing is imputed."""
         if self.imputer is not None:
-            table = table + self.imputer(self.text_table)
-        elif self.id_emb is not None and self.neighbors.shape[1]:
-            table = table + (self.id_emb.weight[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)
+            return self.imputer(self.text_table)
+        if self.id_emb is not None and self.neighbors.shape[1]:
+            return (self.id_emb.weight[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)  # (n, d)
+        return None
+
+    @staticmethod
+    def _without_padding(table: torch.Tensor) -> torch.Tensor:
         mask = torch.ones_like(table[:, :1])
         mask[0] = 0.0
         return table * mask
