@@ -51,17 +51,18 @@ def parse_variant(text: str, model_cfg: TextSASRecConfig, train_cfg: TrainConfig
 def cold_diagnostics(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.ndarray) -> dict:
     """Why a cold target is missed: is it ranked low among the other removed items too (the text does
     not tell it apart), or only against the trained ones (its scores sit on another scale)?"""
-    among_all, among_cold, gaps = [], [], []
-    for start, scores in zip(range(0, len(inputs), 256), model_scores(model, inputs)):
+    def mean_where(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.where(mask, scores, 0).sum(1) / np.maximum(1, mask.sum(1))
+
+    among_all, among_cold, gaps, start = [], [], [], 0
+    for scores in model_scores(model, inputs):
         t = targets[start : start + len(scores)]
+        start += len(scores)
         target_scores = scores[np.arange(len(t)), t][:, None]
         among_all.append((scores > target_scores).sum(1))
-        cold_scores = np.where(cold[None, :], scores, -np.inf)
-        among_cold.append((cold_scores > target_scores).sum(1))
+        among_cold.append(((scores > target_scores) & cold[None, :]).sum(1))
         finite = np.isfinite(scores)
-        warm = finite & ~cold[None, :]
-        gaps.append((np.where(finite & cold[None, :], scores, 0).sum(1) / np.maximum(1, (finite & cold[None, :]).sum(1)))
-                    - (np.where(warm, scores, 0).sum(1) / np.maximum(1, warm.sum(1))))
+        gaps.append(mean_where(scores, finite & cold[None, :]) - mean_where(scores, finite & ~cold[None, :]))
     among_all, among_cold = np.concatenate(among_all), np.concatenate(among_cold)
     return {
         "median_rank_among_all": float(np.median(among_all) + 1),
