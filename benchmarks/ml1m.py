@@ -212,13 +212,11 @@ def main(argv=None) -> int:
     results["popularity"] = evaluate(pop, test_targets, n_items)
 
     has_id = trained_mask(data["train"], n_items)
-    if args.cold_only:
-        args.skip_id = True
-    else:
+    if not args.cold_only:
         full_data_models(results, data, embeddings, model_cfg, train_cfg, has_id)
         save("text")
 
-    if not args.skip_id:
+    if not (args.skip_id or args.cold_only):
         id_cfg = replace(model_cfg, use_text=False)
         id_model, fit_id = fit("id_only", data, embeddings, id_cfg, replace(train_cfg, max_minutes=args.id_minutes), data["train"], has_id)
         results["id_only"] = evaluate(model_topk(id_model, test_inputs, 20), test_targets, n_items)
@@ -235,11 +233,10 @@ def main(argv=None) -> int:
         cold_cfg = replace(train_cfg, max_minutes=args.cold_minutes)
         results["cold_start"] = {"removed_items": int(cold.sum()), "cold_cases": int(cold_cases.sum()), "train_minutes_each": args.cold_minutes}
         wanted = set(args.cold_models.split(","))
-        variants = {"text": lambda: model_cfg, "id_only": lambda: replace(model_cfg, use_text=False)}
-        if wanted - set(variants):
-            raise SystemExit(f"--cold-models: unknown {sorted(wanted - set(variants))}; choose from text, id_only")
-        for name in [n for n in variants if n in wanted]:
-            cfg = variants[name]()
+        if wanted - {"text", "id_only"}:
+            raise SystemExit(f"--cold-models: unknown {sorted(wanted - {'text', 'id_only'})}; choose from text, id_only")
+        for name in [n for n in ("text", "id_only") if n in wanted]:
+            cfg = model_cfg if name == "text" else replace(model_cfg, use_text=False)
             m, _ = fit(f"cold-{name}", data, embeddings, cfg, cold_cfg, cold_train, cold_has_id)
             top = model_topk(m, test_inputs, 20)
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
