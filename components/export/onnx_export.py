@@ -128,7 +128,7 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
         if not np.array_equal(finite, np.isfinite(ort_scores)):
             diff = float("inf")
         else:
-            diff = float(np.abs(np.where(finite, ort_scores - scores, 0.0)).max())
+            diff = float(np.abs(np.subtract(ort_scores, scores, out=np.zeros_like(scores), where=finite)).max())  # -inf - -inf left out
         # Where the ids differ, it is a tie (not a disagreement) when torch itself scores ORT's item
         # within the tolerance of the score at that position: two items whose scores differ by less
         # than float32 kernel noise may come in either order.

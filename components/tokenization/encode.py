@@ -27,6 +27,7 @@ class TextEncoderConfig:
     model_name_or_path: str | None = None  # None = the bundled all-MiniLM-L6-v2
     max_tokens: int = 64  # titles + categories fit; long descriptions are truncated
     batch_size: int = 128  # items per encoder forward pass (CPU memory is not the limit here)
+    device: str = "auto"  # "auto" = cuda when available, else cpu (the embeddings do not depend on it: same cache)
 
 
 def resolve_model_path(config: TextEncoderConfig) -> str:
@@ -71,6 +72,7 @@ def _load(kind: str, config: TextEncoderConfig):
 
 def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> dict[str, np.ndarray]:
     """Token ids and attention masks [n_items, max_tokens], cached as .npz."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"tokens-{fingerprint(texts, config)}.npz"
     if path.exists():
         log.info("tokens: cache hit %s", path.name)
@@ -94,7 +96,9 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
     from tqdm.auto import tqdm
 
     tokens = tokenize_items(texts, config, cache_dir)
-    model = _load("model", config).eval()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device)
+    model = _load("model", config).eval().to(device)
+    log.info("embedding %d item texts on %s", len(texts), device)
     out = []
     with torch.inference_mode():
         starts = range(0, len(texts), config.batch_size)
@@ -102,10 +106,10 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
             ids = torch.from_numpy(tokens["input_ids"][start : start + config.batch_size])
             mask = torch.from_numpy(tokens["attention_mask"][start : start + config.batch_size])
             keep = int(mask.sum(1).max())  # drop all-padding columns: much faster for short titles
-            ids, mask = ids[:, :keep], mask[:, :keep]
+            ids, mask = ids[:, :keep].to(device), mask[:, :keep].to(device)
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
             summed = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            out.append(torch.nn.functional.normalize(summed, dim=-1).numpy())
+            out.append(torch.nn.functional.normalize(summed, dim=-1).float().cpu().numpy())
     embeddings = np.concatenate(out).astype(np.float32)
     np.save(path, embeddings)
     (cache_dir / f"embeddings-{key}.json").write_text(json.dumps({"model": resolve_model_path(config), "items": len(texts)}))
