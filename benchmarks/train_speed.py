@@ -103,9 +103,10 @@ def main(argv=None) -> dict:
         by = {r["device"]: r for r in rows if r["batch_size"] == batch_size}
         if "cpu" in by and "cuda" in by:
             ratios[f"batch{batch_size}"] = round(by["cpu"]["median_ms_per_step"] / by["cuda"]["median_ms_per_step"], 1)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     result = {"rows": rows, "cuda_vs_cpu_speedup": ratios, "sequences": len(sequences), "model": asdict(model_cfg),
-              "torch": torch.__version__, "python": platform.python_version(), "git_commit": commit}
+              "torch": torch.__version__, "python": platform.python_version(), "git_commit": git("rev-parse", "HEAD") or None,
+              "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     print(f"{'device':<8}{'batch':>7}{'ms/step':>10}{'seq/s':>10}{'epoch s':>10}")
     for r in rows:
         print(f"{r['device']:<8}{r['batch_size']:>7}{r['median_ms_per_step']:>10}{r['sequences_per_s']:>10}{r['epoch_s']:>10}")
