@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from components.evaluation import bootstrap_ci, coverage, metrics_from_ranks, model_topk, popularity_topk, ranks_from_topk  # noqa: E402
 from components.evaluation.metrics import per_case  # noqa: E402
+from components.evaluation.rankers import model_scores  # noqa: E402
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
 from components.tokenization import TextEncoderConfig, embed_items  # noqa: E402
 from components.training import TrainConfig, train_model  # noqa: E402
@@ -91,6 +92,35 @@ def evaluate(topk: np.ndarray, targets: np.ndarray, n_items: int) -> dict:
 def hr10(topk: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict:
     ranks = ranks_from_topk(topk[mask], targets[mask])
     return {"HR@10": float((ranks < 10).mean()) if mask.any() else None, "NDCG@10": float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean()) if mask.any() else None, "cases": int(mask.sum())}
+
+
+def places_hr(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.ndarray, slots: list[int], k: int = 10) -> dict:
+    """HR@k for each m in `slots` when the top k keeps at least m places for never-trained items, as the
+    service's `new_items` does (serving.contract.keep_new_items): the best m of them replace the
+    lowest-ranked trained items where the model's own top k holds fewer; m = 0 is the model as it is.
+    A cold target is then a hit if the model ranks it in the top k or among the m best cold items; a
+    trained target, if it stays among the k - max(c, m) best trained items, c being the cold items
+    already in the model's top k."""
+    hits = {m: [] for m in slots}
+    start = 0
+    for scores in model_scores(model, inputs):
+        t = targets[start : start + len(scores)]
+        start += len(scores)
+        above = scores > scores[np.arange(len(t)), t][:, None]
+        rank_all, rank_cold = above.sum(1), (above & cold[None, :]).sum(1)
+        rank_warm = rank_all - rank_cold
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        c = (cold[top] & np.isfinite(np.take_along_axis(scores, top, 1))).sum(1)
+        for m in slots:
+            hits[m].append(np.where(cold[t], (rank_all < k) | (rank_cold < m), rank_warm < k - np.maximum(c, m)))
+    return {m: float(np.concatenate(h).mean()) for m, h in hits.items()}
+
+
+def new_item_places(model, cold_cases: tuple, warm_cases: tuple, cold: np.ndarray, places: list[int]) -> list[dict]:
+    """Cold and warm HR@10 and their ratio for each `new_items` = m: what a given ratio costs on warm items."""
+    cold_hr, warm_hr = places_hr(model, *cold_cases, cold, places), places_hr(model, *warm_cases, cold, places)
+    return [{"new_items": m, "cold_HR@10": round(cold_hr[m], 4), "warm_HR@10": round(warm_hr[m], 4),
+             "ratio": round(cold_hr[m] / warm_hr[m], 3) if warm_hr[m] else None} for m in places]
 
 
 def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray):
@@ -183,6 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-only", action="store_true", help="only popularity and the cold-start experiment (no full-data models)")
     parser.add_argument("--cold-models", default="text,id_only", help="cold-start models to train: text, id_only or both")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
+    parser.add_argument("--new-items", default="0,1,2,3", help="cold start: also HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -242,6 +273,10 @@ def main(argv=None) -> int:
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
             if name == "text":
                 results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
+                cold_at, warm_at = np.flatnonzero(cold_cases), np.flatnonzero(~cold_cases)
+                results["cold_start"]["new_items"] = new_item_places(
+                    m, ([test_inputs[i] for i in cold_at], test_targets[cold_at]), ([test_inputs[i] for i in warm_at], test_targets[warm_at]),
+                    cold, [int(p) for p in args.new_items.split(",") if p])
             save(f"cold_start-{name}")
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
@@ -265,6 +300,8 @@ def print_table(r: dict) -> None:
         c = r["cold_start"]
         hr = lambda name: f"{c[name]['HR@10']:.4f}" if name in c else "not run"  # noqa: E731
         print(f"cold start ({c['removed_items']} items removed, {c['cold_cases']} test cases): text HR@10 {hr('text')}, id-only {hr('id_only')}, warm text {hr('warm_text')} (ratio {c['text_vs_warm_ratio']})")
+        for row in c.get("new_items", []):
+            print(f"  new_items={row['new_items']}: cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f} (ratio {row['ratio']})")
 
 
 if __name__ == "__main__":

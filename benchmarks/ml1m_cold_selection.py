@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, apply_overrides, cold_items, fit, git_state, hr10, load, trained_mask  # noqa: E402
+from ml1m import ROOT, apply_overrides, cold_items, fit, git_state, hr10, load, new_item_places, trained_mask  # noqa: E402
 
 
 from components import settings  # noqa: E402
@@ -72,27 +72,6 @@ def cold_diagnostics(model, inputs: list[np.ndarray], targets: np.ndarray, cold:
     }
 
 
-def reserved_slot_hr(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.ndarray, slots: list[int], k: int = 10) -> dict:
-    """HR@k when the top-k keeps at least m slots for never-trained items: the best m of them replace the
-    lowest-ranked trained items where the model's own top-k holds fewer (a policy a service can apply to
-    any model; m = 0 is the model as it is). A cold target is then a hit if the model ranks it in the
-    top k or among the m best cold items; a trained target, if it stays among the k - max(c, m) best
-    trained items, c being the cold items already in the model's top k."""
-    hits = {m: [] for m in slots}
-    start = 0
-    for scores in model_scores(model, inputs):
-        t = targets[start : start + len(scores)]
-        start += len(scores)
-        above = scores > scores[np.arange(len(t)), t][:, None]
-        rank_all, rank_cold = above.sum(1), (above & cold[None, :]).sum(1)
-        rank_warm = rank_all - rank_cold
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        c = (cold[top] & np.isfinite(np.take_along_axis(scores, top, 1))).sum(1)
-        for m in slots:
-            hits[m].append(np.where(cold[t], (rank_all < k) | (rank_cold < m), rank_warm < k - np.maximum(c, m)))
-    return {m: float(np.concatenate(h).mean()) for m, h in hits.items()}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
@@ -100,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each variant")
     parser.add_argument("--variant", action="append", required=True, metavar="NAME:model.X=V,train.X=V")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override for every variant")
-    parser.add_argument("--reserve-slots", default="0,1,2,3", help="also report HR@10 with at least m of the 10 slots kept for never-trained items, for each m here")
+    parser.add_argument("--new-items", default="0,1,2,3", help="also report HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings.apply_environment()
@@ -128,16 +107,15 @@ def main(argv=None) -> int:
         cold_hr = hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
         cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
-        slots = [int(m) for m in args.reserve_slots.split(",") if m]
-        cold_by_m = reserved_slot_hr(model, sel_inputs, sel_targets, cold, slots)
-        warm_by_m = reserved_slot_hr(model, [val_inputs[i] for i in np.flatnonzero(warm_val)], val_targets[warm_val], cold, slots)
-        reserved = [{"slots": m, "cold_HR@10": round(cold_by_m[m], 4), "warm_HR@10": round(warm_by_m[m], 4), "ratio": round(cold_by_m[m] / warm_by_m[m], 3) if warm_by_m[m] else None} for m in slots]
+        warm_cases = np.flatnonzero(warm_val)
+        places = [int(m) for m in args.new_items.split(",") if m]
+        reserved = new_item_places(model, (sel_inputs, sel_targets), ([val_inputs[i] for i in warm_cases], val_targets[warm_cases]), cold, places)
         results["variants"][name] = {
             "overrides": text.partition(":")[2],
             "cold_selection": cold_hr,
             "warm_validation": warm,
             "ratio": round(cold_hr["HR@10"] / warm["HR@10"], 3) if warm["HR@10"] else None,
-            "reserved_new_item_slots": reserved,
+            "new_items": reserved,
             "epochs": len(fitted.curve),
             "best_val_NDCG@10": fitted.best_val.get("NDCG@10"),
             "wall_s": round(time.perf_counter() - started, 1),
@@ -149,10 +127,10 @@ def main(argv=None) -> int:
     print(f"\n{'variant':<16} {'cold HR@10':>10} {'warm HR@10':>10} {'warm NDCG@10':>12} {'ratio':>6}")
     for name, v in results["variants"].items():
         print(f"{name:<16} {v['cold_selection']['HR@10']:10.4f} {v['warm_validation']['HR@10']:10.4f} {v['warm_validation']['NDCG@10']:12.4f} {v['ratio']:>6}")
-    print(f"\n{'variant':<16} {'new-item slots':>14} {'cold HR@10':>10} {'warm HR@10':>10} {'ratio':>6}")
+    print(f"\n{'variant':<16} {'new_items':>9} {'cold HR@10':>10} {'warm HR@10':>10} {'ratio':>6}")
     for name, v in results["variants"].items():
-        for row in v["reserved_new_item_slots"]:
-            print(f"{name:<16} {row['slots']:>14} {row['cold_HR@10']:10.4f} {row['warm_HR@10']:10.4f} {row['ratio']:>6}")
+        for row in v["new_items"]:
+            print(f"{name:<16} {row['new_items']:>9} {row['cold_HR@10']:10.4f} {row['warm_HR@10']:10.4f} {row['ratio']:>6}")
     return 0
 
 

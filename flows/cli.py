@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     predict.add_argument("--out", required=True, metavar="FILE", help="where to write user_id<TAB>top-K item ids")
     predict.add_argument("--keep-seen", action="store_true", help="allow items of the history in the answer (default: excluded)")
+    predict.add_argument("--new-items", type=int, default=0, metavar="M", help="keep at least M of the K places for new items (no training interactions; default: 0)")
 
     bento = sub.add_parser("bento", help="pull a registered version's Bento, or containerize it", description=(
         "pull: registry alias/version → the version's .bento archive in MLflow → the local Bento store. "
@@ -207,9 +208,9 @@ def cmd_predict(args) -> int:
     from components.prediction import PredictConfig, predict_with_registered_model
 
     try:
-        config = PredictConfig(k=args.k, exclude_seen=not args.keep_seen)
+        config = PredictConfig(k=args.k, exclude_seen=not args.keep_seen, new_items=args.new_items)
     except BehaviorflowError as exc:
-        raise BehaviorflowError(f"--k: {exc}") from None
+        raise BehaviorflowError(f"--{'new-items' if 'new_items' in str(exc) else 'k'}: {exc}") from None
     version, summary = predict_with_registered_model(args.model, Path(args.histories), Path(args.out), config, progress=sys.stderr.isatty())
     print(f"{args.model} (version {version}): {summary.line()}; wrote {args.out}")
     return 0

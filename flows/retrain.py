@@ -175,7 +175,8 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
     }
     with torch.no_grad():
         item_vectors = result.model.item_table().numpy()
-    bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors)
+    new_items = (~result.model.has_id[1:].cpu()).tolist()  # catalog items without training interactions
+    bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors, new_items)
     log_folder(bundle, BUNDLE_ARTIFACT)
     return bundle, parity, quantization
 

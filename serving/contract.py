@@ -43,7 +43,8 @@ MAX_K = 100  # the graph always returns this many (or the whole catalog if small
 
 # The model bundle: what export writes, the Bento model store holds and the service loads.
 MODEL_FILE = "model.onnx"
-ITEMS_FILE = "items.json"      # [{"item_id": str, "title": str}, ...] in index order (index = position + 1)
+ITEMS_FILE = "items.json"      # [{"item_id": str, "title": str}, ...] in index order (index = position + 1);
+#   "new": true marks an item with no training interactions (the model scores it from its text alone)
 USERS_FILE = "users.json"      # {user_id: [item_id, ...]}: the latest history of every known user
 MANIFEST_FILE = "manifest.json"  # max_len, metrics, data fingerprint, created_at, ...
 ITEM_VECTORS_FILE = "item_vectors.npy"  # optional: float32 [n_items + 1, d], the model's item table (row 0 = padding);
@@ -54,6 +55,34 @@ MAX_HISTORY = 2_000  # item ids in one request's `history`; the model reads only
 MAX_CANDIDATES = 1_000  # item ids one POST /score may ask about
 MAX_BECAUSE = 3  # history items quoted as the reason for one recommendation
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full history and a full candidate list of 100-character ids (~310 kB) fit 3x
+
+
+def keep_new_items(picks: list[tuple[int, float]], new_ranked: list[tuple[int, float]], new: set[int], k: int, m: int) -> list[tuple[int, float]]:
+    """The top k of `picks` ((index, score), best first) with at least m new items, as far as there are any:
+    where the first k hold c < m items of `new`, the best of `new_ranked` (new items, best first) not already
+    among them take the places of the m - c lowest-ranked others. Score order is kept (the added items
+    score at most the k-th pick, so they come last)."""
+    top = picks[:k]
+    have = [p for p in top if p[0] in new]
+    if len(have) >= m:
+        return top
+    chosen = {i for i, _ in top}
+    added = [p for p in new_ranked if p[0] not in chosen][: m - len(have)]
+    others = [p for p in top if p[0] not in new][: k - len(have) - len(added)]
+    kept = {i for i, _ in have + others}
+    return [p for p in top if p[0] in kept] + sorted(added, key=lambda p: -p[1])
+
+
+def best_new_items(new_items: np.ndarray, item_vectors: np.ndarray | None, user_vector, picks: list[tuple[int, float]], banned: set[int], enough: int) -> list[tuple[int, float]]:
+    """The best new items (indices `new_items`) that may be recommended, (index, score) best first, at least
+    `enough` of them where there are: scored with the item table (user_vector · item_vectors, as the graph
+    scores); without one, those among the graph's answer `picks`."""
+    if item_vectors is None:
+        new = set(new_items.tolist())
+        return [p for p in picks if p[0] in new]
+    scores = item_vectors[new_items] @ np.asarray(user_vector, dtype=np.float32)
+    order = np.argsort(-scores, kind="stable")[: enough + len(banned)]  # the banned ones are skipped below
+    return [(int(new_items[j]), float(scores[j])) for j in order if int(new_items[j]) not in banned]
 
 
 def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -80,6 +109,7 @@ class Bundle:
         self.item_ids: list[str] = [row["item_id"] for row in items]
         self.titles: list[str] = [row["title"] for row in items]
         self.index_of: dict[str, int] = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.new_items: list[int] = [i + 1 for i, row in enumerate(items) if row.get("new")]  # indices, ascending
         users_path = self.path / USERS_FILE
         load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
         self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}
@@ -106,6 +136,16 @@ class RecommendRequest(BaseModel):
     )
     k: int = Field(default=10, ge=1, le=MAX_K, description=f"how many items to return (1..{MAX_K})")
     exclude_seen: bool = Field(default=True, description="never recommend items of the history")
+    new_items: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_K,
+        description=(
+            "keep at least this many of the k places for new items (no training interactions; scored from "
+            "their text): where the model's own top k holds fewer, the best-scored new items take the places "
+            "of the lowest-ranked others. 0 (default) = the model's ranking as it is"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "RecommendRequest":
@@ -113,6 +153,8 @@ class RecommendRequest(BaseModel):
             raise ValueError("give exactly one of 'user_id' or 'history'")
         if self.history is not None and len(self.history) == 0:
             raise ValueError("'history' is empty: give at least one item id")
+        if self.new_items > self.k:
+            raise ValueError(f"'new_items' ({self.new_items}) is more than 'k' ({self.k}): reserve at most k places")
         return self
 
 
@@ -120,6 +162,7 @@ class Recommendation(BaseModel):
     item_id: str
     title: str
     score: float = Field(description="the model's score (logit) of the item, higher is better")
+    new: bool = Field(default=False, description="a new item: no training interactions, scored from its text")
     because: list[str] = Field(
         default_factory=list,
         description=(
@@ -184,5 +227,6 @@ class ServiceMetadata(BaseModel):
     n_users: int
     max_len: int = Field(description="how many of the most recent history items the model reads")
     can_score: bool = Field(description="POST /score and `because` work (the bundle has item vectors)")
+    n_new_items: int = Field(default=0, description="items with no training interactions (what `new_items` reserves places for)")
     limits: dict[str, int]
     manifest: dict = Field(description="the bundle's whole manifest")

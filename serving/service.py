@@ -89,6 +89,8 @@ from serving.contract import (
     ScoreRequest,
     ScoreResponse,
     ServiceMetadata,
+    best_new_items,
+    keep_new_items,
     pad_histories,
 )
 from serving import bentoml_fixes
@@ -291,7 +293,7 @@ def _shadow_recorder() -> ShadowRecorder | None:
     if not log_path:
         raise ValueError(f"{SHADOW_BUNDLE_ENV} is set but {SHADOW_LOG_ENV} is not: name the JSONL file for the shadow log")
     ranker = BundleRanker(Path(bundle_dir))
-    return ShadowRecorder(lambda history, k, exclude_seen: ranker.topk([history], k, exclude_seen)[0], Path(log_path), str(bundle_dir))
+    return ShadowRecorder(lambda history, k, exclude_seen, new_items: ranker.topk([history], k, exclude_seen, new_items=new_items)[0], Path(log_path), str(bundle_dir))
 
 
 @bentoml.asgi_app(_http, path="/")
@@ -310,6 +312,8 @@ class Recommender:
         self.created_at = self.model_ref.info.creation_time.isoformat()
         self.bundle = Bundle(self.model_ref.path)
         self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
+        self.new_items = np.asarray(self.bundle.new_items, dtype=np.int64)  # items with no training interactions
+        self._new = set(self.bundle.new_items)
         self._check_bundle()
         self.shadow = _shadow_recorder()  # None unless serve --shadow configured a challenger
         if BATCHING:
@@ -349,15 +353,18 @@ class Recommender:
         # K covers the whole catalog, and -inf is not even valid JSON.
         banned = {PAD_INDEX, *history} if request.exclude_seen else {PAD_INDEX}
         picks = [(i, s) for i, s in zip(ranked.items, ranked.scores) if i not in banned and s != _EXCLUDED]
-        picks = picks[: request.k]
+        if request.new_items and self._new:
+            picks = keep_new_items(picks, best_new_items(self.new_items, self.item_vectors, ranked.user_vector, picks, banned, request.k + request.new_items), self._new, request.k, request.new_items)
+        else:
+            picks = picks[: request.k]
         because = self._because(window, [i for i, _ in picks])
         if self.shadow is not None:  # queued for a background thread: adds no latency to this answer
             history_ids = [self.bundle.item_ids[i - 1] for i in history]
-            self.shadow.submit(history_ids, request.k, request.exclude_seen, [self.bundle.item_ids[i - 1] for i, _ in picks])
+            self.shadow.submit(history_ids, request.k, request.exclude_seen, [self.bundle.item_ids[i - 1] for i, _ in picks], request.new_items)
         return RecommendResponse(
             items=[
                 Recommendation(
-                    item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=s, because=why
+                    item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=s, because=why, new=i in self._new
                 )
                 for (i, s), why in zip(picks, because)
             ],
@@ -407,6 +414,7 @@ class Recommender:
             n_users=len(self.bundle.users),
             max_len=self.bundle.max_len,
             can_score=self.item_vectors is not None,
+            n_new_items=len(self.new_items),
             limits={
                 "k": MAX_K,
                 "history": MAX_HISTORY,

@@ -5,6 +5,7 @@ second run, gate failure — each asserting the registry state it leaves behind.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -106,6 +107,16 @@ def test_first_run_registers_a_champion_and_serves_it(world):
         assert by_user.status_code == 200 and len(by_user.json()["items"]) == 5
         bad = httpx.post(f"{url}/recommend", json={"history": ["no-such-item"], "k": 5})
         assert bad.status_code == 400 and "no-such-item" in bad.text
+
+        # New items (no training interactions) are marked in the bundle, among them every catalog item that
+        # occurs in no event; a request can keep places for them.
+        catalog = pd.read_csv(world["items"], dtype=str)["item_id"]
+        new = {row["item_id"] for row in json.loads((bundle / "items.json").read_text()) if row.get("new")}
+        assert set(catalog) - set(events["item_id"]) <= new < set(catalog) and len(new) < len(catalog) / 4
+        assert meta["n_new_items"] == len(new)
+        reply = httpx.post(f"{url}/recommend", json={"history": history, "k": 10, "new_items": 3}).json()
+        flagged = [r["item_id"] for r in reply["items"] if r["new"]]
+        assert len(reply["items"]) == 10 and len(flagged) >= 3 and set(flagged) <= new
 
 
 def test_corrupt_input_stops_before_training_and_leaves_the_registry_unchanged(world):

@@ -101,6 +101,26 @@ def test_keep_seen_and_the_whole_history_is_excluded_by_default(tmp_path):
     assert not list(tmp_path.glob("out/.*partial"))
 
 
+def test_new_items_keep_their_places_as_in_the_service(tmp_path):
+    new = [4, 9, 13, 21]
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0, new_items=new)
+    source = tmp_path / "h.tsv"
+    source.write_text(HISTORIES)
+    out = tmp_path / "top.tsv"
+    predict_file(bundle, source, out, PredictConfig(k=6, new_items=3, batch_size=2))
+    table, checked = embeddings(N_ITEMS, DIM, 0), 0
+    for line in out.read_text().splitlines():
+        user, _, items = line.partition("\t")
+        ranking = reference_top_k(table, [int(i[1:]) for i in KNOWN[user]], N_ITEMS, True)[0] if KNOWN[user] else []
+        best_new = [i for i in ranking if i in new][: max(3, sum(i in new for i in ranking[:6]))]
+        best_other = [i for i in ranking if i not in new][: 6 - len(best_new)]
+        assert items.split() == [item_id(i) for i in ranking if i in best_new + best_other], user
+        checked += len(best_new) > sum(i in new for i in ranking[:6])  # lines where places were kept
+    assert checked >= 2
+    with pytest.raises(BehaviorflowError, match=r"new_items \(7\) must be between 0 and k \(6\)"):
+        PredictConfig(k=6, new_items=7)
+
+
 def test_malformed_line_names_file_and_line_and_writes_nothing(tmp_path, capsys, store):
     bad = tmp_path / "bad.tsv"
     bad.write_text("u1\ti001 i002\n\nu2 i003 i004\n")  # line 3 has a space where the tab belongs
@@ -134,6 +154,8 @@ def test_bad_k_and_missing_file_fail_before_the_registry(tmp_path, capsys):
     assert f"histories file {tmp_path / 'none.tsv'}: no such file" in capsys.readouterr().err
     assert main(["predict", "--model", "m@champion", "--histories", "h.tsv", "--k", "0", "--out", "o.tsv"]) == 2
     assert "--k: k (0) must be between 1 and 100" in capsys.readouterr().err
+    assert main(["predict", "--model", "m@champion", "--histories", "h.tsv", "--k", "5", "--new-items", "20", "--out", "o.tsv"]) == 2
+    assert "--new-items: new_items (20) must be between 0 and k (5)" in capsys.readouterr().err
 
 
 def test_empty_input_gives_an_empty_output(tmp_path):

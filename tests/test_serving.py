@@ -312,6 +312,66 @@ def test_older_clients_still_parse_recommendations():
     assert contract.RecommendResponse.model_validate(old).items[0].because == []
 
 
+def test_keep_new_items_by_hand():
+    picks = [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0), (5, 5.0)]  # item 3 is new and already in the top 4
+    new_ranked = [(3, 7.0), (8, 4.5), (9, 4.0)]
+    assert contract.keep_new_items(picks, new_ranked, {3, 8, 9}, 4, 0) == picks[:4]
+    assert contract.keep_new_items(picks, new_ranked, {3, 8, 9}, 4, 1) == picks[:4]  # one is there already
+    assert contract.keep_new_items(picks, new_ranked, {3, 8, 9}, 4, 2) == [(1, 9.0), (2, 8.0), (3, 7.0), (8, 4.5)]
+    assert contract.keep_new_items(picks, new_ranked, {3, 8, 9}, 4, 3) == [(1, 9.0), (3, 7.0), (8, 4.5), (9, 4.0)]
+    assert contract.keep_new_items(picks, new_ranked, {3, 8, 9}, 4, 4) == [(1, 9.0), (3, 7.0), (8, 4.5), (9, 4.0)]  # only 3 exist
+    assert contract.keep_new_items(picks[:2], [], {3, 8, 9}, 4, 2) == picks[:2]  # none to add: the list as it is
+
+
+NEW = [4, 9, 13, 21, 26]  # items of the tiny bundle marked new (no training interactions)
+
+
+@pytest.fixture(scope="module")
+def new_service(tmp_path_factory):
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("new"), n_items=N_ITEMS, dim=DIM, seed=SEED, new_items=NEW)
+    return load_service(save_bundle_to_store(bundle))
+
+
+@pytest.mark.parametrize("history,k,m", [(["i003", "i005"], 10, 6), (["i013", "i002", "i021"], 5, 2), (["i007"], 8, 5)])
+def test_new_items_keep_their_places_among_the_model_ranking(new_service, table, history, k, m):
+    """With new_items=m the answer holds the best m new items (by the model's scores) and the best k - m
+    others (or more of either where the model ranks them in its top k), in score order."""
+    plain = new_service.recommend(history=history, k=k).model_dump()["items"]
+    assert [r["item_id"] for r in plain] == expected(table, history, k, True)[0]  # default: the ranking as it is
+    assert [r["new"] for r in plain] == [int(r["item_id"][1:]) in NEW for r in plain]
+    ranking = expected(table, history, N_ITEMS, True)[0]  # every item the answer may hold, best first
+    natural_new = sum(int(i[1:]) in NEW for i in ranking[:k])
+    new_ranked = [i for i in ranking if int(i[1:]) in NEW]
+    n_new = min(max(m, natural_new), len(new_ranked))  # m may ask for more than there are: all of them then
+    best_new = new_ranked[:n_new]
+    best_other = [i for i in ranking if int(i[1:]) not in NEW][: k - n_new]
+    got = new_service.recommend(history=history, k=k, new_items=m).model_dump()["items"]
+    assert sorted(r["item_id"] for r in got) == sorted(best_new + best_other)
+    assert [r["item_id"] for r in got] == [i for i in ranking if i in set(best_new + best_other)]  # score order
+    assert [r["new"] for r in got] == [r["item_id"] in best_new for r in got] and sum(r["new"] for r in got) == n_new
+    assert ([r["item_id"] for r in got] != [r["item_id"] for r in plain]) == (natural_new < m)  # changed only where needed
+    user = table[indices(history)].mean(axis=0)
+    np.testing.assert_allclose([r["score"] for r in got], [table[int(r["item_id"][1:])] @ user for r in got], atol=SCORE_TOL)
+
+
+def test_new_items_requests_are_checked_and_reported(new_service, service):
+    with pytest.raises(pydantic.ValidationError, match=r"'new_items' \(6\) is more than 'k' \(5\): reserve at most k places"):
+        new_service.recommend(history=["i001"], k=5, new_items=6)
+    with pytest.raises(pydantic.ValidationError, match=r"new_items\n  Input should be greater than or equal to 0"):
+        new_service.recommend(history=["i001"], k=5, new_items=-1)
+    assert new_service.metadata().n_new_items == len(NEW) and service.metadata().n_new_items == 0
+    # A bundle that marks no item new: nothing to reserve places for, the ranking as it is.
+    assert service.recommend(history=["i003"], k=5, new_items=3).model_dump() == service.recommend(history=["i003"], k=5).model_dump()
+
+
+def test_new_items_without_item_vectors_come_from_the_graphs_list(tmp_path, new_service):
+    bundle = make_tiny_bundle(tmp_path / "b", n_items=N_ITEMS, dim=DIM, seed=SEED, item_vectors=False, new_items=NEW)
+    bare = load_service(save_bundle_to_store(bundle))
+    ids = lambda response: [r["item_id"] for r in response.model_dump()["items"]]  # noqa: E731
+    # The tiny graph returns its whole catalog (30 < MAX_K), so the answer is the same as with the item table.
+    assert ids(bare.recommend(history=["i003", "i005"], k=6, new_items=4)) == ids(new_service.recommend(history=["i003", "i005"], k=6, new_items=4))
+
+
 def guarded(module, method: str, path: str, chunks: list[bytes], headers: dict[str, str] | None = None):
     """(status, body, what the app behind it read) for one request through RequestGuard, in-process."""
     seen = []

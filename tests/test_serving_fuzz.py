@@ -53,7 +53,7 @@ METADATA_OPERATION = {
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.mktemp("fuzz") / "bundle")
+    return make_tiny_bundle(tmp_path_factory.mktemp("fuzz") / "bundle", new_items=[2, 7, 19])  # new_items has places to keep
 
 
 @pytest.fixture(scope="module")

@@ -108,16 +108,17 @@ def _graph(table: np.ndarray) -> onnx.ModelProto:
 
 
 def make_tiny_bundle(
-    directory: Path, n_items: int = 30, dim: int = 8, seed: int = 0, item_vectors: bool = True
+    directory: Path, n_items: int = 30, dim: int = 8, seed: int = 0, item_vectors: bool = True, new_items: Sequence[int] = ()
 ) -> Path:
-    """Write model.onnx, items.json, users.json, manifest.json (and item_vectors.npy) into `directory`."""
+    """Write model.onnx, items.json, users.json, manifest.json (and item_vectors.npy) into `directory`;
+    the indices in `new_items` are marked new (no training interactions) in items.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     table = embeddings(n_items, dim, seed)
     onnx.save(_graph(table), directory / contract.MODEL_FILE)
     if item_vectors:
         np.save(directory / contract.ITEM_VECTORS_FILE, table)
-    items = [{"item_id": item_id(i), "title": f"Item {i}"} for i in range(1, n_items + 1)]
+    items = [{"item_id": item_id(i), "title": f"Item {i}"} | ({"new": True} if i in new_items else {}) for i in range(1, n_items + 1)]
     rng = np.random.default_rng(seed + 1)
     users = {f"u{u}": [item_id(int(i)) for i in rng.integers(1, n_items + 1, size=3 + 2 * u)]
              for u in range(4)}

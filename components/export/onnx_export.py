@@ -162,14 +162,18 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
     return report
 
 
-def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict, item_vectors: np.ndarray | None = None) -> Path:
-    """The model bundle (serving/contract.py): what the Bento model store holds and the service loads."""
+def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict, item_vectors: np.ndarray | None = None, new_items: list[bool] | None = None) -> Path:
+    """The model bundle (serving/contract.py): what the Bento model store holds and the service loads.
+    `new_items[i]` marks item i + 1 as new: no training interactions (the service can reserve places for them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if item_vectors is not None:
         np.save(out_dir / contract.ITEM_VECTORS_FILE, item_vectors.astype(np.float32))
     if onnx_path.resolve() != (out_dir / contract.MODEL_FILE).resolve():
         (out_dir / contract.MODEL_FILE).write_bytes(onnx_path.read_bytes())
     items = [{"item_id": i, "title": t} for i, t in zip(item_ids, titles)]
+    for row, is_new in zip(items, new_items or []):
+        if is_new:
+            row["new"] = True
     (out_dir / contract.ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
     (out_dir / contract.USERS_FILE).write_text(json.dumps(users, ensure_ascii=False))
     (out_dir / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))

@@ -31,10 +31,13 @@ class PredictConfig:
     k: int = 10  # items per user, 1..MAX_K (the exported graph returns at most MAX_K)
     exclude_seen: bool = True  # never recommend an item of the user's history (the service's default)
     batch_size: int = 1024  # histories per ONNX Runtime call; also the progress-bar step
+    new_items: int = 0  # keep at least this many of the k places for new items (the service's `new_items`)
 
     def __post_init__(self):
         if not 1 <= self.k <= MAX_K:
             raise BehaviorflowError(f"k ({self.k}) must be between 1 and {MAX_K}: the exported graph returns at most {MAX_K} items")
+        if not 0 <= self.new_items <= self.k:
+            raise BehaviorflowError(f"new_items ({self.new_items}) must be between 0 and k ({self.k})")
         if self.batch_size < 1:
             raise BehaviorflowError(f"batch_size ({self.batch_size}) must be at least 1")
 
@@ -121,7 +124,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
 
 
 def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> None:
-    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size))
+    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_items))
     for user, history in batch:
         sink.write(f"{user}\t{' '.join(next(ranked) if history else [])}\n")
 
