@@ -39,6 +39,16 @@ OFFLINE_ENV = {
 }
 
 
+def resolve_device(name: str):
+    """The torch device a `device` setting names: "auto" = cuda when torch sees a GPU, else cpu; any other
+    name as torch spells it (cpu, cuda, cuda:1). Training and the text encoder both read it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def home() -> Path:
     """The state folder (created on demand)."""
     path = Path(os.environ.get("BEHAVIORFLOW_HOME", ".behaviorflow")).resolve()

@@ -57,7 +57,7 @@ MAX_BECAUSE = 3  # history items quoted as the reason for one recommendation
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full history and a full candidate list of 100-character ids (~310 kB) fit 3x
 
 
-def keep_new_items(picks: list[tuple[int, float]], new_ranked: list[tuple[int, float]], new: set[int], k: int, m: int) -> list[tuple[int, float]]:
+def keep_new_items(picks: list[tuple[int, float]], new_ranked: list[tuple[int, float]], new: frozenset[int], k: int, m: int) -> list[tuple[int, float]]:
     """The top k of `picks` ((index, score), best first) with at least m new items, as far as there are any:
     where the first k hold c < m items of `new`, the best of `new_ranked` (new items, best first) not already
     among them take the places of the m - c lowest-ranked others. Score order is kept (the added items
@@ -71,18 +71,6 @@ def keep_new_items(picks: list[tuple[int, float]], new_ranked: list[tuple[int, f
     others = [p for p in top if p[0] not in new][: k - len(have) - len(added)]
     kept = {i for i, _ in have + others}
     return [p for p in top if p[0] in kept] + sorted(added, key=lambda p: -p[1])
-
-
-def best_new_items(new_items: np.ndarray, item_vectors: np.ndarray | None, user_vector, picks: list[tuple[int, float]], banned: set[int], enough: int) -> list[tuple[int, float]]:
-    """The best new items (indices `new_items`) that may be recommended, (index, score) best first, at least
-    `enough` of them where there are: scored with the item table (user_vector · item_vectors, as the graph
-    scores); without one, those among the graph's answer `picks`."""
-    if item_vectors is None:
-        new = set(new_items.tolist())
-        return [p for p in picks if p[0] in new]
-    scores = item_vectors[new_items] @ np.asarray(user_vector, dtype=np.float32)
-    order = np.argsort(-scores, kind="stable")[: enough + len(banned)]  # the banned ones are skipped below
-    return [(int(new_items[j]), float(scores[j])) for j in order if int(new_items[j]) not in banned]
 
 
 def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -109,7 +97,9 @@ class Bundle:
         self.item_ids: list[str] = [row["item_id"] for row in items]
         self.titles: list[str] = [row["title"] for row in items]
         self.index_of: dict[str, int] = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.new_items: list[int] = [i + 1 for i, row in enumerate(items) if row.get("new")]  # indices, ascending
+        # Items with no training interactions ("new" in items.json): indices, ascending, and as a set.
+        self.new_items = np.array([i + 1 for i, row in enumerate(items) if row.get("new")], dtype=np.int64)
+        self.new_item_set: frozenset[int] = frozenset(self.new_items.tolist())
         users_path = self.path / USERS_FILE
         load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
         self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}
@@ -118,6 +108,20 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    def with_new_items(self, picks: list[tuple[int, float]], k: int, m: int, user_vector, banned: set[int], item_vectors: np.ndarray | None) -> list[tuple[int, float]]:
+        """The top k of the graph's allowed `picks` ((index, score), best first), keeping at least m places for
+        new items (RecommendRequest.new_items; keep_new_items). The new items are scored with `item_vectors`
+        (user_vector · item_vectors, as the graph scores) when the bundle has them, else taken from `picks`."""
+        if not m or not self.new_item_set:
+            return picks[:k]
+        if item_vectors is None:
+            new_ranked = [p for p in picks if p[0] in self.new_item_set]
+        else:
+            scores = item_vectors[self.new_items] @ np.asarray(user_vector, dtype=np.float32)
+            order = np.argsort(-scores, kind="stable")[: k + m + len(banned)]  # enough once the banned are skipped
+            new_ranked = [(int(self.new_items[j]), float(scores[j])) for j in order if int(self.new_items[j]) not in banned]
+        return keep_new_items(picks, new_ranked, self.new_item_set, k, m)
 
     def item_vectors(self) -> np.ndarray | None:
         """The item table [n_items + 1, d] float32 of ITEM_VECTORS_FILE, or None when the bundle has none."""

@@ -60,17 +60,14 @@ class BundleRanker:
     def __init__(self, bundle_dir: Path):
         self.bundle = contract.Bundle(bundle_dir)
         self.session = ort_session(self.bundle.model_path)
-        self.new_items = np.asarray(self.bundle.new_items, dtype=np.int64)
         self._item_vectors: np.ndarray | None = None  # loaded on the first call that keeps places for new items
 
     def topk(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256, new_items: int = 0) -> list[list[str]]:
         """Top-k item ids, best first, for histories of item ids (oldest first); with `new_items` = m, at
         least m of them new items where the bundle has them (the service's `new_items`)."""
         index_of, item_ids = self.bundle.index_of, self.bundle.item_ids
-        reserve = new_items > 0 and len(self.new_items) > 0
-        if reserve and self._item_vectors is None:
+        if new_items and self.bundle.new_item_set and self._item_vectors is None:
             self._item_vectors = self.bundle.item_vectors()
-        new = set(self.bundle.new_items)
         out: list[list[str]] = []
         for start in range(0, len(histories), batch_size):
             chunk = [[index_of[i] for i in h if i in index_of] for h in histories[start : start + batch_size]]
@@ -81,8 +78,6 @@ class BundleRanker:
             for history, row_items, row_scores, user in zip(chunk, items.tolist(), scores.tolist(), users):
                 banned = set(history) if exclude_seen else set()
                 ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
-                if reserve:
-                    candidates = contract.best_new_items(self.new_items, self._item_vectors, user, ranked, banned, k + new_items)
-                    ranked = contract.keep_new_items(ranked, candidates, new, k, new_items)
-                out.append([item_ids[i - 1] for i, _ in ranked[:k]])
+                ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, self._item_vectors)
+                out.append([item_ids[i - 1] for i, _ in ranked])
         return out

@@ -89,8 +89,6 @@ from serving.contract import (
     ScoreRequest,
     ScoreResponse,
     ServiceMetadata,
-    best_new_items,
-    keep_new_items,
     pad_histories,
 )
 from serving import bentoml_fixes
@@ -312,8 +310,6 @@ class Recommender:
         self.created_at = self.model_ref.info.creation_time.isoformat()
         self.bundle = Bundle(self.model_ref.path)
         self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
-        self.new_items = np.asarray(self.bundle.new_items, dtype=np.int64)  # items with no training interactions
-        self._new = set(self.bundle.new_items)
         self._check_bundle()
         self.shadow = _shadow_recorder()  # None unless serve --shadow configured a challenger
         if BATCHING:
@@ -353,10 +349,7 @@ class Recommender:
         # K covers the whole catalog, and -inf is not even valid JSON.
         banned = {PAD_INDEX, *history} if request.exclude_seen else {PAD_INDEX}
         picks = [(i, s) for i, s in zip(ranked.items, ranked.scores) if i not in banned and s != _EXCLUDED]
-        if request.new_items and self._new:
-            picks = keep_new_items(picks, best_new_items(self.new_items, self.item_vectors, ranked.user_vector, picks, banned, request.k + request.new_items), self._new, request.k, request.new_items)
-        else:
-            picks = picks[: request.k]
+        picks = self.bundle.with_new_items(picks, request.k, request.new_items, ranked.user_vector, banned, self.item_vectors)
         because = self._because(window, [i for i, _ in picks])
         if self.shadow is not None:  # queued for a background thread: adds no latency to this answer
             history_ids = [self.bundle.item_ids[i - 1] for i in history]
@@ -364,7 +357,7 @@ class Recommender:
         return RecommendResponse(
             items=[
                 Recommendation(
-                    item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=s, because=why, new=i in self._new
+                    item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=s, because=why, new=i in self.bundle.new_item_set
                 )
                 for (i, s), why in zip(picks, because)
             ],
@@ -414,7 +407,7 @@ class Recommender:
             n_users=len(self.bundle.users),
             max_len=self.bundle.max_len,
             can_score=self.item_vectors is not None,
-            n_new_items=len(self.new_items),
+            n_new_items=len(self.bundle.new_items),
             limits={
                 "k": MAX_K,
                 "history": MAX_HISTORY,

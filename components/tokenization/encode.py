@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from components.errors import BehaviorflowError
+from components.settings import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
     from tqdm.auto import tqdm
 
     tokens = tokenize_items(texts, config, cache_dir)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device)
+    device = resolve_device(config.device)
     model = _load("model", config).eval().to(device)
     log.info("embedding %d item texts on %s", len(texts), device)
     out = []
