@@ -1,8 +1,8 @@
 """Training speed of the text-aware SASRec, CPU vs CUDA side by side in one run, on generated data
 shaped like ML-1M (6,040 users, 3,416 items, histories cut to 200, LM text width 384).
 
-Each device runs the same optimizer steps (forward, full-catalog cross-entropy, backward, Adam) on the
-same batches; the first steps are warm-up and not timed. It reports ms per step, sequences per second,
+Each device runs the training loop's own step (`optimizer_step`: forward, full-catalog cross-entropy,
+backward, gradient clipping, Adam) on the same batches; the first steps are warm-up and not timed. It reports ms per step, sequences per second,
 the implied epoch time and the CUDA / CPU ratio, and writes them as JSON.
 
     python benchmarks/train_speed.py                      # every device torch sees; CPU limited to 2 threads
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
-from components.training.train import TrainConfig, next_item_loss, training_pairs  # noqa: E402
+from components.training.train import TrainConfig, optimizer_step, training_pairs  # noqa: E402
 from serving.contract import pad_histories  # noqa: E402
 
 
@@ -57,11 +57,7 @@ def time_steps(device: str, sequences, model_cfg, text, batch_size: int, steps: 
         padded = torch.from_numpy(pad_histories([sequences[i] for i in rows], model_cfg.max_len + 1)).to(device)
         sync()
         start = time.perf_counter()
-        loss = next_item_loss(model, padded[:, :-1], padded[:, 1:], config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()
+        optimizer_step(model, optimizer, padded, config).item()
         sync()
         if step >= warmup:
             timed.append(time.perf_counter() - start)

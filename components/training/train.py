@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from components.evaluation import metrics_from_ranks, model_topk, ranks_from_topk
 from components.models.text_sasrec import TextSASRec
+from components.settings import resolve_device
 from serving.contract import pad_histories
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,6 @@ def new_model(config, text_embeddings: np.ndarray, has_id: np.ndarray, seed: int
     return TextSASRec(config, torch.from_numpy(text_embeddings), torch.from_numpy(has_id))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def training_pairs(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
     """The last max_len + 1 steps of each training sequence with at least two steps."""
     return [s[-(max_len + 1) :] for s in train if len(s) >= 2]
@@ -126,6 +121,18 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
     negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))  # accidental hits
     logits = torch.cat([positive, negative], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
+
+
+def optimizer_step(model: TextSASRec, optimizer: torch.optim.Optimizer, padded: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """One training step on a batch of left-padded sequences [B, max_len + 1]: the next-item loss, its
+    gradients (norm clipped to 1) and the optimizer's update. Returns the loss."""
+    inputs, targets = padded[:, :-1], padded[:, 1:]  # (B, T): predict step t+1 from steps ≤ t
+    loss = next_item_loss(model, inputs, targets, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss
 
 
 def lr_factor(step: int, elapsed_s: float, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -189,12 +196,7 @@ def train_model(
         for step in bar:
             batch = [sequences[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             padded = torch.from_numpy(pad_histories(batch, model.cfg.max_len + 1)).to(device)
-            inputs, targets = padded[:, :-1], padded[:, 1:]  # (B, T): predict step t+1 from steps ≤ t
-            loss = next_item_loss(model, inputs, targets, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            loss = optimizer_step(model, optimizer, padded, config)
             schedule.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
