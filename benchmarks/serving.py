@@ -4,7 +4,7 @@ One run measures, on this machine:
 
 1. In-process latency of the exported inference path (history -> top-100): torch eager (`TopKGraph`
    under `torch.inference_mode`) vs ONNX Runtime fp32 vs ONNX Runtime int8, at batch 1 and 64 and at
-   history lengths 50 and max_len, interleaved call by call, warm-up first; median and p95 per call.
+   history lengths 50 and max_len, engine by engine in alternating blocks (see `inprocess`), warm-up first; median and p95 per call.
 2. The int8 decision of `components.export.quantize_int8` (NDCG@10 drop and top-10 overlap vs fp32 on
    the model's test split) — only meaningful on a trained model with real targets.
 3. Packaging of the served model as the flow does it: bundle (with item vectors) -> Bento model store
@@ -253,7 +253,16 @@ def summarize(seconds: list[float]) -> dict:
 
 
 def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
-    """Interleaved timings of torch eager and each ONNX graph on the same batches."""
+    """Timings of torch eager and each ONNX graph on the same batches, engine by engine in alternating blocks.
+
+    Not call by call: ONNX Runtime's worker threads keep spinning for a while after a call returns
+    (`session.intra_op.allow_spinning`, on by default and in the service), so a torch call made right
+    after an ORT call shares the 2 cores with them. Interleaving call by call timed torch at batch 64,
+    length 200, at ~55 ms against ~25 ms alone, and made ONNX look 1.4-3.8x faster than it is. Here each
+    engine runs `--block` calls in a row; the first call of every block (the one that can overlap the
+    previous engine's spinning threads) is run but not counted, and the blocks rotate engines round by
+    round, so slow drift still hits every engine alike.
+    """
     import onnxruntime as ort
     import torch
 
@@ -283,11 +292,14 @@ def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
                     for _ in range(args.warmup):
                         run()
                 times: dict[str, list[float]] = {name: [] for name in engines}
-                for _ in range(args.reps):
-                    for name, run in engines.items():  # interleaved: drift hits every engine alike
-                        started = time.perf_counter()
-                        run()
-                        times[name].append(time.perf_counter() - started)
+                names = list(engines)
+                for round_ in range(math.ceil(args.reps / args.block)):
+                    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                        engines[name]()  # absorbs the previous engine's spinning threads; not counted
+                        for _ in range(min(args.block, args.reps - len(times[name]))):
+                            started = time.perf_counter()
+                            engines[name]()
+                            times[name].append(time.perf_counter() - started)
                 for name, t in times.items():
                     rows.append({"model": mut.name, "engine": name, "batch": batch, "seq": length, **summarize(t)})
                 log.info(
@@ -813,6 +825,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lengths", default="50,0", help="history lengths; 0 = the model's max_len")
     g.add_argument("--reps", type=int, default=100)
     g.add_argument("--warmup", type=int, default=10)
+    g.add_argument("--block", type=int, default=10, help="in-process calls per engine in a row (plus one uncounted call first)")
     g = parser.add_argument_group("load")
     g.add_argument("--services", default="batched,unbatched", help=f"comma-separated, of {', '.join(SERVICES)}")
     g.add_argument("--concurrency", default="1,8,32,64", help="closed-loop locust users, no think time")
