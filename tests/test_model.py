@@ -158,8 +158,30 @@ def test_imputed_item_loss_adds_the_cross_entropy_of_the_catalog_as_new_items():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.imputer.parameters())
     with pytest.raises(ValueError, match="imputed_loss_weight must be >= 0"):
         TrainConfig(imputed_loss_weight=-1.0)
-    with pytest.raises(ValueError, match="needs the full softmax"):
-        TrainConfig(imputed_loss_weight=0.5, sampled_negatives=8)
+    with pytest.raises(ValueError, match="imputed_loss_trains 'ids' is not one of all, imputer"):
+        TrainConfig(imputed_loss_trains="ids")
+
+
+def test_imputed_item_loss_can_train_the_imputer_alone():
+    from components.training.train import next_item_loss
+
+    def grads(config: TrainConfig) -> dict[str, torch.Tensor]:
+        model = tiny(id_dropout=0.0)  # the same weights on every call (seeded); eval: no dropout
+        inputs, targets = torch.tensor([[0, 1, 2], [1, 2, 3]]), torch.tensor([[1, 2, 3], [2, 3, 4]])
+        next_item_loss(model, inputs, targets, config).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(TrainConfig())
+    imputer_only = grads(TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0, imputed_loss_trains="imputer"))
+    everything = grads(TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0, imputed_loss_trains="all"))
+    imputer = {n for n in plain if n.startswith("imputer.")}
+    assert imputer and all(plain[n].abs().sum() == 0 for n in imputer)  # without id dropout: no teacher
+    for name in set(plain) - imputer:  # every other weight gets exactly the plain loss's gradient
+        torch.testing.assert_close(imputer_only[name], plain[name], msg=name)
+    assert all(imputer_only[n].abs().sum() > 0 for n in imputer)
+    # "all" lets the same loss move the transformer and the text projection too.
+    assert not torch.allclose(everything["text_proj.weight"], plain["text_proj.weight"])
+    assert not torch.allclose(everything["blocks.0.attn.qkv.weight"], plain["blocks.0.attn.qkv.weight"])
 
 
 def test_id_only_variant_ignores_text():

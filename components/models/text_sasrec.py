@@ -164,12 +164,15 @@ class TextSASRec(nn.Module):
                 table = table + imputed * (1.0 - keep)
         return self._without_padding(table)
 
-    def imputed_table(self) -> torch.Tensor:
+    def imputed_table(self, imputer_only: bool = False) -> torch.Tensor:
         """Every item as if it had never been trained: text plus the imputed id [n_items + 1, d_model]
-        (row 0 zero). What a brand-new item looks like to the model; used by the imputed-item loss."""
+        (row 0 zero). What a brand-new item looks like to the model; used by the imputed-item loss.
+        imputer_only: gradients reach the imputer alone (the text projection is taken as fixed)."""
         if self.text_proj is None:
             raise ValueError("imputed_table needs text (use_text=True)")
         table = self.text_proj(self.text_table)
+        if imputer_only:
+            table = table.detach()
         imputed = self._imputed_ids()
         if imputed is not None:
             table = table + imputed

@@ -48,17 +48,23 @@ class TrainConfig:
     #   on the id_dropout share (text models with ids only; full softmax only)
     imputed_loss_share: float = 0.25  # share of a batch's steps that the imputed-item loss scores (it costs a
     #   second steps × catalog score matrix)
+    imputed_loss_trains: str = "all"  # what the imputed-item loss updates: "all" (every weight it touches: the
+    #   transformer, the text projection, the imputer), or "imputer" (the imputer alone: user states and text
+    #   projections are held fixed for it, so it cannot bend the warm items' scores towards the cold path)
 
     def __post_init__(self):
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if self.imputed_loss_weight < 0 or not 0 < self.imputed_loss_share <= 1:
             raise ValueError(f"imputed_loss_weight must be >= 0 (got {self.imputed_loss_weight}) and imputed_loss_share in (0, 1] (got {self.imputed_loss_share})")
+        if self.imputed_loss_trains not in IMPUTED_LOSS_TRAINS:
+            raise ValueError(f"imputed_loss_trains {self.imputed_loss_trains!r} is not one of {', '.join(IMPUTED_LOSS_TRAINS)}")
         if self.imputed_loss_weight > 0 and self.sampled_negatives > 0:
             raise ValueError("imputed_loss_weight > 0 needs the full softmax (sampled_negatives = 0)")
 
 
 LR_SCHEDULES = ("constant", "cosine")
+IMPUTED_LOSS_TRAINS = ("all", "imputer")
 
 
 @dataclass
@@ -108,7 +114,9 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
             # and imputed id alone, so the cold path learns from every step (not only the dropped ids).
             rows = torch.rand(len(targets), device=hidden.device) < config.imputed_loss_share
             if rows.any():
-                cold_logits = hidden[rows] @ model.imputed_table().T
+                imputer_only = config.imputed_loss_trains == "imputer"
+                states = hidden[rows].detach() if imputer_only else hidden[rows]
+                cold_logits = states @ model.imputed_table(imputer_only=imputer_only).T
                 cold_logits.index_fill_(1, untrained, float("-inf"))
                 loss = loss + config.imputed_loss_weight * F.cross_entropy(cold_logits, targets[rows])
         return loss
