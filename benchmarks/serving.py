@@ -6,7 +6,8 @@ One run measures, on this machine:
    under `torch.inference_mode`) vs ONNX Runtime fp32 vs ONNX Runtime int8, at batch 1 and 64 and at
    history lengths 50 and max_len, engine by engine in alternating blocks (see `inprocess`), warm-up first; median and p95 per call.
 2. The int8 decision of `components.export.quantize_int8` (NDCG@10 drop and top-10 overlap vs fp32 on
-   the model's test split) — only meaningful on a trained model with real targets.
+   the model's test split, and its speed per single-history call) — only meaningful on a trained model
+   with real targets.
 3. Packaging of the served model as the flow does it: bundle (with item vectors) -> Bento model store
    -> `bentoml build` -> `.bento` archive (its size), and `bentoml serve <bento>` time to /readyz.
 4. Load: locust (headless, FastHttpUser) POSTing /recommend with real user ids and histories from the

@@ -158,7 +158,7 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
     quantization = None
     if config.export.try_int8:
         ex = config.export
-        quantization = quantize_int8(onnx_path, run_dir / "model.int8.onnx", test_inputs, test_targets, max_len, ex.int8_max_ndcg_drop, ex.int8_min_top10_overlap)
+        quantization = quantize_int8(onnx_path, run_dir / "model.int8.onnx", test_inputs, test_targets, max_len, ex.int8_max_ndcg_drop, ex.int8_min_top10_overlap, ex.int8_min_speedup)
         log_json("quantization.json", quantization.to_dict())
     served = run_dir / "model.int8.onnx" if quantization and quantization.accepted else onnx_path
     users = {u: [prepared.item_ids[i - 1] for i in seq[-max_len:]] for u, seq in zip(prepared.user_ids, prepared.sequences)}

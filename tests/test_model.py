@@ -1,5 +1,7 @@
 """The text-aware SASRec: shapes, causality, cold items, and torch ↔ ONNX Runtime parity."""
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -297,6 +299,14 @@ def test_int8_variant_is_measured_and_gated(tmp_path):
     report = quantize_int8(fp32, tmp_path / "m.int8.onnx", histories, targets, max_len=12)
     assert report.cases == 200 and 0.0 <= report.top10_overlap <= 1.0
     assert report.bytes_int8 > 0 and (tmp_path / "m.int8.onnx").exists()
-    assert report.accepted == (report.relative_drop <= 0.01 and report.top10_overlap >= 0.9)
-    strict = quantize_int8(fp32, tmp_path / "m2.int8.onnx", histories, targets, max_len=12, min_top10_overlap=1.01)
+    assert report.median_ms_fp32 > 0 and report.median_ms_int8 > 0
+    assert report.speedup == pytest.approx(report.median_ms_fp32 / report.median_ms_int8)
+    assert report.accepted == (report.relative_drop <= 0.01 and report.top10_overlap >= 0.9 and report.speedup >= 1.1)
+    strict = quantize_int8(fp32, tmp_path / "m2.int8.onnx", histories, targets, max_len=12, min_top10_overlap=1.01, min_speedup=0)
     assert not strict.accepted and strict.reason.startswith("fp32 served: top-10 overlap with fp32 is")
+    assert strict.speedup == 0 and "per history" not in strict.reason  # 0: speed not checked
+    slow = quantize_int8(fp32, tmp_path / "m3.int8.onnx", histories, targets, max_len=12, min_top10_overlap=0, min_speedup=100)
+    assert not slow.accepted
+    assert re.fullmatch(r"fp32 served: int8 is \d+\.\d\dx as fast per history \([\d.]+ vs [\d.]+ ms\); it must be ≥ 100x to be worth its quality loss", slow.reason), slow.reason
+    lenient = quantize_int8(fp32, tmp_path / "m4.int8.onnx", histories, targets, max_len=12, max_ndcg_drop=1, min_top10_overlap=0, min_speedup=0.01)
+    assert lenient.accepted and lenient.reason.startswith("int8 served: NDCG@10") and "as fast per history" in lenient.reason

@@ -30,9 +30,11 @@ class ExportConfig:
     probe_size: int = 256  # histories in the parity probe set
     score_atol: float = 1e-4  # fp32 kernels differ slightly between torch and ORT; ids must not
     k: int = contract.MAX_K  # the graph returns this many items (capped at the catalog size)
-    try_int8: bool = True  # also build an int8 variant; it is served only if it passes the two checks below
+    try_int8: bool = True  # also build an int8 variant; it is served only if it passes the three checks below
     int8_max_ndcg_drop: float = 0.01  # relative NDCG@10 drop vs fp32 tolerated on the test cases
     int8_min_top10_overlap: float = 0.9  # mean share of fp32's top-10 that int8 keeps
+    int8_min_speedup: float = 1.1  # and int8 must answer one history this many times faster than fp32 here
+    #   (dynamic quantization can be slower on small models); 0 = no speed check
 
 
 @dataclass
