@@ -307,6 +307,6 @@ def test_int8_variant_is_measured_and_gated(tmp_path):
     assert strict.speedup == 0 and "per history" not in strict.reason  # 0: speed not checked
     slow = quantize_int8(fp32, tmp_path / "m3.int8.onnx", histories, targets, max_len=12, min_top10_overlap=0, min_speedup=100)
     assert not slow.accepted
-    assert re.fullmatch(r"fp32 served: int8 is \d+\.\d\dx as fast per history \([\d.]+ vs [\d.]+ ms\); it must be ≥ 100x to be worth its quality loss", slow.reason), slow.reason
+    assert re.fullmatch(r"fp32 served: int8 is \d+\.\d\dx as fast per history \([\d.]+ vs [\d.]+ ms\), below the 100x that would justify serving an approximation", slow.reason), slow.reason
     lenient = quantize_int8(fp32, tmp_path / "m4.int8.onnx", histories, targets, max_len=12, max_ndcg_drop=1, min_top10_overlap=0, min_speedup=0.01)
     assert lenient.accepted and lenient.reason.startswith("int8 served: NDCG@10") and "as fast per history" in lenient.reason

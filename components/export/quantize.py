@@ -120,7 +120,7 @@ def quantize_int8(
         speedup = ms_fp32 / ms_int8
         speed = f"{speedup:.2f}x as fast per history ({ms_int8:.3f} vs {ms_fp32:.3f} ms)"
         if speedup < min_speedup:
-            problems.append(f"int8 is {speed}; it must be ≥ {min_speedup}x to be worth its quality loss")
+            problems.append(f"int8 is {speed}, below the {min_speedup}x that would justify serving an approximation")
     accepted = not problems
     reason = (
         f"int8 served: NDCG@10 {ndcg_int8:.4f} vs fp32 {ndcg_fp32:.4f} (change {-drop:+.2%}), top-10 overlap {overlap:.3f}"
