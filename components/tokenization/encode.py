@@ -94,7 +94,8 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
         log.info("embeddings: cache hit %s", path.name)
         return np.load(path)
     import torch
-    from tqdm.auto import tqdm
+
+    from components.progress import progress as report_progress
 
     tokens = tokenize_items(texts, config, cache_dir)
     device = resolve_device(config.device)
@@ -103,7 +104,7 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
     out = []
     with torch.inference_mode():
         starts = range(0, len(texts), config.batch_size)
-        for start in tqdm(starts, desc="embedding item text", unit="batch", disable=None if progress else True):
+        for start in report_progress(starts, total=len(starts), desc="embedding item text", unit="batch", logger=log, enabled=progress):
             ids = torch.from_numpy(tokens["input_ids"][start : start + config.batch_size])
             mask = torch.from_numpy(tokens["attention_mask"][start : start + config.batch_size])
             keep = int(mask.sum(1).max())  # drop all-padding columns: much faster for short titles

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from components.evaluation import metrics_from_ranks, model_topk, ranks_from_topk
 from components.models.text_sasrec import TextSASRec
+from components.progress import progress
 from components.settings import resolve_device
 from serving.contract import pad_histories
 
@@ -40,7 +41,7 @@ class TrainConfig:
     val_users: int = 2048  # validation cases evaluated each epoch (a fixed random subset when larger)
     seed: int = 0  # weights, dropout and batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    progress: bool = True  # a progress bar per epoch on the terminal
+    progress: bool = True  # progress within each epoch: a bar on a terminal, else a log line every 30 s
     sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
     imputed_loss_weight: float = 0.0  # > 0: add this times the same cross-entropy with every item represented as
@@ -194,13 +195,11 @@ def train_model(
     best_state, best_ndcg, stale, previous_minutes = None, -1.0, 0, 0.0
     log.info("training on %s: %d sequences, %d steps/epoch", device, len(sequences), steps_per_epoch)
 
-    from tqdm.auto import tqdm
-
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         order = rng.permutation(len(sequences))
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step", leave=False, disable=None if config.progress else True)  # None: only on a terminal
+        bar = progress(range(steps_per_epoch), total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", logger=log, enabled=config.progress)
         for step in bar:
             batch = [sequences[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             padded = torch.from_numpy(pad_histories(batch, model.cfg.max_len + 1)).to(device)
