@@ -259,6 +259,31 @@ def test_training_refuses_items_marked_untrained_that_occur_in_training():
         train_model(tiny(), seqs, ([np.array([1])], np.array([2])), TrainConfig(max_epochs=1, progress=False))
 
 
+def test_training_refuses_a_catalog_whose_scores_cannot_fit_in_memory(monkeypatch):
+    import components.training.train as train_module
+    from components.errors import BehaviorflowError
+
+    # 10 sequences of 6 steps (5 targets each); batch 4 -> the largest batch has 20 targets.
+    seqs = [np.array([(s + t) % (N_ITEMS - 5) + 1 for t in range(6)]) for s in range(10)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    full = 3 * 20 * (N_ITEMS + 1) * 4  # bytes: 3 score matrices of 20 targets × (catalog + padding)
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: full - 1)
+    config = TrainConfig(max_epochs=1, batch_size=4, progress=False)
+    with pytest.raises(BehaviorflowError) as refused:
+        train_model(tiny(), seqs, valid, config)
+    assert str(refused.value) == (
+        f"one training step would need about {full / 2**30:.1f} GiB for its scores (up to 20 next-item targets in a batch × "
+        f"{N_ITEMS + 1} items, float32, with softmax and gradient), more than the {(full - 1) / 2**30:.1f} GiB available on cpu: "
+        "set train.sampled_negatives (e.g. 8192: each step then scores that many sampled items, not the whole catalog) "
+        "or a smaller train.batch_size (now 4)"
+    )
+    # Both fixes it names fit in the same memory: 8 sampled items, or batches of 3 (15 targets).
+    assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=4, progress=False, sampled_negatives=8)).curve) == 1
+    assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=3, progress=False)).curve) == 1
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: None)  # unknown: nothing checked
+    assert len(train_model(tiny(), seqs, valid, config).curve) == 1
+
+
 def test_onnx_export_matches_torch(tmp_path):
     model = tiny()
     path = export_onnx(model, tmp_path / "m.onnx", ExportConfig(k=contract.MAX_K))
