@@ -273,13 +273,16 @@ def test_training_refuses_a_catalog_whose_scores_cannot_fit_in_memory(monkeypatc
         train_model(tiny(), seqs, valid, config)
     assert str(refused.value) == (
         f"one training step would need about {full / 2**30:.1f} GiB for its scores (up to 20 next-item targets in a batch × "
-        f"{N_ITEMS + 1} items, float32, with softmax and gradient), more than the {(full - 1) / 2**30:.1f} GiB available on cpu: "
-        "set train.sampled_negatives (e.g. 8192: each step then scores that many sampled items, not the whole catalog) "
-        "or a smaller train.batch_size (now 4)"
+        f"{N_ITEMS + 1} items, float32, with softmax and gradient), more than the {(full - 1) / 2**30:.1f} GiB available on cpu; "
+        "train.sampled_negatives up to 39 (each step then scores that many sampled items, not the whole catalog) "
+        "or train.batch_size up to 3 (now 4) would fit"
     )
-    # Both fixes it names fit in the same memory: 8 sampled items, or batches of 3 (15 targets).
-    assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=4, progress=False, sampled_negatives=8)).curve) == 1
+    # Both fixes it names fit in the same memory: 39 sampled items, or batches of 3 (15 targets).
+    assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=4, progress=False, sampled_negatives=39)).curve) == 1
     assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=3, progress=False)).curve) == 1
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: 1)
+    with pytest.raises(BehaviorflowError, match=r"available on cpu; even one sequence does not fit: lower model.max_len$"):
+        train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=4, progress=False, sampled_negatives=8))
     monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: None)  # unknown: nothing checked
     assert len(train_model(tiny(), seqs, valid, config).curve) == 1
 

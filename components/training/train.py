@@ -169,21 +169,29 @@ def check_score_memory(sequences: list[np.ndarray], n_columns: int, config: Trai
     """Refuse, before training starts, a fit whose largest batch cannot hold its score matrix in memory.
 
     Killed for memory mid-run, a fit loses everything and says nothing; this names the numbers and the
-    two settings that fix it. Only a certain failure is refused: the estimate counts the smallest peak.
+    settings that would fit. Only a certain failure is refused: the estimate counts the smallest peak.
     """
     steps = np.sort([len(s) - 1 for s in sequences])[::-1]
     rows = int(steps[: config.batch_size].sum())  # the batch with the most next-item targets
-    need = SCORE_MATRICES_AT_PEAK * rows * n_columns * 4
+    per_score = SCORE_MATRICES_AT_PEAK * 4  # bytes
+    need = per_score * rows * n_columns
     free = available_memory_bytes(device)
     log.info("scores per step: up to %d steps × %d items, ~%.2f GiB at the peak%s", rows, n_columns, need / 2**30,
              "" if free is None else f" ({free / 2**30:.1f} GiB available on {device})")
-    if free is not None and need > free:
-        raise BehaviorflowError(
-            f"one training step would need about {need / 2**30:.1f} GiB for its scores (up to {rows:,} next-item targets in a "
-            f"batch × {n_columns:,} items, float32, with softmax and gradient), more than the {free / 2**30:.1f} GiB available "
-            f"on {device}: set train.sampled_negatives (e.g. 8192: each step then scores that many sampled items, not "
-            f"the whole catalog) or a smaller train.batch_size (now {config.batch_size})"
-        )
+    if free is None or need <= free:
+        return
+    fits = []
+    negatives = free // (per_score * rows) - 1  # sampled items per step that would fit at this batch size
+    if config.sampled_negatives == 0 and negatives >= 1:
+        fits.append(f"train.sampled_negatives up to {negatives:,} (each step then scores that many sampled items, not the whole catalog)")
+    batch = int(np.searchsorted(np.cumsum(steps), free // (per_score * n_columns), side="right"))  # largest batch that fits
+    if batch >= 1:
+        fits.append(f"train.batch_size up to {batch:,} (now {config.batch_size:,})")
+    raise BehaviorflowError(
+        f"one training step would need about {need / 2**30:.1f} GiB for its scores (up to {rows:,} next-item targets in a "
+        f"batch × {n_columns:,} items, float32, with softmax and gradient), more than the {free / 2**30:.1f} GiB available "
+        f"on {device}; " + (" or ".join(fits) + " would fit" if fits else "even one sequence does not fit: lower model.max_len")
+    )
 
 
 def lr_factor(step: int, elapsed_s: float, steps_per_epoch: int, config: TrainConfig) -> float:
