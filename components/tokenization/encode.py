@@ -86,7 +86,7 @@ def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path)
     return tokens
 
 
-def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, progress: bool = True) -> np.ndarray:
+def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, progress: bool = True, sort_by_length: bool = True) -> np.ndarray:
     """L2-normalised mean-pooled sentence embeddings [n_items, hidden] (float32), cached as .npy."""
     key = fingerprint(texts, config)
     path = cache_dir / f"embeddings-{key}.npy"
@@ -101,18 +101,23 @@ def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, pr
     device = resolve_device(config.device)
     model = _load("model", config).eval().to(device)
     log.info("embedding %d item texts on %s", len(texts), device)
-    out = []
+    embeddings = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    # Longest first, in batches of similar length: each batch is cut to its longest text, so a catalog
+    # that mixes bare titles with long descriptions pads (and computes) far less than in catalog order.
+    # An item's vector does not depend on its batch beyond float rounding (padding is masked out of
+    # attention and the mean).
+    order = np.argsort(-tokens["attention_mask"].sum(1), kind="stable") if sort_by_length else np.arange(len(texts))
     with torch.inference_mode():
         starts = range(0, len(texts), config.batch_size)
         for start in report_progress(starts, total=len(starts), desc="embedding item text", unit="batch", logger=log, enabled=progress):
-            ids = torch.from_numpy(tokens["input_ids"][start : start + config.batch_size])
-            mask = torch.from_numpy(tokens["attention_mask"][start : start + config.batch_size])
-            keep = int(mask.sum(1).max())  # drop all-padding columns: much faster for short titles
+            rows = order[start : start + config.batch_size]
+            ids = torch.from_numpy(tokens["input_ids"][rows])
+            mask = torch.from_numpy(tokens["attention_mask"][rows])
+            keep = int(mask.sum(1).max())  # drop all-padding columns
             ids, mask = ids[:, :keep].to(device), mask[:, :keep].to(device)
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
             summed = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            out.append(torch.nn.functional.normalize(summed, dim=-1).float().cpu().numpy())
-    embeddings = np.concatenate(out).astype(np.float32)
+            embeddings[rows] = torch.nn.functional.normalize(summed, dim=-1).float().cpu().numpy()
     np.save(path, embeddings)
     (cache_dir / f"embeddings-{key}.json").write_text(json.dumps({"model": resolve_model_path(config), "items": len(texts)}))
     return embeddings

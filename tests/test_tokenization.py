@@ -1,0 +1,21 @@
+"""Item text embeddings: the same vector for an item whatever batch it is embedded in."""
+
+import numpy as np
+
+from components.tokenization import TextEncoderConfig, embed_items
+
+
+def test_length_sorted_batches_give_each_item_the_vector_it_gets_alone(tmp_path):
+    # Bare titles mixed with long descriptions, in catalog order (short and long neighbours).
+    texts = [
+        "Trail running shoe" if i % 3 else "Trail running shoe. Outdoor. " + "A light shoe with a grippy sole for wet rock and mud. " * (1 + i % 4)
+        for i in range(30)
+    ]
+    sorted_ = embed_items(texts, TextEncoderConfig(batch_size=8, device="cpu"), tmp_path / "sorted", progress=False)
+    in_order = embed_items(texts, TextEncoderConfig(batch_size=8, device="cpu"), tmp_path / "order", progress=False, sort_by_length=False)
+    alone = embed_items(texts, TextEncoderConfig(batch_size=1, device="cpu"), tmp_path / "alone", progress=False)
+    assert sorted_.shape == (30, 384) and sorted_.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(sorted_, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(sorted_, alone, atol=1e-5)  # row i is item i's own vector, not a neighbour's
+    np.testing.assert_allclose(in_order, alone, atol=1e-5)
+    assert not np.allclose(sorted_[0], sorted_[1], atol=1e-3)  # the texts differ, so do their vectors
