@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def main() -> None:
 
     import torch
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     texts = catalog(args.items, args.long_share, args.seed)
     config = TextEncoderConfig(device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +75,7 @@ def main() -> None:
         "long_share": args.long_share,
         "tokens": {"mean": float(lengths.mean()), "max_tokens": config.max_tokens, "at_max": float((lengths == config.max_tokens).mean())},
         "batch_size": config.batch_size,
-        "torch_threads": torch.get_num_threads(),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_at_start": load_at_start, "torch": torch.__version__},
         "seconds": seconds,
         "median_s": median,
         "speedup_sorted": round(median["catalog_order"] / median["sorted"], 2),
