@@ -82,7 +82,7 @@ def main() -> None:
         "max_abs_vector_diff": diff,
         "config": asdict(config),
         "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "git_dirty": bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()),
+        "git_dirty": bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()),
     }
     print(f"sorted {median['sorted']:.1f} s vs catalog order {median['catalog_order']:.1f} s: {result['speedup_sorted']}x; "
           f"largest vector difference {diff:.1e}")
