@@ -254,20 +254,13 @@ def summarize(seconds: list[float]) -> dict:
 
 
 def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
-    """Timings of torch eager and each ONNX graph on the same batches, engine by engine in alternating blocks.
-
-    Not call by call: ONNX Runtime's worker threads keep spinning for a while after a call returns
-    (`session.intra_op.allow_spinning`, on by default and in the service), so a torch call made right
-    after an ORT call shares the 2 cores with them. Interleaving call by call timed torch at batch 64,
-    length 200, at ~55 ms against ~25 ms alone, and made ONNX look 1.4-3.8x faster than it is. Here each
-    engine runs `--block` calls in a row; the first call of every block (the one that can overlap the
-    previous engine's spinning threads) is run but not counted, and the blocks rotate engines round by
-    round, so slow drift still hits every engine alike.
-    """
+    """Timings of torch eager and each ONNX graph on the same batches, engine by engine in alternating
+    blocks of `--block` calls (components.timing.timed_in_turns: why not call by call)."""
     import onnxruntime as ort
     import torch
 
     from components.models.text_sasrec import TopKGraph
+    from components.timing import timed_in_turns
     from serving import contract
 
     graph = TopKGraph(mut.model.cpu().eval(), contract.MAX_K)
@@ -292,15 +285,8 @@ def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
                 for run in engines.values():
                     for _ in range(args.warmup):
                         run()
-                times: dict[str, list[float]] = {name: [] for name in engines}
-                names = list(engines)
-                for round_ in range(math.ceil(args.reps / args.block)):
-                    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                        engines[name]()  # absorbs the previous engine's spinning threads; not counted
-                        for _ in range(min(args.block, args.reps - len(times[name]))):
-                            started = time.perf_counter()
-                            engines[name]()
-                            times[name].append(time.perf_counter() - started)
+                timed = timed_in_turns([lambda i, run=run: run() for run in engines.values()], calls=args.reps, block=args.block)
+                times = dict(zip(engines, timed))
                 for name, t in times.items():
                     rows.append({"model": mut.name, "engine": name, "batch": batch, "seq": length, **summarize(t)})
                 log.info(

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from components.timing import timed_in_turns
 from serving import contract
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,8 @@ def _top10(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size
 
 
 def single_history_latency(paths: Sequence[Path], histories: Sequence[np.ndarray], max_len: int, rounds: int = 4) -> list[float]:
-    """Median milliseconds per call of each graph, one history per call (how the service calls it).
-
-    The graphs take turns in blocks (the order rotates every round), and the first call of each block
-    is not counted: ONNX Runtime's threads keep spinning briefly after a call and would slow whichever
-    graph runs next."""
+    """Median milliseconds per call of each graph, one history per call (how the service calls it): every
+    graph runs through all `histories` once per round, the graphs taking turns (components.timing)."""
     import onnxruntime as ort
 
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
@@ -69,15 +67,8 @@ def single_history_latency(paths: Sequence[Path], histories: Sequence[np.ndarray
         {contract.INPUT_HISTORY: contract.pad_histories([h], max_len), contract.INPUT_EXCLUDE_SEEN: np.ones(1, dtype=bool)}
         for h in histories
     ]
-    times: list[list[float]] = [[] for _ in sessions]
-    for round_ in range(rounds):
-        for i in np.roll(np.arange(len(sessions)), round_):
-            sessions[i].run([contract.OUTPUT_ITEMS], feeds[0])  # warm-up / absorbs the other graph's spinning threads
-            for feed in feeds:
-                started = time.perf_counter()
-                sessions[i].run([contract.OUTPUT_ITEMS], feed)
-                times[i].append(time.perf_counter() - started)
-    return [float(np.median(t)) * 1000 for t in times]
+    runs = [lambda i, s=s: s.run([contract.OUTPUT_ITEMS], feeds[i % len(feeds)]) for s in sessions]
+    return [float(np.median(t)) * 1000 for t in timed_in_turns(runs, calls=rounds * len(feeds), block=len(feeds))]
 
 
 def _ndcg10(top10: np.ndarray, targets: np.ndarray) -> float:
