@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.tokenization import TextEncoderConfig, embed_items, tokenize_items  # noqa: E402
+from ml1m import git_state  # noqa: E402
 
 WORDS = "light grippy sole wet rock mud trail road running walking waterproof breathable mesh leather cushioned stable wide narrow".split()
 
@@ -53,6 +53,7 @@ def main() -> None:
 
     import torch
 
+    commit, dirty = git_state()  # the code the run starts with
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     texts = catalog(args.items, args.long_share, args.seed)
     config = TextEncoderConfig(device="cpu")
@@ -81,8 +82,8 @@ def main() -> None:
         "speedup_sorted": round(median["catalog_order"] / median["sorted"], 2),
         "max_abs_vector_diff": diff,
         "config": asdict(config),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "git_dirty": bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()),
+        "git_commit": commit,
+        "git_dirty": dirty,
     }
     print(f"sorted {median['sorted']:.1f} s vs catalog order {median['catalog_order']:.1f} s: {result['speedup_sorted']}x; "
           f"largest vector difference {diff:.1e}")

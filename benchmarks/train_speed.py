@@ -2,8 +2,9 @@
 shaped like ML-1M (6,040 users, 3,416 items, histories cut to 200, LM text width 384).
 
 Each device runs the training loop's own step (`optimizer_step`: forward, full-catalog cross-entropy,
-backward, gradient clipping, Adam) on the same batches; the first steps are warm-up and not timed. It reports ms per step, sequences per second,
-the implied epoch time and the CUDA / CPU ratio, and writes them as JSON.
+backward, gradient clipping, Adam) on the same batches; the first steps are warm-up and not timed. It
+reports ms per step, sequences per second, the implied epoch time and the CUDA / CPU ratio, and writes
+them as JSON.
 
     python benchmarks/train_speed.py                      # every device torch sees; CPU limited to 2 threads
     python benchmarks/train_speed.py --devices cuda --batch-sizes 128,1024 --out speed.json
