@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.tokenization import TextEncoderConfig, embed_items, tokenize_items  # noqa: E402
-from ml1m import git_state  # noqa: E402
+from provenance import git_state  # noqa: E402
 
 WORDS = "light grippy sole wet rock mud trail road running walking waterproof breathable mesh leather cushioned stable wide narrow".split()
 

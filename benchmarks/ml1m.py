@@ -23,7 +23,6 @@ import gzip
 import json
 import logging
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components import settings  # noqa: E402
+from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
 settings.apply_environment()
 
@@ -161,14 +161,6 @@ def apply_overrides(overrides: list[str], model_cfg: TextSASRecConfig, train_cfg
         else:
             raise SystemExit(f"{where} {text!r}: {key!r} must start with model. or train.")
     return model_cfg, train_cfg
-
-
-def git_state() -> tuple[str, bool]:
-    """(HEAD commit, whether tracked files differ from it): the code a run starts with."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
 def log_mlflow(name: str, params: dict, metrics: dict, curve: list[dict]) -> str:

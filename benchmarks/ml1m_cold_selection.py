@@ -29,10 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, apply_overrides, cold_items, fit, git_state, hr10, load, new_item_places, trained_mask  # noqa: E402
+from ml1m import ROOT, apply_overrides, cold_items, fit, hr10, load, new_item_places, trained_mask  # noqa: E402
 
 
 from components import settings  # noqa: E402
+from provenance import git_state  # noqa: E402
 from components.evaluation import model_topk  # noqa: E402
 from components.evaluation.rankers import model_scores  # noqa: E402
 from components.models.text_sasrec import TextSASRecConfig  # noqa: E402

@@ -76,6 +76,7 @@ sys.path.insert(0, str(ROOT))
 
 from serving.contract import ACCESS_LOG_ENV, BATCHING_ENV  # noqa: E402 (pydantic only, no bentoml)
 from serving.ranking import ORT_THREADS_ENV  # noqa: E402 (onnxruntime is imported lazily there)
+from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
 log = logging.getLogger("benchmarks.serving")
 
@@ -861,10 +862,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def git(*argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -889,11 +886,12 @@ def main(argv=None) -> int:
     from components.export import ExportConfig, check_parity, export_onnx, quantize_int8
 
     torch.set_num_threads(args.threads)
+    commit, dirty = git_state()  # the code the run starts with
     results: dict = {
         "mode": "quick" if args.quick else "full",
         "command": " ".join([Path(sys.executable).name, "benchmarks/serving.py", *(argv if argv is not None else sys.argv[1:])]),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
 from components.training.train import TrainConfig, optimizer_step, training_pairs  # noqa: E402
 from serving.contract import pad_histories  # noqa: E402
+from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
 
 def ml1m_shaped(users: int, items: int, max_len: int, seed: int = 0) -> list[np.ndarray]:
@@ -100,10 +100,10 @@ def main(argv=None) -> dict:
         by = {r["device"]: r for r in rows if r["batch_size"] == batch_size}
         if "cpu" in by and "cuda" in by:
             ratios[f"batch{batch_size}"] = round(by["cpu"]["median_ms_per_step"] / by["cuda"]["median_ms_per_step"], 1)
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    commit, dirty = git_state()
     result = {"rows": rows, "cuda_vs_cpu_speedup": ratios, "sequences": len(sequences), "model": asdict(model_cfg),
-              "torch": torch.__version__, "python": platform.python_version(), "git_commit": git("rev-parse", "HEAD") or None,
-              "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+              "torch": torch.__version__, "python": platform.python_version(), "git_commit": commit or None,
+              "git_dirty": dirty}
     print(f"{'device':<8}{'batch':>7}{'ms/step':>10}{'seq/s':>10}{'epoch s':>10}")
     for r in rows:
         print(f"{r['device']:<8}{r['batch_size']:>7}{r['median_ms_per_step']:>10}{r['sequences_per_s']:>10}{r['epoch_s']:>10}")

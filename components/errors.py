@@ -7,6 +7,14 @@ class BehaviorflowError(Exception):
     """A mistake in input or configuration: the message names what is wrong, where, and what to do."""
 
 
+class ConfigFieldError(BehaviorflowError):
+    """One configuration field has a value it cannot take; `field` names it (so a CLI can name its flag)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class DataContractError(BehaviorflowError):
     """Input data does not follow the data contract (missing file, column, unparseable values)."""
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from components import settings
-from components.errors import BehaviorflowError, GateFailed, ValidationFailed
+from components.errors import BehaviorflowError, ConfigFieldError, GateFailed, ValidationFailed
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
@@ -209,8 +209,8 @@ def cmd_predict(args) -> int:
 
     try:
         config = PredictConfig(k=args.k, exclude_seen=not args.keep_seen, new_items=args.new_items)
-    except BehaviorflowError as exc:
-        raise BehaviorflowError(f"--{'new-items' if 'new_items' in str(exc) else 'k'}: {exc}") from None
+    except ConfigFieldError as exc:
+        raise BehaviorflowError(f"--{exc.field.replace('_', '-')}: {exc}") from None
     version, summary = predict_with_registered_model(args.model, Path(args.histories), Path(args.out), config, progress=sys.stderr.isatty())
     print(f"{args.model} (version {version}): {summary.line()}; wrote {args.out}")
     return 0

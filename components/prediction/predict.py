@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from components.errors import BehaviorflowError
+from components.errors import BehaviorflowError, ConfigFieldError
 from serving.contract import MAX_K
 
 _EXAMPLES = 3  # unknown item ids quoted in the summary line
@@ -35,11 +35,11 @@ class PredictConfig:
 
     def __post_init__(self):
         if not 1 <= self.k <= MAX_K:
-            raise BehaviorflowError(f"k ({self.k}) must be between 1 and {MAX_K}: the exported graph returns at most {MAX_K} items")
+            raise ConfigFieldError("k", f"k ({self.k}) must be between 1 and {MAX_K}: the exported graph returns at most {MAX_K} items")
         if not 0 <= self.new_items <= self.k:
-            raise BehaviorflowError(f"new_items ({self.new_items}) must be between 0 and k ({self.k})")
+            raise ConfigFieldError("new_items", f"new_items ({self.new_items}) must be between 0 and k ({self.k})")
         if self.batch_size < 1:
-            raise BehaviorflowError(f"batch_size ({self.batch_size}) must be at least 1")
+            raise ConfigFieldError("batch_size", f"batch_size ({self.batch_size}) must be at least 1")
 
 
 @dataclass
