@@ -83,10 +83,16 @@ def encode_item_text(texts: list[str], config: RetrainConfig) -> np.ndarray:
 @task(name="train", cache_policy=NONE)
 def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path):
     log.info("[4/9] train")
+    import mlflow
+
+    from components.models.text_sasrec import resolve_max_len
     from components.registry.tracking import log_curve
     from components.training import new_model, train_model
 
-    model_cfg = replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1]))
+    model_cfg = resolve_max_len(replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1])), map(len, prepared.train))
+    if model_cfg.max_len != config.model.max_len:
+        log.info("model.max_len auto: %d (the 90th percentile of training history lengths, within 50-200)", model_cfg.max_len)
+        mlflow.log_param("model.max_len_resolved", model_cfg.max_len)
     model = new_model(model_cfg, embeddings, prepared.trained_items(), config.train.seed)
     result = train_model(model, prepared.train, prepared.valid_split(), config.train, checkpoint_dir=run_dir / "checkpoints")
     log_curve(result.curve)

@@ -77,6 +77,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     # The run holds what a reviewer needs.
     run = client.get_run(summary["run_id"])
     assert run.data.tags["outcome"] == "registered" and run.data.params["train.max_epochs"] == "6"
+    assert run.data.params["model.max_len"] == "auto" and run.data.params["model.max_len_resolved"] == "50"  # short sample histories
     assert run.data.metrics["NDCG_at_10"] == pytest.approx(m["NDCG@10"])
     slices = summary["slices"]["model"]  # by the test target's training popularity (components/evaluation/slices.py)
     assert slices["head"]["cases"] + slices["long_tail"]["cases"] == summary["cases"]
@@ -97,6 +98,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     with running_server(command, dict(os.environ), log, url, timeout=90):
         meta = httpx.get(f"{url}/metadata").json()
         assert meta["model_version"] == "1" and meta["manifest"]["data_fingerprint"] == summary["data_fingerprint"]
+        assert meta["max_len"] == 50  # model.max_len "auto", resolved from the training histories
         history = events["item_id"].drop_duplicates().head(5).tolist()
         reply = httpx.post(f"{url}/recommend", json={"history": history, "k": 10}).json()
         expected = bundle_topk(bundle, [history], 10)[0]

@@ -1,6 +1,7 @@
 """The text-aware SASRec: shapes, causality, cold items, and torch ↔ ONNX Runtime parity."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -9,7 +10,7 @@ import torch
 
 from components.errors import ParityFailed
 from components.export import ExportConfig, check_parity, export_onnx, quantize_int8
-from components.models.text_sasrec import TextSASRec, TextSASRecConfig, TopKGraph
+from components.models.text_sasrec import TextSASRec, TextSASRecConfig, TopKGraph, auto_max_len, resolve_max_len
 from components.training import TrainConfig, train_model
 from serving import contract
 
@@ -37,11 +38,23 @@ def test_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"d_model \(30\) is not a multiple of n_heads \(4\)"):
         TextSASRecConfig(n_items=3, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match=r"text_embeddings must have shape \(40, 16\), got \(3, 16\)"):
-        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM), torch.zeros(3, TEXT_DIM))
+        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len=12), torch.zeros(3, TEXT_DIM))
+    with pytest.raises(ValueError, match=r'max_len "auto" must be resolved from the training histories first'):
+        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM), torch.zeros(N_ITEMS, TEXT_DIM))
     with pytest.raises(ValueError, match=r"cold_imputation 'knn' is not one of neighbors, mlp"):
         TextSASRecConfig(cold_imputation="knn")
     with pytest.raises(ValueError, match=r"lr_schedule 'linear' is not one of constant, cosine"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_auto_max_len_reads_nine_in_ten_histories_whole_within_50_to_200():
+    assert auto_max_len([3] * 95 + [400] * 5) == 50  # short histories keep the usual 50
+    assert auto_max_len(list(range(1, 101))) == 100  # 90th percentile 90.1, rounded up to a multiple of 10
+    lengths = [10] * 10 + [71] * 80 + [500] * 10  # 90th percentile: 71 + 0.1 * (500 - 71) = 113.9
+    assert auto_max_len(lengths) == 120  # rounded up to a multiple of 10
+    assert auto_max_len([1000] * 20) == 200 and auto_max_len([]) == 50
+    config = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM)
+    assert resolve_max_len(config, lengths).max_len == 120 and resolve_max_len(replace(config, max_len=7), lengths).max_len == 7
 
 
 def test_causal_no_peeking_and_left_padding_is_inert():
