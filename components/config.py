@@ -85,9 +85,65 @@ class RetrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """This configuration as a YAML file that `from_yaml` reads back, every field under its section with
+        the comment from its definition: what `behaviorflow retrain --print-config` prints."""
+        import yaml
+
+        lines = ["# behaviorflow retrain configuration: use it with --config FILE; --set SECTION.FIELD=VALUE overrides one field"]
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if not dataclasses.is_dataclass(value):
+                lines += ["", *_comment_lines(field_comments(type(self)).get(section.name, ""), ""), f"{section.name}: {_yaml_scalar(value, yaml)}"]
+                continue
+            comments = field_comments(type(value))
+            lines += ["", f"{section.name}:"]
+            for item in dataclasses.fields(value):
+                lines += [*_comment_lines(comments.get(item.name, ""), "  "), f"  {item.name}: {_yaml_scalar(getattr(value, item.name), yaml)}"]
+        return "\n".join(lines) + "\n"
+
     def flat(self) -> dict[str, object]:
         """section.field -> value, for MLflow params."""
         return {f"{section}.{key}": value for section, values in self.to_dict().items() if isinstance(values, dict) for key, value in values.items()} | {"promote": self.promote}
+
+
+def field_comments(kind) -> dict[str, str]:
+    """field name -> the comment written beside it (and on the `#` lines right after it) in the source of
+    the dataclass `kind`; {} where the source cannot be read."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(kind).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    current, leading = None, []  # the field being commented; a block comment that belongs to the next field
+    for line in source:
+        stripped = line.strip()
+        match = re.match(r"^    (\w+): [^#]*?(?:#\s?(.*))?$", line)
+        if match and not stripped.startswith("def "):
+            current = match.group(1)
+            comments[current] = " ".join([*leading, (match.group(2) or "").strip()]).strip()
+            leading = []
+        elif current and re.match(r"^\s+#\s{2,}", line):  # "#   …": continues the field above
+            comments[current] = (comments[current] + " " + stripped.lstrip("#").strip()).strip()
+        elif re.match(r"^    #", line):  # "# …" on its own: about the field below
+            leading.append(stripped.lstrip("#").strip())
+        else:
+            current, leading = None, []
+    return {name: text for name, text in comments.items() if text}
+
+
+def _comment_lines(text: str, indent: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return [f"{indent}# {line}" for line in textwrap.wrap(text, width - len(indent) - 2)] if text else []
+
+
+def _yaml_scalar(value, yaml) -> str:
+    value = list(value) if isinstance(value, tuple) else value
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip().removesuffix("\n...").strip()
 
 
 def _build(kind, raw: dict, where: str):

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--config", metavar="YAML", help="a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export)")
     retrain.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one config field, e.g. train.max_epochs=5 (repeatable)")
     retrain.add_argument("--json", action="store_true", help="print the run summary as JSON instead of text")
+    retrain.add_argument("--print-config", action="store_true", help="print the configuration this command would run with (defaults, --config and --set applied) as commented YAML, and exit; a starting point for --config")
 
     validate = sub.add_parser("validate", help="run the Great Expectations suites on a dataset (no training)")
     _data_args(validate)
@@ -132,6 +133,11 @@ def _check_data_args(args) -> None:
 def cmd_retrain(args) -> int:
     _check_data_args(args)
     raw = _config_dict(args)
+    if args.print_config:
+        from components.config import RetrainConfig
+
+        print(RetrainConfig.from_dict(raw).to_yaml(), end="")
+        return 0
     from flows.retrain import retrain
 
     try:

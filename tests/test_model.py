@@ -12,6 +12,7 @@ from components.errors import ParityFailed
 from components.export import ExportConfig, check_parity, export_onnx, quantize_int8
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig, TopKGraph, auto_max_len, resolve_max_len
 from components.training import TrainConfig, train_model
+from components.training.train import training_pairs
 from serving import contract
 
 N_ITEMS, TEXT_DIM = 40, 16
@@ -55,6 +56,16 @@ def test_auto_max_len_reads_nine_in_ten_histories_whole_within_50_to_200():
     assert auto_max_len([1000] * 20) == 200 and auto_max_len([]) == 50
     config = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM)
     assert resolve_max_len(config, lengths).max_len == 120 and resolve_max_len(replace(config, max_len=7), lengths).max_len == 7
+
+
+def test_all_steps_makes_every_step_of_a_long_history_a_target_once():
+    long, single, pair = np.arange(1, 11), np.array([5]), np.array([3, 4])
+    assert [p.tolist() for p in training_pairs([long, single, pair], 4)] == [[6, 7, 8, 9, 10], [3, 4]]  # the last 5 steps only
+    windows = training_pairs([long, single, pair], 4, all_steps=True)
+    assert [p.tolist() for p in windows] == [[6, 7, 8, 9, 10], [2, 3, 4, 5, 6], [1, 2], [3, 4]]
+    targets = np.concatenate([w[1:] for w in windows[:3]])
+    assert sorted(targets.tolist()) == list(range(2, 11))  # each step after the first, exactly once
+    assert [p.tolist() for p in training_pairs([np.arange(1, 6)], 4, all_steps=True)] == [[1, 2, 3, 4, 5]]  # fits whole: one window
 
 
 def test_causal_no_peeking_and_left_padding_is_inert():

@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0  # weights, dropout and batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
     progress: bool = True  # progress within each epoch: a bar on a terminal, else a log line every 30 s
+    all_steps: bool = False  # True: train on every step of histories longer than max_len + 1, in windows of
+    #   max_len + 1 steps (one step of overlap, so each step after a user's first is a target exactly once);
+    #   False: only each user's last max_len + 1 steps, as SASRec does
     sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
     imputed_loss_weight: float = 0.0  # > 0: add this times the same cross-entropy with every item represented as
@@ -88,9 +91,19 @@ def new_model(config, text_embeddings: np.ndarray, has_id: np.ndarray, seed: int
     return TextSASRec(config, torch.from_numpy(text_embeddings), torch.from_numpy(has_id))
 
 
-def training_pairs(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
-    """The last max_len + 1 steps of each training sequence with at least two steps."""
-    return [s[-(max_len + 1) :] for s in train if len(s) >= 2]
+def training_pairs(train: list[np.ndarray], max_len: int, all_steps: bool = False) -> list[np.ndarray]:
+    """The last max_len + 1 steps of each training sequence with at least two steps; with all_steps, its
+    earlier steps too, as windows of max_len + 1 that overlap by one step, so that every step after the
+    first is a target exactly once (an early window's first targets see only that window's steps)."""
+    pairs = []
+    for s in train:
+        end = len(s)
+        while end >= 2:
+            pairs.append(s[max(0, end - max_len - 1) : end])
+            if not all_steps:
+                break
+            end = end - max_len if end - max_len - 1 > 0 else 0
+    return pairs
 
 
 def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -216,7 +229,7 @@ def train_model(
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
     model.to(device)
-    sequences = training_pairs(train, model.cfg.max_len)
+    sequences = training_pairs(train, model.cfg.max_len, config.all_steps)
     if not sequences:
         raise ValueError("no training sequence has two or more steps: nothing to learn from")
     steps = np.concatenate(sequences)
