@@ -28,6 +28,7 @@ EPILOG = """examples:
   behaviorflow bento pull --alias champion
   behaviorflow bento containerize --alias champion --context-only build/ctx
   behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
+  behaviorflow add-items --items new_items.csv           # new catalog items, scored from their text; no retraining
 
 state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHAVIORFLOW_HOME
 (default ./.behaviorflow). Use real servers with MLFLOW_TRACKING_URI and PREFECT_API_URL."""
@@ -83,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, metavar="FILE", help="where to write user_id<TAB>top-K item ids")
     predict.add_argument("--keep-seen", action="store_true", help="allow items of the history in the answer (default: excluded)")
     predict.add_argument("--new-items", type=int, default=0, metavar="M", help="keep at least M of the K places for new items (no training interactions; default: 0)")
+
+    add = sub.add_parser("add-items", help="make brand-new catalog items recommendable by a registered model, without retraining", description=(
+        "Make brand-new catalog items recommendable without retraining: register a new version of a registered "
+        "model whose catalog also holds the items of a file. A new item is "
+        "scored from its text (projected language-model embedding + imputed id), as the model scores catalog items "
+        "that had no training interactions; existing items keep their scores (checked). The file follows the items "
+        "contract (item_id, title[, category, brand, description]) and is checked by the Great Expectations items "
+        "suite; ids already in the catalog are refused. The new version gets the alias challenger (and champion "
+        "with --promote) and its own Bento. Exit codes: 0 registered, 2 bad input."))
+    add.add_argument("--items", required=True, metavar="FILE", help="the new items (.csv or .parquet)")
+    add.add_argument("--model", default=f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", metavar="NAME@ALIAS|NAME/VERSION",
+                     help=f"the version to add them to (default: {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS})")
+    add.add_argument("--promote", action="store_true", help="also move the champion alias to the new version (default: challenger only)")
+    add.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     bento = sub.add_parser("bento", help="pull a registered version's Bento, or containerize it", description=(
         "pull: registry alias/version → the version's .bento archive in MLflow → the local Bento store. "
@@ -210,6 +225,33 @@ def cmd_bento(args) -> int:
     return subprocess.run(command).returncode
 
 
+def cmd_add_items(args) -> int:
+    from components.registry import ModelRef
+
+    ModelRef.parse(args.model)  # a malformed reference fails before any server starts
+    if not Path(args.items).is_file():
+        raise BehaviorflowError(f"--items {args.items}: no such file")
+    from flows.add_items import add_items
+
+    s = add_items(items=args.items, model=args.model, promote=args.promote)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    r, p = s["registry"], s["parity"]
+    print("\n".join([
+        "",
+        "behaviorflow add-items — summary",
+        f"  added         {s['added_items']} items to {s['source_version']} ({s['catalog_items']} in the catalog now)",
+        f"  check         {s['check']}",
+        f"  ONNX parity   {p['cases']} histories, top-K identical: {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.1e}",
+        f"  registered    version {r['version']} — aliases: {', '.join(r['aliases'])}",
+        f"  Bento         {r['bento_tag']}",
+        f"  MLflow run    {s['run_id']} in {s['tracking_uri']}",
+        f"  serve it      .venv/bin/behaviorflow serve --alias {r['aliases'][-1]}",
+    ]))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from components.prediction import PredictConfig, predict_with_registered_model
 
@@ -289,14 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "add-items": cmd_add_items, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
     try:
         return commands[args.command](args)
     except GateFailed as exc:
         print(f"gate failed: {exc}", file=sys.stderr)
         return EXIT_GATE_FAILED
     except ValidationFailed as exc:
-        print(f"error: data validation failed — the flow stopped before training.\n{exc}", file=sys.stderr)
+        stage = "adding anything" if args.command == "add-items" else "training"
+        print(f"error: data validation failed — the flow stopped before {stage}.\n{exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BehaviorflowError as exc:
         if args.debug:

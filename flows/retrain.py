@@ -150,6 +150,7 @@ def gate(report, champion, config: RetrainConfig):
 @task(name="export", cache_policy=NONE)
 def export(result, prepared, dataset_fingerprint: str, decision, report, config: RetrainConfig, run_dir: Path):
     log.info("[7/9] export to ONNX and check parity with ONNX Runtime")
+    import mlflow
     import torch
 
     from components.export import check_parity, export_onnx, quantize_int8, write_bundle
@@ -181,6 +182,10 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
     }
     with torch.no_grad():
         item_vectors = result.model.item_table().numpy()
+    from components.catalog import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, save_checkpoint
+
+    # The trained weights, for `behaviorflow add-items` (new catalog items without retraining); not in the Bento.
+    mlflow.log_artifact(str(save_checkpoint(result.model, config.text, run_dir / CHECKPOINT_FILE)), artifact_path=CHECKPOINT_ARTIFACT)
     new_items = (~result.model.has_id[1:].cpu()).tolist()  # catalog items without training interactions
     bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors, new_items)
     log_folder(bundle, BUNDLE_ARTIFACT)
@@ -191,29 +196,9 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
 @task(name="package and register", cache_policy=NONE)
 def package_and_register(bundle: Path, dataset_fingerprint: str, decision, config: RetrainConfig, run_dir: Path):
     log.info("[8/9] package the Bento and [9/9] register in MLflow")
-    import mlflow
+    from components.packaging.publish import package_and_register as publish
 
-    from components import registry
-    from components.packaging import build_bento, export_bento, save_bundle_to_store
-    from components.registry.tracking import log_onnx_model
-
-    run_id = mlflow.active_run().info.run_id
-    model_uri = log_onnx_model(bundle / "model.onnx", {"data_fingerprint": dataset_fingerprint})
-    with registry.pending_version(model_uri, run_id) as version:
-        manifest_path = bundle / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) | {"registry_version": version, "run_id": run_id}
-        manifest_path.write_text(json.dumps(manifest, indent=2))
-        labels = {"registry_version": version, "run_id": run_id, "data_fingerprint": dataset_fingerprint}
-        model_tag = save_bundle_to_store(bundle, labels=labels, metadata=manifest)
-        bento_tag = build_bento(model_tag, labels=labels, version=f"v{version}-{run_id[:8]}")
-        archive = export_bento(bento_tag, run_dir / f"{bento_tag.replace(':', '-')}.bento")
-        mlflow.log_artifact(str(archive), artifact_path="bento")
-        aliases = registry.finalize_version(
-            version,
-            {"bento_tag": bento_tag, "bento_model_tag": model_tag, "data_fingerprint": dataset_fingerprint, "gate": decision.summary()},
-            promote=decision.passed and config.promote,
-        )
-    return {"version": version, "aliases": aliases, "bento_tag": bento_tag, "bento_archive": str(archive), "model_uri": model_uri}
+    return publish(bundle, run_dir, dataset_fingerprint, {"gate": decision.summary()}, promote=decision.passed and config.promote)
 
 
 @flow(name="behaviorflow-retrain", log_prints=True)

@@ -23,7 +23,7 @@ def test_help_is_fast_and_lists_commands():
     out = cli("--help")
     assert out.returncode == 0
     assert time.monotonic() - started < 10  # no torch / GE / prefect import for --help
-    for command in ("retrain", "validate", "serve", "predict", "sample-data"):
+    for command in ("retrain", "validate", "serve", "predict", "add-items", "sample-data"):
         assert command in out.stdout
     retrain = cli("retrain", "--help").stdout
     assert "--events" in retrain and "--movielens" in retrain and "--set" in retrain and "Exit codes" in retrain
@@ -40,6 +40,16 @@ def test_bad_config_override_is_named():
     out = cli("retrain", "--set", "train.max_epoch=3")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "config.train: unknown field(s) ['max_epoch']" in out.stderr and "max_epochs" in out.stderr
+
+
+def test_add_items_refuses_a_missing_file_or_a_bad_model_reference_before_any_server(tmp_path):
+    helptext = cli("add-items", "--help").stdout
+    assert "--items" in helptext and "--promote" in helptext and "without retraining" in " ".join(helptext.split())
+    out = cli("add-items", "--items", str(tmp_path / "new.csv"))
+    assert out.returncode == 2 and out.stderr == f"error: --items {tmp_path / 'new.csv'}: no such file\n"
+    (tmp_path / "new.csv").write_text("item_id,title\nN1,a lamp\n")
+    out = cli("add-items", "--items", str(tmp_path / "new.csv"), "--model", "behaviorflow-recommender")
+    assert out.returncode == 2 and "expected NAME@ALIAS or NAME/VERSION" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_events_without_items_is_refused():

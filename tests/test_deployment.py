@@ -4,7 +4,8 @@ The e2e test does what docs/deploy.md tells an operator to do, on 127.0.0.1 and 
 Prefect server, create the process work pool from deploy/work-pool-process.json, deploy
 deploy/prefect.yaml with the CLI, trigger `retrain-on-demand` with a tiny config, let
 `prefect worker start --run-once` execute it, then check the flow run through the Prefect API and
-the new model version in the MLflow registry the worker was pointed at.
+the new model version in the MLflow registry the worker was pointed at; then the same for
+`add-items-on-demand` (two new items onto that version).
 
     python -m pytest tests/test_deployment.py -q -s        # about 2 minutes on 2 CPU cores
 """
@@ -37,16 +38,16 @@ NOT_IN_POOL_ENV = {"PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TI
 # --- static checks: cheap, and they name the file and field that drifted ---
 
 
-def test_prefect_yaml_declares_both_deployments():
+def test_prefect_yaml_declares_the_deployments():
     spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"retrain-nightly", "retrain-on-demand"}
+    assert set(deployments) == {"retrain-nightly", "retrain-on-demand", "add-items-on-demand"}
     assert spec["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BEHAVIORFLOW_REPO }}"}}]
     for name, deployment in deployments.items():
         path, _, function = deployment["entrypoint"].partition(":")
         assert f"def {function}(" in (ROOT / path).read_text(), f"{name}: entrypoint {deployment['entrypoint']} not found"
         assert deployment["work_pool"]["name"] == POOL
-        assert deployment["parameters"] == {"config": {}}
+        assert deployment["parameters"] == ({} if name == "add-items-on-demand" else {"config": {}})
     assert deployments["retrain-nightly"]["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
     assert deployments["retrain-on-demand"]["schedules"] == []
 
@@ -141,19 +142,8 @@ def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     }
     out = _prefect(["deployment", "run", f"{FLOW_NAME}/retrain-on-demand", "--params", json.dumps({"config": config})], env, log)
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-
     worker_log = tmp_path / "worker.log"
-    with worker_log.open("w") as wl:
-        worker = subprocess.Popen(
-            [*PREFECT, "worker", "start", "--pool", POOL, "--run-once"],
-            cwd=tmp_path, env=env, stdout=wl, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        worker.wait(timeout=360)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the worker did not finish the flow run within 6 minutes:\n{_tail(worker_log)}")
-    finally:
-        stop_process(worker)
+    _run_once(env, tmp_path, worker_log)
 
     # The flow run, as the Prefect API sees it.
     run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()
@@ -173,3 +163,30 @@ def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
         assert str(client.get_model_version_by_alias(settings.REGISTERED_MODEL_NAME, alias).version) == "1"
     # ...and the Bento went into the worker's BENTOML_HOME, not the default ~/bentoml.
     assert list((home / "bentoml" / "bentos" / settings.BENTO_SERVICE_NAME).iterdir())
+
+    # The add-items deployment on the same worker: two new items onto the champion, as version 2 (challenger).
+    new_items = tmp_path / "new_items.csv"
+    new_items.write_text("item_id,title,category\nNEW-1,Alpenrock hiking boot Atlas 9,hiking boots\nNEW-2,Fernway plant Falcon 9,indoor plants\n")
+    out = _prefect(["deployment", "run", "behaviorflow-add-items/add-items-on-demand", "--params", json.dumps({"items": str(new_items)})], env, log)
+    add_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    _run_once(env, tmp_path, tmp_path / "worker-add-items.log")
+    run = httpx.get(f"{prefect_server}/flow_runs/{add_run_id}", timeout=10).json()
+    assert run["state"]["type"] == "COMPLETED", f"flow run {add_run_id}: {run['state']}\n{_tail(tmp_path / 'worker-add-items.log')}"
+    added = client.get_model_version_by_alias(settings.REGISTERED_MODEL_NAME, settings.CHALLENGER_ALIAS)
+    assert str(added.version) == "2" and added.tags["added_items_to"] == f"{settings.REGISTERED_MODEL_NAME}/1"
+    assert str(client.get_model_version_by_alias(settings.REGISTERED_MODEL_NAME, settings.CHAMPION_ALIAS).version) == "1"
+
+
+def _run_once(env: dict, cwd: Path, worker_log: Path) -> None:
+    """A process worker that picks up one scheduled flow run, runs it and exits."""
+    with worker_log.open("w") as wl:
+        worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", POOL, "--run-once"],
+            cwd=cwd, env=env, stdout=wl, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        worker.wait(timeout=360)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not finish the flow run within 6 minutes:\n{_tail(worker_log)}")
+    finally:
+        stop_process(worker)

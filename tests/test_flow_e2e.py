@@ -171,3 +171,68 @@ def test_a_failed_gate_registers_nothing(world):
     assert versions(client) == before and alias(client, "champion") == "2"
     run = client.get_run(failure.value.summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "gate_failed" and run.data.tags["gate"] == "failed"
+
+
+def new_items_file(world, rows: list[dict], name: str) -> str:
+    path = world["root"] / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_scores_alone(world):
+    from components.catalog import CHECKPOINT_ARTIFACT
+    from flows.add_items import add_items
+
+    client = world["client"]
+    catalog = pd.read_csv(world["items"], dtype=str)
+    # Brand-new items: text like the catalog's (a further part of an existing series), ids never seen.
+    template = catalog.iloc[:3]
+    rows = [{"item_id": f"NEW-{i}", "title": t + " (new edition)", "category": c, "brand": b, "description": d}
+            for i, (t, c, b, d) in enumerate(zip(template["title"], template["category"], template["brand"], template["description"]))]
+    summary = add_items(items=new_items_file(world, rows, "new-items.csv"))
+
+    assert summary["registry"]["version"] == "3" and summary["registry"]["aliases"] == ["challenger"]
+    assert alias(client, "champion") == "2" and alias(client, "challenger") == "3"  # no --promote: the champion stays
+    assert summary["source_version"] == f"{NAME}/2" and summary["added_items"] == 3 and summary["catalog_items"] == len(catalog) + 3
+    assert summary["parity"]["identical_topk"]
+    mv = client.get_model_version(NAME, "3")
+    assert mv.tags["added_items_to"] == f"{NAME}/2" and mv.tags["gate"].startswith(f"3 items added to version {NAME}/2; the scores of its {len(catalog)} items did not move")
+    assert mv.tags["data_fingerprint"] == world["runs"]["first"]["data_fingerprint"]  # trained on the same data
+    artifacts = {a.path for a in client.list_artifacts(mv.run_id)}
+    assert {"bundle", "bento", CHECKPOINT_ARTIFACT, "parity.json", "add_items.json", "validation.json"} <= artifacts
+
+    v2, v3 = world["root"] / "v2", world["root"] / "v3"
+    client.download_artifacts(client.get_model_version(NAME, "2").run_id, "bundle", str(v2))
+    client.download_artifacts(mv.run_id, "bundle", str(v3))
+    items3 = json.loads((v3 / "bundle" / "items.json").read_text())
+    assert [r["item_id"] for r in items3[-3:]] == ["NEW-0", "NEW-1", "NEW-2"] and all(r.get("new") for r in items3[-3:])
+    assert items3[:-3] == json.loads((v2 / "bundle" / "items.json").read_text())  # old items, old "new" marks
+    manifest = json.loads((v3 / "bundle" / "manifest.json").read_text())
+    assert manifest["added_items"]["count"] == 3 and manifest["n_items"] == len(catalog) + 3
+
+    # Through ONNX Runtime: the new items are ranked, and with them left out the old order is the old model's.
+    events = pd.read_csv(world["events"], dtype=str)
+    histories = events.groupby("user_id")["item_id"].apply(list).head(40).tolist()
+    old, new = bundle_topk(v2 / "bundle", histories, 100), bundle_topk(v3 / "bundle", histories, 100)
+    added = {"NEW-0", "NEW-1", "NEW-2"}
+    assert any(added & set(ranking[:20]) for ranking in new)
+    for before, after in zip(old, new):
+        kept = [i for i in after if i not in added]
+        assert kept == before[: len(kept)]
+
+
+def test_add_items_refuses_known_ids_and_bad_rows_and_registers_nothing(world):
+    from components.errors import BehaviorflowError
+    from flows.add_items import add_items
+
+    client = world["client"]
+    before = versions(client)
+    catalog = pd.read_csv(world["items"], dtype=str)
+    known = new_items_file(world, [{"item_id": "NEW-9", "title": "a lamp"}, {"item_id": catalog["item_id"][4], "title": "a boot"}], "known.csv")
+    with pytest.raises(BehaviorflowError, match=rf"known.csv: 1 of 2 item id\(s\) are already in version 3's catalog, e.g. '{catalog['item_id'][4]}' \(row 3\)"):
+        add_items(items=known, model=f"{NAME}@challenger")
+    untitled = new_items_file(world, [{"item_id": "NEW-9", "title": "a lamp"}, {"item_id": "NEW-9", "title": ""}], "untitled.csv")
+    with pytest.raises(ValidationFailed, match=r"untitled.csv: column 'item_id'.*NEW-9") as failure:
+        add_items(items=untitled)
+    assert "title" in str(failure.value)
+    assert versions(client) == before and alias(client, "champion") == "2" and alias(client, "challenger") == "3"

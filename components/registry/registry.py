@@ -144,6 +144,27 @@ def download_bundle(model_version, download_to: Path) -> Path:
     return path
 
 
+def download_checkpoint(model_version, download_to: Path) -> Path:
+    """Download the torch checkpoint (`torch/model.pt`) that `model_version`'s run logged: the trained weights
+    that `behaviorflow add-items` extends with new items."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from components.catalog import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE
+
+    where = f"model '{model_version.name}' version {model_version.version} (MLflow run {model_version.run_id})"
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=model_version.run_id, artifact_path=f"{CHECKPOINT_ARTIFACT}/{CHECKPOINT_FILE}", dst_path=str(download_to), tracking_uri=settings.tracking_uri()
+        )
+    except (MlflowException, OSError):
+        raise BehaviorflowError(
+            f"{where} has no torch checkpoint ({CHECKPOINT_ARTIFACT}/{CHECKPOINT_FILE}): it was registered before "
+            "checkpoints were kept with each run. Retrain once ('behaviorflow retrain'), then add items to that version."
+        ) from None
+    return Path(local)
+
+
 @contextmanager
 def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED_MODEL_NAME) -> Iterator[str]:
     """Register `model_uri` as a new version for the duration of the block; if the block raises, the

@@ -52,14 +52,15 @@ class ValidationReport:
 
 
 def validate(
-    dataset_events: pd.DataFrame,
+    dataset_events: pd.DataFrame | None,
     dataset_items: pd.DataFrame,
     *,
     events_source: str,
     items_source: str,
     gx_root: Path | None = None,
 ) -> ValidationReport:
-    """Run the `items` and `events` suites on the two frames and build Data Docs (pass or fail)."""
+    """Run the `items` and `events` suites on the two frames and build Data Docs (pass or fail).
+    dataset_events None: the items suite alone (items added to a trained model's catalog)."""
     context = _context(Path(gx_root) if gx_root is not None else settings.gx_root())
     # Re-created on every run: assets left from an earlier run would point at stale batch definitions.
     datasource = context.data_sources.add_or_update_pandas(DATASOURCE)
@@ -72,7 +73,7 @@ def validate(
     }
     failures, statistics = [], {}
     tables = (("items", dataset_items, items_source), ("events", dataset_events, events_source))
-    for name, frame, source in tables:
+    for name, frame, source in (t for t in tables if t[1] is not None):
         if c.ROW not in frame:  # a frame built in code: number its rows 1..n
             frame = frame.assign(**{c.ROW: np.arange(1, len(frame) + 1)})
         found, evaluated = _run_suite(context, datasource, name, frame, parameters, source, items_source)

@@ -1,0 +1,183 @@
+"""The add-items flow: brand-new catalog items become recommendable by a registered model, without retraining.
+
+    resolve the version → validate the new items (GE items suite; ids not in its catalog) → embed their text
+    → extend the model's item table → check the old items' scores did not move → export + parity
+    → package → register a new version (alias challenger; champion with promote)
+
+A new item is scored from its text (projected LM embedding + imputed id), the way the model already
+scores catalog items that had no training interactions; every existing item keeps its scores, so the
+only change for users is that new items can now compete for their top K. The stages live in
+`components/` (catalog, validation, tokenization, export, packaging, registry); this file wires them.
+
+    behaviorflow add-items --items new_items.csv                       # onto the champion, as challenger
+    behaviorflow add-items --model behaviorflow-recommender/3 --items new.parquet --promote
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from components import settings
+from components.errors import BehaviorflowError
+
+log = logging.getLogger("behaviorflow")
+_EXAMPLES = 5  # clashing item ids quoted in an error
+
+
+@task(name="resolve version", cache_policy=NONE)
+def resolve(model: str, scratch: Path):
+    log.info("[1/6] resolve %s and download its bundle and torch checkpoint", model)
+    from components import registry
+
+    version = registry.resolve_version(registry.ModelRef.parse(model))
+    return version, registry.download_bundle(version, scratch / "source"), registry.download_checkpoint(version, scratch / "checkpoint")
+
+
+@task(name="validate new items", cache_policy=NONE)
+def validate_new_items(items_path: str, bundle, version: str):
+    log.info("[2/6] validate the new items (Great Expectations items suite)")
+    from components import contract as c
+    from components.data import load_items
+    from components.registry.tracking import log_json
+    from components.validation import raise_for_failures, validate
+
+    items = load_items(items_path)
+    report = validate(None, items, events_source="", items_source=str(items_path))
+    log_json("validation.json", report.to_dict())
+    raise_for_failures(report)
+    clash = items[items[c.ITEM_ID].isin(bundle.index_of)]
+    if len(clash):
+        listed = ", ".join(f"{i!r} (row {r})" for i, r in zip(clash[c.ITEM_ID][:_EXAMPLES], clash[c.ROW][:_EXAMPLES]))
+        raise BehaviorflowError(
+            f"{items_path}: {len(clash)} of {len(items)} item id(s) are already in version {version}'s catalog, e.g. {listed}. "
+            "add-items adds new items only: leave those rows out (to change an existing item's text, retrain)."
+        )
+    return items
+
+
+@task(name="embed new items", cache_policy=NONE)
+def embed(items, text_config):
+    log.info("[3/6] embed %d new item texts with the model's language model", len(items))
+    from components.preparation.prepare import item_texts
+    from components.tokenization import embed_items
+
+    return embed_items(item_texts(items), text_config, settings.cache_dir())
+
+
+@task(name="extend and check", cache_policy=NONE)
+def extend(model, embeddings, probes):
+    log.info("[4/6] extend the item table and check that the old items' scores did not move")
+    from components.catalog import extend_catalog, unchanged_scores
+
+    extended = extend_catalog(model, embeddings)
+    moved = unchanged_scores(model, extended, probes)
+    if moved > 1e-4:
+        raise BehaviorflowError(f"adding items moved the scores of existing items by up to {moved:.2e} (tolerance 1e-4); nothing was registered. Report it with this run's add_items.json.")
+    return extended, moved
+
+
+@task(name="export", cache_policy=NONE)
+def export(extended, bundle, items, probes, manifest_extra: dict, text_config, run_dir: Path):
+    log.info("[5/6] export to ONNX and check parity with ONNX Runtime")
+    import mlflow
+    import torch
+
+    from components import contract as c
+    from components.catalog import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, save_checkpoint
+    from components.export import ExportConfig, check_parity, export_onnx, write_bundle
+    from components.registry import BUNDLE_ARTIFACT
+    from components.registry.tracking import log_folder, log_json
+
+    config = ExportConfig()
+    onnx_path = export_onnx(extended, run_dir / "model.onnx", config)
+    parity = check_parity(extended, onnx_path, probes, config)
+    log_json("parity.json", parity.to_dict())
+    with torch.no_grad():
+        item_vectors = extended.item_table().numpy()
+    added = len(items)
+    new_flags = [i + 1 in bundle.new_item_set for i in range(len(bundle.item_ids))] + [True] * added
+    kept = {k: v for k, v in bundle.manifest.items() if k not in ("registry_version", "run_id")}
+    manifest = kept | {"n_items": len(bundle.item_ids) + added, "precision": "fp32", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")} | manifest_extra
+    out = write_bundle(
+        run_dir / "bundle", onnx_path, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + items[c.TITLE].tolist(),
+        bundle.users, manifest, item_vectors, new_flags,
+    )
+    log_folder(out, BUNDLE_ARTIFACT)
+    mlflow.log_artifact(str(save_checkpoint(extended, text_config, run_dir / CHECKPOINT_FILE)), artifact_path=CHECKPOINT_ARTIFACT)  # so items can be added again
+    return out, parity
+
+
+@task(name="package and register", cache_policy=NONE)
+def publish(bundle_dir: Path, run_dir: Path, fingerprint: str, tags: dict, promote: bool, name: str):
+    log.info("[6/6] package the Bento and register it")
+    from components.packaging.publish import package_and_register
+
+    return package_and_register(bundle_dir, run_dir, fingerprint, tags, promote, name=name)
+
+
+@flow(name="behaviorflow-add-items", log_prints=True)
+def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", promote: bool = False) -> dict:
+    """Register a new version of `model` (NAME@ALIAS or NAME/VERSION) whose catalog also holds the items of
+    the file `items` (the items contract: item_id, title[, category, brand, description])."""
+    settings.apply_environment()
+    import mlflow
+    import numpy as np
+
+    from components import registry
+    from components.catalog import load_checkpoint
+    from components.export.onnx_export import probe_histories
+    from serving.contract import Bundle
+
+    started = time.perf_counter()
+    if not Path(items).is_file():
+        raise BehaviorflowError(f"items file {items}: no such file")
+    registry.configure()
+    with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch, mlflow.start_run(
+        run_name=datetime.now().strftime("add-items-%Y%m%d-%H%M%S")
+    ) as run:
+        run_dir = settings.runs_dir() / run.info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        version, bundle_dir, checkpoint = resolve(model, Path(scratch))
+        source = f"{version.name}/{version.version}"
+        mlflow.set_tags({"flow": "add-items", "source_version": source, "items_source": str(items)})
+        bundle = Bundle(bundle_dir)
+        new = validate_new_items(items, bundle, str(version.version))
+        old_model, text_config = load_checkpoint(checkpoint)
+        embeddings = embed(new, text_config)
+        # Probe histories: the known users' (as the service reads them), else each item alone.
+        probes = [np.array([bundle.index_of[i] for i in h if i in bundle.index_of], dtype=np.int64) for h in bundle.users.values()]
+        probes = [p for p in probes if len(p)] or [np.array([i], dtype=np.int64) for i in range(1, len(bundle.item_ids) + 1)]
+        probes = probe_histories(probes, 1024)  # a fixed random subset, plus the shortest and longest
+        extended, moved = extend(old_model, embeddings, probes)
+        fingerprint = str(bundle.manifest.get("data_fingerprint", ""))
+        extra = {
+            "quantization": f"not tried: items added to version {source} without new interactions, so there are no test cases to check int8 on",
+            "added_items": {"from_version": source, "count": len(new), "items_source": str(items)},
+        }
+        mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})
+        out, parity = export(extended, bundle, new, probes, extra, text_config, run_dir)
+        check = f"{len(new)} items added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
+        mlflow.log_dict({"source_version": source, "added": len(new), "max_abs_score_change_old_items": moved, "probe_histories": len(probes)}, "add_items.json")
+        registered = publish(out, run_dir, fingerprint, {"gate": check, "added_items_to": source}, promote, version.name)
+        mlflow.set_tag("outcome", "registered")
+        summary = {
+            "run_id": run.info.run_id,
+            "tracking_uri": settings.tracking_uri(),
+            "source_version": source,
+            "added_items": len(new),
+            "catalog_items": len(bundle.item_ids) + len(new),
+            "check": check,
+            "parity": parity.to_dict(),
+            "registry": registered,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,81 @@
+"""Adding items to a trained model: new rows from text, old items untouched, the checkpoint round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+from components.catalog import extend_catalog, load_checkpoint, save_checkpoint, unchanged_scores
+from components.errors import BehaviorflowError
+from components.export import ExportConfig, check_parity, export_onnx
+from components.models.text_sasrec import TextSASRec, TextSASRecConfig
+from components.tokenization import TextEncoderConfig
+
+N_ITEMS, TEXT_DIM, ADDED = 30, 16, 4
+
+
+def trained_like(imputation="mlp", seed=0) -> TextSASRec:
+    """A small model with weights far from their initial scale (as after training): 3 items never trained."""
+    torch.manual_seed(seed)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_layers=2, n_heads=2, max_len=10, dropout=0.0, cold_imputation=imputation)
+    has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    has_id[-3:] = False
+    model = TextSASRec(cfg, torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1), has_id)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def histories(n=40, seed=1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, N_ITEMS + 1, size=rng.integers(1, 15)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("imputation", ["mlp", "neighbors"])
+def test_new_items_are_text_plus_imputed_id_and_old_items_keep_their_scores(imputation):
+    model = trained_like(imputation)
+    new_text = torch.nn.functional.normalize(torch.randn(ADDED, TEXT_DIM), dim=1)
+    extended = extend_catalog(model, new_text.numpy())
+
+    assert extended.cfg.n_items == N_ITEMS + ADDED and extended.cfg.max_len == model.cfg.max_len
+    assert extended.has_id[: N_ITEMS + 1].equal(model.has_id) and not extended.has_id[N_ITEMS + 1 :].any()
+    with torch.no_grad():
+        old_table, table = model.item_table(), extended.item_table()
+        torch.testing.assert_close(table[: N_ITEMS + 1], old_table)  # every old row, cold ones included
+        if imputation == "mlp":  # a new row is exactly what the trained weights make of its text
+            expected = model.text_proj(new_text) + model.imputer(new_text)
+        else:  # the weighted ids of its nearest trained items by text
+            unit, trained = torch.nn.functional.normalize(extended.text_table, dim=1), torch.nonzero(model.has_id).squeeze(1)
+            top, idx = (unit[N_ITEMS + 1 :] @ unit[trained].T).topk(model.cfg.cold_neighbors, dim=1)
+            weights = torch.softmax(top / model.cfg.neighbor_temperature, 1).unsqueeze(-1)
+            expected = model.text_proj(new_text) + (weights * model.id_emb.weight[trained[idx]]).sum(1)
+        torch.testing.assert_close(table[N_ITEMS + 1 :], expected)
+        assert table[N_ITEMS + 1 :].abs().sum() > 0
+    assert unchanged_scores(model, extended, histories()) < 1e-5
+    # and the new items do compete: for some history one of them is in the top 5
+    with torch.no_grad():
+        top = extended.score_last(torch.from_numpy(np.stack([np.pad(h, (10 - len(h[-10:]), 0))[-10:] for h in histories(200)]))).topk(5).indices
+    assert (top > N_ITEMS).any()
+
+
+def test_extended_model_exports_and_passes_the_parity_gate(tmp_path):
+    extended = extend_catalog(trained_like(), np.random.default_rng(0).normal(size=(ADDED, TEXT_DIM)).astype(np.float32))
+    path = export_onnx(extended, tmp_path / "m.onnx", ExportConfig(k=10))
+    report = check_parity(extended, path, histories(), ExportConfig(k=10, probe_size=40))
+    assert report.identical_topk and report.cases >= 40
+
+
+def test_checkpoint_round_trip_gives_the_same_model_and_text_config(tmp_path):
+    model = trained_like("neighbors")
+    text = TextEncoderConfig(model_name_or_path="/models/encoder", max_tokens=32)
+    restored, restored_text = load_checkpoint(save_checkpoint(model, text, tmp_path / "ckpt" / "model.pt"))
+    assert restored_text == text and restored.cfg == model.cfg
+    assert unchanged_scores(model, restored, histories()) == 0.0
+
+
+def test_refuses_what_it_cannot_extend():
+    with pytest.raises(BehaviorflowError, match=r"new items' text embeddings have shape \(4, 8\); the model reads 16-wide embeddings"):
+        extend_catalog(trained_like(), np.zeros((4, 8), dtype=np.float32))
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_heads=2, max_len=10, use_text=False)
+    with pytest.raises(BehaviorflowError, match=r"an id-only model cannot represent an item it never trained on"):
+        extend_catalog(TextSASRec(cfg), np.zeros((4, TEXT_DIM), dtype=np.float32))
