@@ -128,24 +128,31 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
     """Register a new version of `model` (NAME@ALIAS or NAME/VERSION) whose catalog also holds the items of
     the file `items` (the items contract: item_id, title[, category, brand, description])."""
     settings.apply_environment()
-    import mlflow
-    import numpy as np
-
     from components import registry
-    from components.catalog import load_checkpoint
-    from components.export.onnx_export import probe_histories
-    from serving.contract import Bundle
 
     started = time.perf_counter()
     if not Path(items).is_file():
         raise BehaviorflowError(f"items file {items}: no such file")
     registry.configure()
-    with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch, mlflow.start_run(
-        run_name=datetime.now().strftime("add-items-%Y%m%d-%H%M%S")
-    ) as run:
+    with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch:
+        # A version that does not exist, or has no checkpoint, fails here: before any MLflow run is opened.
+        version, bundle_dir, checkpoint = resolve(model, Path(scratch))
+        summary = _add(items, version, bundle_dir, checkpoint, promote)
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool) -> dict:
+    import mlflow
+    import numpy as np
+
+    from components.catalog import load_checkpoint
+    from components.export.onnx_export import probe_histories
+    from serving.contract import Bundle
+
+    with mlflow.start_run(run_name=datetime.now().strftime("add-items-%Y%m%d-%H%M%S")) as run:
         run_dir = settings.runs_dir() / run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        version, bundle_dir, checkpoint = resolve(model, Path(scratch))
         source = f"{version.name}/{version.version}"
         mlflow.set_tags({"flow": "add-items", "source_version": source, "items_source": str(items)})
         bundle = Bundle(bundle_dir)
@@ -177,7 +184,6 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
             "check": check,
             "parity": parity.to_dict(),
             "registry": registered,
-            "wall_s": round(time.perf_counter() - started, 1),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -235,4 +235,9 @@ def test_add_items_refuses_known_ids_and_bad_rows_and_registers_nothing(world):
     with pytest.raises(ValidationFailed, match=r"untitled.csv: column 'item_id'.*NEW-9") as failure:
         add_items(items=untitled)
     assert "title" in str(failure.value)
+    experiment = client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id
+    runs = len(client.search_runs([experiment]))
+    with pytest.raises(BehaviorflowError, match=rf"model '{NAME}' has no version 99 in .*; its versions: 1, 2, 3"):
+        add_items(items=known, model=f"{NAME}/99")
+    assert len(client.search_runs([experiment])) == runs  # refused before any MLflow run was opened
     assert versions(client) == before and alias(client, "champion") == "2" and alias(client, "challenger") == "3"
