@@ -19,6 +19,7 @@ from components import settings
 from components.data.sample import SampleConfig, write_sample
 from components.errors import GateFailed, ValidationFailed
 from components.evaluation.bundle import bundle_topk
+from serving.ranking import BundleRanker
 from flows.retrain import retrain
 from tests.helpers import free_port, running_server
 
@@ -219,6 +220,21 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     for before, after in zip(old, new):
         kept = [i for i in after if i not in added]
         assert kept == before[: len(kept)]
+
+    # The new version's Bento, served as a serving team would: `serve --alias challenger`, over HTTP.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "flows.cli", "serve", "--alias", "challenger", "--port", str(port)]
+    with running_server(command, dict(os.environ), world["root"] / "serve-v3.log", url, timeout=90):
+        meta = httpx.get(f"{url}/metadata").json()
+        assert meta["model_version"] == "3" and meta["n_items"] == len(catalog) + 3 and meta["manifest"]["added_items"]["count"] == 3
+        # the history that ranks a brand-new item highest, asked for a list that reaches it
+        position, user_history = min((ranking.index(i), h) for ranking, h in zip(new, histories) for i in added if i in ranking)
+        k = max(10, position + 1)
+        reply = httpx.post(f"{url}/recommend", json={"history": user_history, "k": k}).json()
+        assert [r["item_id"] for r in reply["items"]] == BundleRanker(v3 / "bundle").topk([user_history], k)[0]
+        picked = reply["items"][position]
+        assert picked["item_id"] in added and picked["new"] and picked["title"].endswith("(new edition)")
 
 
 def test_add_items_refuses_known_ids_and_bad_rows_and_registers_nothing(world):
