@@ -171,7 +171,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         }
         mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})
         out, parity = export(extended, bundle, new, probes, extra, text_config, run_dir)
-        check = f"{len(new)} items added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
+        check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
         mlflow.log_dict({"source_version": source, "added": len(new), "max_abs_score_change_old_items": moved, "probe_histories": len(probes)}, "add_items.json")
         registered = publish(out, run_dir, fingerprint, {"gate": check, "added_items_to": source}, promote, version.name)
         mlflow.set_tag("outcome", "registered")
