@@ -29,6 +29,7 @@ EPILOG = """examples:
   behaviorflow bento containerize --alias champion --context-only build/ctx
   behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
   behaviorflow add-items --items new_items.csv           # new catalog items, scored from their text; no retraining
+  behaviorflow versions                                  # registered versions: aliases, test metrics, gate
 
 state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHAVIORFLOW_HOME
 (default ./.behaviorflow). Use real servers with MLFLOW_TRACKING_URI and PREFECT_API_URL."""
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"the version to add them to (default: {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS})")
     add.add_argument("--promote", action="store_true", help="also move the champion alias to the new version (default: challenger only)")
     add.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    versions = sub.add_parser("versions", help="list a registered model's versions: aliases, test metrics, gate or add-items record, Bento")
+    versions.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
+    versions.add_argument("--json", action="store_true", help="print the versions as JSON")
 
     bento = sub.add_parser("bento", help="pull a registered version's Bento, or containerize it", description=(
         "pull: registry alias/version → the version's .bento archive in MLflow → the local Bento store. "
@@ -252,6 +257,22 @@ def cmd_add_items(args) -> int:
     return 0
 
 
+def cmd_versions(args) -> int:
+    from components.registry import list_versions
+
+    rows = list_versions(args.model)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.model} in {settings.tracking_uri()}")
+    print(f"{'version':>7}  {'aliases':<20} {'created (UTC)':<20} {'NDCG@10':>8} {'HR@10':>7}  record")
+    for r in rows:
+        metric = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+        record = f"added items to {r['added_items_to']}" if r["added_items_to"] else r["gate"]
+        print(f"{r['version']:>7}  {', '.join(r['aliases']) or '—':<20} {r['created_at'][:19].replace('T', ' '):<20} {metric(r['NDCG@10']):>8} {metric(r['HR@10']):>7}  {record}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from components.prediction import PredictConfig, predict_with_registered_model
 
@@ -331,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "add-items": cmd_add_items, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "add-items": cmd_add_items, "versions": cmd_versions, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
     try:
         return commands[args.command](args)
     except GateFailed as exc:

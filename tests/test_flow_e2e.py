@@ -257,3 +257,22 @@ def test_add_items_refuses_known_ids_and_bad_rows_and_registers_nothing(world):
         add_items(items=known, model=f"{NAME}/99")
     assert len(client.search_runs([experiment])) == runs  # refused before any MLflow run was opened
     assert versions(client) == before and alias(client, "champion") == "2" and alias(client, "challenger") == "3"
+
+
+def test_versions_lists_aliases_metrics_and_what_each_version_is(world, capsys):
+    from flows.cli import main
+
+    assert main(["versions", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in rows] == ["3", "2", "1"]
+    v3, v2, v1 = rows
+    assert v3["aliases"] == ["challenger"] and v3["added_items_to"] == f"{NAME}/2" and v3["NDCG@10"] is None
+    assert v2["aliases"] == ["champion"] and v2["NDCG@10"] == pytest.approx(world["runs"]["first"]["metrics"]["model"]["NDCG@10"])
+    assert v1["aliases"] == [] and v1["gate"].startswith("PASSED") and v1["bento_tag"].startswith(settings.BENTO_SERVICE_NAME)
+    assert main(["versions"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split() == ["version", "aliases", "created", "(UTC)", "NDCG@10", "HR@10", "record"]
+    assert table[2].split()[:2] == ["3", "challenger"] and table[2].endswith(f"added items to {NAME}/2")
+    assert main(["versions", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no registered model 'no-such-model' in ") and err.rstrip().endswith(f"registered models: {NAME}")

@@ -204,6 +204,44 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     return aliases
 
 
+def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
+    """Every registered version of `name`, newest first: aliases, when, test NDCG@10 / HR@10 of its run
+    (None for versions that were not evaluated, e.g. items added without retraining), the gate or
+    add-items record, the data fingerprint and the Bento tag."""
+    from datetime import datetime, timezone
+
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+        raise BehaviorflowError(f"no registered model '{name}' in {settings.tracking_uri()}; registered models: {', '.join(names) or 'none'}") from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+        try:
+            metrics = client.get_run(mv.run_id).data.metrics
+        except MlflowException:  # the run was deleted: the version still serves
+            metrics = {}
+        rows.append({
+            "version": str(mv.version),
+            "aliases": sorted(aliases.get(str(mv.version), [])),
+            "created_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+            "NDCG@10": metrics.get("NDCG_at_10"),
+            "HR@10": metrics.get("HR_at_10"),
+            "gate": mv.tags.get("gate", ""),
+            "added_items_to": mv.tags.get("added_items_to"),
+            "data_fingerprint": mv.tags.get("data_fingerprint"),
+            "bento_tag": mv.tags.get("bento_tag"),
+            "run_id": mv.run_id,
+        })
+    return rows
+
+
 def version_by_alias(alias: str, name: str = settings.REGISTERED_MODEL_NAME):
     """The ModelVersion that `alias` points to, or None."""
     client = _client()
