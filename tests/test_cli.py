@@ -95,7 +95,8 @@ def test_config_yaml_and_overrides(tmp_path):
         RetrainConfig.from_dict({"train": {"lr": "fast"}})
     with pytest.raises(BehaviorflowError, match=r"config.model: d_model \(30\) is not a multiple of n_heads \(4\)"):
         RetrainConfig.from_dict({"model": {"d_model": 30, "n_heads": 4}})
-    assert RetrainConfig().model.max_len == "auto"
+    assert RetrainConfig().model.max_len == 50
+    assert RetrainConfig.from_dict(merge_overrides({}, ["model.max_len=auto"])).model.max_len == "auto"
     assert RetrainConfig.from_dict(merge_overrides({}, ["model.max_len=120"])).model.max_len == 120
     for bad in ("long", 0, True):
         with pytest.raises(BehaviorflowError, match=rf"config.model: max_len \({bad!r}\) must be a positive number of history steps, e.g. 50, or \"auto\""):

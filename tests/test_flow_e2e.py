@@ -36,7 +36,7 @@ def world(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     config = {
         "data": {"events": str(events), "items": str(items)},
-        "model": {"d_model": 32, "n_layers": 1, "n_heads": 1},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 1, "max_len": "auto"},
         "train": {"max_epochs": 6, "progress": False},
         "export": {"probe_size": 64},
     }

@@ -41,7 +41,7 @@ def test_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"text_embeddings must have shape \(40, 16\), got \(3, 16\)"):
         TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len=12), torch.zeros(3, TEXT_DIM))
     with pytest.raises(ValueError, match=r'max_len "auto" must be resolved from the training histories first'):
-        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM), torch.zeros(N_ITEMS, TEXT_DIM))
+        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len="auto"), torch.zeros(N_ITEMS, TEXT_DIM))
     with pytest.raises(ValueError, match=r"cold_imputation 'knn' is not one of neighbors, mlp"):
         TextSASRecConfig(cold_imputation="knn")
     with pytest.raises(ValueError, match=r"lr_schedule 'linear' is not one of constant, cosine"):
@@ -54,7 +54,7 @@ def test_auto_max_len_reads_nine_in_ten_histories_whole_within_50_to_200():
     lengths = [10] * 10 + [71] * 80 + [500] * 10  # 90th percentile: 71 + 0.1 * (500 - 71) = 113.9
     assert auto_max_len(lengths) == 120  # rounded up to a multiple of 10
     assert auto_max_len([1000] * 20) == 200 and auto_max_len([]) == 50
-    config = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM)
+    config = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len="auto")
     assert resolve_max_len(config, lengths).max_len == 120 and resolve_max_len(replace(config, max_len=7), lengths).max_len == 7
 
 
