@@ -43,9 +43,10 @@ class TrainConfig:
     seed: int = 0  # weights, dropout and batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
     progress: bool = True  # progress within each epoch: a bar on a terminal, else a log line every 30 s
-    all_steps: bool = False  # True: train on every step of histories longer than max_len + 1, in windows of
-    #   max_len + 1 steps (one step of overlap, so each step after a user's first is a target exactly once);
-    #   False: only each user's last max_len + 1 steps, as SASRec does
+    all_steps: bool = True  # train on every step of histories longer than max_len + 1, in windows of max_len + 1
+    #   steps (one step of overlap, so each step after a user's first is a target exactly once); False: only
+    #   each user's last max_len + 1 steps, as SASRec does. ML-1M, max_len 50, 15 CPU minutes: test NDCG@10
+    #   0.1966 with it, 0.1815 without (histories that fit in max_len + 1 steps are not affected)
     sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
     imputed_loss_weight: float = 0.0  # > 0: add this times the same cross-entropy with every item represented as
