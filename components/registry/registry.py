@@ -97,18 +97,25 @@ class ModelRef:
         return f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
 
 
+def _registered_model(client, name: str):
+    """The RegisteredModel `name`; a BehaviorflowError listing the registered ones when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+        listed = ", ".join(names) if names else "none — run 'behaviorflow retrain' first"
+        raise BehaviorflowError(f"no registered model '{name}' in {settings.tracking_uri()}; registered models: {listed}") from None
+
+
 def resolve_version(ref: ModelRef):
     """The ModelVersion `ref` names; a BehaviorflowError naming what exists when there is none."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
     where = settings.tracking_uri()
-    try:
-        model = client.get_registered_model(ref.name)
-    except MlflowException:
-        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
-        listed = ", ".join(names) if names else "none — run 'behaviorflow retrain' first"
-        raise BehaviorflowError(f"no registered model '{ref.name}' in {where}; registered models: {listed}") from None
+    model = _registered_model(client, ref.name)
     if ref.alias is not None:
         aliases = dict(model.aliases or {})
         if ref.alias not in aliases:
@@ -126,19 +133,28 @@ def resolve_version(ref: ModelRef):
         ) from None
 
 
+def _where(model_version) -> str:
+    return f"model '{model_version.name}' version {model_version.version} (MLflow run {model_version.run_id})"
+
+
+def _download(model_version, artifact_path: str, download_to: Path) -> Path:
+    """One artifact of `model_version`'s run, downloaded; MlflowException or OSError when it cannot be."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(
+        run_id=model_version.run_id, artifact_path=artifact_path, dst_path=str(download_to), tracking_uri=settings.tracking_uri()
+    ))
+
+
 def download_bundle(model_version, download_to: Path) -> Path:
     """Download the model bundle (serving/contract.py layout) that `model_version`'s run logged as `bundle/`."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    where = f"model '{model_version.name}' version {model_version.version} (MLflow run {model_version.run_id})"
+    where = _where(model_version)
     try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=model_version.run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=str(download_to), tracking_uri=settings.tracking_uri()
-        )
+        path = _download(model_version, BUNDLE_ARTIFACT, download_to)
     except (MlflowException, OSError) as exc:
         raise BehaviorflowError(f"{where}: cannot download its '{BUNDLE_ARTIFACT}' artifact ({exc}); was it registered by 'behaviorflow retrain'?") from exc
-    path = Path(local)
     if not (path / contract.MANIFEST_FILE).is_file():
         raise BehaviorflowError(f"{where}: its '{BUNDLE_ARTIFACT}' artifact has no {contract.MANIFEST_FILE}; was it registered by 'behaviorflow retrain'?")
     return path
@@ -147,22 +163,17 @@ def download_bundle(model_version, download_to: Path) -> Path:
 def download_checkpoint(model_version, download_to: Path) -> Path:
     """Download the torch checkpoint (`torch/model.pt`) that `model_version`'s run logged: the trained weights
     that `behaviorflow add-items` extends with new items."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from components.catalog import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE
 
-    where = f"model '{model_version.name}' version {model_version.version} (MLflow run {model_version.run_id})"
     try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=model_version.run_id, artifact_path=f"{CHECKPOINT_ARTIFACT}/{CHECKPOINT_FILE}", dst_path=str(download_to), tracking_uri=settings.tracking_uri()
-        )
+        return _download(model_version, f"{CHECKPOINT_ARTIFACT}/{CHECKPOINT_FILE}", download_to)
     except (MlflowException, OSError):
         raise BehaviorflowError(
-            f"{where} has no torch checkpoint ({CHECKPOINT_ARTIFACT}/{CHECKPOINT_FILE}): it was registered before "
+            f"{_where(model_version)} has no torch checkpoint ({CHECKPOINT_ARTIFACT}/{CHECKPOINT_FILE}): it was registered before "
             "checkpoints were kept with each run. Retrain once ('behaviorflow retrain'), then add items to that version."
         ) from None
-    return Path(local)
 
 
 @contextmanager
@@ -213,11 +224,7 @@ def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
     from mlflow.exceptions import MlflowException
 
     client = _client()
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
-        raise BehaviorflowError(f"no registered model '{name}' in {settings.tracking_uri()}; registered models: {', '.join(names) or 'none'}") from None
+    model = _registered_model(client, name)
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
