@@ -98,12 +98,8 @@ def training_pairs(train: list[np.ndarray], max_len: int, all_steps: bool = Fals
     first is a target exactly once (an early window's first targets see only that window's steps)."""
     pairs = []
     for s in train:
-        end = len(s)
-        while end >= 2:
-            pairs.append(s[max(0, end - max_len - 1) : end])
-            if not all_steps:
-                break
-            end = end - max_len if end - max_len - 1 > 0 else 0
+        ends = range(len(s), 1, -max_len)  # window ends, newest first; consecutive windows share one step
+        pairs += [s[max(0, end - max_len - 1) : end] for end in (ends if all_steps else ends[:1])]
     return pairs
 
 
