@@ -87,11 +87,10 @@ def extend(model, embeddings, probes):
 @task(name="export", cache_policy=NONE)
 def export(extended, bundle, items, probes, manifest_extra: dict, text_config, run_dir: Path):
     log.info("[5/6] export to ONNX and check parity with ONNX Runtime")
-    import mlflow
     import torch
 
     from components import contract as c
-    from components.catalog import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, save_checkpoint
+    from components.catalog import log_checkpoint
     from components.export import ExportConfig, check_parity, export_onnx, write_bundle
     from components.registry import BUNDLE_ARTIFACT
     from components.registry.tracking import log_folder, log_json
@@ -111,7 +110,7 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
         bundle.users, manifest, item_vectors, new_flags,
     )
     log_folder(out, BUNDLE_ARTIFACT)
-    mlflow.log_artifact(str(save_checkpoint(extended, text_config, run_dir / CHECKPOINT_FILE)), artifact_path=CHECKPOINT_ARTIFACT)  # so items can be added again
+    log_checkpoint(extended, text_config, run_dir)  # so items can be added to this version too
     return out, parity
 
 

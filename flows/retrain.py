@@ -150,7 +150,6 @@ def gate(report, champion, config: RetrainConfig):
 @task(name="export", cache_policy=NONE)
 def export(result, prepared, dataset_fingerprint: str, decision, report, config: RetrainConfig, run_dir: Path):
     log.info("[7/9] export to ONNX and check parity with ONNX Runtime")
-    import mlflow
     import torch
 
     from components.export import check_parity, export_onnx, quantize_int8, write_bundle
@@ -182,10 +181,9 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
     }
     with torch.no_grad():
         item_vectors = result.model.item_table().numpy()
-    from components.catalog import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, save_checkpoint
+    from components.catalog import log_checkpoint
 
-    # The trained weights, for `behaviorflow add-items` (new catalog items without retraining); not in the Bento.
-    mlflow.log_artifact(str(save_checkpoint(result.model, config.text, run_dir / CHECKPOINT_FILE)), artifact_path=CHECKPOINT_ARTIFACT)
+    log_checkpoint(result.model, config.text, run_dir)  # the trained weights, for `behaviorflow add-items`
     new_items = (~result.model.has_id[1:].cpu()).tolist()  # catalog items without training interactions
     bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors, new_items)
     log_folder(bundle, BUNDLE_ARTIFACT)

@@ -5,8 +5,9 @@ from components.catalog.extend import (
     CHECKPOINT_FILE,
     extend_catalog,
     load_checkpoint,
+    log_checkpoint,
     save_checkpoint,
     unchanged_scores,
 )
 
-__all__ = ["CHECKPOINT_ARTIFACT", "CHECKPOINT_FILE", "extend_catalog", "load_checkpoint", "save_checkpoint", "unchanged_scores"]
+__all__ = ["CHECKPOINT_ARTIFACT", "CHECKPOINT_FILE", "extend_catalog", "load_checkpoint", "log_checkpoint", "save_checkpoint", "unchanged_scores"]

@@ -6,7 +6,8 @@ that is exactly how it already scores the catalog items that had no training int
 item is a new row of the item table, computed from its text with the trained weights; every other row,
 and every user's state, stays as it was. What changes is only which items compete for the top K.
 
-    save_checkpoint(model, text config, path)     the retraining flow logs it with each run
+    save_checkpoint(model, text config, path)
+    log_checkpoint(model, text config, run dir)   saved and logged to the active MLflow run (both flows)
     load_checkpoint(path) -> model, text config
     extend_catalog(model, new text embeddings)    -> the model with the new rows appended
     unchanged_scores(old, new, histories)         -> max |score difference| on the old items (must be ~0)
@@ -39,6 +40,14 @@ def save_checkpoint(model: TextSASRec, text: TextEncoderConfig, path: Path) -> P
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"config": dataclasses.asdict(model.cfg), "state_dict": state, "text": dataclasses.asdict(text)}, path)
     return path
+
+
+def log_checkpoint(model: TextSASRec, text: TextEncoderConfig, run_dir: Path) -> None:
+    """Save the checkpoint in `run_dir` and log it to the active MLflow run as CHECKPOINT_ARTIFACT/CHECKPOINT_FILE,
+    where `registry.download_checkpoint` finds it. Not part of the Bento."""
+    import mlflow
+
+    mlflow.log_artifact(str(save_checkpoint(model, text, run_dir / CHECKPOINT_FILE)), artifact_path=CHECKPOINT_ARTIFACT)
 
 
 def load_checkpoint(path: Path) -> tuple[TextSASRec, TextEncoderConfig]:
@@ -80,9 +89,10 @@ def extend_catalog(model: TextSASRec, text_embeddings: np.ndarray) -> TextSASRec
 def unchanged_scores(old: TextSASRec, new: TextSASRec, histories: Sequence[np.ndarray], batch_size: int = 256) -> float:
     """The largest |score difference| between `old` and `new` over `old`'s items, after each history."""
     n = old.cfg.n_items + 1
+    old, new = old.eval(), new.eval()
     worst = 0.0
     for start in range(0, len(histories), batch_size):
         padded = torch.from_numpy(contract.pad_histories(histories[start : start + batch_size], old.cfg.max_len))
-        a, b = old.eval().score_last(padded)[:, 1:n], new.eval().score_last(padded)[:, 1:n]
+        a, b = old.score_last(padded)[:, 1:n], new.score_last(padded)[:, 1:n]
         worst = max(worst, float((a - b).abs().max()))
     return worst
