@@ -88,18 +88,16 @@ class RetrainConfig:
     def to_yaml(self) -> str:
         """This configuration as a YAML file that `from_yaml` reads back, every field under its section with
         the comment from its definition: what `behaviorflow retrain --print-config` prints."""
-        import yaml
-
         lines = ["# behaviorflow retrain configuration: use it with --config FILE; --set SECTION.FIELD=VALUE overrides one field"]
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
             if not dataclasses.is_dataclass(value):
-                lines += ["", *_comment_lines(field_comments(type(self)).get(section.name, ""), ""), f"{section.name}: {_yaml_scalar(value, yaml)}"]
+                lines += ["", *_comment_lines(field_comments(type(self)).get(section.name, ""), ""), f"{section.name}: {_yaml_scalar(value)}"]
                 continue
             comments = field_comments(type(value))
             lines += ["", f"{section.name}:"]
             for item in dataclasses.fields(value):
-                lines += [*_comment_lines(comments.get(item.name, ""), "  "), f"  {item.name}: {_yaml_scalar(getattr(value, item.name), yaml)}"]
+                lines += [*_comment_lines(comments.get(item.name, ""), "  "), f"  {item.name}: {_yaml_scalar(getattr(value, item.name))}"]
         return "\n".join(lines) + "\n"
 
     def flat(self) -> dict[str, object]:
@@ -141,7 +139,9 @@ def _comment_lines(text: str, indent: str, width: int = 100) -> list[str]:
     return [f"{indent}# {line}" for line in textwrap.wrap(text, width - len(indent) - 2)] if text else []
 
 
-def _yaml_scalar(value, yaml) -> str:
+def _yaml_scalar(value) -> str:
+    import yaml
+
     value = list(value) if isinstance(value, tuple) else value
     return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip().removesuffix("\n...").strip()
 

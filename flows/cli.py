@@ -266,8 +266,10 @@ def cmd_versions(args) -> int:
         return 0
     print(f"{args.model} in {settings.tracking_uri()}")
     print(f"{'version':>7}  {'aliases':<20} {'created (UTC)':<20} {'NDCG@10':>8} {'HR@10':>7}  record")
+    def metric(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4f}"
+
     for r in rows:
-        metric = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
         record = f"added items to {r['added_items_to']}" if r["added_items_to"] else r["gate"]
         print(f"{r['version']:>7}  {', '.join(r['aliases']) or '—':<20} {r['created_at'][:19].replace('T', ' '):<20} {metric(r['NDCG@10']):>8} {metric(r['HR@10']):>7}  {record}")
     return 0

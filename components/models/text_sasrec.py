@@ -50,7 +50,9 @@ class TextSASRecConfig:
     #   (the weighted ids of the cold_neighbors nearest trained items by text)
 
     def __post_init__(self):
-        if isinstance(self.max_len, str) and self.max_len != "auto" or isinstance(self.max_len, bool) or isinstance(self.max_len, int) and self.max_len < 1:
+        unknown_word = isinstance(self.max_len, str) and self.max_len != "auto"
+        not_a_count = isinstance(self.max_len, int) and (isinstance(self.max_len, bool) or self.max_len < 1)  # bool is an int
+        if unknown_word or not_a_count:
             raise ValueError(f"max_len ({self.max_len!r}) must be a positive number of history steps, e.g. 50, or \"auto\"")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not a multiple of n_heads ({self.n_heads})")
