@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-minutes", type=float, default=15.0, help="training budget of each cold-start model")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--skip-id", action="store_true")
+    parser.add_argument("--skip-text", action="store_true", help="no text-aware model on the full data (e.g. an id-only run at another budget)")
     parser.add_argument("--cold-only", action="store_true", help="only popularity and the cold-start experiment (no full-data models)")
     parser.add_argument("--cold-models", default="text,id_only", help="cold-start models to train: text, id_only or both")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     results["popularity"] = evaluate(pop, test_targets, n_items)
 
     has_id = trained_mask(data["train"], n_items)
-    if not args.cold_only:
+    if not (args.cold_only or args.skip_text):
         full_data_models(results, data, embeddings, model_cfg, train_cfg, has_id)
         save("text")
 

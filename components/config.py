@@ -43,6 +43,9 @@ class EvalConfig:
     # reading); None = full ranking only. Sampled metrics flatter every model: compare them only with each other.
     sampled_negatives: int | None = None
     sample_seed: int = 0  # which negatives are drawn (the same ones for every ranker)
+    id_only_baseline: bool = True  # also train the id-only variant of the model (text off: plain SASRec, same
+    #   size, same training settings) and rank the test cases with it, next to popularity: shows whether the
+    #   item text pays off on this data. Doubles the training time; the gate does not read it
 
     def __post_init__(self):
         if self.list_len < 1:

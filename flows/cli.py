@@ -310,17 +310,23 @@ def format_summary(s: dict) -> str:
         "behaviorflow retrain — summary",
         f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
         f"  validation    passed — Data Docs: {s['data_docs']}",
-        f"  training      {s['training']['epochs']} epochs on {s['training']['device']} in {s['training']['wall_s']} s (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})",
+        f"  training      {s['training']['epochs']} epochs on {s['training']['device']} in {s['training']['wall_s']} s (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
+        + (f"; id-only baseline {b['epochs']} epochs in {b['wall_s']} s" if (b := s.get("baseline_training")) else ""),
         f"  test metrics  model NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   |   popularity NDCG@10 {pop['NDCG@10']:.4f}  HR@10 {pop['HR@10']:.4f}",
     ]
+    base = s["metrics"].get("id_only")
+    if base:
+        lift = f"text-aware vs id-only: {m['NDCG@10'] / base['NDCG@10'] - 1:+.1%} NDCG@10" if base["NDCG@10"] > 0 else "the id-only baseline scores 0"
+        lines.append(f"                id-only baseline NDCG@10 {base['NDCG@10']:.4f}  HR@10 {base['HR@10']:.4f}   ({lift})")
     if "champion" in s["metrics"]:
         c = s["metrics"]["champion"]
         lines.append(f"                champion v{s['gate']['champion_version']} NDCG@10 {c['NDCG@10']:.4f}  HR@10 {c['HR@10']:.4f}")
-    slices = s.get("slices", {}).get("model", {})
-    if slices:
-        cut = next(key for key in next(iter(slices.values())) if key.startswith("HR@"))
-        parts = [f"{name.replace('_', ' ')} {values[cut]:.4f} ({values['cases']} cases)" for name, values in slices.items()]
-        lines.append(f"  by target     model {cut}: " + " · ".join(parts))
+    for ranker, label in (("model", "model"), ("id_only", "id-only")):
+        slices = s.get("slices", {}).get(ranker, {})
+        if slices:
+            cut = next(key for key in next(iter(slices.values())) if key.startswith("HR@"))
+            parts = [f"{name.replace('_', ' ')} {values[cut]:.4f} ({values['cases']} cases)" for name, values in slices.items()]
+            lines.append(f"  {'by target' if ranker == 'model' else '':<13} {label} {cut}: " + " · ".join(parts))
     g = s["gate"]
     lines.append(f"  gate          {'PASSED' if g['passed'] else 'FAILED'}: " + "; ".join(g["reasons"]))
     lines.append(f"  MLflow run    {s['run_id']} in {s['tracking_uri']}")

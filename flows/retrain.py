@@ -1,6 +1,6 @@
 """The retraining flow: behaviour log + item catalog in, a gated, packaged, registered recommender out.
 
-    validate → prepare → tokenize → train → evaluate → GATE → export + parity → package → register
+    validate → prepare → tokenize → train (+ id-only baseline) → evaluate → GATE → export + parity → package → register
 
 Every stage lives in `components/<stage>/`; this file only wires them, one task per stage. MLflow
 records the whole run (params, metrics, validation result, data fingerprint, charts, model, Bento).
@@ -99,10 +99,22 @@ def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path
     return result
 
 
+# --- 4b. the id-only baseline: the same model without item text, for the report (the gate ignores it) ---
+@task(name="train id-only baseline", cache_policy=NONE)
+def train_baseline(prepared, model_cfg, config: RetrainConfig):
+    log.info("[4/9] train the id-only baseline: the same model without item text (evaluate.id_only_baseline)")
+    from components.registry.tracking import log_curve
+    from components.training import train_id_only_baseline
+
+    result = train_id_only_baseline(model_cfg, prepared.train, prepared.valid_split(), prepared.trained_items(), config.train)
+    log_curve(result.curve, prefix="id_only_")
+    return result
+
+
 # --- 5. evaluate: full ranking on the test targets (and per slice), next to popularity and the champion ---
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(result, prepared, config: RetrainConfig, run_dir: Path):
-    log.info("[5/9] evaluate: model, popularity and champion on the test cases")
+def evaluate(result, baseline, prepared, config: RetrainConfig, run_dir: Path):
+    log.info("[5/9] evaluate: model, id-only baseline, popularity and champion on the test cases")
     from components.evaluation.evaluate import evaluate_rankers
     from components.evaluation.plots import learning_curve, metric_bars
     from components.registry import find_champion
@@ -117,11 +129,15 @@ def evaluate(result, prepared, config: RetrainConfig, run_dir: Path):
         champion.bundle_dir if champion else None,
         sampled=config.evaluate.sampled_negatives,
         seed=config.evaluate.sample_seed,
+        baselines={"id_only": baseline.model} if baseline else None,
     )
+    if baseline is None:
+        why = "evaluate.id_only_baseline is false" if not config.evaluate.id_only_baseline else "the model is without text or without ids itself"
+        report.notes.append(f"id-only baseline: not trained ({why})")
     log_metrics("", report.flat_metrics())  # NDCG_at_10, popularity_NDCG_at_10, cold_start_HR_at_10, ...
     log_json("evaluation.json", report.to_dict() | {"champion_version": champion.version if champion else None})
     charts = [
-        learning_curve(result.curve, run_dir / "learning_curve.png", report.results["popularity"]["NDCG@10"]),
+        learning_curve(result.curve, run_dir / "learning_curve.png", report.results["popularity"]["NDCG@10"], {"id-only baseline": baseline.curve} if baseline else None),
         metric_bars(report.results, run_dir / "test_metrics.png", split=report.split),
     ]
     log_figure_files(charts)
@@ -221,7 +237,9 @@ def retrain(config: dict | None = None) -> dict:
         prepared = prepare_sequences(dataset, cfg)
         embeddings = encode_item_text(prepared.item_texts, cfg)
         result = train(prepared, embeddings, cfg, run_dir)
-        report, champion = evaluate(result, prepared, cfg, run_dir)
+        with_baseline = cfg.evaluate.id_only_baseline and cfg.model.use_text and cfg.model.use_id  # else the model is a variant itself
+        baseline = train_baseline(prepared, result.model.cfg, cfg) if with_baseline else None
+        report, champion = evaluate(result, baseline, prepared, cfg, run_dir)
         decision = gate(report, champion, cfg)
         summary = {
             "run_id": run.info.run_id,
@@ -232,6 +250,7 @@ def retrain(config: dict | None = None) -> dict:
             "validation": "passed",
             "preparation": prepared.stats,
             "training": {"epochs": len(result.curve), "best_epoch": result.best_epoch, "stopped": result.stopped_because, "device": result.device, "wall_s": round(result.wall_s, 1)},
+            "baseline_training": {"epochs": len(baseline.curve), "best_epoch": baseline.best_epoch, "wall_s": round(baseline.wall_s, 1)} if baseline else None,
             "metrics": report.results,
             "slices": report.slices,
             "cases": report.cases,

@@ -117,6 +117,41 @@ def test_a_slice_without_cases_is_omitted_with_a_note():
     assert "cold_start_HR@10" not in report.flat_metrics()
 
 
+def id_only_model(prepared, seed: int = 1) -> TextSASRec:
+    """The id-only variant over the hand data: it knows only the items that occur in training."""
+    torch.manual_seed(seed)
+    cfg = TextSASRecConfig(n_items=prepared.n_items, text_dim=8, d_model=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0, use_text=False)
+    model = TextSASRec(cfg, None, torch.from_numpy(prepared.trained_items()))
+    with torch.no_grad():
+        model.id_emb.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+def test_a_top_k_longer_than_the_rankable_items_lists_no_excluded_or_unscorable_item():
+    prepared = hand_prepared()
+    name = {i + 1: item for i, item in enumerate(prepared.item_ids)}
+    top = model_topk(id_only_model(prepared), prepared.test.inputs, 10)  # 10 slots, 10 items
+    # The id-only model can rank only trained items (a b c e g); seen ones are excluded: u1 (a a g c) has b
+    # and e left, u2 (a b b d) has c e g, u3 (c e f) has a b g. The rest of each row is padding (0).
+    assert [sorted(name[i] for i in row if i) for row in top] == [["b", "e"], ["c", "e", "g"], ["a", "b", "g"]]
+    assert (top[:, 3:] == 0).all() and (top[0, 2:] == 0).all()
+
+
+def test_the_id_only_baseline_is_reported_like_the_model_and_cannot_reach_new_items():
+    prepared = hand_prepared()
+    baseline = id_only_model(prepared)
+    report = evaluate_rankers(tiny_model(10), prepared, list_len=10, sampled=5, baselines={"id_only": baseline})
+    assert list(report.results) == ["model", "id_only", "popularity"]  # the order of the report and its chart
+    ranks = ranks_from_topk(model_topk(baseline, prepared.test.inputs, 10), prepared.test.targets)
+    assert report.results["id_only"]["HR@10"] == pytest.approx(float(np.mean(ranks < 10)))
+    assert report.results["id_only"]["HR@10"] == pytest.approx(2 / 3)  # b and c are rankable, j never is
+    # u3's target j has no training interaction: the text model can rank it, the id-only model cannot.
+    assert report.slices["id_only"]["cold_start"] == {"HR@10": 0.0, "NDCG@10": 0.0, "cases": 1}
+    assert set(report.intervals["id_only"]) == {"HR@10", "NDCG@10"} and "sampled_HR@10" in report.results["id_only"]
+    flat = report.flat_metrics()
+    assert flat["id_only_cold_start_HR@10"] == 0.0 and flat["id_only_NDCG@10"] == report.results["id_only"]["NDCG@10"]
+
+
 # --- sampled metrics ------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -20,6 +21,7 @@ from components.data.sample import SampleConfig, write_sample
 from components.errors import GateFailed, ValidationFailed
 from components.evaluation.bundle import bundle_topk
 from serving.ranking import BundleRanker
+from flows.cli import format_summary
 from flows.retrain import retrain
 from tests.helpers import free_port, running_server
 
@@ -83,6 +85,12 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     slices = summary["slices"]["model"]  # by the test target's training popularity (components/evaluation/slices.py)
     assert slices["head"]["cases"] + slices["long_tail"]["cases"] == summary["cases"]
     assert run.data.metrics["head_HR_at_10"] == pytest.approx(slices["head"]["HR@10"]) and "popularity_long_tail_NDCG_at_10" in run.data.metrics
+    # The id-only baseline (text off, same settings) is trained and reported next to the model.
+    base = summary["metrics"]["id_only"]
+    assert run.data.metrics["id_only_NDCG_at_10"] == pytest.approx(base["NDCG@10"]) and base["NDCG@10"] > pop["NDCG@10"]
+    curve = world["client"].get_metric_history(summary["run_id"], "id_only_val_NDCG_at_10")
+    assert len(curve) == summary["baseline_training"]["epochs"] >= 1 and summary["slices"]["id_only"]["head"]["cases"] == slices["head"]["cases"]
+    assert "id-only baseline NDCG@10" in format_summary(summary) and "text-aware vs id-only" in format_summary(summary)
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])} | {a.path for a in client.list_artifacts(summary["run_id"], "charts")}
     assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "bundle", "bento"} <= artifacts
     assert [a.path for a in client.list_artifacts(summary["run_id"], "bento")][0].endswith(".bento")
@@ -155,6 +163,7 @@ def test_second_run_is_a_new_version_gated_against_the_champion(world):
     assert gate["champion_version"] == "1" and gate["passed"]
     # Same data, same config, same seed: the retrain reproduces the first model exactly.
     assert summary["metrics"]["model"]["NDCG@10"] == pytest.approx(first["metrics"]["model"]["NDCG@10"], abs=1e-9)
+    assert summary["metrics"]["id_only"] == pytest.approx(first["metrics"]["id_only"], abs=1e-9)  # the baseline too
     # The champion was re-scored by ONNX Runtime on the same test cases: it matches its own first score.
     assert summary["metrics"]["champion"]["NDCG@10"] == pytest.approx(first["metrics"]["model"]["NDCG@10"], abs=0.01)
     assert any("vs champion v1" in r for r in gate["reasons"])
@@ -165,10 +174,14 @@ def test_second_run_is_a_new_version_gated_against_the_champion(world):
 def test_a_failed_gate_registers_nothing(world):
     client = world["client"]
     before = versions(client)
-    config = {**world["config"], "gate": {"min_lift": 1000.0}}
+    config = {**world["config"], "gate": {"min_lift": 1000.0}, "evaluate": {"id_only_baseline": False}}
     with pytest.raises(GateFailed, match="does not beat popularity") as failure:
         retrain(config=config)
     assert "nothing was exported or registered" in str(failure.value)
+    summary = failure.value.summary
+    assert "id_only" not in summary["metrics"] and summary["baseline_training"] is None
+    evaluation = json.loads(Path(client.download_artifacts(summary["run_id"], "evaluation.json")).read_text())
+    assert "id-only baseline: not trained (evaluate.id_only_baseline is false)" in evaluation["notes"]
     assert versions(client) == before and alias(client, "champion") == "2"
     run = client.get_run(failure.value.summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "gate_failed" and run.data.tags["gate"] == "failed"

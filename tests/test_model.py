@@ -362,3 +362,25 @@ def test_int8_variant_is_measured_and_gated(tmp_path):
     assert re.fullmatch(r"fp32 served: int8 is \d+\.\d\dx as fast per history \([\d.]+ vs [\d.]+ ms\), below the 100x that would justify serving an approximation", slow.reason), slow.reason
     lenient = quantize_int8(fp32, tmp_path / "m4.int8.onnx", histories, targets, max_len=12, max_ndcg_drop=1, min_top10_overlap=0, min_speedup=0.01)
     assert lenient.accepted and lenient.reason.startswith("int8 served: NDCG@10") and "as fast per history" in lenient.reason
+
+
+def test_the_id_only_baseline_is_the_same_model_without_text_trained_the_same_way(caplog):
+    from components.training import train_id_only_baseline
+
+    cold = 5  # the last items never occur in training
+    seqs = [np.array([(s + t) % (N_ITEMS - cold) + 1 for t in range(6)]) for s in range(N_ITEMS - cold)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    has_id = np.zeros(N_ITEMS + 1, dtype=bool)
+    has_id[1 : N_ITEMS - cold + 1] = True
+    text_model = tiny(cold=cold)
+    config = TrainConfig(max_epochs=3, patience=3, batch_size=16, warmup_steps=5, lr=3e-3, progress=False)
+    with caplog.at_level("INFO", logger="components.training.train"):
+        result = train_id_only_baseline(text_model.cfg, seqs, valid, has_id, config)
+    model = result.model
+    assert model.text_proj is None and model.imputer is None and not model.cfg.use_text
+    assert replace(model.cfg, use_text=True) == text_model.cfg  # same size, history length, dropout …
+    assert len(result.curve) == 3 and 1 <= result.best_epoch <= 3
+    assert model.unscorable[-cold:].all() and not model.unscorable[1 : N_ITEMS - cold + 1].any()
+    assert any(r.getMessage().startswith("id-only baseline: epoch 3") for r in caplog.records)
+    # It learned the cyclic successor (each item's next is the next index): far above chance (10 / 35).
+    assert result.best_val["HR@10"] > 0.6, result.curve

@@ -1,5 +1,6 @@
-"""The evaluation step: candidate, popularity and (when one exists) the champion, ranked on the same
-held-out test cases with the same protocol, so the gate compares like with like.
+"""The evaluation step: candidate, popularity, the id-only baseline (when trained) and (when one exists)
+the champion, ranked on the same held-out test cases with the same protocol, so the gate compares like
+with like.
 
 Always: full-ranking metrics (every catalog item is a candidate), bootstrap intervals, and the same
 metrics on slices of the cases (components/evaluation/slices.py: cold-start, long-tail and head
@@ -28,7 +29,7 @@ class EvaluationReport:
     cases: int  # test cases ranked
     list_len: int  # top-K list length the rankers returned
     exclude_seen: bool  # items of a case's input were not candidates
-    results: dict[str, dict]  # ranker ("model", "popularity", "champion") -> metric -> value; full ranking, plus sampled_* keys on request
+    results: dict[str, dict]  # ranker ("model", "popularity", "id_only", "champion") -> metric -> value; full ranking, plus sampled_* keys on request
     intervals: dict[str, dict] = field(default_factory=dict)  # ranker -> {"NDCG@10": [lo, hi], ...} (full ranking, 95 % bootstrap)
     slices: dict[str, dict] = field(default_factory=dict)  # ranker -> slice -> {"HR@10", "NDCG@10", "cases"} (full ranking)
     split: str = "leave_one_out"  # how the test cases were cut (PrepareConfig.split)
@@ -70,8 +71,12 @@ def evaluate_rankers(
     *,
     sampled: int | None = None,
     seed: int = 0,
+    baselines: dict | None = None,
 ) -> EvaluationReport:
     """Rank `prepared`'s test cases with the model, popularity and (given its bundle) the champion.
+
+    baselines: more torch models to rank the same cases with, by name (e.g. {"id_only": model}); they are
+    reported like the model (metrics, intervals, slices, sampled metrics).
 
     sampled: also rank each target among this many uniformly sampled negatives (drawn with `seed`,
     never an input item or the target; the same negatives for every ranker) and add the result as
@@ -79,8 +84,10 @@ def evaluate_rankers(
     rank of a target among sampled negatives is not always known.
     """
     inputs, targets = prepared.test_split()
+    baselines = baselines or {}
     tops = {
         "model": model_topk(model, inputs, list_len, exclude_seen),
+        **{name: model_topk(baseline, inputs, list_len, exclude_seen) for name, baseline in baselines.items()},
         "popularity": popularity_topk(prepared.train, inputs, prepared.n_items, list_len, exclude_seen),
     }
     if champion_bundle is not None:
@@ -100,6 +107,7 @@ def evaluate_rankers(
         negatives = sampling.sample_negatives(inputs, targets, prepared.n_items, sampled, seed)
         scores = {
             "model": model_scores(model, inputs, exclude_seen),
+            **{name: model_scores(baseline, inputs, exclude_seen) for name, baseline in baselines.items()},
             "popularity": popularity_scores(prepared.train, inputs, prepared.n_items, exclude_seen),
         }
         for name, batches in scores.items():

@@ -14,13 +14,18 @@ def _pyplot():
     return plt
 
 
-def learning_curve(curve: list[dict], path: Path, popularity_ndcg: float | None = None) -> Path:
+def learning_curve(curve: list[dict], path: Path, popularity_ndcg: float | None = None, others: dict[str, list[dict]] | None = None) -> Path:
+    """Training loss and validation NDCG@10 per epoch: the model's, and those of `others` (name -> curve,
+    e.g. the id-only baseline), with popularity's test NDCG@10 as a reference line."""
     plt = _pyplot()
-    epochs = [row["epoch"] for row in curve]
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [row["loss"] for row in curve], marker="o", ms=3)
+    for name, rows in {"model": curve, **(others or {})}.items():
+        epochs = [row["epoch"] for row in rows]
+        ax_loss.plot(epochs, [row["loss"] for row in rows], marker="o", ms=3, label=name)
+        ax_val.plot(epochs, [row["val_NDCG@10"] for row in rows], marker="o", ms=3, label=f"{name} (validation)")
     ax_loss.set(title="training loss (full cross-entropy)", xlabel="epoch", ylabel="loss")
-    ax_val.plot(epochs, [row["val_NDCG@10"] for row in curve], marker="o", ms=3, label="model (validation)")
+    if others:
+        ax_loss.legend(loc="upper right")
     if popularity_ndcg is not None:
         ax_val.axhline(popularity_ndcg, color="grey", ls="--", label="popularity (test)")
     ax_val.set(title="validation NDCG@10", xlabel="epoch", ylabel="NDCG@10")
@@ -39,14 +44,14 @@ def metric_bars(results: dict[str, dict], path: Path, metrics: tuple[str, ...] =
     names = [n for n, m in results.items() if m]
     shown = [m for m in metrics if all(m in results[n] for n in names)]
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
     for i, name in enumerate(names):
         xs = [j + i * width for j in range(len(shown))]
-        bars = ax.bar(xs, [results[name][m] for m in shown], width, label=name)
+        bars = ax.bar(xs, [results[name][m] for m in shown], width, label=name.replace("_", "-"))
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(shown))], shown)
     ax.set(title=f"test metrics (full ranking, {split.replace('_', '-')} split)", ylabel="value")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

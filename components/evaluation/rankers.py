@@ -73,11 +73,16 @@ def _model_score_batches(model, histories: Sequence[np.ndarray], exclude_seen: b
 
 
 def model_topk(model, histories: Sequence[np.ndarray], k: int, exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> np.ndarray:
-    """Full-ranking top-K of a TextSASRec-like model (anything with `.cfg`, `.item_table()`, `.encode()`)."""
+    """Full-ranking top-K of a TextSASRec-like model (anything with `.cfg`, `.item_table()`, `.encode()`).
+    Where fewer than K items can be ranked (a tiny catalog, a long history), the rest of the row is 0
+    (padding, never a target): an excluded or unscorable item is never listed, as in serving."""
     import torch
 
     k = min(k, model.cfg.n_items)
-    out = [torch.topk(scores, k, dim=1).indices.cpu().numpy() for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device)]
+    out = []
+    for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device):
+        values, indices = torch.topk(scores, k, dim=1)
+        out.append(indices.masked_fill(values == float("-inf"), 0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 

@@ -21,11 +21,14 @@ def log_metrics(prefix: str, metrics: dict[str, float], step: int | None = None)
     mlflow.log_metrics({f"{prefix}{k.replace('@', '_at_')}": float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_curve(curve: list[dict]) -> None:
+def log_curve(curve: list[dict], prefix: str = "") -> None:
+    """Per-epoch training loss and validation metrics as MLflow metric histories (step = epoch);
+    prefix names another model's curve (e.g. "id_only_")."""
     import mlflow
 
     for row in curve:
-        mlflow.log_metrics({"train_loss": row["loss"], "val_NDCG_at_10": row["val_NDCG@10"], "val_HR_at_10": row["val_HR@10"]}, step=row["epoch"])
+        values = {"train_loss": row["loss"], "val_NDCG_at_10": row["val_NDCG@10"], "val_HR_at_10": row["val_HR@10"]}
+        mlflow.log_metrics({prefix + key: value for key, value in values.items()}, step=row["epoch"])
 
 
 def log_figure_files(paths: list[Path]) -> None:

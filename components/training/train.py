@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +85,21 @@ class TrainResult:
     stopped_because: str = ""
 
 
-def new_model(config, text_embeddings: np.ndarray, has_id: np.ndarray, seed: int) -> TextSASRec:
+def new_model(config, text_embeddings: np.ndarray | None, has_id: np.ndarray, seed: int) -> TextSASRec:
     """A freshly initialised model, seeded: the same data and config give the same weights on every run
-    (so a retrain of unchanged data reproduces the champion instead of failing the gate by chance)."""
+    (so a retrain of unchanged data reproduces the champion instead of failing the gate by chance).
+    text_embeddings may be None for a model without text (`use_text=False`)."""
     torch.manual_seed(seed)
-    return TextSASRec(config, torch.from_numpy(text_embeddings), torch.from_numpy(has_id))
+    text = None if text_embeddings is None else torch.from_numpy(text_embeddings)
+    return TextSASRec(config, text, torch.from_numpy(has_id))
+
+
+def train_id_only_baseline(model_config, train: list[np.ndarray], valid, has_id: np.ndarray, config: TrainConfig) -> TrainResult:
+    """The id-only variant of the model (`use_text=False`: plain SASRec over item ids, the same size and
+    history length), trained with the same settings: the baseline that shows whether the item text pays
+    off on this data. It cannot rank items that had no training interactions (their HR is 0)."""
+    model = new_model(replace(model_config, use_text=False), None, has_id, config.seed)
+    return train_model(model, train, valid, config, label="id-only baseline: ")
 
 
 def training_pairs(train: list[np.ndarray], max_len: int, all_steps: bool = False) -> list[np.ndarray]:
@@ -221,7 +231,11 @@ def train_model(
     valid: tuple[list[np.ndarray], np.ndarray],
     config: TrainConfig = TrainConfig(),
     checkpoint_dir: Path | None = None,
+    label: str = "",
 ) -> TrainResult:
+    """Fit `model` on `train` (item-index sequences, oldest first), early-stopped on `valid` (inputs,
+    targets) NDCG@10 within the time budget; returns it with its best weights. label prefixes the log
+    lines and progress bars (e.g. "id-only baseline: ")."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
@@ -255,13 +269,13 @@ def train_model(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, _clock() - start, steps_per_epoch, config))
     result = TrainResult(model=model, device=str(device))
     best_state, best_ndcg, stale, previous_minutes = None, -1.0, 0, 0.0
-    log.info("training on %s: %d sequences, %d steps/epoch", device, len(sequences), steps_per_epoch)
+    log.info("%straining on %s: %d sequences, %d steps/epoch", label, device, len(sequences), steps_per_epoch)
 
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         order = rng.permutation(len(sequences))
         losses = []
-        bar = progress(range(steps_per_epoch), total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", logger=log, enabled=config.progress)
+        bar = progress(range(steps_per_epoch), total=steps_per_epoch, desc=f"{label}epoch {epoch}", unit="step", logger=log, enabled=config.progress)
         for step in bar:
             batch = [sequences[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             padded = torch.from_numpy(pad_histories(batch, model.cfg.max_len + 1)).to(device)
@@ -277,8 +291,8 @@ def train_model(
         result.curve.append(row)
         improved = val["NDCG@10"] > best_ndcg
         log.info(
-            "epoch %d  loss %.4f  val NDCG@10 %.4f  HR@10 %.4f%s  (%.1f min)",
-            epoch, row["loss"], val["NDCG@10"], val["HR@10"], "  *best*" if improved else "", minutes,
+            "%sepoch %d  loss %.4f  val NDCG@10 %.4f  HR@10 %.4f%s  (%.1f min)",
+            label, epoch, row["loss"], val["NDCG@10"], val["HR@10"], "  *best*" if improved else "", minutes,
         )
         if improved:
             best_ndcg, stale, result.best_epoch, result.best_val = val["NDCG@10"], 0, epoch, val
@@ -307,5 +321,5 @@ def train_model(
     model.load_state_dict(best_state)
     model.eval()
     result.wall_s = _clock() - start
-    log.info("best epoch %d (val NDCG@10 %.4f); stopped: %s", result.best_epoch, best_ndcg, result.stopped_because)
+    log.info("%sbest epoch %d (val NDCG@10 %.4f); stopped: %s", label, result.best_epoch, best_ndcg, result.stopped_because)
     return result
