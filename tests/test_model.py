@@ -277,6 +277,24 @@ def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):
     assert len(result.curve) == 1 and result.stopped_because == "time budget of 5.0 min reached"  # one epoch always runs
 
 
+def test_patience_counts_only_epochs_after_the_learning_rate_warm_up(monkeypatch):
+    import components.training.train as train_module
+
+    # Scripted validation NDCG@10 per epoch: best at epoch 1, then a dip that lasts.
+    scripted = iter([0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])
+    monkeypatch.setattr(train_module, "metrics_from_ranks", lambda *a, **k: {"NDCG@10": next(scripted), "HR@10": 0.5})
+    seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(6)]) for s in range(N_ITEMS)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    # 40 sequences in batches of 64: one step per epoch, so a 3-step warm-up spans epochs 1-3.
+    config = TrainConfig(max_epochs=7, patience=2, batch_size=64, warmup_steps=3, progress=False)
+    result = train_model(tiny(cold=0), seqs, valid, config)
+    # Epoch 2 ends with the rate still rising (step 2 of 3): its dip does not count. Epochs 3 and 4 do.
+    assert len(result.curve) == 4 and result.best_epoch == 1
+    assert result.stopped_because == "no validation gain for 2 epochs"
+    scripted = iter([0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])
+    assert len(train_model(tiny(cold=0), seqs, valid, replace(config, warmup_steps=1)).curve) == 3  # no warm-up to wait for
+
+
 def test_training_refuses_items_marked_untrained_that_occur_in_training():
     seqs = [np.array([1, 2, 3, N_ITEMS])]  # item N_ITEMS is marked as never trained by tiny()
     with pytest.raises(ValueError, match=rf"1 item\(s\) occur in the training sequences .* \[{N_ITEMS}\]"):

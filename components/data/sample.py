@@ -5,7 +5,10 @@ user who saw part n goes on to part n+1 most of the time (`p_follow_series`); ot
 popular item of a category they like, or to any popular item. So the next item is predictable from the
 previous one — a popularity baseline is clearly beatable — and the text says why (a series shares
 brand, series word and category), so a text-aware model can place a brand-new part it never saw in an
-event: a few such unreleased items sit in the catalog only.
+event. Two kinds of such parts: a few *unreleased* items sit in the catalog only, and a few items are
+*launched* at the end of the log — the next part of a series, visited only as the last visit of some users
+who saw the part before it (they came back for the sequel). Leave-one-out makes those visits test targets
+that no training sequence holds: the cold-start slice of the evaluation, where an id-only model scores 0.
 
 Each item visit is a funnel of events: a view, sometimes a click, fewer carts, fewer purchases, with
 increasing timestamps in 2024. A few exact duplicate rows exercise de-duplication.
@@ -95,6 +98,8 @@ class SampleConfig:
     series_per_category: int = 6  # 12 categories x 6 series x 4-8 parts ≈ 430 items
     series_length: tuple[int, int] = (4, 8)  # parts per series, inclusive
     unreleased_share: float = 0.02  # share of items that are in the catalog but in no event (cold start)
+    launched_share: float = 0.02  # share of items launched at the end of the log: only ever a user's last visit
+    p_return_for_launch: float = 0.5  # a user who saw the part before a launched item comes back for it
     mean_visits: float = 11.0  # item visits per user: log-normal (sigma 0.45) around this, ...
     visits_range: tuple[int, int] = (5, 30)  # ...clipped to this range (each visit is 1-4 events)
     p_follow_series: float = 0.65  # next visit is the next part of the current series
@@ -112,8 +117,9 @@ class _Catalog:
     ids: np.ndarray  # per released item: its item_id (arrays below are indexed like this one)
     category: np.ndarray  # per released item: category index
     next_part: np.ndarray  # per released item: index of the next released part, -1 at the end of a series
-    popularity: np.ndarray  # per released item: sampling weight (popular series, early parts)
+    popularity: np.ndarray  # per released item: sampling weight (popular series, early parts; 0 for launched items)
     price: np.ndarray  # per released item: EUR
+    launch: np.ndarray  # per released item: index of the launched part that follows it, else -1
 
 
 def generate_sample(config: SampleConfig = SampleConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -130,19 +136,30 @@ def generate_sample(config: SampleConfig = SampleConfig()) -> tuple[pd.DataFrame
         return int(members[category][np.searchsorted(member_cdf[category], rng.random())])
 
     funnel = (("click", config.p_click), ("cart", config.p_cart), ("purchase", config.p_purchase))
-    rows = []  # (user, item index, event type, timestamp)
+    rows, launch_rows = [], []  # (user, item index, event type, timestamp)
+    # Launch visits draw from their own generator, so the rest of the log does not depend on them.
+    launch_rng = np.random.default_rng([config.seed, 1])
+
+    def visit(out: list, user: int, item: int, clock: int, draw) -> int:
+        """A view and its funnel (click, cart, purchase, each less likely); returns the clock after it."""
+        out.append((user, item, "view", clock))
+        for step, p_step in funnel:
+            if draw.random() >= p_step:
+                break
+            clock += int(draw.integers(*_STEP_DELAY[step]))
+            out.append((user, item, step, clock))
+        return clock
+
     for user in range(1, config.n_users + 1):
         liked = rng.choice(n_categories, size=rng.integers(1, 4), replace=False)
         n_visits = int(np.clip(round(rng.lognormal(np.log(config.mean_visits), 0.45)), *config.visits_range))
         clock = _START_2024 + int(rng.integers(0, 330 * 86_400))
         item = popular_in(int(rng.choice(liked)))
+        launches = []  # launched parts whose predecessor this user saw, in order of first sight
         for _ in range(n_visits):
-            rows.append((user, item, "view", clock))
-            for step, p_step in funnel:
-                if rng.random() >= p_step:
-                    break
-                clock += int(rng.integers(*_STEP_DELAY[step]))
-                rows.append((user, item, step, clock))
+            clock = visit(rows, user, item, clock, rng)
+            if catalog.launch[item] >= 0 and catalog.launch[item] not in launches:
+                launches.append(int(catalog.launch[item]))
             if rng.random() < config.p_new_session:
                 clock += 3_600 + int(rng.exponential(2 * 86_400))
             else:
@@ -154,8 +171,11 @@ def generate_sample(config: SampleConfig = SampleConfig()) -> tuple[pd.DataFrame
                 item = popular_in(int(rng.choice(liked)))
             else:
                 item = int(np.searchsorted(global_cdf, rng.random()))
+        # At most one launch visit, the user's last: no training sequence of leave-one-out holds it.
+        if launches and launch_rng.random() < config.p_return_for_launch:
+            visit(launch_rows, user, launches[0], clock + 86_400 + int(launch_rng.integers(0, 2 * 86_400)), launch_rng)
 
-    users, items, kinds, stamps = (np.asarray(col) for col in zip(*rows))
+    users, items, kinds, stamps = (np.asarray(col) for col in zip(*(rows + launch_rows)))
     priced = np.isin(kinds, ("cart", "purchase"))
     events = pd.DataFrame(
         {
@@ -166,8 +186,8 @@ def generate_sample(config: SampleConfig = SampleConfig()) -> tuple[pd.DataFrame
             c.VALUE: np.where(priced, catalog.price[items], np.nan),
         }
     )
-    n_duplicates = round(config.duplicate_share * len(events))
-    duplicates = np.sort(rng.choice(len(events), size=n_duplicates, replace=False))
+    n_duplicates = round(config.duplicate_share * len(rows))
+    duplicates = np.sort(rng.choice(len(rows), size=n_duplicates, replace=False))  # of the regular visits
     # A log is ordered by time across users; the stable sort keeps each duplicate next to its original.
     order = np.concatenate([np.arange(len(events)), duplicates])
     events = events.iloc[order].assign(_order=order)
@@ -198,11 +218,17 @@ def _make_catalog(config: SampleConfig, rng: np.random.Generator) -> _Catalog:
     # Unreleased items are the next part of a few series: text-wise they belong, but no one saw them yet.
     n_unreleased = max(1, round(config.unreleased_share * lengths.sum()))
     unreleased = set(rng.choice(n_series, size=n_unreleased, replace=False).tolist())
+    # Launched items are the next part of a few other series (drawn apart, so the rest stays as it was).
+    launch_rng = np.random.default_rng([config.seed, 2])
+    others = np.array(sorted(set(range(n_series)) - unreleased))
+    n_launched = min(len(others), round(config.launched_share * lengths.sum()))
+    launched = set(launch_rng.choice(others, size=n_launched, replace=False).tolist()) if n_launched else set()
     # Within a category, series popularity falls off Zipf-like with a random rank.
     ranks = np.concatenate([rng.permutation(config.series_per_category) for _ in CATEGORIES])
     names = list(CATEGORIES)
 
-    records, category, next_part, popularity, price = [], [], [], [], []
+    records, category, next_part, popularity, price, launch = [], [], [], [], [], []
+    launched_records = []  # appended after the others, so the regular items keep their ids
     for s, word in enumerate(words):
         k, within = divmod(s, config.series_per_category)
         name = names[k]
@@ -212,26 +238,31 @@ def _make_catalog(config: SampleConfig, rng: np.random.Generator) -> _Catalog:
         series_weight = 1.0 / (1 + ranks[s]) ** 0.8
         n_parts = int(lengths[s]) + (s in unreleased)
         for part in range(1, n_parts + 1):
-            hook = f"Continues {word} {part - 1}." if part > 1 else f"The first {brand} {word} {noun}."
-            records.append(
-                {
-                    c.TITLE: f"{brand} {noun} {word} {part}",
-                    c.CATEGORY: name,
-                    c.BRAND: brand,
-                    c.DESCRIPTION: f"Part {part} of the {brand} {word} {name} series: "
-                    f"{_article(noun)} {noun} with {features[(s + part) % len(features)]}. {hook}",
-                    "released": part <= lengths[s],
-                }
-            )
+            records.append(_part_record(brand, noun, word, part, name, features[(s + part) % len(features)], released=part <= lengths[s]))
             if part <= lengths[s]:
                 category.append(k)
                 next_part.append(len(category) if part < lengths[s] else -1)
                 popularity.append(series_weight * 0.85 ** (part - 1))
                 price.append(round(base_price * rng.uniform(0.9, 1.1), 2))
+                launch.append(-1)
+        if s in launched:  # the part after the last: indexed after every regular item (see below)
+            part = int(lengths[s]) + 1
+            launched_records.append((len(category) - 1, k, round(base_price * launch_rng.uniform(0.9, 1.1), 2),
+                                     _part_record(brand, noun, word, part, name, features[(s + part) % len(features)], released=True)))
 
     # Ids in random order, so that "next id" does not give the series away.
+    ids = [f"P{n:04d}" for n in rng.permutation(len(records)) + 1]
+    for n, (before, k, cost, record) in zip(launch_rng.permutation(len(launched_records)) + len(records) + 1, launched_records):
+        launch[before] = len(category)  # the released-item index the launched part gets here
+        category.append(k)
+        next_part.append(-1)
+        popularity.append(0.0)  # never drawn in the log: only a returning user's last visit
+        price.append(cost)
+        launch.append(-1)
+        records.append(record)
+        ids.append(f"P{n:04d}")
     frame = pd.DataFrame(records)
-    frame.insert(0, c.ITEM_ID, [f"P{n:04d}" for n in rng.permutation(len(frame)) + 1])
+    frame.insert(0, c.ITEM_ID, ids)
     released = frame.pop("released").to_numpy(dtype=bool)
     return _Catalog(
         items=frame.sort_values(c.ITEM_ID).astype("str").reset_index(drop=True),
@@ -240,7 +271,20 @@ def _make_catalog(config: SampleConfig, rng: np.random.Generator) -> _Catalog:
         next_part=np.asarray(next_part),
         popularity=np.asarray(popularity),
         price=np.asarray(price),
+        launch=np.asarray(launch),
     )
+
+
+def _part_record(brand: str, noun: str, word: str, part: int, category: str, feature: str, released: bool) -> dict:
+    """One part of a series as a catalog row (plus whether it is released)."""
+    hook = f"Continues {word} {part - 1}." if part > 1 else f"The first {brand} {word} {noun}."
+    return {
+        c.TITLE: f"{brand} {noun} {word} {part}",
+        c.CATEGORY: category,
+        c.BRAND: brand,
+        c.DESCRIPTION: f"Part {part} of the {brand} {word} {category} series: {_article(noun)} {noun} with {feature}. {hook}",
+        "released": released,
+    }
 
 
 def _article(noun: str) -> str:

@@ -38,7 +38,8 @@ class TrainConfig:
     max_epochs: int = 200  # upper bound; early stopping normally ends training first
     max_minutes: float = 60.0  # wall-clock budget for the whole fit: no epoch starts that would, at the pace of
     #   the last one (training and validation), end after it
-    patience: int = 5  # validations without a new best NDCG@10 before stopping
+    patience: int = 5  # validations without a new best NDCG@10 before stopping; epochs that end inside the
+    #   learning-rate warm-up do not count (on small data the warm-up spans epochs, and validation dips in it)
     val_users: int = 2048  # validation cases evaluated each epoch (a fixed random subset when larger)
     seed: int = 0  # weights, dropout and batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
@@ -301,7 +302,7 @@ def train_model(
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 result.checkpoint = checkpoint_dir / "best.pt"
                 torch.save({"config": model.cfg.__dict__, "state_dict": best_state, "epoch": epoch, "val": val}, result.checkpoint)
-        else:
+        elif epoch * steps_per_epoch >= config.warmup_steps:  # a dip while the rate still rises is no plateau
             stale += 1
         if stale >= config.patience:
             result.stopped_because = f"no validation gain for {config.patience} epochs"
