@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from components.evaluation import bootstrap_ci, coverage, metrics_from_ranks, model_topk, popularity_topk, ranks_from_topk  # noqa: E402
 from components.evaluation.metrics import per_case  # noqa: E402
 from components.evaluation.rankers import model_scores  # noqa: E402
+from components.evaluation.slices import case_slices, slice_metrics  # noqa: E402
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
 from components.tokenization import TextEncoderConfig, embed_items  # noqa: E402
 from components.training import TrainConfig, train_model  # noqa: E402
@@ -81,11 +82,15 @@ def load(data: Path) -> dict:
     return {"n_items": n_items, "train": train, "valid": (val_inputs, val_targets), "test": (test_inputs, test_targets), "texts": texts}
 
 
-def evaluate(topk: np.ndarray, targets: np.ndarray, n_items: int) -> dict:
+def evaluate(topk: np.ndarray, targets: np.ndarray, n_items: int, train: list[np.ndarray] | None = None) -> dict:
+    """Full-ranking metrics with 95 % bootstrap intervals; given the training sequences, also HR/NDCG@10
+    by the target's training popularity (long tail, head; components/evaluation/slices.py)."""
     ranks = ranks_from_topk(topk, targets)
     out = metrics_from_ranks(ranks, topk.shape[1]) | {"coverage@10": coverage(topk, n_items)}
     out["ci95"] = {m: [round(x, 4) for x in bootstrap_ci(v)] for m, v in per_case(ranks, 10).items()}
     out["cases"] = int(len(targets))
+    if train is not None:
+        out["slices"] = slice_metrics(ranks, case_slices(targets, train, n_items), 10)
     return out
 
 
@@ -182,7 +187,7 @@ def full_data_models(results: dict, data: dict, embeddings: np.ndarray, model_cf
     n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
     model, fit_text = fit("text", data, embeddings, model_cfg, train_cfg, data["train"], has_id)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["text"] = evaluate(model_topk(model, test_inputs, 20), test_targets, n_items)
+    results["text"] = evaluate(model_topk(model, test_inputs, 20), test_targets, n_items, data["train"])
     results["train_wall_s"] = round(fit_text.wall_s, 1)
     results["peak_rss_mb"] = round(peak_rss_mb, 1)
     results["epochs"] = len(fit_text.curve)
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
     results: dict = {"git_commit": commit, "git_dirty": dirty, "command": "python benchmarks/ml1m.py " + " ".join(argv if argv is not None else sys.argv[1:]), "protocol": "ML-1M SASRec version, leave-one-out, full ranking over 3,416 items, input items excluded, max_len 200; 512 validation users for selection, 3,261 test users", "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
     pop = popularity_topk(data["train"], test_inputs, n_items, 20)
-    results["popularity"] = evaluate(pop, test_targets, n_items)
+    results["popularity"] = evaluate(pop, test_targets, n_items, data["train"])
 
     has_id = trained_mask(data["train"], n_items)
     if not (args.cold_only or args.skip_text):
@@ -243,7 +248,7 @@ def main(argv=None) -> int:
     if not (args.skip_id or args.cold_only):
         id_cfg = replace(model_cfg, use_text=False)
         id_model, fit_id = fit("id_only", data, embeddings, id_cfg, replace(train_cfg, max_minutes=args.id_minutes), data["train"], has_id)
-        results["id_only"] = evaluate(model_topk(id_model, test_inputs, 20), test_targets, n_items)
+        results["id_only"] = evaluate(model_topk(id_model, test_inputs, 20), test_targets, n_items, data["train"])
         results["id_only"]["train_wall_s"] = round(fit_id.wall_s, 1)
         results["id_only"]["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_id.curve]
         log_mlflow("id_only", {"variant": "id_only", **asdict(id_cfg)}, {k: v for k, v in results["id_only"].items() if isinstance(v, float)}, fit_id.curve)
@@ -287,6 +292,10 @@ def print_table(r: dict) -> None:
         if name in r:
             m = r[name]
             print(f"{name:<12} {m['HR@10']:8.4f} {str(m['ci95']['HR@10']):>17} {m['NDCG@10']:8.4f} {str(m['ci95']['NDCG@10']):>17} {m['HR@20']:8.4f} {m['NDCG@20']:8.4f}")
+    for name in ("text", "id_only", "popularity"):
+        if "slices" in r.get(name, {}):
+            parts = [f"{slice_name.replace('_', ' ')} {v['HR@10']:.4f} / {v['NDCG@10']:.4f} ({v['cases']} cases)" for slice_name, v in r[name]["slices"].items()]
+            print(f"{name:<12} HR@10 / NDCG@10 by target: " + " · ".join(parts))
     if "text" in r:
         print(f"training wall time {r['train_wall_s']} s, peak RSS {r['peak_rss_mb']} MB, minutes to val NDCG@10 ≥ 0.1726: {r['minutes_to_ndcg10_0.1726']}")
     if "cold_start" in r:
