@@ -29,7 +29,7 @@ class EvaluationReport:
     cases: int  # test cases ranked
     list_len: int  # top-K list length the rankers returned
     exclude_seen: bool  # items of a case's input were not candidates
-    results: dict[str, dict]  # ranker ("model", "popularity", "id_only", "champion") -> metric -> value; full ranking, plus sampled_* keys on request
+    results: dict[str, dict]  # ranker ("model", "id_only", "popularity", "champion") -> metric -> value; full ranking, plus sampled_* keys on request
     intervals: dict[str, dict] = field(default_factory=dict)  # ranker -> {"NDCG@10": [lo, hi], ...} (full ranking, 95 % bootstrap)
     slices: dict[str, dict] = field(default_factory=dict)  # ranker -> slice -> {"HR@10", "NDCG@10", "cases"} (full ranking)
     split: str = "leave_one_out"  # how the test cases were cut (PrepareConfig.split)
