@@ -8,6 +8,11 @@ them as JSON.
 
     python benchmarks/train_speed.py                      # every device torch sees; CPU limited to 2 threads
     python benchmarks/train_speed.py --devices cuda --batch-sizes 128,1024 --out speed.json
+    python benchmarks/train_speed.py --compare-malloc --items 3416,20000   # CPU: glibc's default malloc vs
+        # train.reuse_memory (freed blocks kept for reuse), alternating fresh processes, as a ratio
+
+The CPU rows run with the malloc setting training uses (`train.reuse_memory`, on by default) unless
+`--malloc default` says otherwise.
 
 Generated data only: it needs no dataset, so it runs wherever the code runs (a GPU machine included).
 """
@@ -29,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
+from components.training.malloc import reuse_freed_memory  # noqa: E402
 from components.training.train import TrainConfig, optimizer_step, training_pairs  # noqa: E402
 from serving.contract import pad_histories  # noqa: E402
 from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
@@ -74,6 +80,39 @@ def time_steps(device: str, sequences, model_cfg, text, batch_size: int, steps: 
     return row
 
 
+def compare_malloc(args) -> dict:
+    """glibc's default malloc vs freed blocks kept for reuse: each measurement a fresh process (malloc
+    settings are per process), alternating default / reuse, `rounds` times per catalog size."""
+    import subprocess
+    import tempfile
+
+    rows = []
+    for items in map(int, str(args.items).split(",")):
+        for round_ in range(args.rounds):
+            for setting in ("default", "reuse"):
+                with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                    command = [sys.executable, __file__, "--devices", "cpu", "--items", str(items), "--users", str(args.users),
+                               "--batch-sizes", args.batch_sizes, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                               "--cpu-threads", str(args.cpu_threads), "--malloc", setting, "--out", out.name]
+                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                    for row in json.loads(Path(out.name).read_text())["rows"]:
+                        rows.append({"items": items, "round": round_ + 1, "malloc": setting, **row})
+                        print(json.dumps(rows[-1]), flush=True)
+    ratios = {}
+    for items in map(int, str(args.items).split(",")):
+        for batch_size in map(int, args.batch_sizes.split(",")):
+            ms = {setting: float(np.median([r["median_ms_per_step"] for r in rows if (r["items"], r["batch_size"], r["malloc"]) == (items, batch_size, setting)]))
+                  for setting in ("default", "reuse")}
+            ratios[f"items{items}_batch{batch_size}"] = {"default_ms": round(ms["default"], 1), "reuse_ms": round(ms["reuse"], 1), "speedup": round(ms["default"] / ms["reuse"], 2)}
+            print(f"{items} items, batch {batch_size}: default malloc {ms['default']:.0f} ms/step, reuse {ms['reuse']:.0f} ms/step: {ms['default'] / ms['reuse']:.2f}x")
+    commit, dirty = git_state()
+    result = {"what": "CPU training step (forward, full-catalog cross-entropy, backward, Adam), glibc default malloc vs freed blocks kept for reuse (train.reuse_memory); median ms per step, medians over rounds of alternating fresh processes",
+              "rows": rows, "reuse_vs_default": ratios, "max_len": 200, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda; auto = cpu plus cuda when present")
@@ -82,14 +121,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--cpu-threads", type=int, default=2, help="torch threads on the CPU (our reference machine has 2 cores)")
     parser.add_argument("--users", type=int, default=6040)
-    parser.add_argument("--items", type=int, default=3416)
+    parser.add_argument("--items", default="3416", help="catalog size (with --compare-malloc: comma-separated sizes)")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse", help="CPU: keep freed blocks for reuse, as training does (train.reuse_memory), or glibc's default")
+    parser.add_argument("--compare-malloc", action="store_true", help="CPU only: time both --malloc settings in alternating fresh processes, per --items size, and report reuse vs default")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare-malloc: processes per setting and size")
     args = parser.parse_args(argv)
+    if args.compare_malloc:
+        return compare_malloc(args)
+    if args.malloc == "reuse":  # "default" calls nothing: any mallopt call turns glibc's dynamic mmap threshold off
+        reuse_freed_memory(True)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
-    model_cfg = TextSASRecConfig(n_items=args.items, max_len=200)
-    sequences = ml1m_shaped(args.users, args.items, model_cfg.max_len)
-    text = torch.nn.functional.normalize(torch.randn(args.items, model_cfg.text_dim), dim=-1)
+    n_items = int(args.items)
+    model_cfg = TextSASRecConfig(n_items=n_items, max_len=200)
+    sequences = ml1m_shaped(args.users, n_items, model_cfg.max_len)
+    text = torch.nn.functional.normalize(torch.randn(n_items, model_cfg.text_dim), dim=-1)
     rows = []
     for batch_size in map(int, args.batch_sizes.split(",")):
         for device in devices:

@@ -400,5 +400,6 @@ def test_the_id_only_baseline_is_the_same_model_without_text_trained_the_same_wa
     assert len(result.curve) == 3 and 1 <= result.best_epoch <= 3
     assert model.unscorable[-cold:].all() and not model.unscorable[1 : N_ITEMS - cold + 1].any()
     assert any(r.getMessage().startswith("id-only baseline: epoch 3") for r in caplog.records)
+    assert any(r.getMessage() == "id-only baseline: malloc: freed large blocks are kept for reuse (train.reuse_memory)" for r in caplog.records)
     # It learned the cyclic successor (each item's next is the next index): far above chance (10 / 35).
     assert result.best_val["HR@10"] > 0.6, result.curve
