@@ -73,12 +73,16 @@ def embed(items, text_config):
 
 
 @task(name="extend and check", cache_policy=NONE)
-def extend(model, embeddings, probes):
+def extend(model, embeddings, probes, source: str):
     log.info("[4/6] extend the item table and check that the old items' scores did not move")
+    import mlflow
+
     from components.catalog import extend_catalog, unchanged_scores
 
     extended = extend_catalog(model, embeddings)
     moved = unchanged_scores(model, extended, probes)
+    # Logged before the check, so that a failure has it too.
+    mlflow.log_dict({"source_version": source, "added": len(embeddings), "max_abs_score_change_old_items": moved, "probe_histories": len(probes)}, "add_items.json")
     if moved > 1e-4:
         raise BehaviorflowError(f"adding items moved the scores of existing items by up to {moved:.2e} (tolerance 1e-4); nothing was registered. Report it with this run's add_items.json.")
     return extended, moved
@@ -162,7 +166,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         probes = [np.array([bundle.index_of[i] for i in h if i in bundle.index_of], dtype=np.int64) for h in bundle.users.values()]
         probes = [p for p in probes if len(p)] or [np.array([i], dtype=np.int64) for i in range(1, len(bundle.item_ids) + 1)]
         probes = probe_histories(probes, 1024)  # a fixed random subset, plus the shortest and longest
-        extended, moved = extend(old_model, embeddings, probes)
+        extended, moved = extend(old_model, embeddings, probes, source)
         fingerprint = str(bundle.manifest.get("data_fingerprint", ""))
         extra = {
             "quantization": f"not tried: items added to version {source} without new interactions, so there are no test cases to check int8 on",
@@ -171,7 +175,6 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})
         out, parity = export(extended, bundle, new, probes, extra, text_config, run_dir)
         check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
-        mlflow.log_dict({"source_version": source, "added": len(new), "max_abs_score_change_old_items": moved, "probe_histories": len(probes)}, "add_items.json")
         registered = publish(out, run_dir, fingerprint, {"gate": check, "added_items_to": source}, promote, version.name)
         mlflow.set_tag("outcome", "registered")
         summary = {
