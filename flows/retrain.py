@@ -99,6 +99,15 @@ def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path
     return result
 
 
+def _baseline_skipped(config: RetrainConfig) -> str | None:
+    """Why no id-only baseline is trained, or None when it is."""
+    if not config.evaluate.id_only_baseline:
+        return "evaluate.id_only_baseline is false"
+    if not (config.model.use_text and config.model.use_id):
+        return "the model is without text or without ids itself"
+    return None
+
+
 # --- 4b. the id-only baseline: the same model without item text, for the report (the gate ignores it) ---
 @task(name="train id-only baseline", cache_policy=NONE)
 def train_baseline(prepared, model_cfg, config: RetrainConfig):
@@ -113,7 +122,7 @@ def train_baseline(prepared, model_cfg, config: RetrainConfig):
 
 # --- 5. evaluate: full ranking on the test targets (and per slice), next to popularity and the champion ---
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(result, baseline, prepared, config: RetrainConfig, run_dir: Path):
+def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: RetrainConfig, run_dir: Path):
     log.info("[5/9] evaluate: model, id-only baseline, popularity and champion on the test cases")
     from components.evaluation.evaluate import evaluate_rankers
     from components.evaluation.plots import learning_curve, metric_bars
@@ -131,9 +140,8 @@ def evaluate(result, baseline, prepared, config: RetrainConfig, run_dir: Path):
         seed=config.evaluate.sample_seed,
         baselines={"id_only": baseline.model} if baseline else None,
     )
-    if baseline is None:
-        why = "evaluate.id_only_baseline is false" if not config.evaluate.id_only_baseline else "the model is without text or without ids itself"
-        report.notes.append(f"id-only baseline: not trained ({why})")
+    if baseline_skipped:
+        report.notes.append(f"id-only baseline: not trained ({baseline_skipped})")
     log_metrics("", report.flat_metrics())  # NDCG_at_10, popularity_NDCG_at_10, cold_start_HR_at_10, ...
     log_json("evaluation.json", report.to_dict() | {"champion_version": champion.version if champion else None})
     charts = [
@@ -237,9 +245,9 @@ def retrain(config: dict | None = None) -> dict:
         prepared = prepare_sequences(dataset, cfg)
         embeddings = encode_item_text(prepared.item_texts, cfg)
         result = train(prepared, embeddings, cfg, run_dir)
-        with_baseline = cfg.evaluate.id_only_baseline and cfg.model.use_text and cfg.model.use_id  # else the model is a variant itself
-        baseline = train_baseline(prepared, result.model.cfg, cfg) if with_baseline else None
-        report, champion = evaluate(result, baseline, prepared, cfg, run_dir)
+        skipped = _baseline_skipped(cfg)
+        baseline = train_baseline(prepared, result.model.cfg, cfg) if skipped is None else None
+        report, champion = evaluate(result, baseline, skipped, prepared, cfg, run_dir)
         decision = gate(report, champion, cfg)
         summary = {
             "run_id": run.info.run_id,
