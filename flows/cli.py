@@ -246,7 +246,7 @@ def cmd_add_items(args) -> int:
     print("\n".join([
         "",
         "behaviorflow add-items — summary",
-        f"  added         {s['added_items']} item{'s' if s['added_items'] != 1 else ''} to {s['source_version']} ({s['catalog_items']} in the catalog now)",
+        f"  added         {_count(s['added_items'], 'item')} to {s['source_version']} ({s['catalog_items']} in the catalog now)",
         f"  check         {s['check']}",
         f"  ONNX parity   {p['cases']} histories, top-K identical: {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.1e}",
         f"  registered    version {r['version']} — aliases: {', '.join(r['aliases'])}",

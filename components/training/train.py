@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from components.errors import BehaviorflowError
 from components.evaluation import metrics_from_ranks, model_topk, ranks_from_topk
 from components.models.text_sasrec import TextSASRec
-from components.training.malloc import reuse_freed_memory
 from components.progress import progress
 from components.settings import resolve_device
+from components.training.malloc import reuse_freed_memory
 from serving.contract import pad_histories
 
 log = logging.getLogger(__name__)
