@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\n| batch | history | torch ms | ONNX ms | ONNX/torch | floor ms | torch at % of peak | most any engine could gain over torch |")
+    print("\n| batch | history | torch ms | ONNX ms | ONNX/torch | floor ms | torch at % of peak | most any engine could gain over torch |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch']} | {r['seq']} | {r['torch_ms']:.3f} | {r['onnx_fp32_ms']:.3f} | {r['onnx_vs_torch']}× | {r['floor_ms']:.3f} | "
