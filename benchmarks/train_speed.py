@@ -10,6 +10,8 @@ them as JSON.
     python benchmarks/train_speed.py --devices cuda --batch-sizes 128,1024 --out speed.json
     python benchmarks/train_speed.py --compare-malloc --items 3416,20000   # CPU: glibc's default malloc vs
         # train.reuse_memory (freed blocks kept for reuse), alternating fresh processes, as a ratio
+    python benchmarks/train_speed.py --compare-groups --rounds 6    # CPU: train.length_groups 1 vs 4 on short
+        # (shop-like) and long (ML-1M-like) generated histories, as a ratio
 
 The CPU rows run with the malloc setting training uses (`train.reuse_memory`, on by default) unless
 `--malloc default` says otherwise.
@@ -47,6 +49,69 @@ def ml1m_shaped(users: int, items: int, max_len: int, seed: int = 0) -> list[np.
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
     popularity /= popularity.sum()
     return training_pairs([rng.choice(items, size=n, p=popularity) + 1 for n in lengths], max_len)
+
+
+def shop_shaped(users: int, items: int, max_len: int, seed: int = 0) -> list[np.ndarray]:
+    """Short histories, as in shops and review logs: lognormal lengths with median ~7 steps (3 to 300),
+    Zipf-like popularity; windows of max_len + 1 as training cuts them (`train.all_steps`)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(mean=2.0, sigma=0.7, size=users).astype(int), 3, 300)
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.8
+    popularity /= popularity.sum()
+    return training_pairs([rng.choice(items, size=n, p=popularity) + 1 for n in lengths], max_len, all_steps=True)
+
+
+def compare_groups(args) -> dict:
+    """`train.length_groups` 1 (each batch padded to its longest sequence) against --groups, on the same
+    batches in one process: each setting trains its own identically initialised model, and the settings
+    take turns every `--steps` steps for `--rounds` rounds. Two generated shapes: short shop-like
+    histories and ML-1M-like long ones, both at the default max_len 50."""
+    reuse_freed_memory(True)
+    torch.set_num_threads(args.cpu_threads)
+    max_len, settings = 50, (1, args.groups)
+    shapes = {
+        "shop": ("22,000 users, median 7 steps (3-300), 12,000 items", shop_shaped(22000, 12000, max_len), 12000),
+        "ml1m": ("6,040 users, median ~100 steps (20-2,300), 3,416 items", training_pairs(
+            [s for s in ml1m_shaped(args.users, 3416, 10_000)], max_len, all_steps=True), 3416),
+    }
+    rows, ratios = [], {}
+    for name, (description, sequences, items) in shapes.items():
+        cfg = TextSASRecConfig(n_items=items, max_len=max_len)
+        text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+        order = np.random.default_rng(1).permutation(len(sequences))
+        batches = [torch.from_numpy(pad_histories([sequences[i] for i in order[b * 128 : (b + 1) * 128]], max_len + 1))
+                   for b in range(args.warmup + args.steps * args.rounds)]
+        runs = {}
+        for groups in settings:
+            torch.manual_seed(0)
+            model = TextSASRec(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
+            runs[groups] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), TrainConfig(length_groups=groups), [])
+            for padded in batches[: args.warmup]:
+                optimizer_step(*runs[groups][:2], padded, runs[groups][2])
+        for round_ in range(args.rounds):
+            for groups in settings if round_ % 2 == 0 else settings[::-1]:
+                model, optimizer, config, times = runs[groups]
+                for padded in batches[args.warmup + round_ * args.steps :][: args.steps]:
+                    started = time.perf_counter()
+                    optimizer_step(model, optimizer, padded, config).item()
+                    times.append(time.perf_counter() - started)
+        ms = {groups: float(np.median(runs[groups][3])) * 1000 for groups in settings}
+        widths = [int(p.shape[1]) - 1 for p in batches]
+        real = float(np.mean([(p[:, 1:] != 0).sum().item() / len(p) for p in batches]))
+        for groups in settings:
+            rows.append({"shape": name, "length_groups": groups, "median_ms_per_step": round(ms[groups], 1), "steps": len(runs[groups][3])})
+        ratios[name] = {"data": description, "sequences": len(sequences), "mean_batch_width": round(float(np.mean(widths)), 1),
+                        "mean_real_steps_per_sequence": round(real, 1), "ms_groups_1": round(ms[1], 1),
+                        f"ms_groups_{args.groups}": round(ms[args.groups], 1), "speedup": round(ms[1] / ms[args.groups], 2)}
+        print(f"{name} ({description}): length_groups 1 {ms[1]:.0f} ms/step, {args.groups} {ms[args.groups]:.0f} ms/step: "
+              f"{ms[1] / ms[args.groups]:.2f}x (batches {np.mean(widths):.0f} steps wide, {real:.1f} real steps per sequence)", flush=True)
+    commit, dirty = git_state()
+    result = {"what": "CPU training step (forward, full-catalog cross-entropy, backward, Adam) with train.length_groups 1 vs "
+                      f"{args.groups}, batch 128, max_len 50, {args.cpu_threads} threads; median ms per step over alternating rounds",
+              "rows": rows, "groups_vs_one": ratios, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def time_steps(device: str, sequences, model_cfg, text, batch_size: int, steps: int, warmup: int, threads: int) -> dict:
@@ -125,10 +190,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse", help="CPU: keep freed blocks for reuse, as training does (train.reuse_memory), or glibc's default")
     parser.add_argument("--compare-malloc", action="store_true", help="CPU only: time both --malloc settings in alternating fresh processes, per --items size, and report reuse vs default")
-    parser.add_argument("--rounds", type=int, default=2, help="with --compare-malloc: processes per setting and size")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare-malloc: processes per setting and size; "
+                        "with --compare-groups: turns per setting")
+    parser.add_argument("--compare-groups", action="store_true", help="CPU only: train.length_groups 1 against --groups on "
+                        "generated short (shop-like) and long (ML-1M-like) histories, in one process, as a ratio")
+    parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "
+                        "compared with 1 (default: the training default)")
     args = parser.parse_args(argv)
     if args.compare_malloc:
         return compare_malloc(args)
+    if args.compare_groups:
+        return compare_groups(args)
     if args.malloc == "reuse":  # "default" calls nothing: any mallopt call turns glibc's dynamic mmap threshold off
         reuse_freed_memory(True)
 
