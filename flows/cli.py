@@ -330,6 +330,8 @@ def format_summary(s: dict) -> str:
         if slices:
             cut = next(key for key in next(iter(slices.values())) if key.startswith("HR@"))
             parts = [f"{name.replace('_', ' ')} {values[cut]:.4f} ({values['cases']} cases)" for name, values in slices.items()]
+            if "cold_start" in slices and slices.get("warm", {}).get(cut):
+                parts[0] += f" = {slices['cold_start'][cut] / slices['warm'][cut]:.2f}× warm"
             lines.append(f"  {'by target' if ranker == 'model' else '':<13} {label} {cut}: " + " · ".join(parts))
     g = s["gate"]
     lines.append(f"  gate          {'PASSED' if g['passed'] else 'FAILED'}: " + "; ".join(g["reasons"]))

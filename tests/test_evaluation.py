@@ -60,6 +60,7 @@ def test_slices_hand_computed():
     assert masks["head"].tolist() == [True, True, False, False, False, False]
     assert masks["long_tail"].tolist() == [False, False, True, True, True, True]
     assert masks["cold_start"].tolist() == [False, False, False, True, False, True]  # 5 and 9 never trained on
+    assert masks["warm"].tolist() == [True, True, True, False, True, False]
 
     ranks = np.array([0, 12, 1, 3, 20, 9])  # from top-20 lists: 20 = not in the list
     got = slice_metrics(ranks, masks, k=10)
@@ -67,11 +68,12 @@ def test_slices_hand_computed():
     ndcg = lambda r: 1 / math.log2(r + 2)  # noqa: E731
     assert got["long_tail"] == pytest.approx({"HR@10": 0.75, "NDCG@10": (ndcg(1) + ndcg(3) + ndcg(9)) / 4, "cases": 4})
     assert got["cold_start"] == pytest.approx({"HR@10": 1.0, "NDCG@10": (ndcg(3) + ndcg(9)) / 2, "cases": 2})
+    assert got["warm"] == pytest.approx({"HR@10": 0.5, "NDCG@10": (1 + ndcg(1)) / 4, "cases": 4})  # ranks 0, 12, 1, 20
 
 
 def test_an_empty_slice_is_left_out_and_named():
     masks = case_slices(np.array([1, 2]), [np.array([1, 1, 2])], n_items=10)
-    assert set(slice_metrics(np.array([0, 1]), masks)) == {"head"}
+    assert set(slice_metrics(np.array([0, 1]), masks)) == {"warm", "head"}
     assert empty_slices(masks) == ["cold_start", "long_tail"]
 
 
@@ -99,7 +101,7 @@ def test_evaluate_rankers_reports_slices_per_ranker():
     assert pop["head"] == pytest.approx({"HR@10": 1.0, "NDCG@10": 1.0, "cases": 1})  # b at rank 0
     assert pop["long_tail"] == pytest.approx({"HR@10": 1.0, "NDCG@10": (1 + 1 / 3) / 2, "cases": 2})  # c at 0, j at 6
     assert pop["cold_start"] == pytest.approx({"HR@10": 1.0, "NDCG@10": 1 / 3, "cases": 1})  # j at 6: 1/log2(8)
-    assert {name: v["cases"] for name, v in report.slices["model"].items()} == {"cold_start": 1, "long_tail": 2, "head": 1}
+    assert {name: v["cases"] for name, v in report.slices["model"].items()} == {"cold_start": 1, "warm": 2, "long_tail": 2, "head": 1}
     assert report.notes == [] and report.sampled_negatives is None
     assert not any(key.startswith("sampled_") for metrics in report.results.values() for key in metrics)
 

@@ -84,6 +84,9 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     assert run.data.metrics["NDCG_at_10"] == pytest.approx(m["NDCG@10"])
     slices = summary["slices"]["model"]  # by the test target's training popularity (components/evaluation/slices.py)
     assert slices["head"]["cases"] + slices["long_tail"]["cases"] == summary["cases"]
+    assert slices["cold_start"]["cases"] + slices["warm"]["cases"] == summary["cases"] and slices["cold_start"]["cases"] > 0  # the sample's launches
+    ratio = slices["cold_start"]["HR@10"] / slices["warm"]["HR@10"]
+    assert f"cold start {slices['cold_start']['HR@10']:.4f} ({slices['cold_start']['cases']} cases) = {ratio:.2f}× warm" in format_summary(summary)
     assert run.data.metrics["head_HR_at_10"] == pytest.approx(slices["head"]["HR@10"]) and "popularity_long_tail_NDCG_at_10" in run.data.metrics
     # The id-only baseline (text off, same settings) is trained and reported next to the model.
     base = summary["metrics"]["id_only"]

@@ -3,7 +3,7 @@ the champion, ranked on the same held-out test cases with the same protocol, so 
 with like.
 
 Always: full-ranking metrics (every catalog item is a candidate), bootstrap intervals, and the same
-metrics on slices of the cases (components/evaluation/slices.py: cold-start, long-tail and head
+metrics on slices of the cases (components/evaluation/slices.py: cold-start, warm, long-tail and head
 targets). On request (`sampled`): the target ranked among N sampled negatives as well, under keys
 prefixed `sampled_` (components/evaluation/sampled.py) — never instead of the full ranking, which the
 gate reads.

@@ -3,13 +3,16 @@
 A case's slice is decided by its *target* item's count in the training data (never by the test data):
 
 * `cold_start` — the target never occurs in training (the model knows it from its text only);
+* `warm` — the target occurs in training: every case that is not `cold_start` (a new item's share of
+  what the model does for known ones is cold_start HR@10 / warm HR@10);
 * `long_tail` — the target is not a head item: the bottom 80 % of the catalog by training count,
   which includes every item with a zero count (so `cold_start` cases are `long_tail` cases too);
 * `head` — the target is one of the ⌊20 % × catalog size⌋ items with the highest training count
   (ties broken by the lower item index, the popularity ranker's order); an item with a zero count is
   never head, even in a catalog where fewer items than that were seen.
 
-`long_tail` and `head` partition the cases; `cold_start` is a subset of `long_tail`. A slice without
+`cold_start` and `warm` partition the cases, and so do `long_tail` and `head`; `cold_start` is a subset
+of `long_tail`. A slice without
 cases is left out of the results (and `empty_slices` says which), never reported as 0.
 """
 
@@ -22,7 +25,7 @@ import numpy as np
 from components.evaluation.metrics import per_case
 from components.evaluation.rankers import item_counts
 
-SLICES = ("cold_start", "long_tail", "head")
+SLICES = ("cold_start", "warm", "long_tail", "head")
 HEAD_SHARE = 0.2  # the most popular fifth of the catalog is the head
 
 
@@ -43,7 +46,7 @@ def case_slices(targets: np.ndarray, train: Sequence[np.ndarray], n_items: int, 
     targets = np.asarray(targets, dtype=np.int64)
     counts = item_counts(train, n_items)
     head = head_items(counts, head_share)[targets]
-    return {"cold_start": counts[targets] == 0, "long_tail": ~head, "head": head}
+    return {"cold_start": counts[targets] == 0, "warm": counts[targets] > 0, "long_tail": ~head, "head": head}
 
 
 def slice_metrics(ranks: np.ndarray, masks: dict[str, np.ndarray], k: int = 10) -> dict[str, dict[str, float]]:
