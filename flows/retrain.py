@@ -125,7 +125,7 @@ def train_baseline(prepared, model_cfg, config: RetrainConfig):
 def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: RetrainConfig, run_dir: Path):
     log.info("[5/9] evaluate: model, id-only baseline, popularity and champion on the test cases")
     from components.evaluation.evaluate import evaluate_rankers
-    from components.evaluation.plots import learning_curve, metric_bars
+    from components.evaluation.plots import learning_curve, metric_bars, slice_bars
     from components.registry import find_champion
     from components.registry.tracking import log_figure_files, log_json, log_metrics
 
@@ -147,6 +147,7 @@ def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: R
     charts = [
         learning_curve(result.curve, run_dir / "learning_curve.png", report.results["popularity"]["NDCG@10"], {"id-only baseline": baseline.curve} if baseline else None),
         metric_bars(report.results, run_dir / "test_metrics.png", split=report.split),
+        slice_bars(report.slices, run_dir / "test_slices.png"),
     ]
     log_figure_files(charts)
     return report, champion

@@ -341,3 +341,18 @@ def test_evaluation_on_a_temporal_split(shop):
     assert 0 <= report.results["model"]["NDCG@10"] <= report.results["model"]["sampled_NDCG@10"] <= 1  # sampling flatters
     top = model_topk(tiny_model(prepared.n_items), prepared.test.inputs, 20)
     assert report.results["model"]["HR@20"] == pytest.approx((ranks_from_topk(top, prepared.test.targets) < 20).mean())
+
+
+def test_slice_chart_shows_each_slice_every_ranker_has(tmp_path):
+    from components.evaluation.plots import slice_bar_values, slice_bars
+
+    slices = {
+        "model": {"cold_start": {"HR@10": 0.25, "cases": 4}, "warm": {"HR@10": 0.5, "cases": 16}, "head": {"HR@10": 0.6, "cases": 5}},
+        "id_only": {"cold_start": {"HR@10": 0.0, "cases": 4}, "warm": {"HR@10": 0.55, "cases": 16}},
+        "champion": {},  # no slices (e.g. not re-scored): no bars
+    }
+    labels, heights = slice_bar_values(slices)
+    assert labels == ["cold start\n(4 cases)", "warm\n(16 cases)"]  # head: only the model has it
+    assert heights == {"model": [0.25, 0.5], "id_only": [0.0, 0.55]}
+    path = slice_bars(slices, tmp_path / "slices.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -95,7 +95,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     assert len(curve) == summary["baseline_training"]["epochs"] >= 1 and summary["slices"]["id_only"]["head"]["cases"] == slices["head"]["cases"]
     assert "id-only baseline NDCG@10" in format_summary(summary) and "text-aware vs id-only" in format_summary(summary)
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])} | {a.path for a in client.list_artifacts(summary["run_id"], "charts")}
-    assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "bundle", "bento"} <= artifacts
+    assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "charts/test_slices.png", "bundle", "bento"} <= artifacts
     assert [a.path for a in client.list_artifacts(summary["run_id"], "bento")][0].endswith(".bento")
     assert os.path.exists(summary["data_docs"])
 
