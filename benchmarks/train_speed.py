@@ -68,14 +68,15 @@ def compare_groups(args) -> dict:
     histories and ML-1M-like long ones, both at the default max_len 50."""
     reuse_freed_memory(True)
     torch.set_num_threads(args.cpu_threads)
-    max_len, settings = 50, (1, args.groups)
+    settings = (1, args.groups)
+    ml1m_histories = ml1m_shaped(args.users, 3416, 10_000)  # whole histories: training_pairs below cuts them
     shapes = {
-        "shop": ("22,000 users, median 7 steps (3-300), 12,000 items", shop_shaped(22000, 12000, max_len), 12000),
-        "ml1m": ("6,040 users, median ~100 steps (20-2,300), 3,416 items", training_pairs(
-            [s for s in ml1m_shaped(args.users, 3416, 10_000)], max_len, all_steps=True), 3416),
+        "shop": ("22,000 users, median 7 steps (3-300), 12,000 items, max_len 50", shop_shaped(22000, 12000, 50), 12000, 50),
+        "ml1m": ("6,040 users, median ~100 steps (20-2,300), 3,416 items, max_len 50", training_pairs(ml1m_histories, 50, all_steps=True), 3416, 50),
+        "ml1m_200": ("the same at max_len 200 (the ML-1M benchmark's)", training_pairs(ml1m_histories, 200, all_steps=True), 3416, 200),
     }
     rows, ratios = [], {}
-    for name, (description, sequences, items) in shapes.items():
+    for name, (description, sequences, items, max_len) in shapes.items():
         cfg = TextSASRecConfig(n_items=items, max_len=max_len)
         text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
         order = np.random.default_rng(1).permutation(len(sequences))
@@ -107,7 +108,7 @@ def compare_groups(args) -> dict:
               f"{ms[1] / ms[args.groups]:.2f}x (batches {np.mean(widths):.0f} steps wide, {real:.1f} real steps per sequence)", flush=True)
     commit, dirty = git_state()
     result = {"what": "CPU training step (forward, full-catalog cross-entropy, backward, Adam) with train.length_groups 1 vs "
-                      f"{args.groups}, batch 128, max_len 50, {args.cpu_threads} threads; median ms per step over alternating rounds",
+                      f"{args.groups}, batch 128, {args.cpu_threads} threads; median ms per step over alternating rounds",
               "rows": rows, "groups_vs_one": ratios, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
@@ -193,7 +194,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="with --compare-malloc: processes per setting and size; "
                         "with --compare-groups: turns per setting")
     parser.add_argument("--compare-groups", action="store_true", help="CPU only: train.length_groups 1 against --groups on "
-                        "generated short (shop-like) and long (ML-1M-like) histories, in one process, as a ratio")
+                        "generated short (shop-like) and long (ML-1M-like, max_len 50 and 200) histories, in one process, as a ratio")
     parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "
                         "compared with 1 (default: the training default)")
     args = parser.parse_args(argv)
