@@ -169,10 +169,9 @@ def real_step_states(model: TextSASRec, inputs: torch.Tensor, targets: torch.Ten
     """The hidden state and the target of every real step of a left-padded batch: [M, d], [M].
 
     With groups > 1 the sequences may be sorted by length and encoded in up to that many groups (see
-    `length_split`), each cut
-    to its own longest sequence (left padding is dropped from the left, and positions are right-aligned,
-    so a real step's state is what the whole-batch encoding gives it). Rows come out grouped, not in
-    batch order; a mean loss over them does not depend on the order."""
+    `length_split`), each cut to its own longest sequence: left padding is dropped from the left, and
+    positions are right-aligned, so a real step's state is what the whole-batch encoding gives it. Rows
+    come out grouped, not in batch order; a mean loss over them does not depend on the order."""
     real = targets != 0  # (B, T)
     lengths = real.sum(1)
     split = length_split(lengths, groups)
@@ -194,7 +193,7 @@ def length_split(lengths: torch.Tensor, groups: int) -> list[torch.Tensor]:
     """Row indices of a batch in groups of similar length: the most groups (a power of two, at most
     `groups`) whose padded area, Σ rows × longest, is at most 3/4 of the whole batch's — or one group
     holding every row. Each extra group costs a pass of small kernels: on long histories, where 4
-    groups remove about 3 % of the padding, they made steps 7 % slower."""
+    groups remove about 3 % of the padding, they made steps up to 7 % slower."""
     everything = [torch.arange(len(lengths), device=lengths.device)]
     if groups < 2 or len(lengths) < 2:
         return everything
