@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
+from components.timing import timed_in_turns  # noqa: E402
 from components.training.malloc import reuse_freed_memory  # noqa: E402
 from components.training.train import TrainConfig, optimizer_step, training_pairs  # noqa: E402
 from serving.contract import pad_histories  # noqa: E402
@@ -64,8 +65,9 @@ def shop_shaped(users: int, items: int, max_len: int, seed: int = 0) -> list[np.
 def compare_groups(args) -> dict:
     """`train.length_groups` 1 (each batch padded to its longest sequence) against --groups, on the same
     batches in one process: each setting trains its own identically initialised model, and the settings
-    take turns every `--steps` steps for `--rounds` rounds. Two generated shapes: short shop-like
-    histories and ML-1M-like long ones, both at the default max_len 50."""
+    take turns every `--steps` steps for `--rounds` rounds (components.timing.timed_in_turns). Generated
+    shapes: short shop-like histories and ML-1M-like long ones at the default max_len 50, and the long
+    ones at 200."""
     reuse_freed_memory(True)
     torch.set_num_threads(args.cpu_threads)
     settings = (1, args.groups)
@@ -82,25 +84,20 @@ def compare_groups(args) -> dict:
         order = np.random.default_rng(1).permutation(len(sequences))
         batches = [torch.from_numpy(pad_histories([sequences[i] for i in order[b * 128 : (b + 1) * 128]], max_len + 1))
                    for b in range(args.warmup + args.steps * args.rounds)]
-        runs = {}
+        engines = []
         for groups in settings:
             torch.manual_seed(0)
             model = TextSASRec(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
-            runs[groups] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), TrainConfig(length_groups=groups), [])
+            optimizer, config = torch.optim.Adam(model.parameters(), lr=1e-3), TrainConfig(length_groups=groups)
             for padded in batches[: args.warmup]:
-                optimizer_step(*runs[groups][:2], padded, runs[groups][2])
-        for round_ in range(args.rounds):
-            for groups in settings if round_ % 2 == 0 else settings[::-1]:
-                model, optimizer, config, times = runs[groups]
-                for padded in batches[args.warmup + round_ * args.steps :][: args.steps]:
-                    started = time.perf_counter()
-                    optimizer_step(model, optimizer, padded, config).item()
-                    times.append(time.perf_counter() - started)
-        ms = {groups: float(np.median(runs[groups][3])) * 1000 for groups in settings}
+                optimizer_step(model, optimizer, padded, config)
+            engines.append(lambda i, m=model, o=optimizer, c=config: optimizer_step(m, o, batches[args.warmup + i], c).item())
+        times = dict(zip(settings, timed_in_turns(engines, calls=args.steps * args.rounds, block=args.steps)))
+        ms = {groups: float(np.median(times[groups])) * 1000 for groups in settings}
         widths = [int(p.shape[1]) - 1 for p in batches]
         real = float(np.mean([(p[:, 1:] != 0).sum().item() / len(p) for p in batches]))
         for groups in settings:
-            rows.append({"shape": name, "length_groups": groups, "median_ms_per_step": round(ms[groups], 1), "steps": len(runs[groups][3])})
+            rows.append({"shape": name, "length_groups": groups, "median_ms_per_step": round(ms[groups], 1), "steps": len(times[groups])})
         ratios[name] = {"data": description, "sequences": len(sequences), "mean_batch_width": round(float(np.mean(widths)), 1),
                         "mean_real_steps_per_sequence": round(real, 1), "ms_groups_1": round(ms[1], 1),
                         f"ms_groups_{args.groups}": round(ms[args.groups], 1), "speedup": round(ms[1] / ms[args.groups], 2)}
