@@ -52,11 +52,23 @@ def necessary_flops(batch: int, seq: int, d: int, layers: int, items: int) -> in
     return 2 * batch * ((layers - 1) * full_block + last_block + scoring)
 
 
+def cpu_session(model, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session on `threads` intra-op threads (`model`: a path or serialized bytes),
+    profiling into files named after `profile_prefix` when given."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+
+
 def matmul_peak(threads: int, size: int, seconds: float) -> dict:
     """The best sustained fp32 GEMM rate of torch (oneDNN/MKL) and of ONNX Runtime (MLAS) on square
     size×size matrices: the best any dense kernel reaches on this CPU. Returns GFLOP/s."""
     import onnx
-    import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
 
@@ -81,9 +93,7 @@ def matmul_peak(threads: int, size: int, seconds: float) -> dict:
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString(), threads)
     ort_rate = best_rate(lambda: session.run(["c"], {"a": a, "b": b}))
     onnx.checker.check_model(model)
     return {"size": size, "torch_gflops": round(torch_rate, 1), "onnxruntime_gflops": round(ort_rate, 1), "peak_gflops": round(max(torch_rate, ort_rate), 1)}
@@ -113,14 +123,8 @@ def shape_rates(batch: int, seq: int, d: int, heads: int, threads: int, calls: i
 
 def operator_shares(session_path: Path, feeds: dict, threads: int, runs: int = 20) -> dict:
     """ONNX Runtime's own profile of one shape: the share of kernel time per operator type."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(session_path, threads, profile_prefix=str(Path(tmp) / "ort"))
         for _ in range(runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -179,9 +183,7 @@ def main(argv=None) -> int:
     graph = TopKGraph(model, contract.MAX_K)
     work = tempfile.TemporaryDirectory()
     path = export_onnx(model, Path(work.name) / "model.onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path, args.threads)
 
     peak = matmul_peak(args.threads, args.gemm_size, args.gemm_seconds)
     print(f"fp32 matmul {args.gemm_size}²: torch {peak['torch_gflops']} GFLOP/s, ONNX Runtime {peak['onnxruntime_gflops']} GFLOP/s "
