@@ -12,6 +12,8 @@ them as JSON.
         # train.reuse_memory (freed blocks kept for reuse), alternating fresh processes, as a ratio
     python benchmarks/train_speed.py --compare-groups --rounds 6    # CPU: train.length_groups 1 vs 4 on short
         # (shop-like) and long (ML-1M-like) generated histories, as a ratio
+    python benchmarks/train_speed.py --compare-imputation --rounds 6   # CPU: the cold-item imputer on every
+        # item-table row vs only on the rows without their id, as a ratio
 
 The CPU rows run with the malloc setting training uses (`train.reuse_memory`, on by default) unless
 `--malloc default` says otherwise.
@@ -62,21 +64,24 @@ def shop_shaped(users: int, items: int, max_len: int, seed: int = 0) -> list[np.
     return training_pairs([rng.choice(items, size=n, p=popularity) + 1 for n in lengths], max_len, all_steps=True)
 
 
-def compare_groups(args) -> dict:
-    """`train.length_groups` 1 (each batch padded to its longest sequence) against --groups, on the same
-    batches in one process: each setting trains its own identically initialised model, and the settings
-    take turns every `--steps` steps for `--rounds` rounds (components.timing.timed_in_turns). Generated
-    shapes: short shop-like histories and ML-1M-like long ones at the default max_len 50, and the long
-    ones at 200."""
-    reuse_freed_memory(True)
-    torch.set_num_threads(args.cpu_threads)
-    settings = (1, args.groups)
+def step_shapes(args, names) -> dict:
+    """Generated training data by name: (description, training windows, catalog size, max_len)."""
     ml1m_histories = ml1m_shaped(args.users, 3416, 10_000)  # whole histories: training_pairs below cuts them
     shapes = {
-        "shop": ("22,000 users, median 7 steps (3-300), 12,000 items, max_len 50", shop_shaped(22000, 12000, 50), 12000, 50),
-        "ml1m": ("6,040 users, median ~100 steps (20-2,300), 3,416 items, max_len 50", training_pairs(ml1m_histories, 50, all_steps=True), 3416, 50),
-        "ml1m_200": ("the same at max_len 200 (the ML-1M benchmark's)", training_pairs(ml1m_histories, 200, all_steps=True), 3416, 200),
+        "shop": lambda: ("22,000 users, median 7 steps (3-300), 12,000 items, max_len 50", shop_shaped(22000, 12000, 50), 12000, 50),
+        "ml1m": lambda: ("6,040 users, median ~100 steps (20-2,300), 3,416 items, max_len 50", training_pairs(ml1m_histories, 50, all_steps=True), 3416, 50),
+        "ml1m_200": lambda: ("the same at max_len 200 (the ML-1M benchmark's)", training_pairs(ml1m_histories, 200, all_steps=True), 3416, 200),
     }
+    return {name: shapes[name]() for name in names}
+
+
+def compare_steps(args, variants: dict, shapes: dict) -> tuple[list, dict]:
+    """Median ms per training step of each variant (name -> (model class, TrainConfig)) on the same batches
+    in one process: each variant trains its own identically initialised model, and the variants take turns
+    every `--steps` steps for `--rounds` rounds (components.timing.timed_in_turns). Returns the rows and,
+    per shape, the first variant's time over each other's."""
+    reuse_freed_memory(True)
+    torch.set_num_threads(args.cpu_threads)
     rows, ratios = [], {}
     for name, (description, sequences, items, max_len) in shapes.items():
         cfg = TextSASRecConfig(n_items=items, max_len=max_len)
@@ -85,28 +90,62 @@ def compare_groups(args) -> dict:
         batches = [torch.from_numpy(pad_histories([sequences[i] for i in order[b * 128 : (b + 1) * 128]], max_len + 1))
                    for b in range(args.warmup + args.steps * args.rounds)]
         engines = []
-        for groups in settings:
+        for model_class, config in variants.values():
             torch.manual_seed(0)
-            model = TextSASRec(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
-            optimizer, config = torch.optim.Adam(model.parameters(), lr=1e-3), TrainConfig(length_groups=groups)
+            model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             for padded in batches[: args.warmup]:
                 optimizer_step(model, optimizer, padded, config)
             engines.append(lambda i, m=model, o=optimizer, c=config: optimizer_step(m, o, batches[args.warmup + i], c).item())
-        times = dict(zip(settings, timed_in_turns(engines, calls=args.steps * args.rounds, block=args.steps)))
-        ms = {groups: float(np.median(times[groups])) * 1000 for groups in settings}
+        times = dict(zip(variants, timed_in_turns(engines, calls=args.steps * args.rounds, block=args.steps)))
+        ms = {variant: float(np.median(t)) * 1000 for variant, t in times.items()}
         widths = [int(p.shape[1]) - 1 for p in batches]
         real = float(np.mean([(p[:, 1:] != 0).sum().item() / len(p) for p in batches]))
-        for groups in settings:
-            rows.append({"shape": name, "length_groups": groups, "median_ms_per_step": round(ms[groups], 1), "steps": len(times[groups])})
+        for variant in variants:
+            rows.append({"shape": name, "variant": variant, "median_ms_per_step": round(ms[variant], 1), "steps": len(times[variant])})
+        first, *others = variants
         ratios[name] = {"data": description, "sequences": len(sequences), "mean_batch_width": round(float(np.mean(widths)), 1),
-                        "mean_real_steps_per_sequence": round(real, 1), "ms_groups_1": round(ms[1], 1),
-                        f"ms_groups_{args.groups}": round(ms[args.groups], 1), "speedup": round(ms[1] / ms[args.groups], 2)}
-        print(f"{name} ({description}): length_groups 1 {ms[1]:.0f} ms/step, {args.groups} {ms[args.groups]:.0f} ms/step: "
-              f"{ms[1] / ms[args.groups]:.2f}x (batches {np.mean(widths):.0f} steps wide, {real:.1f} real steps per sequence)", flush=True)
+                        "mean_real_steps_per_sequence": round(real, 1), **{f"ms_{v}": round(ms[v], 1) for v in variants},
+                        **{f"speedup_{v}": round(ms[first] / ms[v], 2) for v in others}}
+        print(f"{name} ({description}): " + ", ".join(f"{v} {ms[v]:.0f} ms/step" for v in variants) + ": "
+              + ", ".join(f"{v} {ms[first] / ms[v]:.2f}x" for v in others)
+              + f" (batches {np.mean(widths):.0f} steps wide, {real:.1f} real steps per sequence)", flush=True)
+    return rows, ratios
+
+
+def compare_groups(args) -> dict:
+    """`train.length_groups` 1 (each batch padded to its longest sequence) against --groups (compare_steps).
+    Generated shapes: short shop-like histories and ML-1M-like long ones at the default max_len 50, and
+    the long ones at 200."""
+    variants = {f"groups_{g}": (TextSASRec, TrainConfig(length_groups=g)) for g in (1, args.groups)}
+    rows, ratios = compare_steps(args, variants, step_shapes(args, ("shop", "ml1m", "ml1m_200")))
+    return write_result(args, rows, {"groups_vs_one": ratios}, "CPU training step (forward, full-catalog cross-entropy, backward, Adam) "
+                        f"with train.length_groups 1 vs {args.groups}, batch 128, {args.cpu_threads} threads; median ms per step over alternating rounds")
+
+
+class ImputeEveryRow(TextSASRec):
+    """The item table as it was computed until 2026-11-30: the imputer maps every item's text at every step
+    and the rows that keep their id are masked out afterwards (the same numbers, more work)."""
+
+    def _imputed_ids(self, rows=None):
+        every = super()._imputed_ids()
+        return every if every is None or rows is None else every[rows]
+
+
+def compare_imputation(args) -> dict:
+    """The imputer run on every row of the item table at every step (before) against only on the rows
+    without their id (id_dropout's share and untrained items; compare_steps), shop-like at 12,000 items and
+    ML-1M-like at max_len 50."""
+    variants = {"every_row": (ImputeEveryRow, TrainConfig()), "missing_rows": (TextSASRec, TrainConfig())}
+    rows, ratios = compare_steps(args, variants, step_shapes(args, ("shop", "ml1m")))
+    return write_result(args, rows, {"missing_vs_every_row": ratios}, "CPU training step (forward, full-catalog cross-entropy, backward, "
+                        f"Adam), item-table imputation on every row vs on the rows without their id, batch 128, {args.cpu_threads} threads; "
+                        "median ms per step over alternating rounds")
+
+
+def write_result(args, rows: list, ratios: dict, what: str) -> dict:
     commit, dirty = git_state()
-    result = {"what": "CPU training step (forward, full-catalog cross-entropy, backward, Adam) with train.length_groups 1 vs "
-                      f"{args.groups}, batch 128, {args.cpu_threads} threads; median ms per step over alternating rounds",
-              "rows": rows, "groups_vs_one": ratios, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
+    result = {"what": what, "rows": rows, **ratios, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return result
@@ -168,12 +207,9 @@ def compare_malloc(args) -> dict:
                   for setting in ("default", "reuse")}
             ratios[f"items{items}_batch{batch_size}"] = {"default_ms": round(ms["default"], 1), "reuse_ms": round(ms["reuse"], 1), "speedup": round(ms["default"] / ms["reuse"], 2)}
             print(f"{items} items, batch {batch_size}: default malloc {ms['default']:.0f} ms/step, reuse {ms['reuse']:.0f} ms/step: {ms['default'] / ms['reuse']:.2f}x")
-    commit, dirty = git_state()
-    result = {"what": "CPU training step (forward, full-catalog cross-entropy, backward, Adam), glibc default malloc vs freed blocks kept for reuse (train.reuse_memory); median ms per step, medians over rounds of alternating fresh processes",
-              "rows": rows, "reuse_vs_default": ratios, "max_len": 200, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(args, rows, {"reuse_vs_default": ratios, "max_len": 200}, "CPU training step (forward, full-catalog cross-entropy, "
+                        "backward, Adam), glibc default malloc vs freed blocks kept for reuse (train.reuse_memory); median ms per step, "
+                        "medians over rounds of alternating fresh processes")
 
 
 def main(argv=None) -> dict:
@@ -192,6 +228,8 @@ def main(argv=None) -> dict:
                         "with --compare-groups: turns per setting")
     parser.add_argument("--compare-groups", action="store_true", help="CPU only: train.length_groups 1 against --groups on "
                         "generated short (shop-like) and long (ML-1M-like, max_len 50 and 200) histories, in one process, as a ratio")
+    parser.add_argument("--compare-imputation", action="store_true", help="CPU only: the imputer on every item-table row "
+                        "(as until 2026-11-30) against only the rows without their id, on generated shop-like and ML-1M-like histories, in one process")
     parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "
                         "compared with 1 (default: the training default)")
     args = parser.parse_args(argv)
@@ -199,6 +237,8 @@ def main(argv=None) -> dict:
         return compare_malloc(args)
     if args.compare_groups:
         return compare_groups(args)
+    if args.compare_imputation:
+        return compare_imputation(args)
     if args.malloc == "reuse":  # "default" calls nothing: any mallopt call turns glibc's dynamic mmap threshold off
         reuse_freed_memory(True)
 

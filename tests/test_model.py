@@ -135,6 +135,33 @@ def test_mlp_imputation_maps_text_to_id_space_for_cold_and_dropped_items():
     assert tiny(cold_imputation="mlp", use_text=False).imputer is None  # id-only: nothing to impute from
 
 
+@pytest.mark.parametrize("imputation", ["mlp", "neighbors"])
+def test_imputation_is_computed_only_for_the_rows_without_their_id(imputation):
+    model = tiny(cold_imputation=imputation, id_dropout=0.3).train()
+    torch.manual_seed(3)
+    keep = (model.has_id.unsqueeze(1) & (torch.rand(N_ITEMS + 1, 1) >= 0.3)).float()  # item_table's draw
+    every_row = model._imputed_ids()
+    expected = model.text_proj(model.text_table) + model.id_emb.weight * keep + every_row * (1 - keep)
+    expected[0] = 0
+    imputed_rows = []
+    if model.imputer is not None:
+        model.imputer.register_forward_hook(lambda module, inputs, output: imputed_rows.append(len(inputs[0])))
+    torch.manual_seed(3)
+    table = model.item_table()
+    torch.testing.assert_close(table, expected)  # the same table as imputing every row and masking
+    missing = int((keep[1:] == 0).sum()) + 1  # padding has no id either (its row is zeroed)
+    assert 5 < missing < N_ITEMS  # dropped ids and the 5 untrained items, not the whole catalog
+    if model.imputer is not None:
+        assert imputed_rows == [missing]
+    grads = torch.autograd.grad(table.sum(), list(model.parameters()), allow_unused=True)
+    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()), allow_unused=True)
+    for got, want in zip(grads, expected_grads):
+        if want is None or got is None:
+            assert got is None or torch.all(got == 0)
+        else:
+            torch.testing.assert_close(got, want)
+
+
 def test_cosine_schedule_decays_over_the_steps_or_the_minutes_whichever_runs_out_first():
     from components.training.train import lr_factor
 

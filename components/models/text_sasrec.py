@@ -190,9 +190,12 @@ class TextSASRec(nn.Module):
             if self.training and self.cfg.id_dropout > 0 and self.text_proj is not None:  # without text nothing stands in
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
             table = table + self.id_emb.weight * keep
-            imputed = self._imputed_ids()
+            # Only the rows without their id need the imputation: untrained items, and in training the
+            # id_dropout share (a fifth of the catalog by default, not all of it as before).
+            missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
+            imputed = self._imputed_ids(missing)
             if imputed is not None:
-                table = table + imputed * (1.0 - keep)
+                table = table.index_add(0, missing, imputed)
         return self._without_padding(table)
 
     def imputed_table(self, imputer_only: bool = False) -> torch.Tensor:
@@ -209,13 +212,15 @@ class TextSASRec(nn.Module):
             table = table + imputed
         return self._without_padding(table)
 
-    def _imputed_ids(self) -> torch.Tensor | None:
-        """What stands in for a missing id embedding, for every item [n_items + 1, d_model]: the imputer's
-        map of the LM text, or the weighted ids of the text neighbours; None when nothing is imputed."""
+    def _imputed_ids(self, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+        """What stands in for a missing id embedding, for every item [n_items + 1, d_model] or for the item
+        indices `rows` [len(rows), d_model]: the imputer's map of the LM text, or the weighted ids of the
+        text neighbours; None when nothing is imputed."""
         if self.imputer is not None:
-            return self.imputer(self.text_table)
+            return self.imputer(self.text_table if rows is None else self.text_table[rows])
         if self.id_emb is not None and self.neighbors.shape[1]:
-            return (self.id_emb.weight[self.neighbors] * self.neighbor_weights.unsqueeze(-1)).sum(1)  # (n, d)
+            neighbors, weights = (self.neighbors, self.neighbor_weights) if rows is None else (self.neighbors[rows], self.neighbor_weights[rows])
+            return (self.id_emb.weight[neighbors] * weights.unsqueeze(-1)).sum(1)  # (rows, d)
         return None
 
     @staticmethod
