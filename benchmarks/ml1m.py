@@ -128,6 +128,38 @@ def new_item_places(model, cold_cases: tuple, warm_cases: tuple, cold: np.ndarra
              "ratio": round(cold_hr[m] / warm_hr[m], 3) if warm_hr[m] else None} for m in places]
 
 
+def offset_curve(model, test: tuple, valid: tuple, cold: np.ndarray, offsets: list[float], grid: np.ndarray = np.arange(-2.0, 3.0, 0.05)) -> dict:
+    """Are the model's scores of never-trained items on the right scale? Adds an offset b to every cold
+    item's score and reports, per b in `offsets`, the test users' HR@10 on cold, warm and all targets,
+    and the validation users' mean cross-entropy (negative log-likelihood of their targets over the
+    catalog). `calibrated_offset` is the b in `grid` with the lowest validation cross-entropy: 0 means
+    the model gives new items, as a class, the probability the validation targets say they have (the
+    offset a likelihood-trained correction would learn), and any b > 0 moves them up at warm items' cost."""
+    def scores(inputs) -> np.ndarray:
+        return np.concatenate(list(model_scores(model, inputs)))
+
+    val_scores, val_targets = scores(valid[0]), valid[1]
+
+    def validation_nll(b: float) -> float:
+        shifted = val_scores + b * cold[None, :]
+        top = shifted.max(1, keepdims=True)
+        return float((np.log(np.exp(shifted - top).sum(1)) + top[:, 0] - shifted[np.arange(len(val_targets)), val_targets]).mean())
+
+    test_scores, (_, test_targets) = scores(test[0]), test
+    at, is_cold = np.arange(len(test_targets)), cold[test_targets]
+    rows = []
+    for b in offsets:
+        shifted = test_scores + b * cold[None, :]
+        hit = (shifted > shifted[at, test_targets][:, None]).sum(1) < 10
+        rows.append({"offset": b, "cold_HR@10": round(float(hit[is_cold].mean()), 4), "warm_HR@10": round(float(hit[~is_cold].mean()), 4),
+                     "all_HR@10": round(float(hit.mean()), 4), "ratio": round(float(hit[is_cold].mean() / hit[~is_cold].mean()), 3),
+                     "validation_nll": round(validation_nll(b), 4)})
+    nll = [validation_nll(b) for b in grid]
+    best = int(np.argmin(nll))
+    return {"rows": rows, "calibrated_offset": round(float(grid[best]), 2), "validation_cold_targets": int(cold[val_targets].sum()),
+            "validation_nll_at_0": round(validation_nll(0.0), 4), "validation_nll_at_calibrated": round(nll[best], 4)}
+
+
 def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray):
     torch.manual_seed(train_cfg.seed)
     model = TextSASRec(replace(model_cfg, n_items=data["n_items"], text_dim=embeddings.shape[1]), torch.from_numpy(embeddings), torch.from_numpy(has_id))
@@ -212,6 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-models", default="text,id_only", help="cold-start models to train: text, id_only or both")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
     parser.add_argument("--new-items", default="0,1,2,3", help="cold start: also HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
+    parser.add_argument("--cold-offsets", default="0,0.25,0.5,0.75,1", help="cold start: also HR@10 with this much added to every never-trained item's score, for each value here, and the offset that fits the validation users best")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -275,6 +308,8 @@ def main(argv=None) -> int:
                 results["cold_start"]["new_items"] = new_item_places(
                     m, ([test_inputs[i] for i in cold_at], test_targets[cold_at]), ([test_inputs[i] for i in warm_at], test_targets[warm_at]),
                     cold, [int(p) for p in args.new_items.split(",") if p])
+                results["cold_start"]["offsets"] = offset_curve(m, (test_inputs, test_targets), data["valid"], cold,
+                                                                [float(b) for b in args.cold_offsets.split(",") if b])
             save(f"cold_start-{name}")
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
@@ -304,6 +339,13 @@ def print_table(r: dict) -> None:
         print(f"cold start ({c['removed_items']} items removed, {c['cold_cases']} test cases): text HR@10 {hr('text')}, id-only {hr('id_only')}, warm text {hr('warm_text')} (ratio {c['text_vs_warm_ratio']})")
         for row in c.get("new_items", []):
             print(f"  new_items={row['new_items']}: cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f} (ratio {row['ratio']})")
+        if "offsets" in c:
+            o = c["offsets"]
+            print(f"  cold items' score offset with the lowest validation cross-entropy: {o['calibrated_offset']} "
+                  f"({o['validation_cold_targets']} cold validation targets; NLL {o['validation_nll_at_calibrated']} against {o['validation_nll_at_0']} at 0)")
+            for row in o["rows"]:
+                print(f"  offset {row['offset']}: cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f}, all {row['all_HR@10']:.4f} "
+                      f"(ratio {row['ratio']}); validation cross-entropy {row['validation_nll']}")
 
 
 if __name__ == "__main__":
