@@ -191,7 +191,7 @@ class TextSASRec(nn.Module):
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
             table = table + self.id_emb.weight * keep
             # Only the rows without their id need the imputation: untrained items, and in training the
-            # id_dropout share (a fifth of the catalog by default, not all of it as before).
+            # id_dropout share (a fifth of the catalog by default), not every row of the table.
             missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
             imputed = self._imputed_ids(missing)
             if imputed is not None:
