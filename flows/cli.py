@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, metavar="FILE", help="where to write user_id<TAB>top-K item ids")
     predict.add_argument("--keep-seen", action="store_true", help="allow items of the history in the answer (default: excluded)")
     predict.add_argument("--new-items", type=int, default=0, metavar="M", help="keep at least M of the K places for new items (no training interactions; default: 0)")
+    predict.add_argument("--new-item-boost", type=float, default=0.0, metavar="B", help="add B to new items' scores before ranking (default: 0; "
+                         "applied before --new-items)")
 
     add = sub.add_parser("add-items", help="make brand-new catalog items recommendable by a registered model, without retraining", description=(
         "Make brand-new catalog items recommendable without retraining: register a new version of a registered "
@@ -279,7 +281,7 @@ def cmd_predict(args) -> int:
     from components.prediction import PredictConfig, predict_with_registered_model
 
     try:
-        config = PredictConfig(k=args.k, exclude_seen=not args.keep_seen, new_items=args.new_items)
+        config = PredictConfig(k=args.k, exclude_seen=not args.keep_seen, new_items=args.new_items, new_item_boost=args.new_item_boost)
     except ConfigFieldError as exc:
         raise BehaviorflowError(f"--{exc.field.replace('_', '-')}: {exc}") from None
     version, summary = predict_with_registered_model(args.model, Path(args.histories), Path(args.out), config, progress=sys.stderr.isatty())

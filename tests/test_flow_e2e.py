@@ -131,6 +131,12 @@ def test_first_run_registers_a_champion_and_serves_it(world):
         reply = httpx.post(f"{url}/recommend", json={"history": history, "k": 10, "new_items": 3}).json()
         flagged = [r["item_id"] for r in reply["items"] if r["new"]]
         assert len(reply["items"]) == 10 and len(flagged) >= 3 and set(flagged) <= new
+        # ... or raise their scores: a boost far above the score range puts every new item first, scored plus it.
+        plain = {r["item_id"]: r["score"] for r in httpx.post(f"{url}/recommend", json={"history": history, "k": 100}).json()["items"]}
+        boosted = httpx.post(f"{url}/recommend", json={"history": history, "k": 10, "new_item_boost": 100}).json()["items"]
+        first = [r for r in boosted if r["new"]]
+        assert len(first) == min(10, len(new - set(history))) and boosted[: len(first)] == first
+        assert all(abs(r["score"] - 100 - plain[r["item_id"]]) < 1e-3 for r in first if r["item_id"] in plain)
 
 
 def test_corrupt_input_stops_before_training_and_leaves_the_registry_unchanged(world):

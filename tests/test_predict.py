@@ -121,6 +121,28 @@ def test_new_items_keep_their_places_as_in_the_service(tmp_path):
         PredictConfig(k=6, new_items=7)
 
 
+def test_new_item_boost_ranks_as_in_the_service(tmp_path):
+    new = [4, 9, 13, 21]
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0, new_items=new)
+    source = tmp_path / "h.tsv"
+    source.write_text(HISTORIES)
+    table = embeddings(N_ITEMS, DIM, 0)
+    changed = 0
+    for boost in (0.0, 0.2):
+        out = tmp_path / f"top{boost}.tsv"
+        predict_file(bundle, source, out, PredictConfig(k=6, new_item_boost=boost, batch_size=2))
+        for line in out.read_text().splitlines():
+            user, _, items = line.partition("\t")
+            history = [int(i[1:]) for i in KNOWN[user]]
+            want = reference_top_k(table, history, 6, True, new=new, boost=boost)[0] if history else []
+            assert items.split() == [item_id(i) for i in want], (user, boost)
+            changed += bool(history) and want != reference_top_k(table, history, 6, True)[0]
+    assert changed >= 1  # the boost moved a new item up for at least one user
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(BehaviorflowError, match=r"new_item_boost \((-0.5|nan)\) must be between 0 and 100"):
+            PredictConfig(new_item_boost=bad)
+
+
 def test_malformed_line_names_file_and_line_and_writes_nothing(tmp_path, capsys, store):
     bad = tmp_path / "bad.tsv"
     bad.write_text("u1\ti001 i002\n\nu2 i003 i004\n")  # line 3 has a space where the tab belongs
@@ -156,6 +178,8 @@ def test_bad_k_and_missing_file_fail_before_the_registry(tmp_path, capsys):
     assert "--k: k (0) must be between 1 and 100" in capsys.readouterr().err
     assert main(["predict", "--model", "m@champion", "--histories", "h.tsv", "--k", "5", "--new-items", "20", "--out", "o.tsv"]) == 2
     assert "--new-items: new_items (20) must be between 0 and k (5)" in capsys.readouterr().err
+    assert main(["predict", "--model", "m@champion", "--histories", "h.tsv", "--new-item-boost", "-1", "--out", "o.tsv"]) == 2
+    assert "--new-item-boost: new_item_boost (-1.0) must be between 0 and 100, e.g. 0.5" in capsys.readouterr().err
 
 
 def test_empty_input_gives_an_empty_output(tmp_path):

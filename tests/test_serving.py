@@ -364,6 +364,49 @@ def test_new_items_requests_are_checked_and_reported(new_service, service):
     assert service.recommend(history=["i003"], k=5, new_items=3).model_dump() == service.recommend(history=["i003"], k=5).model_dump()
 
 
+def test_boost_new_items_by_hand():
+    picks = [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0), (5, 5.0)]  # item 3 is new and in the graph's list
+    new_ranked = [(3, 7.0), (8, 5.9), (9, 4.0)]  # new items by score, from the item table
+    assert contract.boost_new_items(picks, new_ranked, frozenset({3, 8, 9}), 0.5) == [(1, 9.0), (2, 8.0), (3, 7.5), (8, 6.4), (4, 6.0), (5, 5.0), (9, 4.5)]
+    assert contract.boost_new_items(picks, new_ranked, frozenset({3, 8, 9}), 3.0)[:4] == [(3, 10.0), (1, 9.0), (8, 8.9), (2, 8.0)]
+
+
+@pytest.mark.parametrize("history,k,boost", [(["i003", "i005"], 10, 0.05), (["i013", "i002", "i021"], 5, 0.2), (["i007"], 8, 5.0)])
+def test_new_item_boost_ranks_by_score_plus_boost(new_service, table, history, k, boost):
+    """With new_item_boost=b the answer is the top k of every allowed item by its score, plus b for new items;
+    the returned score is that boosted score."""
+    top, scores = reference_top_k(table, indices(history), k, True, new=NEW, boost=boost)
+    got = new_service.recommend(history=history, k=k, new_item_boost=boost).model_dump()["items"]
+    assert [r["item_id"] for r in got] == [item_id(i) for i in top]
+    np.testing.assert_allclose([r["score"] for r in got], scores, atol=SCORE_TOL)
+    assert [r["new"] for r in got] == [i in NEW for i in top]
+    plain = reference_top_k(table, indices(history), k, True)[0]
+    assert sum(i in NEW for i in top) >= sum(i in NEW for i in plain)  # new items only move up
+    assert [i for i in top if i not in NEW] == [i for i in plain if i not in NEW][: k - sum(i in NEW for i in top)]  # others keep their order
+
+
+def test_new_item_boost_moves_new_items_up_by_their_own_scores(new_service, table):
+    """A boost changes the answer where new items are close to the top and leaves it where none is: unlike
+    new_items, which places new items in every answer."""
+    histories = [[item_id(i), item_id(j)] for i in range(1, 12) for j in (14, 17, 23)]
+    changed = [new_service.recommend(history=h, k=5, new_item_boost=0.3).model_dump() != new_service.recommend(history=h, k=5).model_dump() for h in histories]
+    assert 0 < sum(changed) < len(histories)
+    # Boost first, then places: with both, at least m new items, the others by boosted score.
+    got = new_service.recommend(history=["i003", "i005"], k=6, new_item_boost=0.05, new_items=4).model_dump()["items"]
+    boosted, _ = reference_top_k(table, [3, 5], N_ITEMS, True, new=NEW, boost=0.05)  # every allowed item, best first
+    n_new = max(4, sum(i in NEW for i in boosted[:6]))
+    keep = [i for i in boosted if i in NEW][:n_new] + [i for i in boosted if i not in NEW][: 6 - n_new]
+    assert [r["item_id"] for r in got] == [item_id(i) for i in boosted if i in keep]
+
+
+def test_new_item_boost_requests_are_checked(new_service, service):
+    for value, message in [(-0.1, "greater than or equal to 0"), (101, "less than or equal to 100"), (float("nan"), "finite number")]:
+        with pytest.raises(pydantic.ValidationError, match=rf"new_item_boost\n  Input should be (a )?{message}"):
+            new_service.recommend(history=["i001"], k=5, new_item_boost=value)
+    # A bundle that marks no item new: nothing to boost, the ranking as it is.
+    assert service.recommend(history=["i003"], k=5, new_item_boost=2.0).model_dump() == service.recommend(history=["i003"], k=5).model_dump()
+
+
 def test_new_items_without_item_vectors_come_from_the_graphs_list(tmp_path, new_service):
     bundle = make_tiny_bundle(tmp_path / "b", n_items=N_ITEMS, dim=DIM, seed=SEED, item_vectors=False, new_items=NEW)
     bare = load_service(save_bundle_to_store(bundle))

@@ -142,16 +142,19 @@ def make_tiny_bundle(
 
 
 def reference_top_k(
-    table: np.ndarray, history: Sequence[int], k: int, exclude_seen: bool, max_len: int = MAX_LEN
+    table: np.ndarray, history: Sequence[int], k: int, exclude_seen: bool, max_len: int = MAX_LEN,
+    new: Sequence[int] = (), boost: float = 0.0,
 ) -> tuple[list[int], np.ndarray]:
     """What a correct service returns for one history of item indices, computed without ONNX.
 
     The model reads the most recent `max_len` items; with `exclude_seen`, every item of the full history
-    is left out of the answer, and excluded items never fill the list up to k.
+    is left out of the answer, and excluded items never fill the list up to k. `boost` is added to the
+    scores of the items in `new` (the request's new_item_boost).
     """
     window = list(history)[-max_len:]
     user = table[window].mean(axis=0) if window else np.zeros(table.shape[1], np.float32)
     scores = table @ user
+    scores[list(new)] += boost
     banned = {contract.PAD_INDEX} | (set(history) if exclude_seen else set())
     order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in banned]
     top = order[: min(k, contract.MAX_K)]

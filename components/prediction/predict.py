@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components.errors import BehaviorflowError, ConfigFieldError
-from serving.contract import MAX_K
+from serving.contract import MAX_K, MAX_NEW_ITEM_BOOST
 
 _EXAMPLES = 3  # unknown item ids quoted in the summary line
 
@@ -32,12 +32,15 @@ class PredictConfig:
     exclude_seen: bool = True  # never recommend an item of the user's history (the service's default)
     batch_size: int = 1024  # histories per ONNX Runtime call; also the progress-bar step
     new_items: int = 0  # keep at least this many of the k places for new items (the service's `new_items`)
+    new_item_boost: float = 0.0  # added to new items' scores before ranking (the service's `new_item_boost`)
 
     def __post_init__(self):
         if not 1 <= self.k <= MAX_K:
             raise ConfigFieldError("k", f"k ({self.k}) must be between 1 and {MAX_K}: the exported graph returns at most {MAX_K} items")
         if not 0 <= self.new_items <= self.k:
             raise ConfigFieldError("new_items", f"new_items ({self.new_items}) must be between 0 and k ({self.k})")
+        if not 0 <= self.new_item_boost <= MAX_NEW_ITEM_BOOST:  # NaN fails this too
+            raise ConfigFieldError("new_item_boost", f"new_item_boost ({self.new_item_boost}) must be between 0 and {MAX_NEW_ITEM_BOOST:g}, e.g. 0.5")
         if self.batch_size < 1:
             raise ConfigFieldError("batch_size", f"batch_size ({self.batch_size}) must be at least 1")
 
@@ -124,7 +127,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
 
 
 def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> None:
-    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_items))
+    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_items, config.new_item_boost))
     for user, history in batch:
         sink.write(f"{user}\t{' '.join(next(ranked) if history else [])}\n")
 
