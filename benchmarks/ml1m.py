@@ -124,7 +124,9 @@ def places_hr(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.nda
 def new_item_places(model, cold_cases: tuple, warm_cases: tuple, cold: np.ndarray, places: list[int]) -> list[dict]:
     """Cold and warm HR@10 and their ratio for each `new_items` = m: what a given ratio costs on warm items."""
     cold_hr, warm_hr = places_hr(model, *cold_cases, cold, places), places_hr(model, *warm_cases, cold, places)
+    n_cold, n_warm = len(cold_cases[1]), len(warm_cases[1])
     return [{"new_items": m, "cold_HR@10": round(cold_hr[m], 4), "warm_HR@10": round(warm_hr[m], 4),
+             "all_HR@10": round((cold_hr[m] * n_cold + warm_hr[m] * n_warm) / (n_cold + n_warm), 4),
              "ratio": round(cold_hr[m] / warm_hr[m], 3) if warm_hr[m] else None} for m in places]
 
 
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-models", default="text,id_only", help="cold-start models to train: text, id_only or both")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
     parser.add_argument("--new-items", default="0,1,2,3", help="cold start: also HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
-    parser.add_argument("--cold-offsets", default="0,0.25,0.5,0.75,1", help="cold start: also HR@10 with this much added to every never-trained item's score, for each value here, and the offset that fits the validation users best")
+    parser.add_argument("--cold-offsets", default="0,0.25,0.5,0.75,1", help="cold start: also HR@10 with this much added to every never-trained item's score (the service's new_item_boost), for each value here, and the offset that fits the validation users best")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -338,7 +340,8 @@ def print_table(r: dict) -> None:
         hr = lambda name: f"{c[name]['HR@10']:.4f}" if name in c else "not run"  # noqa: E731
         print(f"cold start ({c['removed_items']} items removed, {c['cold_cases']} test cases): text HR@10 {hr('text')}, id-only {hr('id_only')}, warm text {hr('warm_text')} (ratio {c['text_vs_warm_ratio']})")
         for row in c.get("new_items", []):
-            print(f"  new_items={row['new_items']}: cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f} (ratio {row['ratio']})")
+            print(f"  new_items={row['new_items']}: cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f}, "
+                  f"all {row.get('all_HR@10', float('nan')):.4f} (ratio {row['ratio']})")
         if "offsets" in c:
             o = c["offsets"]
             print(f"  cold items' score offset with the lowest validation cross-entropy: {o['calibrated_offset']} "
