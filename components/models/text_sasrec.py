@@ -190,12 +190,11 @@ class TextSASRec(nn.Module):
             if self.training and self.cfg.id_dropout > 0 and self.text_proj is not None:  # without text nothing stands in
                 keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
             table = table + self.id_emb.weight * keep
-            # Only the rows without their id need the imputation: untrained items, and in training the
-            # id_dropout share (a fifth of the catalog by default), not every row of the table.
-            missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
-            imputed = self._imputed_ids(missing)
-            if imputed is not None:
-                table = table.index_add(0, missing, imputed)
+            if self.imputer is not None or self.neighbors.shape[1]:  # something stands in for a missing id
+                # Only the rows without their id need it: untrained items, and in training the id_dropout
+                # share (a fifth of the catalog by default), not every row of the table.
+                missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
+                table = table.index_add(0, missing, self._imputed_ids(missing))
         return self._without_padding(table)
 
     def imputed_table(self, imputer_only: bool = False) -> torch.Tensor:
