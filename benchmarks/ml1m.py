@@ -99,60 +99,61 @@ def hr10(topk: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict:
     return {"HR@10": float((ranks < 10).mean()) if mask.any() else None, "NDCG@10": float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean()) if mask.any() else None, "cases": int(mask.sum())}
 
 
-def places_hr(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.ndarray, slots: list[int], k: int = 10) -> dict:
+def all_scores(model, inputs: list[np.ndarray]) -> np.ndarray:
+    """The model's score of every item [len(inputs), n_items + 1] (seen items and padding -inf)."""
+    return np.concatenate(list(model_scores(model, inputs)))
+
+
+def items_above(scores: np.ndarray, targets: np.ndarray, cold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, how many items score above the target: all of them, and the cold ones (strictly above:
+    a tie goes to the target)."""
+    above = scores > scores[np.arange(len(targets)), targets][:, None]
+    return above.sum(1), (above & cold[None, :]).sum(1)
+
+
+def places_hr(scores: np.ndarray, targets: np.ndarray, cold: np.ndarray, slots: list[int], k: int = 10) -> dict:
     """HR@k for each m in `slots` when the top k keeps at least m places for never-trained items, as the
     service's `new_items` does (serving.contract.keep_new_items): the best m of them replace the
     lowest-ranked trained items where the model's own top k holds fewer; m = 0 is the model as it is.
     A cold target is then a hit if the model ranks it in the top k or among the m best cold items; a
     trained target, if it stays among the k - max(c, m) best trained items, c being the cold items
     already in the model's top k."""
-    hits = {m: [] for m in slots}
-    start = 0
-    for scores in model_scores(model, inputs):
-        t = targets[start : start + len(scores)]
-        start += len(scores)
-        above = scores > scores[np.arange(len(t)), t][:, None]
-        rank_all, rank_cold = above.sum(1), (above & cold[None, :]).sum(1)
-        rank_warm = rank_all - rank_cold
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-        c = (cold[top] & np.isfinite(np.take_along_axis(scores, top, 1))).sum(1)
-        for m in slots:
-            hits[m].append(np.where(cold[t], (rank_all < k) | (rank_cold < m), rank_warm < k - np.maximum(c, m)))
-    return {m: float(np.concatenate(h).mean()) for m, h in hits.items()}
+    rank_all, rank_cold = items_above(scores, targets, cold)
+    rank_warm = rank_all - rank_cold
+    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    c = (cold[top] & np.isfinite(np.take_along_axis(scores, top, 1))).sum(1)
+    is_cold = cold[targets]
+    return {m: float(np.where(is_cold, (rank_all < k) | (rank_cold < m), rank_warm < k - np.maximum(c, m)).mean()) for m in slots}
 
 
-def new_item_places(model, cold_cases: tuple, warm_cases: tuple, cold: np.ndarray, places: list[int]) -> list[dict]:
+def new_item_places(scores: np.ndarray, targets: np.ndarray, cold: np.ndarray, places: list[int]) -> list[dict]:
     """Cold and warm HR@10 and their ratio for each `new_items` = m: what a given ratio costs on warm items."""
-    cold_hr, warm_hr = places_hr(model, *cold_cases, cold, places), places_hr(model, *warm_cases, cold, places)
-    n_cold, n_warm = len(cold_cases[1]), len(warm_cases[1])
+    is_cold = cold[targets]
+    cold_hr = places_hr(scores[is_cold], targets[is_cold], cold, places)
+    warm_hr = places_hr(scores[~is_cold], targets[~is_cold], cold, places)
+    n_cold, n_warm = int(is_cold.sum()), int((~is_cold).sum())
     return [{"new_items": m, "cold_HR@10": round(cold_hr[m], 4), "warm_HR@10": round(warm_hr[m], 4),
              "all_HR@10": round((cold_hr[m] * n_cold + warm_hr[m] * n_warm) / (n_cold + n_warm), 4),
              "ratio": round(cold_hr[m] / warm_hr[m], 3) if warm_hr[m] else None} for m in places]
 
 
-def offset_curve(model, test: tuple, valid: tuple, cold: np.ndarray, offsets: list[float], grid: np.ndarray = np.arange(-2.0, 3.0, 0.05)) -> dict:
+def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: np.ndarray, val_targets: np.ndarray, cold: np.ndarray,
+                 offsets: list[float], grid: np.ndarray = np.arange(-2.0, 3.0, 0.05)) -> dict:
     """Are the model's scores of never-trained items on the right scale? Adds an offset b to every cold
     item's score and reports, per b in `offsets`, the test users' HR@10 on cold, warm and all targets,
     and the validation users' mean cross-entropy (negative log-likelihood of their targets over the
     catalog). `calibrated_offset` is the b in `grid` with the lowest validation cross-entropy: 0 means
     the model gives new items, as a class, the probability the validation targets say they have (the
     offset a likelihood-trained correction would learn), and any b > 0 moves them up at warm items' cost."""
-    def scores(inputs) -> np.ndarray:
-        return np.concatenate(list(model_scores(model, inputs)))
-
-    val_scores, val_targets = scores(valid[0]), valid[1]
-
     def validation_nll(b: float) -> float:
         shifted = val_scores + b * cold[None, :]
         top = shifted.max(1, keepdims=True)
         return float((np.log(np.exp(shifted - top).sum(1)) + top[:, 0] - shifted[np.arange(len(val_targets)), val_targets]).mean())
 
-    test_scores, (_, test_targets) = scores(test[0]), test
-    at, is_cold = np.arange(len(test_targets)), cold[test_targets]
+    is_cold = cold[test_targets]
     rows = []
     for b in offsets:
-        shifted = test_scores + b * cold[None, :]
-        hit = (shifted > shifted[at, test_targets][:, None]).sum(1) < 10
+        hit = items_above(test_scores + b * cold[None, :], test_targets, cold)[0] < 10
         rows.append({"offset": b, "cold_HR@10": round(float(hit[is_cold].mean()), 4), "warm_HR@10": round(float(hit[~is_cold].mean()), 4),
                      "all_HR@10": round(float(hit.mean()), 4), "ratio": round(float(hit[is_cold].mean() / hit[~is_cold].mean()), 3),
                      "validation_nll": round(validation_nll(b), 4)})
@@ -306,11 +307,9 @@ def main(argv=None) -> int:
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
             if name == "text":
                 results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
-                cold_at, warm_at = np.flatnonzero(cold_cases), np.flatnonzero(~cold_cases)
-                results["cold_start"]["new_items"] = new_item_places(
-                    m, ([test_inputs[i] for i in cold_at], test_targets[cold_at]), ([test_inputs[i] for i in warm_at], test_targets[warm_at]),
-                    cold, [int(p) for p in args.new_items.split(",") if p])
-                results["cold_start"]["offsets"] = offset_curve(m, (test_inputs, test_targets), data["valid"], cold,
+                scores = all_scores(m, test_inputs)  # once for both policy tables (45 MB)
+                results["cold_start"]["new_items"] = new_item_places(scores, test_targets, cold, [int(p) for p in args.new_items.split(",") if p])
+                results["cold_start"]["offsets"] = offset_curve(scores, test_targets, all_scores(m, data["valid"][0]), data["valid"][1], cold,
                                                                 [float(b) for b in args.cold_offsets.split(",") if b])
             save(f"cold_start-{name}")
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, apply_overrides, cold_items, fit, hr10, load, new_item_places, trained_mask  # noqa: E402
+from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, load, new_item_places, trained_mask  # noqa: E402
 
 
 from components import settings  # noqa: E402
@@ -110,7 +110,9 @@ def main(argv=None) -> int:
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
         warm_cases = np.flatnonzero(warm_val)
         places = [int(m) for m in args.new_items.split(",") if m]
-        reserved = new_item_places(model, (sel_inputs, sel_targets), ([val_inputs[i] for i in warm_cases], val_targets[warm_cases]), cold, places)
+        # Selection cases (all cold) and warm validation cases in one table; new_item_places splits them again.
+        reserved = new_item_places(np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])]),
+                                   np.concatenate([sel_targets, val_targets[warm_cases]]), cold, places)
         results["variants"][name] = {
             "overrides": text.partition(":")[2],
             "cold_selection": cold_hr,

@@ -20,6 +20,8 @@ The HTTP API (serving/service.py) takes the request models below; its limits are
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -56,6 +58,37 @@ MAX_CANDIDATES = 1_000  # item ids one POST /score may ask about
 MAX_BECAUSE = 3  # history items quoted as the reason for one recommendation
 MAX_NEW_ITEM_BOOST = 100.0  # `new_item_boost` above this would only stand for "new items first"; logits rarely span 30
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full history and a full candidate list of 100-character ids (~310 kB) fit 3x
+
+
+@dataclass(frozen=True)
+class NewItemPolicy:
+    """How a ranking favours new items (no training interactions, scored from their text alone): the
+    request's `new_items` (places) and `new_item_boost` (boost) as one value. The service builds it from the
+    RecommendRequest; batch prediction, the shadow challenger and the shadow log take it as it is, so a
+    challenger answers with the settings the champion answered with. The default favours nothing."""
+
+    places: int = 0  # keep at least this many of the k places for new items (keep_new_items)
+    boost: float = 0.0  # added to every new item's score before ranking (boost_new_items)
+
+    @classmethod
+    def of(cls, request: "RecommendRequest") -> "NewItemPolicy":
+        return cls(places=request.new_items, boost=request.new_item_boost)
+
+    def __bool__(self) -> bool:
+        return bool(self.places or self.boost)
+
+    def problem(self, k: int) -> tuple[str, str] | None:
+        """(field, message) for the first setting out of range for a top-k of k items, else None. The field
+        names are the request's (and PredictConfig's): new_items, new_item_boost."""
+        if not 0 <= self.places <= k:
+            return "new_items", f"new_items ({self.places}) must be between 0 and k ({k}): reserve at most k places"
+        if not (math.isfinite(self.boost) and 0 <= self.boost <= MAX_NEW_ITEM_BOOST):
+            return "new_item_boost", f"new_item_boost ({self.boost}) must be between 0 and {MAX_NEW_ITEM_BOOST:g}, e.g. 0.5"
+        return None
+
+    def fields(self) -> dict:
+        """The request's field names and values (the shadow log's columns)."""
+        return {"new_items": self.places, "new_item_boost": self.boost}
 
 
 def boost_new_items(picks: list[tuple[int, float]], new_ranked: list[tuple[int, float]], new: frozenset[int], boost: float) -> list[tuple[int, float]]:
@@ -120,23 +153,23 @@ class Bundle:
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
 
-    def with_new_items(self, picks: list[tuple[int, float]], k: int, m: int, user_vector, banned: set[int], item_vectors: np.ndarray | None, boost: float = 0.0) -> list[tuple[int, float]]:
-        """The top k of the graph's allowed `picks` ((index, score), best first), with `boost` added to new items'
-        scores (RecommendRequest.new_item_boost; boost_new_items) and then at least m places kept for new items
-        (RecommendRequest.new_items; keep_new_items). The new items are scored with `item_vectors`
-        (user_vector · item_vectors, as the graph scores) when the bundle has them, else taken from `picks`."""
-        if not (m or boost) or not self.new_item_set:
+    def with_new_items(self, picks: list[tuple[int, float]], k: int, policy: NewItemPolicy, user_vector, banned: set[int], item_vectors: np.ndarray | None) -> list[tuple[int, float]]:
+        """The top k of the graph's allowed `picks` ((index, score), best first) under `policy`: its boost added
+        to new items' scores (boost_new_items), then at least its places kept for new items (keep_new_items).
+        The new items are scored with `item_vectors` (user_vector · item_vectors, as the graph scores) when the
+        bundle has them, else taken from `picks`."""
+        if not policy or not self.new_item_set:
             return picks[:k]
         if item_vectors is None:
             new_ranked = [p for p in picks if p[0] in self.new_item_set]
         else:
             scores = item_vectors[self.new_items] @ np.asarray(user_vector, dtype=np.float32)
-            order = np.argsort(-scores, kind="stable")[: k + m + len(banned)]  # enough once the banned are skipped
+            order = np.argsort(-scores, kind="stable")[: k + policy.places + len(banned)]  # enough once the banned are skipped
             new_ranked = [(int(self.new_items[j]), float(scores[j])) for j in order if int(self.new_items[j]) not in banned]
-        if boost:
-            picks = boost_new_items(picks, new_ranked, self.new_item_set, boost)
-            new_ranked = [(i, s + boost) for i, s in new_ranked]
-        return keep_new_items(picks, new_ranked, self.new_item_set, k, m)
+        if policy.boost:
+            picks = boost_new_items(picks, new_ranked, self.new_item_set, policy.boost)
+            new_ranked = [(i, s + policy.boost) for i, s in new_ranked]
+        return keep_new_items(picks, new_ranked, self.new_item_set, k, policy.places)
 
     def item_vectors(self) -> np.ndarray | None:
         """The item table [n_items + 1, d] float32 of ITEM_VECTORS_FILE, or None when the bundle has none."""
@@ -183,8 +216,9 @@ class RecommendRequest(BaseModel):
             raise ValueError("give exactly one of 'user_id' or 'history'")
         if self.history is not None and len(self.history) == 0:
             raise ValueError("'history' is empty: give at least one item id")
-        if self.new_items > self.k:
-            raise ValueError(f"'new_items' ({self.new_items}) is more than 'k' ({self.k}): reserve at most k places")
+        problem = NewItemPolicy.of(self).problem(self.k)  # the ranges are the fields' own checks; this adds k
+        if problem:
+            raise ValueError(problem[1])
         return self
 
 

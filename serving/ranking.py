@@ -62,13 +62,12 @@ class BundleRanker:
         self.session = ort_session(self.bundle.model_path)
         self._item_vectors: np.ndarray | None = None  # loaded on the first call that favours new items (places or boost)
 
-    def topk(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256, new_items: int = 0,
-             new_item_boost: float = 0.0) -> list[list[str]]:
-        """Top-k item ids, best first, for histories of item ids (oldest first); with `new_items` = m, at
-        least m of them new items where the bundle has them, and with `new_item_boost` that much added to new
-        items' scores first (the service's `new_items` and `new_item_boost`)."""
+    def topk(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256,
+             new_items: contract.NewItemPolicy = contract.NewItemPolicy()) -> list[list[str]]:
+        """Top-k item ids, best first, for histories of item ids (oldest first), new items favoured as
+        `new_items` says (the service's `new_items` and `new_item_boost`; by default not at all)."""
         index_of, item_ids = self.bundle.index_of, self.bundle.item_ids
-        if (new_items or new_item_boost) and self.bundle.new_item_set and self._item_vectors is None:
+        if new_items and self.bundle.new_item_set and self._item_vectors is None:
             self._item_vectors = self.bundle.item_vectors()
         out: list[list[str]] = []
         for start in range(0, len(histories), batch_size):
@@ -80,6 +79,6 @@ class BundleRanker:
             for history, row_items, row_scores, user in zip(chunk, items.tolist(), scores.tolist(), users):
                 banned = set(history) if exclude_seen else set()
                 ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
-                ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, self._item_vectors, new_item_boost)
+                ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, self._item_vectors)
                 out.append([item_ids[i - 1] for i, _ in ranked])
         return out

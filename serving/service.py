@@ -77,6 +77,7 @@ from serving.contract import (
     MAX_HISTORY,
     MAX_K,
     MODEL_TAG_ENV,
+    NewItemPolicy,
     OUTPUT_ITEMS,
     OUTPUT_SCORES,
     OUTPUT_USER,
@@ -291,7 +292,7 @@ def _shadow_recorder() -> ShadowRecorder | None:
     if not log_path:
         raise ValueError(f"{SHADOW_BUNDLE_ENV} is set but {SHADOW_LOG_ENV} is not: name the JSONL file for the shadow log")
     ranker = BundleRanker(Path(bundle_dir))
-    return ShadowRecorder(lambda history, k, exclude_seen, new_items, boost: ranker.topk([history], k, exclude_seen, new_items=new_items, new_item_boost=boost)[0],
+    return ShadowRecorder(lambda history, k, exclude_seen, new_items: ranker.topk([history], k, exclude_seen, new_items=new_items)[0],
                           Path(log_path), str(bundle_dir))
 
 
@@ -350,11 +351,12 @@ class Recommender:
         # K covers the whole catalog, and -inf is not even valid JSON.
         banned = {PAD_INDEX, *history} if request.exclude_seen else {PAD_INDEX}
         picks = [(i, s) for i, s in zip(ranked.items, ranked.scores) if i not in banned and s != _EXCLUDED]
-        picks = self.bundle.with_new_items(picks, request.k, request.new_items, ranked.user_vector, banned, self.item_vectors, request.new_item_boost)
+        policy = NewItemPolicy.of(request)
+        picks = self.bundle.with_new_items(picks, request.k, policy, ranked.user_vector, banned, self.item_vectors)
         because = self._because(window, [i for i, _ in picks])
         if self.shadow is not None:  # queued for a background thread: adds no latency to this answer
             history_ids = [self.bundle.item_ids[i - 1] for i in history]
-            self.shadow.submit(history_ids, request.k, request.exclude_seen, [self.bundle.item_ids[i - 1] for i, _ in picks], request.new_items, request.new_item_boost)
+            self.shadow.submit(history_ids, request.k, request.exclude_seen, [self.bundle.item_ids[i - 1] for i, _ in picks], policy)
         return RecommendResponse(
             items=[
                 Recommendation(

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from serving.contract import NewItemPolicy
+
 SHADOW_BUNDLE_ENV = "BEHAVIORFLOW_SHADOW_BUNDLE"
 SHADOW_LOG_ENV = "BEHAVIORFLOW_SHADOW_LOG"
 QUEUE_SIZE = 1024  # requests waiting for the challenger; beyond this they are dropped, not waited for
@@ -27,12 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class ShadowRecorder:
-    """Runs `rank(history_ids, k, exclude_seen, new_items, new_item_boost) -> [item ids]` for the challenger in a
-    background thread and appends {ts, history, k, exclude_seen, new_items, new_item_boost, champion, challenger,
-    challenger_ms} lines to `path`: the challenger answers the request the champion answered, its new-item
-    settings included."""
+    """Runs `rank(history_ids, k, exclude_seen, new_items) -> [item ids]` (new_items: a NewItemPolicy) for the
+    challenger in a background thread and appends {ts, history, k, exclude_seen, new_items, new_item_boost,
+    champion, challenger, challenger_ms} lines to `path`: the challenger answers the request the champion
+    answered, its new-item settings included."""
 
-    def __init__(self, rank: Callable[[list[str], int, bool, int, float], list[str]], path: Path, model_tag: str):
+    def __init__(self, rank: Callable[[list[str], int, bool, NewItemPolicy], list[str]], path: Path, model_tag: str):
         self.rank, self.path, self.model_tag = rank, Path(path), model_tag
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
@@ -41,9 +43,9 @@ class ShadowRecorder:
         self._thread = threading.Thread(target=self._run, name="shadow-recorder", daemon=True)
         self._thread.start()
 
-    def submit(self, history: list[str], k: int, exclude_seen: bool, champion: list[str], new_items: int = 0, new_item_boost: float = 0.0) -> None:
+    def submit(self, history: list[str], k: int, exclude_seen: bool, champion: list[str], new_items: NewItemPolicy = NewItemPolicy()) -> None:
         try:
-            self.queue.put_nowait((time.time(), history, k, exclude_seen, new_items, new_item_boost, champion))
+            self.queue.put_nowait((time.time(), history, k, exclude_seen, new_items, champion))
         except queue.Full:
             self.dropped += 1
 
@@ -56,13 +58,12 @@ class ShadowRecorder:
     def _run(self) -> None:
         with self.path.open("a", encoding="utf-8") as out:
             while True:
-                ts, history, k, exclude_seen, new_items, new_item_boost, champion = self.queue.get()
+                ts, history, k, exclude_seen, new_items, champion = self.queue.get()
                 try:
                     started = time.perf_counter()
-                    challenger = self.rank(history, k, exclude_seen, new_items, new_item_boost)
+                    challenger = self.rank(history, k, exclude_seen, new_items)
                     line = {
-                        "ts": ts, "history": history, "k": k, "exclude_seen": exclude_seen, "new_items": new_items,
-                        "new_item_boost": new_item_boost, "champion": champion,
+                        "ts": ts, "history": history, "k": k, "exclude_seen": exclude_seen, **new_items.fields(), "champion": champion,
                         "challenger": challenger, "challenger_model": self.model_tag,
                         "challenger_ms": round((time.perf_counter() - started) * 1000, 3),
                     }

@@ -355,7 +355,7 @@ def test_new_items_keep_their_places_among_the_model_ranking(new_service, table,
 
 
 def test_new_items_requests_are_checked_and_reported(new_service, service):
-    with pytest.raises(pydantic.ValidationError, match=r"'new_items' \(6\) is more than 'k' \(5\): reserve at most k places"):
+    with pytest.raises(pydantic.ValidationError, match=r"new_items \(6\) must be between 0 and k \(5\): reserve at most k places"):
         new_service.recommend(history=["i001"], k=5, new_items=6)
     with pytest.raises(pydantic.ValidationError, match=r"new_items\n  Input should be greater than or equal to 0"):
         new_service.recommend(history=["i001"], k=5, new_items=-1)

@@ -10,16 +10,18 @@ import pytest
 
 from components.errors import BehaviorflowError
 from components.evaluation.shadow import compare_shadow_log
+from serving.contract import NewItemPolicy
 from serving.shadow import ShadowRecorder
 
 
 def test_recorder_writes_one_line_per_request(tmp_path):
-    def challenger(history, k, exclude_seen, new_items, new_item_boost):
-        return [f"c{i}" for i in range(k - new_items)] + [f"new{i}" for i in range(new_items)] + [f"boost{new_item_boost}"] * (new_item_boost > 0)
+    def challenger(history, k, exclude_seen, new_items):
+        m, boost = new_items.places, new_items.boost
+        return [f"c{i}" for i in range(k - m)] + [f"new{i}" for i in range(m)] + [f"boost{boost}"] * (boost > 0)
 
     recorder = ShadowRecorder(challenger, tmp_path / "shadow.jsonl", "model:v2")
     recorder.submit(["a", "b"], 3, True, ["x", "c1", "y"])
-    recorder.submit(["b"], 2, False, ["c0", "c1"], new_items=1, new_item_boost=0.5)
+    recorder.submit(["b"], 2, False, ["c0", "c1"], NewItemPolicy(places=1, boost=0.5))
     recorder.flush()
     lines = [json.loads(x) for x in (tmp_path / "shadow.jsonl").read_text().splitlines()]
     assert [line["challenger"] for line in lines] == [["c0", "c1", "c2"], ["c0", "new0", "boost0.5"]]  # asked as the champion was
@@ -31,7 +33,7 @@ def test_recorder_writes_one_line_per_request(tmp_path):
 def test_a_slow_challenger_drops_records_instead_of_blocking(tmp_path, monkeypatch):
     monkeypatch.setattr("serving.shadow.QUEUE_SIZE", 2)
     gate = threading.Event()
-    recorder = ShadowRecorder(lambda h, k, e, n, b: gate.wait(5) and ["z"], tmp_path / "s.jsonl", "m")
+    recorder = ShadowRecorder(lambda h, k, e, n: gate.wait(5) and ["z"], tmp_path / "s.jsonl", "m")
     for _ in range(6):
         recorder.submit(["a"], 1, True, ["z"])  # returns at once even though the challenger is stuck
     assert recorder.dropped >= 3
@@ -41,7 +43,7 @@ def test_a_slow_challenger_drops_records_instead_of_blocking(tmp_path, monkeypat
 
 
 def test_a_failing_challenger_never_raises_into_the_service(tmp_path):
-    recorder = ShadowRecorder(lambda h, k, e, n, b: 1 / 0, tmp_path / "s.jsonl", "m")
+    recorder = ShadowRecorder(lambda h, k, e, n: 1 / 0, tmp_path / "s.jsonl", "m")
     recorder.submit(["a"], 1, True, ["z"])
     recorder.flush()
     assert recorder.recorded == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components.errors import BehaviorflowError, ConfigFieldError
-from serving.contract import MAX_K, MAX_NEW_ITEM_BOOST
+from serving.contract import MAX_K, NewItemPolicy
 
 _EXAMPLES = 3  # unknown item ids quoted in the summary line
 
@@ -37,12 +37,15 @@ class PredictConfig:
     def __post_init__(self):
         if not 1 <= self.k <= MAX_K:
             raise ConfigFieldError("k", f"k ({self.k}) must be between 1 and {MAX_K}: the exported graph returns at most {MAX_K} items")
-        if not 0 <= self.new_items <= self.k:
-            raise ConfigFieldError("new_items", f"new_items ({self.new_items}) must be between 0 and k ({self.k})")
-        if not 0 <= self.new_item_boost <= MAX_NEW_ITEM_BOOST:  # NaN fails this too
-            raise ConfigFieldError("new_item_boost", f"new_item_boost ({self.new_item_boost}) must be between 0 and {MAX_NEW_ITEM_BOOST:g}, e.g. 0.5")
+        problem = self.new_item_policy.problem(self.k)
+        if problem:
+            raise ConfigFieldError(*problem)
         if self.batch_size < 1:
             raise ConfigFieldError("batch_size", f"batch_size ({self.batch_size}) must be at least 1")
+
+    @property
+    def new_item_policy(self) -> NewItemPolicy:
+        return NewItemPolicy(places=self.new_items, boost=self.new_item_boost)
 
 
 @dataclass
@@ -127,7 +130,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
 
 
 def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> None:
-    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_items, config.new_item_boost))
+    ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_item_policy))
     for user, history in batch:
         sink.write(f"{user}\t{' '.join(next(ranked) if history else [])}\n")
 
