@@ -22,7 +22,6 @@ import argparse
 import gzip
 import json
 import logging
-import resource
 import sys
 import time
 from dataclasses import asdict, replace
@@ -221,12 +220,12 @@ def full_data_models(results: dict, data: dict, embeddings: np.ndarray, model_cf
     """The text-aware model on the whole training data: test metrics, wall time, memory, learning curve."""
     n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
     model, fit_text = fit("text", data, embeddings, model_cfg, train_cfg, data["train"], has_id)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["text"] = evaluate(model_topk(model, test_inputs, 20), test_targets, n_items, data["train"])
     results["train_wall_s"] = round(fit_text.wall_s, 1)
-    results["peak_rss_mb"] = round(peak_rss_mb, 1)
+    results["peak_rss_mb"] = fit_text.peak_rss_mb  # the process's high-water mark when training ended
     results["epochs"] = len(fit_text.curve)
     results["learning_curve"] = [[round(r["minutes"], 2), round(r["val_NDCG@10"], 4)] for r in fit_text.curve]
+    results["rss_curve"] = [[round(r["minutes"], 2), r["rss_mb"]] for r in fit_text.curve]  # resident MB at each epoch's end
     reached = [r["minutes"] for r in fit_text.curve if r["val_NDCG@10"] >= GSASREC_NDCG10]
     results["minutes_to_ndcg10_0.1726"] = round(reached[0], 2) if reached else None
     results["minutes_to_ndcg10_0.1726_note"] = "first epoch whose validation NDCG@10 (512 users) reached 0.1726"

@@ -309,6 +309,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _mb(mb: float | None) -> str:
+    """Memory for people: 812 MB, 1.4 GB."""
+    if mb is None:
+        return "unknown"
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
 def format_summary(s: dict) -> str:
     m, pop = s["metrics"]["model"], s["metrics"]["popularity"]
     lines = [
@@ -316,7 +323,7 @@ def format_summary(s: dict) -> str:
         "behaviorflow retrain — summary",
         f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
         f"  validation    passed — Data Docs: {s['data_docs']}",
-        f"  training      {_count(s['training']['epochs'], 'epoch')} on {s['training']['device']} in {s['training']['wall_s']} s (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
+        f"  training      {_count(s['training']['epochs'], 'epoch')} on {s['training']['device']} in {s['training']['wall_s']} s, peak memory {_mb(s['training'].get('peak_rss_mb'))} (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
         + (f"; id-only baseline {_count(b['epochs'], 'epoch')} in {b['wall_s']} s" if (b := s.get("baseline_training")) else ""),
         f"  test metrics  model NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   |   popularity NDCG@10 {pop['NDCG@10']:.4f}  HR@10 {pop['HR@10']:.4f}",
     ]

@@ -96,6 +96,7 @@ def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path
     model = new_model(model_cfg, embeddings, prepared.trained_items(), config.train.seed)
     result = train_model(model, prepared.train, prepared.valid_split(), config.train, checkpoint_dir=run_dir / "checkpoints")
     log_curve(result.curve)
+    mlflow.log_metric("train_peak_rss_mb", result.peak_rss_mb)  # what a work pool's memory request must cover
     return result
 
 
@@ -258,7 +259,7 @@ def retrain(config: dict | None = None) -> dict:
             "data_docs": str(validation.data_docs),
             "validation": "passed",
             "preparation": prepared.stats,
-            "training": {"epochs": len(result.curve), "best_epoch": result.best_epoch, "stopped": result.stopped_because, "device": result.device, "wall_s": round(result.wall_s, 1)},
+            "training": {"epochs": len(result.curve), "best_epoch": result.best_epoch, "stopped": result.stopped_because, "device": result.device, "wall_s": round(result.wall_s, 1), "peak_rss_mb": result.peak_rss_mb},
             "baseline_training": {"epochs": len(baseline.curve), "best_epoch": baseline.best_epoch, "wall_s": round(baseline.wall_s, 1)} if baseline else None,
             "metrics": report.results,
             "slices": report.slices,

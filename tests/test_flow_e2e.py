@@ -91,6 +91,11 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     # The id-only baseline (text off, same settings) is trained and reported next to the model.
     base = summary["metrics"]["id_only"]
     assert run.data.metrics["id_only_NDCG_at_10"] == pytest.approx(base["NDCG@10"]) and base["NDCG@10"] > pop["NDCG@10"]
+    # Memory, per epoch and at its peak: in the run (for sizing work pools) and in the summary.
+    rss = [point.value for point in client.get_metric_history(summary["run_id"], "train_rss_mb")]
+    peak = summary["training"]["peak_rss_mb"]
+    assert len(rss) == summary["training"]["epochs"] and 100 < max(rss) <= peak + 1 and run.data.metrics["train_peak_rss_mb"] == peak
+    assert f"peak memory {peak / 1024:.1f} GB" in format_summary(summary) or f"peak memory {peak:.0f} MB" in format_summary(summary)
     curve = world["client"].get_metric_history(summary["run_id"], "id_only_val_NDCG_at_10")
     assert len(curve) == summary["baseline_training"]["epochs"] >= 1 and summary["slices"]["id_only"]["head"]["cases"] == slices["head"]["cases"]
     assert "id-only baseline NDCG@10" in format_summary(summary) and "text-aware vs id-only" in format_summary(summary)

@@ -278,6 +278,7 @@ def test_training_learns_a_deterministic_chain(sampled_negatives):
     result = train_model(tiny(cold=0), train, valid, config)
     assert result.best_val["HR@10"] > 0.9, result.curve[-1]
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
+    assert all(0 < row["rss_mb"] <= result.peak_rss_mb + 1 for row in result.curve)  # the peak is never below a reading
 
 
 def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):

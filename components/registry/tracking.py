@@ -22,12 +22,12 @@ def log_metrics(prefix: str, metrics: dict[str, float], step: int | None = None)
 
 
 def log_curve(curve: list[dict], prefix: str = "") -> None:
-    """Per-epoch training loss and validation metrics as MLflow metric histories (step = epoch);
-    prefix names another model's curve (e.g. "id_only_")."""
+    """Per-epoch training loss, validation metrics and resident memory as MLflow metric histories (step =
+    epoch); prefix names another model's curve (e.g. "id_only_")."""
     import mlflow
 
     for row in curve:
-        values = {"train_loss": row["loss"], "val_NDCG_at_10": row["val_NDCG@10"], "val_HR_at_10": row["val_HR@10"]}
+        values = {"train_loss": row["loss"], "val_NDCG_at_10": row["val_NDCG@10"], "val_HR_at_10": row["val_HR@10"], "train_rss_mb": row["rss_mb"]}
         mlflow.log_metrics({prefix + key: value for key, value in values.items()}, step=row["epoch"])
 
 

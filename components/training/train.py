@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from components.errors import BehaviorflowError
+from components.memory import peak_rss_mb, rss_mb
 from components.evaluation import metrics_from_ranks, model_topk, ranks_from_topk
 from components.models.text_sasrec import TextSASRec
 from components.progress import progress
@@ -90,13 +91,15 @@ IMPUTED_LOSS_TRAINS = ("all", "imputer")
 @dataclass
 class TrainResult:
     model: TextSASRec
-    curve: list[dict] = field(default_factory=list)  # one row per epoch: epoch, minutes, loss, val NDCG@10, val HR@10
+    curve: list[dict] = field(default_factory=list)  # one row per epoch: epoch, minutes, loss, val NDCG@10, val HR@10,
+    #   rss_mb (the process's resident memory at the epoch's end)
     best_epoch: int = 0
     best_val: dict = field(default_factory=dict)
     wall_s: float = 0.0
     device: str = "cpu"
     checkpoint: Path | None = None
     stopped_because: str = ""
+    peak_rss_mb: float = 0.0  # the process's highest resident memory when the fit ended (components/memory.py)
 
 
 def new_model(config, text_embeddings: np.ndarray | None, has_id: np.ndarray, seed: int) -> TextSASRec:
@@ -344,7 +347,8 @@ def train_model(
         ranks = ranks_from_topk(model_topk(model, val_inputs, 10), val_targets)
         val = metrics_from_ranks(ranks, 10, ks=(10,))
         minutes = (_clock() - start) / 60
-        row = {"epoch": epoch, "minutes": round(minutes, 3), "loss": float(np.mean(losses)), "val_NDCG@10": val["NDCG@10"], "val_HR@10": val["HR@10"]}
+        row = {"epoch": epoch, "minutes": round(minutes, 3), "loss": float(np.mean(losses)), "val_NDCG@10": val["NDCG@10"], "val_HR@10": val["HR@10"],
+               "rss_mb": round(rss_mb(), 1)}
         result.curve.append(row)
         improved = val["NDCG@10"] > best_ndcg
         log.info(
@@ -378,5 +382,6 @@ def train_model(
     model.load_state_dict(best_state)
     model.eval()
     result.wall_s = _clock() - start
+    result.peak_rss_mb = round(peak_rss_mb(), 1)
     log.info("%sbest epoch %d (val NDCG@10 %.4f); stopped: %s", label, result.best_epoch, best_ndcg, result.stopped_because)
     return result
