@@ -14,6 +14,8 @@ them as JSON.
         # (shop-like) and long (ML-1M-like) generated histories, as a ratio
     python benchmarks/train_speed.py --compare-imputation --rounds 6   # CPU: the cold-item imputer on every
         # item-table row vs only on the rows without their id, as a ratio
+    python benchmarks/train_speed.py --compare-blocks --rounds 3 --steps 5   # CPU: full-softmax scores for the
+        # whole batch vs in blocks of steps (train.score_block_rows): speed and peak memory, as ratios
 
 The CPU rows run with the malloc setting training uses (`train.reuse_memory`, on by default) unless
 `--malloc default` says otherwise.
@@ -37,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from components.memory import peak_rss_mb, rss_mb  # noqa: E402
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
 from components.timing import timed_in_turns  # noqa: E402
 from components.training.malloc import reuse_freed_memory  # noqa: E402
@@ -71,6 +74,10 @@ def step_shapes(args, names) -> dict:
         "shop": lambda: ("22,000 users, median 7 steps (3-300), 12,000 items, max_len 50", shop_shaped(22000, 12000, 50), 12000, 50),
         "ml1m": lambda: ("6,040 users, median ~100 steps (20-2,300), 3,416 items, max_len 50", training_pairs(ml1m_histories, 50, all_steps=True), 3416, 50),
         "ml1m_200": lambda: ("the same at max_len 200 (the ML-1M benchmark's)", training_pairs(ml1m_histories, 200, all_steps=True), 3416, 200),
+        "ml1m_200_8k": lambda: ("the same histories over 8,000 items, max_len 200",
+                                training_pairs(ml1m_shaped(args.users, 8000, 10_000), 200, all_steps=True), 8000, 200),
+        "ml1m_200_20k": lambda: ("the same histories over 20,000 items, max_len 200",
+                                 training_pairs(ml1m_shaped(args.users, 20000, 10_000), 200, all_steps=True), 20000, 200),
     }
     return {name: shapes[name]() for name in names}
 
@@ -141,6 +148,58 @@ def compare_imputation(args) -> dict:
     return write_result(args, rows, {"missing_vs_every_row": ratios}, "CPU training step (forward, full-catalog cross-entropy, backward, "
                         f"Adam), item-table imputation on every row vs on the rows without their id, batch 128, {args.cpu_threads} threads; "
                         "median ms per step over alternating rounds")
+
+
+def block_variants(args) -> dict:
+    rows = [int(r) for r in args.block_rows.split(",")]
+    return {"whole": (TextSASRec, TrainConfig(score_block_rows=0)), **{f"blocks_{r}": (TextSASRec, TrainConfig(score_block_rows=r)) for r in rows}}
+
+
+def compare_blocks(args) -> dict:
+    """The full-catalog cross-entropy over the whole batch's (steps × catalog) score matrix against blocks of
+    --block-rows steps (train.score_block_rows): ms per step in one process (compare_steps), and each
+    variant's peak resident memory alone in a fresh process (peak_of), at ML-1M's catalog and at 8,000
+    and 20,000 items, max_len 200."""
+    import subprocess
+
+    names = ("ml1m_200", "ml1m_200_8k", "ml1m_200_20k")
+    rows, ratios = compare_steps(args, block_variants(args), step_shapes(args, names))
+    peaks = {}
+    for name in names:
+        for variant in block_variants(args):
+            command = [sys.executable, __file__, "--peak-of", variant, "--peak-shape", name, "--block-rows", args.block_rows,
+                       "--users", str(args.users), "--steps", "5", "--warmup", str(args.warmup), "--cpu-threads", str(args.cpu_threads)]
+            peak = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            peaks.setdefault(name, {})[variant] = peak
+            print(f"{name} {variant}: peak RSS {peak['peak_rss_mb']:.0f} MB, {peak['step_mb']:.0f} MB above the process before its first step", flush=True)
+        whole = peaks[name]["whole"]["step_mb"]
+        ratios[name] |= {f"step_mb_{v}": round(p["step_mb"]) for v, p in peaks[name].items()}
+        ratios[name] |= {f"memory_saving_{v}": round(whole / p["step_mb"], 2) for v, p in peaks[name].items() if v != "whole"}
+    return write_result(args, rows, {"blocks_vs_whole": ratios}, "CPU training step (forward, full-catalog cross-entropy, backward, Adam), "
+                        f"scores for the whole batch at once vs in blocks of {args.block_rows} steps, batch 128, {args.cpu_threads} threads; "
+                        "median ms per step over alternating rounds in one process; memory: peak RSS of each variant alone in a fresh "
+                        "process over 5 steps, less its RSS before the first step")
+
+
+def peak_of(args) -> dict:
+    """One variant of block_variants alone on one shape: --warmup + --steps training steps, then its peak RSS
+    and how far it rose above the RSS before the first step (the data and the model already built)."""
+    reuse_freed_memory(True)
+    torch.set_num_threads(args.cpu_threads)
+    _, sequences, items, max_len = step_shapes(args, (args.peak_shape,))[args.peak_shape]
+    model_class, config = block_variants(args)[args.peak_of]
+    cfg = TextSASRecConfig(n_items=items, max_len=max_len)
+    text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    order = np.random.default_rng(1).permutation(len(sequences))
+    torch.manual_seed(0)
+    model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = rss_mb()
+    for b in range(args.warmup + args.steps):
+        optimizer_step(model, optimizer, torch.from_numpy(pad_histories([sequences[i] for i in order[b * 128 : (b + 1) * 128]], max_len + 1)), config)
+    result = {"peak_rss_mb": round(peak_rss_mb(), 1), "step_mb": round(peak_rss_mb() - before, 1)}
+    print(json.dumps(result))
+    return result
 
 
 def write_result(args, rows: list, ratios: dict, what: str) -> dict:
@@ -230,6 +289,12 @@ def main(argv=None) -> dict:
                         "generated short (shop-like) and long (ML-1M-like, max_len 50 and 200) histories, in one process, as a ratio")
     parser.add_argument("--compare-imputation", action="store_true", help="CPU only: the imputer on every item-table row "
                         "(as until 2026-11-30) against only the rows without their id, on generated shop-like and ML-1M-like histories, in one process")
+    parser.add_argument("--compare-blocks", action="store_true", help="CPU only: the full-softmax scores for the whole batch at once "
+                        "against blocks of --block-rows steps (train.score_block_rows): ms per step in one process, peak memory per variant "
+                        "in fresh processes, on generated ML-1M-like histories at max_len 200 over 3,416, 8,000 and 20,000 items")
+    parser.add_argument("--block-rows", default="1024,4096", help="with --compare-blocks: comma-separated block sizes")
+    parser.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)  # compare_blocks' subprocesses: one variant's peak memory
+    parser.add_argument("--peak-shape", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "
                         "compared with 1 (default: the training default)")
     args = parser.parse_args(argv)
@@ -239,6 +304,10 @@ def main(argv=None) -> dict:
         return compare_groups(args)
     if args.compare_imputation:
         return compare_imputation(args)
+    if args.compare_blocks:
+        return compare_blocks(args)
+    if args.peak_of:
+        return peak_of(args)
     if args.malloc == "reuse":  # "default" calls nothing: any mallopt call turns glibc's dynamic mmap threshold off
         reuse_freed_memory(True)
 

@@ -20,6 +20,13 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     """The highest resident memory of this process so far, in MiB."""
+    if sys.platform.startswith("linux"):
+        # VmHWM: this process's own high-water mark. Not getrusage's ru_maxrss, which a process started by
+        # another inherits at fork and keeps across exec: a small child of a large parent reports the parent's.
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
     if sys.platform == "win32":
         return psutil.Process().memory_info().peak_wset / MB
     import resource

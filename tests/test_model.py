@@ -329,32 +329,46 @@ def test_training_refuses_items_marked_untrained_that_occur_in_training():
         train_model(tiny(), seqs, ([np.array([1])], np.array([2])), TrainConfig(max_epochs=1, progress=False))
 
 
-def test_training_refuses_a_catalog_whose_scores_cannot_fit_in_memory(monkeypatch):
+def test_scores_that_do_not_fit_are_computed_in_blocks_and_what_cannot_fit_is_refused(monkeypatch):
     import components.training.train as train_module
     from components.errors import BehaviorflowError
 
     # 10 sequences of 6 steps (5 targets each); batch 4 -> the largest batch has 20 targets.
     seqs = [np.array([(s + t) % (N_ITEMS - 5) + 1 for t in range(6)]) for s in range(10)]
     valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
-    full = 3 * 20 * (N_ITEMS + 1) * 4  # bytes: 3 score matrices of 20 targets × (catalog + padding)
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: full - 1)
-    config = TrainConfig(max_epochs=1, batch_size=4, progress=False)
+    row = 3 * (N_ITEMS + 1) * 4  # bytes: 3 score matrices (scores, softmax, gradient) of one target's row
+    config = TrainConfig(max_epochs=3, batch_size=4, progress=False, warmup_steps=1)
+    whole = train_model(tiny(), seqs, valid, config)
+    # Too little memory for the whole batch's 20 rows: the same fit, scored in blocks of what fits in half of it.
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: 20 * row - 1)
+    seen = []
+    real = train_module.chunked_cross_entropy
+    monkeypatch.setattr(train_module, "chunked_cross_entropy", lambda *a: seen.append(a[-1]) or real(*a))
+    blocked = train_model(tiny(), seqs, valid, config)
+    assert set(seen) == {9}  # (20 rows - 1 byte) // 2 // row
+    assert [r["loss"] for r in blocked.curve] == pytest.approx([r["loss"] for r in whole.curve], rel=1e-5)
+    for a, b in zip(whole.model.state_dict().values(), blocked.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # Blocks set by hand that do not fit: refused, naming the block size that would.
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: 10 * row - 1)
     with pytest.raises(BehaviorflowError) as refused:
-        train_model(tiny(), seqs, valid, config)
+        train_model(tiny(), seqs, valid, replace(config, score_block_rows=15))
+    negatives = (10 * row - 1) // (3 * 4 * 20) - 1  # sampled columns for the whole batch's 20 targets
     assert str(refused.value) == (
-        f"one training step would need about {full / 2**30:.1f} GiB for its scores (up to 20 next-item targets in a batch × "
-        f"{N_ITEMS + 1} items, float32, with softmax and gradient), more than the {(full - 1) / 2**30:.1f} GiB available on cpu; "
-        "train.sampled_negatives up to 39 (each step then scores that many sampled items, not the whole catalog) "
-        "or train.batch_size up to 3 (now 4) would fit"
+        f"one training step would need about {15 * row / 2**30:.1f} GiB for its scores (15 next-item targets at a time × "
+        f"{N_ITEMS + 1} items, float32, with softmax and gradient), more than the {(10 * row - 1) / 2**30:.1f} GiB available on cpu; "
+        "train.score_block_rows up to 4 (now 15; 0 chooses by itself) or "
+        f"train.sampled_negatives up to {negatives} (each step then scores that many sampled items, not the whole catalog) would fit"
     )
-    # Both fixes it names fit in the same memory: 39 sampled items, or batches of 3 (15 targets).
-    assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=4, progress=False, sampled_negatives=39)).curve) == 1
-    assert len(train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=3, progress=False)).curve) == 1
+    # Sampled negatives that do not fit: the sample size or the batch size that would.
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: 3 * 20 * 9 * 4 - 1)  # 20 targets × 9 columns
+    with pytest.raises(BehaviorflowError, match=r"up to 20 next-item targets in a batch × 9 items, .*; train.batch_size up to 3 \(now 4\) would fit$"):
+        train_model(tiny(), seqs, valid, replace(config, sampled_negatives=8))
     monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: 1)
     with pytest.raises(BehaviorflowError, match=r"available on cpu; even one sequence does not fit: lower model.max_len$"):
-        train_model(tiny(), seqs, valid, TrainConfig(max_epochs=1, batch_size=4, progress=False, sampled_negatives=8))
+        train_model(tiny(), seqs, valid, replace(config, sampled_negatives=8))
     monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: None)  # unknown: nothing checked
-    assert len(train_model(tiny(), seqs, valid, config).curve) == 1
+    assert len(train_model(tiny(), seqs, valid, config).curve) == 3
 
 
 def test_onnx_export_matches_torch(tmp_path):

@@ -22,6 +22,7 @@ from components.evaluation import metrics_from_ranks, model_topk, ranks_from_top
 from components.models.text_sasrec import TextSASRec
 from components.progress import progress
 from components.settings import resolve_device
+from components.training.chunked_loss import chunked_cross_entropy
 from components.training.malloc import reuse_freed_memory
 from serving.contract import pad_histories
 
@@ -55,6 +56,9 @@ class TrainConfig:
     #   1.34x (20,000 items) faster on 2 cores, peak memory 1.78 -> 2.35 GB at ML-1M's size
     sampled_negatives: int = 0  # 0 = full softmax over the catalog; > 0 = sampled softmax (logQ-corrected)
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
+    score_block_rows: int = 0  # full softmax: score the catalog for this many steps at a time (the same loss and
+    #   gradients; components/training/chunked_loss.py), so a step's score memory no longer grows with the batch.
+    #   0 = the whole batch at once where its scores fit in the memory available, else the largest block that fits
     length_groups: int = 4  # encode each batch's sequences in up to this many groups of similar length, each
     #   padded only to its own longest, where that removes at least a quarter of the batch's steps (the loss is the
     #   same: every real step is scored once, against the same table). Random batches of short histories are
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"imputed_loss_weight must be >= 0 (got {self.imputed_loss_weight}) and imputed_loss_share in (0, 1] (got {self.imputed_loss_share})")
         if self.imputed_loss_trains not in IMPUTED_LOSS_TRAINS:
             raise ValueError(f"imputed_loss_trains {self.imputed_loss_trains!r} is not one of {', '.join(IMPUTED_LOSS_TRAINS)}")
+        if self.score_block_rows < 0:
+            raise ValueError(f"score_block_rows ({self.score_block_rows}) must be 0 (the whole batch where it fits) or a number of steps")
         if self.length_groups < 1:
             raise ValueError(f"length_groups must be at least 1 (got {self.length_groups})")
         if self.imputed_loss_weight > 0 and self.sampled_negatives > 0:
@@ -139,13 +145,15 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
     table = model.item_table()  # (N + 1, d)
     hidden, targets = real_step_states(model, inputs, targets, table, config.length_groups)  # (M, d), (M,): M real steps
     if config.sampled_negatives <= 0:
-        logits = hidden @ table.T  # (M, N + 1)
         # Padding is never a valid next item, and items that never occur in training are not negatives:
         # nothing is known about them, and pushing them down would teach the model to bury new items.
-        # In place and by column: the (steps × catalog) matrix is the largest tensor of a step.
         untrained = torch.nonzero(~model.has_id).squeeze(1)
-        logits.index_fill_(1, untrained, float("-inf"))
-        loss = F.cross_entropy(logits, targets)
+        if 0 < config.score_block_rows < len(hidden):
+            loss = chunked_cross_entropy(hidden, table, targets, untrained, config.score_block_rows)
+        else:
+            logits = hidden @ table.T  # (M, N + 1)
+            logits.index_fill_(1, untrained, float("-inf"))  # in place: the largest tensor of a step
+            loss = F.cross_entropy(logits, targets)
         if config.imputed_loss_weight > 0 and model.text_proj is not None and model.id_emb is not None:
             # The same user states against a catalog of items as new: each target must win on its text
             # and imputed id alone, so the cold path learns from every step (not only the dropped ids).
@@ -243,31 +251,44 @@ def available_memory_bytes(device: torch.device) -> int | None:
 SCORE_MATRICES_AT_PEAK = 3
 
 
-def check_score_memory(sequences: list[np.ndarray], n_columns: int, config: TrainConfig, device: torch.device) -> None:
-    """Refuse, before training starts, a fit whose largest batch cannot hold its score matrix in memory.
+def plan_score_memory(sequences: list[np.ndarray], n_columns: int, config: TrainConfig, device: torch.device) -> int:
+    """The score_block_rows to train with, decided before training starts: the configured value, or, with
+    the default 0 and the full softmax, 0 where the largest batch's score matrix fits in the memory
+    available, else the largest block of steps that fits in half of it (the same loss, in blocks).
 
-    Killed for memory mid-run, a fit loses everything and says nothing; this names the numbers and the
-    settings that would fit. Only a certain failure is refused: the estimate counts the smallest peak.
+    Refuses a fit whose scores cannot fit even so (sampled negatives, or blocks set by hand): killed for
+    memory mid-run, a fit loses everything and says nothing; this names the numbers and the settings that
+    would fit. Only a certain failure is refused: the estimate counts the smallest peak.
     """
     steps = np.sort([len(s) - 1 for s in sequences])[::-1]
     rows = int(steps[: config.batch_size].sum())  # the batch with the most next-item targets
+    full_softmax = config.sampled_negatives <= 0
+    block = config.score_block_rows if full_softmax and 0 < config.score_block_rows < rows else rows
     per_score = SCORE_MATRICES_AT_PEAK * 4  # bytes
-    need = per_score * rows * n_columns
+    need = per_score * block * n_columns
     free = available_memory_bytes(device)
-    log.info("scores per step: up to %d steps × %d items, ~%.2f GiB at the peak%s", rows, n_columns, need / 2**30,
-             "" if free is None else f" ({free / 2**30:.1f} GiB available on {device})")
+    log.info("scores per step: up to %d steps × %d items%s, ~%.2f GiB at the peak%s", rows, n_columns,
+             f" in blocks of {block}" if block < rows else "", need / 2**30, "" if free is None else f" ({free / 2**30:.1f} GiB available on {device})")
     if free is None or need <= free:
-        return
+        return config.score_block_rows
+    fitting_block = free // 2 // (per_score * n_columns)
+    if full_softmax and config.score_block_rows == 0 and fitting_block >= 1:
+        log.info("the whole batch's scores (~%.2f GiB) do not fit: scoring %d steps at a time (train.score_block_rows), "
+                 "the same loss and gradients", per_score * rows * n_columns / 2**30, fitting_block)
+        return int(fitting_block)
     fits = []
+    if full_softmax and fitting_block >= 1:
+        fits.append(f"train.score_block_rows up to {fitting_block:,} (now {config.score_block_rows:,}; 0 chooses by itself)")
     negatives = free // (per_score * rows) - 1  # sampled items per step that would fit at this batch size
     if config.sampled_negatives == 0 and negatives >= 1:
         fits.append(f"train.sampled_negatives up to {negatives:,} (each step then scores that many sampled items, not the whole catalog)")
     batch = int(np.searchsorted(np.cumsum(steps), free // (per_score * n_columns), side="right"))  # largest batch that fits
-    if batch >= 1:
+    if batch >= 1 and not (full_softmax and block < rows):
         fits.append(f"train.batch_size up to {batch:,} (now {config.batch_size:,})")
+    what = f"{block:,} next-item targets at a time" if block < rows else f"up to {rows:,} next-item targets in a batch"
     raise BehaviorflowError(
-        f"one training step would need about {need / 2**30:.1f} GiB for its scores (up to {rows:,} next-item targets in a "
-        f"batch × {n_columns:,} items, float32, with softmax and gradient), more than the {free / 2**30:.1f} GiB available "
+        f"one training step would need about {need / 2**30:.1f} GiB for its scores ({what} "
+        f"× {n_columns:,} items, float32, with softmax and gradient), more than the {free / 2**30:.1f} GiB available "
         f"on {device}; " + (" or ".join(fits) + " would fit" if fits else "even one sequence does not fit: lower model.max_len")
     )
 
@@ -312,7 +333,7 @@ def train_model(
             f"(has_id False), e.g. item indices {unmarked[:5].tolist()}: build has_id from the same training data"
         )
     columns = config.sampled_negatives + 1 if config.sampled_negatives > 0 else model.cfg.n_items + 1
-    check_score_memory(sequences, columns, config, device)
+    config = replace(config, score_block_rows=plan_score_memory(sequences, columns, config, device))
     if config.sampled_negatives > 0:
         # Negatives follow training frequency, smoothed so every trained item can be drawn.
         weights = torch.bincount(torch.from_numpy(steps), minlength=model.cfg.n_items + 1).float() + 1e-3
