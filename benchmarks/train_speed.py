@@ -82,6 +82,12 @@ def step_shapes(args, names) -> dict:
     return {name: shapes[name]() for name in names}
 
 
+def batch_rows(order: np.ndarray, b: int, size: int = 128) -> np.ndarray:
+    """The rows of the b-th batch of `size` in `order`, wrapping around: every batch is full, however many
+    steps are asked for (a run that needs more batches than one pass holds starts a second pass)."""
+    return order[np.arange(b * size, (b + 1) * size) % len(order)]
+
+
 def compare_steps(args, variants: dict, shapes: dict) -> tuple[list, dict]:
     """Median ms per training step of each variant (name -> (model class, TrainConfig)) on the same batches
     in one process: each variant trains its own identically initialised model, and the variants take turns
@@ -94,7 +100,7 @@ def compare_steps(args, variants: dict, shapes: dict) -> tuple[list, dict]:
         cfg = TextSASRecConfig(n_items=items, max_len=max_len)
         text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
         order = np.random.default_rng(1).permutation(len(sequences))
-        batches = [torch.from_numpy(pad_histories([sequences[i] for i in order[b * 128 : (b + 1) * 128]], max_len + 1))
+        batches = [torch.from_numpy(pad_histories([sequences[i] for i in batch_rows(order, b)], max_len + 1))
                    for b in range(args.warmup + args.steps * args.rounds)]
         engines = []
         for model_class, config in variants.values():
@@ -196,7 +202,7 @@ def peak_of(args) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = rss_mb()
     for b in range(args.warmup + args.steps):
-        optimizer_step(model, optimizer, torch.from_numpy(pad_histories([sequences[i] for i in order[b * 128 : (b + 1) * 128]], max_len + 1)), config)
+        optimizer_step(model, optimizer, torch.from_numpy(pad_histories([sequences[i] for i in batch_rows(order, b)], max_len + 1)), config)
     result = {"peak_rss_mb": round(peak_rss_mb(), 1), "step_mb": round(peak_rss_mb() - before, 1)}
     print(json.dumps(result))
     return result
