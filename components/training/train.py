@@ -64,8 +64,8 @@ class TrainConfig:
     length_groups: int = 4  # encode each batch's sequences in up to this many groups of similar length, each
     #   padded only to its own longest, where that removes at least a quarter of the batch's steps (the loss is the
     #   same: every real step is scored once, against the same table). Random batches of short histories are
-    #   mostly padding: on generated shop-like histories (median 7 steps, 12,000 items) steps were 1.19x faster
-    #   than with 1, and on ML-1M-like ones 1.26x at max_len 200, where histories vary in length; at 50 nearly
+    #   mostly padding: on generated shop-like histories (median 7 steps, 12,000 items) steps were 1.26x faster
+    #   than with 1, and on ML-1M-like ones 1.32x at max_len 200, where histories vary in length; at 50 nearly
     #   all are cut to 50 and no batch is split (benchmarks/train_speed.py --compare-groups). 1 = the whole
     #   batch padded to its longest sequence
     imputed_loss_weight: float = 0.0  # > 0: add this times the same cross-entropy with every item represented as
