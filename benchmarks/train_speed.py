@@ -74,12 +74,18 @@ def step_shapes(args, names) -> dict:
         "shop": lambda: ("22,000 users, median 7 steps (3-300), 12,000 items, max_len 50", shop_shaped(22000, 12000, 50), 12000, 50),
         "ml1m": lambda: ("6,040 users, median ~100 steps (20-2,300), 3,416 items, max_len 50", training_pairs(ml1m_histories, 50, all_steps=True), 3416, 50),
         "ml1m_200": lambda: ("the same at max_len 200 (the ML-1M benchmark's)", training_pairs(ml1m_histories, 200, all_steps=True), 3416, 200),
-        "ml1m_200_8k": lambda: ("the same histories over 8,000 items, max_len 200",
-                                training_pairs(ml1m_shaped(args.users, 8000, 10_000), 200, all_steps=True), 8000, 200),
-        "ml1m_200_20k": lambda: ("the same histories over 20,000 items, max_len 200",
-                                 training_pairs(ml1m_shaped(args.users, 20000, 10_000), 200, all_steps=True), 20000, 200),
     }
+    for name in names:  # "ml1m_200_<n>k": the ML-1M-like histories over n thousand items, max_len 200
+        if name.startswith("ml1m_200_") and name.endswith("k"):
+            items = int(name[len("ml1m_200_") : -1]) * 1000
+            shapes[name] = lambda items=items: (f"the same histories over {items:,} items, max_len 200",
+                                                training_pairs(ml1m_shaped(args.users, items, 10_000), 200, all_steps=True), items, 200)
     return {name: shapes[name]() for name in names}
+
+
+def catalog_shape(items: int) -> str:
+    """step_shapes' name of the ML-1M-like histories at max_len 200 over `items` items."""
+    return "ml1m_200" if items == 3416 else f"ml1m_200_{items // 1000}k"
 
 
 def batch_rows(order: np.ndarray, b: int, size: int = 128) -> np.ndarray:
@@ -164,11 +170,11 @@ def block_variants(args) -> dict:
 def compare_blocks(args) -> dict:
     """The full-catalog cross-entropy over the whole batch's (steps × catalog) score matrix against blocks of
     --block-rows steps (train.score_block_rows): ms per step in one process (compare_steps), and each
-    variant's peak resident memory alone in a fresh process (peak_of), at ML-1M's catalog and at 8,000
-    and 20,000 items, max_len 200."""
+    variant's peak resident memory alone in a fresh process (peak_of), on ML-1M-like histories at max_len 200
+    over each --block-items catalog size (default 3,416, 8,000 and 20,000 items)."""
     import subprocess
 
-    names = ("ml1m_200", "ml1m_200_8k", "ml1m_200_20k")
+    names = tuple(catalog_shape(int(n)) for n in args.block_items.split(","))
     rows, ratios = compare_steps(args, block_variants(args), step_shapes(args, names))
     peaks = {}
     for name in names:
@@ -297,8 +303,10 @@ def main(argv=None) -> dict:
                         "(as until 2026-11-30) against only the rows without their id, on generated shop-like and ML-1M-like histories, in one process")
     parser.add_argument("--compare-blocks", action="store_true", help="CPU only: the full-softmax scores for the whole batch at once "
                         "against blocks of --block-rows steps (train.score_block_rows): ms per step in one process, peak memory per variant "
-                        "in fresh processes, on generated ML-1M-like histories at max_len 200 over 3,416, 8,000 and 20,000 items")
+                        "in fresh processes, on generated ML-1M-like histories at max_len 200 over the --block-items catalog sizes")
     parser.add_argument("--block-rows", default="1024,4096", help="with --compare-blocks: comma-separated block sizes")
+    parser.add_argument("--block-items", default="3416,8000,20000", help="with --compare-blocks: comma-separated catalog sizes "
+                        "(3416, or whole thousands)")
     parser.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)  # compare_blocks' subprocesses: one variant's peak memory
     parser.add_argument("--peak-shape", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "
