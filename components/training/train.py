@@ -59,8 +59,8 @@ class TrainConfig:
     score_block_rows: int = 0  # full softmax: score the catalog for this many steps at a time (the same loss and
     #   gradients; components/training/chunked_loss.py), so a step's score memory no longer grows with the batch.
     #   0 = the whole batch at once where its scores fit in the memory available, else the largest block that fits.
-    #   Blocks of 1,024 at max_len 200: a step's memory 4.3x (3,416 items) to 12x (20,000) smaller; steps 0.88x and
-    #   0.81x as fast at 3,416 and 8,000 items, 1.34x faster at 20,000 (benchmarks/train_speed.py --compare-blocks)
+    #   Blocks of 1,024 at max_len 200: a step's memory 4.3x (3,416 items) to 12x (20,000) smaller; steps 0.81-0.88x
+    #   as fast up to 12,000 items, 1.55x faster at 16,000 and 1.34x at 20,000 (benchmarks/train_speed.py --compare-blocks)
     length_groups: int = 4  # encode each batch's sequences in up to this many groups of similar length, each
     #   padded only to its own longest, where that removes at least a quarter of the batch's steps (the loss is the
     #   same: every real step is scored once, against the same table). Random batches of short histories are
