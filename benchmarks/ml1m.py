@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from components.evaluation import bootstrap_ci, coverage, metrics_from_ranks, model_topk, popularity_topk, ranks_from_topk  # noqa: E402
 from components.evaluation.metrics import per_case  # noqa: E402
-from components.evaluation.rankers import model_scores  # noqa: E402
+from components.evaluation.rankers import model_scores, topk_of_scores  # noqa: E402
 from components.evaluation.slices import case_slices, slice_metrics  # noqa: E402
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
 from components.tokenization import TextEncoderConfig, embed_items  # noqa: E402
@@ -302,11 +302,11 @@ def main(argv=None) -> int:
         for name in [n for n in ("text", "id_only") if n in wanted]:
             cfg = model_cfg if name == "text" else replace(model_cfg, use_text=False)
             m, _ = fit(f"cold-{name}", data, embeddings, cfg, cold_cfg, cold_train, cold_has_id)
-            top = model_topk(m, test_inputs, 20)
+            scores = all_scores(m, test_inputs)  # scored once (45 MB): the top 20 and both policy tables come from it
+            top = topk_of_scores(scores, 20)
             results["cold_start"][name] = hr10(top, test_targets, cold_cases)
             if name == "text":
                 results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
-                scores = all_scores(m, test_inputs)  # once for both policy tables (45 MB)
                 results["cold_start"]["new_items"] = new_item_places(scores, test_targets, cold, [int(p) for p in args.new_items.split(",") if p])
                 results["cold_start"]["offsets"] = offset_curve(scores, test_targets, all_scores(m, data["valid"][0]), data["valid"][1], cold,
                                                                 [float(b) for b in args.cold_offsets.split(",") if b])

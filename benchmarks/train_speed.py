@@ -94,6 +94,16 @@ def batch_rows(order: np.ndarray, b: int, size: int = 128) -> np.ndarray:
     return order[np.arange(b * size, (b + 1) * size) % len(order)]
 
 
+def new_trainer(model_class, items: int, max_len: int):
+    """A `model_class` model over `items` items (random unit-length text, every item trained), in training
+    mode, and its Adam: initialised alike for every variant that asks."""
+    cfg = TextSASRecConfig(n_items=items, max_len=max_len)
+    text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    torch.manual_seed(0)
+    model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
 def compare_steps(args, variants: dict, shapes: dict) -> tuple[list, dict]:
     """Median ms per training step of each variant (name -> (model class, TrainConfig)) on the same batches
     in one process: each variant trains its own identically initialised model, and the variants take turns
@@ -103,16 +113,12 @@ def compare_steps(args, variants: dict, shapes: dict) -> tuple[list, dict]:
     torch.set_num_threads(args.cpu_threads)
     rows, ratios = [], {}
     for name, (description, sequences, items, max_len) in shapes.items():
-        cfg = TextSASRecConfig(n_items=items, max_len=max_len)
-        text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
         order = np.random.default_rng(1).permutation(len(sequences))
         batches = [torch.from_numpy(pad_histories([sequences[i] for i in batch_rows(order, b)], max_len + 1))
                    for b in range(args.warmup + args.steps * args.rounds)]
         engines = []
         for model_class, config in variants.values():
-            torch.manual_seed(0)
-            model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            model, optimizer = new_trainer(model_class, items, max_len)
             for padded in batches[: args.warmup]:
                 optimizer_step(model, optimizer, padded, config)
             engines.append(lambda i, m=model, o=optimizer, c=config: optimizer_step(m, o, batches[args.warmup + i], c).item())
@@ -200,16 +206,13 @@ def peak_of(args) -> dict:
     torch.set_num_threads(args.cpu_threads)
     _, sequences, items, max_len = step_shapes(args, (args.peak_shape,))[args.peak_shape]
     model_class, config = block_variants(args)[args.peak_of]
-    cfg = TextSASRecConfig(n_items=items, max_len=max_len)
-    text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     order = np.random.default_rng(1).permutation(len(sequences))
-    torch.manual_seed(0)
-    model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model, optimizer = new_trainer(model_class, items, max_len)
     before = rss_mb()
     for b in range(args.warmup + args.steps):
         optimizer_step(model, optimizer, torch.from_numpy(pad_histories([sequences[i] for i in batch_rows(order, b)], max_len + 1)), config)
-    result = {"peak_rss_mb": round(peak_rss_mb(), 1), "step_mb": round(peak_rss_mb() - before, 1)}
+    peak = peak_rss_mb()
+    result = {"peak_rss_mb": round(peak, 1), "step_mb": round(peak - before, 1)}
     print(json.dumps(result))
     return result
 

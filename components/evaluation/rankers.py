@@ -76,14 +76,18 @@ def model_topk(model, histories: Sequence[np.ndarray], k: int, exclude_seen: boo
     """Full-ranking top-K of a TextSASRec-like model (anything with `.cfg`, `.item_table()`, `.encode()`).
     Where fewer than K items can be ranked (a tiny catalog, a long history), the rest of the row is 0
     (padding, never a target): an excluded or unscorable item is never listed, as in serving."""
+    k = min(k, model.cfg.n_items)
+    out = [topk_of_scores(scores, k) for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device)]
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def topk_of_scores(scores, k: int) -> np.ndarray:
+    """The k best item indices of each row of `scores` (torch [B, n_items + 1]), an unrankable (-inf) place
+    given as 0: model_topk's answer from scores already computed (model_scores)."""
     import torch
 
-    k = min(k, model.cfg.n_items)
-    out = []
-    for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device):
-        values, indices = torch.topk(scores, k, dim=1)
-        out.append(indices.masked_fill(values == float("-inf"), 0).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+    values, indices = torch.topk(torch.as_tensor(scores), k, dim=1)
+    return indices.masked_fill(values == float("-inf"), 0).cpu().numpy()
 
 
 def model_scores(model, histories: Sequence[np.ndarray], exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> Iterator[np.ndarray]:
