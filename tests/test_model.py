@@ -215,6 +215,29 @@ def test_imputed_item_loss_adds_the_cross_entropy_of_the_catalog_as_new_items():
         TrainConfig(imputed_loss_trains="ids")
 
 
+def test_imputed_item_loss_in_blocks_has_the_loss_and_gradients_of_the_whole_matrix(monkeypatch):
+    import components.training.train as train_module
+
+    def loss_and_grads(block_rows: int):
+        model = tiny(id_dropout=0.0).eval()  # the same weights on every call (seeded); eval: no dropout
+        inputs, targets = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]), torch.tensor([[1, 2, 3, 4], [2, 3, 4, 5]])  # 8 real steps
+        config = TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0, score_block_rows=block_rows)
+        loss = train_module.next_item_loss(model, inputs, targets, config)
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    whole_loss, whole = loss_and_grads(0)
+    blocks = []
+    real = train_module.chunked_cross_entropy
+    monkeypatch.setattr(train_module, "chunked_cross_entropy", lambda *a: blocks.append((len(a[0]), a[-1])) or real(*a))
+    blocked_loss, blocked = loss_and_grads(3)
+    assert blocks == [(8, 3), (8, 3)]  # the main loss and the imputed-item loss, both in blocks of 3 steps
+    assert blocked_loss == pytest.approx(whole_loss, rel=1e-6)
+    assert set(blocked) == set(whole) and any(n.startswith("imputer.") for n in whole)
+    for name in whole:
+        torch.testing.assert_close(blocked[name], whole[name], rtol=1e-4, atol=1e-6)
+
+
 def test_imputed_item_loss_can_train_the_imputer_alone():
     from components.training.train import next_item_loss
 

@@ -72,7 +72,7 @@ class TrainConfig:
     #   if never trained (text + imputed id): trains the cold-item path on every step and every item, not only
     #   on the id_dropout share (text models with ids only; full softmax only)
     imputed_loss_share: float = 0.25  # share of a batch's steps that the imputed-item loss scores (it costs a
-    #   second steps × catalog score matrix)
+    #   second steps × catalog score matrix, in blocks of score_block_rows steps like the main loss's)
     imputed_loss_trains: str = "all"  # what the imputed-item loss updates: "all" (every weight it touches: the
     #   transformer, the text projection, the imputer), or "imputer" (the imputer alone: user states and text
     #   projections are held fixed for it, so it cannot bend the warm items' scores towards the cold path)
@@ -138,24 +138,19 @@ def training_pairs(train: list[np.ndarray], max_len: int, all_steps: bool = Fals
     return pairs
 
 
-def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
+                   untrained: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each real next step against the whole catalog (or a sampled part of it).
 
     Scores are computed only where a target exists: left padding is often most of a batch, and the
-    (steps × catalog) score matrix is the dominant cost.
+    (steps × catalog) score matrix is the dominant cost. `untrained` (`untrained_items(model)`, computed
+    here when not given) are the columns that are never negatives; a fit passes it once for every step.
     """
     table = model.item_table()  # (N + 1, d)
     hidden, targets = real_step_states(model, inputs, targets, table, config.length_groups)  # (M, d), (M,): M real steps
     if config.sampled_negatives <= 0:
-        # Padding is never a valid next item, and items that never occur in training are not negatives:
-        # nothing is known about them, and pushing them down would teach the model to bury new items.
-        untrained = torch.nonzero(~model.has_id).squeeze(1)
-        if 0 < config.score_block_rows < len(hidden):
-            loss = chunked_cross_entropy(hidden, table, targets, untrained, config.score_block_rows)
-        else:
-            logits = hidden @ table.T  # (M, N + 1)
-            logits.index_fill_(1, untrained, float("-inf"))  # in place: the largest tensor of a step
-            loss = F.cross_entropy(logits, targets)
+        untrained = untrained_items(model) if untrained is None else untrained
+        loss = full_cross_entropy(hidden, table, targets, untrained, config.score_block_rows)
         if config.imputed_loss_weight > 0 and model.text_proj is not None and model.id_emb is not None:
             # The same user states against a catalog of items as new: each target must win on its text
             # and imputed id alone, so the cold path learns from every step (not only the dropped ids).
@@ -163,9 +158,8 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
             if rows.any():
                 imputer_only = config.imputed_loss_trains == "imputer"
                 states = hidden[rows].detach() if imputer_only else hidden[rows]
-                cold_logits = states @ model.imputed_table(imputer_only=imputer_only).T
-                cold_logits.index_fill_(1, untrained, float("-inf"))
-                loss = loss + config.imputed_loss_weight * F.cross_entropy(cold_logits, targets[rows])
+                cold = full_cross_entropy(states, model.imputed_table(imputer_only=imputer_only), targets[rows], untrained, config.score_block_rows)
+                loss = loss + config.imputed_loss_weight * cold
         return loss
     # Sampled softmax with logQ correction (Bengio & Senécal 2008; Yi et al. 2019): negatives are drawn
     # in proportion to training frequency q(i); subtracting log q(i) keeps the estimate unbiased.
@@ -176,6 +170,24 @@ def next_item_loss(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tenso
     negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))  # accidental hits
     logits = torch.cat([positive, negative], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
+
+
+def untrained_items(model: TextSASRec) -> torch.Tensor:
+    """Item indices that are never negatives in the full softmax: padding (0), which is never a valid next
+    item, and items that never occur in training: nothing is known about them, and pushing them down
+    would teach the model to bury new items."""
+    return torch.nonzero(~model.has_id).squeeze(1)
+
+
+def full_cross_entropy(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, untrained: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """Mean cross-entropy of `targets` [M] against every item of `table` but `untrained`: the whole
+    (M × catalog) score matrix at once, or `block_rows` rows at a time where that is fewer than M
+    (`chunked_cross_entropy`: the same loss and gradients)."""
+    if 0 < block_rows < len(hidden):
+        return chunked_cross_entropy(hidden, table, targets, untrained, block_rows)
+    logits = hidden @ table.T  # (M, N + 1)
+    logits.index_fill_(1, untrained, float("-inf"))  # in place: the largest tensor of a step
+    return F.cross_entropy(logits, targets)
 
 
 def real_step_states(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,11 +233,13 @@ def length_split(lengths: torch.Tensor, groups: int) -> list[torch.Tensor]:
     return everything
 
 
-def optimizer_step(model: TextSASRec, optimizer: torch.optim.Optimizer, padded: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def optimizer_step(model: TextSASRec, optimizer: torch.optim.Optimizer, padded: torch.Tensor, config: TrainConfig,
+                   untrained: torch.Tensor | None = None) -> torch.Tensor:
     """One training step on a batch of left-padded sequences [B, max_len + 1]: the next-item loss, its
-    gradients (norm clipped to 1) and the optimizer's update. Returns the loss."""
+    gradients (norm clipped to 1) and the optimizer's update. Returns the loss. `untrained`: see
+    `next_item_loss`."""
     inputs, targets = padded[:, :-1], padded[:, 1:]  # (B, T): predict step t+1 from steps ≤ t
-    loss = next_item_loss(model, inputs, targets, config)
+    loss = next_item_loss(model, inputs, targets, config, untrained)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -347,6 +361,7 @@ def train_model(
         val_inputs, val_targets = [val_inputs[i] for i in pick], val_targets[pick]
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    untrained = untrained_items(model)  # the same for every step; torch.nonzero waits for the device
     steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
     start = _clock()
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, _clock() - start, steps_per_epoch, config))
@@ -362,7 +377,7 @@ def train_model(
         for step in bar:
             batch = [sequences[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             padded = torch.from_numpy(pad_histories(batch, model.cfg.max_len + 1)).to(device)
-            loss = optimizer_step(model, optimizer, padded, config)
+            loss = optimizer_step(model, optimizer, padded, config, untrained)
             schedule.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
