@@ -80,12 +80,19 @@ def step_shapes(args, names) -> dict:
             items = int(name[len("ml1m_200_") : -1]) * 1000
             shapes[name] = lambda items=items: (f"the same histories over {items:,} items, max_len 200",
                                                 training_pairs(ml1m_shaped(args.users, items, 10_000), 200, all_steps=True), items, 200)
+        elif name.startswith("shop_") and name.endswith("k"):  # "shop_<n>k": the shop-like histories over n thousand items
+            items = int(name[len("shop_") : -1]) * 1000
+            shapes[name] = lambda items=items: (f"22,000 users, median 7 steps (3-300), {items:,} items, max_len 50",
+                                                shop_shaped(22000, items, 50), items, 50)
     return {name: shapes[name]() for name in names}
 
 
-def catalog_shape(items: int) -> str:
-    """step_shapes' name of the ML-1M-like histories at max_len 200 over `items` items."""
-    return "ml1m_200" if items == 3416 else f"ml1m_200_{items // 1000}k"
+def catalog_shape(items: str) -> str:
+    """step_shapes' name of the ML-1M-like histories at max_len 200 over `items` items (a number), or a
+    shape's own name ("shop_150k")."""
+    if not items.isdigit():
+        return items
+    return "ml1m_200" if int(items) == 3416 else f"ml1m_200_{int(items) // 1000}k"
 
 
 def batch_rows(order: np.ndarray, b: int, size: int = 128) -> np.ndarray:
@@ -180,7 +187,7 @@ def compare_blocks(args) -> dict:
     over each --block-items catalog size (default 3,416, 8,000 and 20,000 items)."""
     import subprocess
 
-    names = tuple(catalog_shape(int(n)) for n in args.block_items.split(","))
+    names = tuple(catalog_shape(n.strip()) for n in args.block_items.split(","))
     rows, ratios = compare_steps(args, block_variants(args), step_shapes(args, names))
     peaks = {}
     for name in names:
@@ -309,7 +316,8 @@ def main(argv=None) -> dict:
                         "in fresh processes, on generated ML-1M-like histories at max_len 200 over the --block-items catalog sizes")
     parser.add_argument("--block-rows", default="1024,4096", help="with --compare-blocks: comma-separated block sizes")
     parser.add_argument("--block-items", default="3416,8000,20000", help="with --compare-blocks: comma-separated catalog sizes "
-                        "(3416, or whole thousands)")
+                        "for ML-1M-like histories at max_len 200 (3416, or whole thousands), or shop_<n>k: shop-like histories over n "
+                        "thousand items at max_len 50")
     parser.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)  # compare_blocks' subprocesses: one variant's peak memory
     parser.add_argument("--peak-shape", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "

@@ -394,6 +394,42 @@ def test_scores_that_do_not_fit_are_computed_in_blocks_and_what_cannot_fit_is_re
     assert len(train_model(tiny(), seqs, valid, config).curve) == 3
 
 
+def test_scores_that_outgrow_the_kept_heap_are_computed_in_blocks_for_speed(monkeypatch):
+    import components.training.train as train_module
+    from components.training.train import SPEED_BLOCK_ROWS, plan_score_memory
+
+    # 8 sequences of 11 steps (10 targets each), batch 4: an average batch has 40 targets.
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: 10**12)
+    seqs = [np.arange(11) + s for s in range(8)]
+    config, cpu = TrainConfig(batch_size=4), torch.device("cpu")
+    average = 3 * 4 * 40 * 1000  # bytes: an average batch's 3 score matrices over 1,000 columns
+    assert plan_score_memory(seqs, 1000, config, cpu, kept_heap=average) == 0  # they fit in the kept heap: whole
+    assert plan_score_memory(seqs, 1000, config, cpu, kept_heap=average - 1) == (average - 1) // 2 // (3 * 4 * 1000)  # 19 steps
+    assert plan_score_memory(seqs, 1000, config, cpu, kept_heap=0) == 0  # nothing kept (CUDA, or reuse_memory off)
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda device: None)  # what the machine has does not matter
+    assert plan_score_memory(seqs, 10**7, config, cpu, kept_heap=2**31 - 1) == 2**30 // (3 * 4 * 10**7)  # 8: half the heap
+    assert plan_score_memory(seqs, 1000, config, cpu, kept_heap=1) == 1
+    # An average batch of 32,000 targets: half of a 100 MB heap holds 4,166 rows, but blocks have at most 1,024.
+    assert SPEED_BLOCK_ROWS == 1024 and plan_score_memory(seqs * 400, 1000, replace(config, batch_size=3200), cpu, kept_heap=10**8) == 1024
+    # Set by hand, or sampled negatives: left alone.
+    assert plan_score_memory(seqs, 1000, replace(config, score_block_rows=30), cpu, kept_heap=1) == 30
+    assert plan_score_memory(seqs, 1000, replace(config, sampled_negatives=50), cpu, kept_heap=1) == 0
+
+    # A fit on the CPU with train.reuse_memory uses it: a kept heap of 20 targets' scores less a byte -> blocks of 9.
+    monkeypatch.undo()
+    seqs = [np.array([(s + t) % (N_ITEMS - 5) + 1 for t in range(6)]) for s in range(10)]  # 5 targets each: 20 a batch
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    config = TrainConfig(max_epochs=2, batch_size=4, progress=False, warmup_steps=1)
+    whole = train_model(tiny(), seqs, valid, replace(config, reuse_memory=False))
+    monkeypatch.setattr(train_module, "KEEP_TRIM_THRESHOLD", 20 * 3 * (N_ITEMS + 1) * 4 - 1)
+    seen = []
+    real = train_module.chunked_cross_entropy
+    monkeypatch.setattr(train_module, "chunked_cross_entropy", lambda *a: seen.append(a[-1]) or real(*a))
+    blocked = train_model(tiny(), seqs, valid, config)
+    assert set(seen) == {9}
+    assert [r["loss"] for r in blocked.curve] == pytest.approx([r["loss"] for r in whole.curve], rel=1e-5)
+
+
 def test_onnx_export_matches_torch(tmp_path):
     model = tiny()
     path = export_onnx(model, tmp_path / "m.onnx", ExportConfig(k=contract.MAX_K))
