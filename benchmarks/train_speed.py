@@ -225,7 +225,7 @@ def peak_of(args) -> dict:
 
 
 def write_result(args, rows: list, ratios: dict, what: str) -> dict:
-    commit, dirty = git_state()
+    commit, dirty = args.code
     result = {"what": what, "rows": rows, **ratios, "torch": torch.__version__, "git_commit": commit or None, "git_dirty": dirty}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
@@ -323,6 +323,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--groups", type=int, default=TrainConfig().length_groups, help="with --compare-groups: the setting "
                         "compared with 1 (default: the training default)")
     args = parser.parse_args(argv)
+    args.code = git_state()  # the code the run starts with: commits made while it runs don't change it
     if args.compare_malloc:
         return compare_malloc(args)
     if args.compare_groups:
@@ -351,7 +352,7 @@ def main(argv=None) -> dict:
         by = {r["device"]: r for r in rows if r["batch_size"] == batch_size}
         if "cpu" in by and "cuda" in by:
             ratios[f"batch{batch_size}"] = round(by["cpu"]["median_ms_per_step"] / by["cuda"]["median_ms_per_step"], 1)
-    commit, dirty = git_state()
+    commit, dirty = args.code
     result = {"rows": rows, "cuda_vs_cpu_speedup": ratios, "sequences": len(sequences), "model": asdict(model_cfg),
               "torch": torch.__version__, "python": platform.python_version(), "git_commit": commit or None,
               "git_dirty": dirty}

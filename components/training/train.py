@@ -58,9 +58,11 @@ class TrainConfig:
     #   with this many shared negatives per batch, for catalogs too large to score whole at every step
     score_block_rows: int = 0  # full softmax: score the catalog for this many steps at a time (the same loss and
     #   gradients; components/training/chunked_loss.py), so a step's score memory no longer grows with the batch.
-    #   0 = the whole batch at once where its scores fit in the memory available, else the largest block that fits.
-    #   Blocks of 1,024 at max_len 200: a step's memory 4.3x (3,416 items) to 12x (20,000) smaller; steps 0.81-0.88x
-    #   as fast up to 12,000 items, 1.55x faster at 16,000 and 1.34x at 20,000 (benchmarks/train_speed.py --compare-blocks)
+    #   0 = the whole batch at once where its scores fit in the memory available, else the largest block that fits;
+    #   on the CPU with reuse_memory, blocks once an average batch's scores outgrow the freed heap kept for reuse
+    #   (plan_score_memory). Blocks of 1,024 at max_len 200: a step's memory 4.3x (3,416 items) to 12x (20,000) smaller;
+    #   steps 0.81-0.88x as fast up to 12,000 items, 1.55x faster at 16,000 and 1.34x at 20,000; on shop-like
+    #   histories at 200,000 items 0.91-0.97x as fast in 4.8x less memory (benchmarks/train_speed.py --compare-blocks)
     length_groups: int = 4  # encode each batch's sequences in up to this many groups of similar length, each
     #   padded only to its own longest, where that removes at least a quarter of the batch's steps (the loss is the
     #   same: every real step is scored once, against the same table). Random batches of short histories are
@@ -282,8 +284,8 @@ def plan_score_memory(sequences: list[np.ndarray], n_columns: int, config: Train
     2 GiB limit; 0 = none). Where an average batch's score matrices outgrow it, every step hands them back
     to the OS and faults them in again, and blocks whose matrices fit in half of it (at most
     SPEED_BLOCK_ROWS steps) are chosen instead: `benchmarks/train_speed.py --compare-blocks` measured them
-    0.97x as fast (shop-like histories, 200,000 items) to 1.55x faster (ML-1M-like, 16,000 items) there,
-    with a fifth to a ninth of the memory, and 0.74-0.88x as fast below the limit, where the whole batch stays.
+    0.91-0.97x as fast (shop-like histories, 200,000 items) to 1.55x faster (ML-1M-like, 16,000 items) there,
+    in a fifth to a ninth of the memory, and 0.75-0.88x as fast below the limit, where the whole batch stays.
 
     Refuses a fit whose scores cannot fit even so (sampled negatives, or blocks set by hand): killed for
     memory mid-run, a fit loses everything and says nothing; this names the numbers and the settings that
