@@ -2,7 +2,7 @@
 
     resolve the version → validate the new items (GE items suite; ids not in its catalog) → embed their text
     → extend the model's item table → check the old items' scores did not move → export + parity
-    → package → register a new version (alias challenger; champion with promote)
+    → the source's precision (int8 only where its answers stay the source's) → package → register a new version (alias challenger; champion with promote)
 
 A new item is scored from its text (projected LM embedding + imputed id), the way the model already
 scores catalog items that had no training interactions; every existing item keeps its scores, so the
@@ -89,13 +89,13 @@ def extend(model, embeddings, probes, source: str):
 
 
 @task(name="export", cache_policy=NONE)
-def export(extended, bundle, items, probes, manifest_extra: dict, text_config, run_dir: Path):
-    log.info("[5/6] export to ONNX and check parity with ONNX Runtime")
+def export(extended, bundle, items, probes, manifest_extra: dict, text_config, run_dir: Path, source: str):
+    log.info("[5/6] export to ONNX, check parity with ONNX Runtime, and serve it in the source's precision")
     import torch
 
     from components import contract as c
     from components.catalog import log_checkpoint
-    from components.export import ExportConfig, check_parity, export_onnx, write_bundle
+    from components.export import ExportConfig, check_parity, export_onnx, keep_source_precision, write_bundle
     from components.registry import BUNDLE_ARTIFACT
     from components.registry.tracking import log_folder, log_json
 
@@ -103,19 +103,30 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
     onnx_path = export_onnx(extended, run_dir / "model.onnx", config)
     parity = check_parity(extended, onnx_path, probes, config)
     log_json("parity.json", parity.to_dict())
+    # Its users' answers among the old items stay the source's only in the precision the source served.
+    precision = keep_source_precision(bundle.model_path, str(bundle.manifest.get("precision", "fp32")), onnx_path, run_dir / "model.int8.onnx",
+                                      probes, extended.cfg.max_len, len(bundle.item_ids), source, config.score_atol)
+    log_json("precision.json", precision.to_dict())
+    log.info("precision: %s", precision.reason)
+    served = run_dir / "model.int8.onnx" if precision.precision == "int8" else onnx_path
     with torch.no_grad():
         item_vectors = extended.item_table().numpy()
     added = len(items)
     new_flags = [i + 1 in bundle.new_item_set for i in range(len(bundle.item_ids))] + [True] * added
     kept = {k: v for k, v in bundle.manifest.items() if k not in ("registry_version", "run_id")}
-    manifest = kept | {"n_items": len(bundle.item_ids) + added, "precision": "fp32", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")} | manifest_extra
+    manifest = kept | {
+        "n_items": len(bundle.item_ids) + added,
+        "precision": precision.precision,
+        "quantization": f"{precision.reason} (no new interactions to evaluate int8 on)",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    } | manifest_extra
     out = write_bundle(
-        run_dir / "bundle", onnx_path, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + items[c.TITLE].tolist(),
+        run_dir / "bundle", served, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + items[c.TITLE].tolist(),
         bundle.users, manifest, item_vectors, new_flags,
     )
     log_folder(out, BUNDLE_ARTIFACT)
     log_checkpoint(extended, text_config, run_dir)  # so items can be added to this version too
-    return out, parity
+    return out, parity, precision
 
 
 @task(name="package and register", cache_policy=NONE)
@@ -168,14 +179,12 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         probes = probe_histories(probes, 1024)  # a fixed random subset, plus the shortest and longest
         extended, moved = extend(old_model, embeddings, probes, source)
         fingerprint = str(bundle.manifest.get("data_fingerprint", ""))
-        extra = {
-            "quantization": f"not tried: items added to version {source} without new interactions, so there are no test cases to check int8 on",
-            "added_items": {"from_version": source, "count": len(new), "items_source": str(items)},
-        }
+        extra = {"added_items": {"from_version": source, "count": len(new), "items_source": str(items)}}
         mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})
-        out, parity = export(extended, bundle, new, probes, extra, text_config, run_dir)
+        out, parity, precision = export(extended, bundle, new, probes, extra, text_config, run_dir, source)
         check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
-        registered = publish(out, run_dir, fingerprint, {"gate": check, "added_items_to": source}, promote, version.name)
+        record = f"{check}; served in {precision.reason}"
+        registered = publish(out, run_dir, fingerprint, {"gate": record, "added_items_to": source}, promote, version.name)
         mlflow.set_tag("outcome", "registered")
         summary = {
             "run_id": run.info.run_id,
@@ -185,6 +194,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
             "catalog_items": len(bundle.item_ids) + len(new),
             "check": check,
             "parity": parity.to_dict(),
+            "precision": precision.to_dict(),
             "registry": registered,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

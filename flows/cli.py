@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Make brand-new catalog items recommendable without retraining: register a new version of a registered "
         "model whose catalog also holds the items of a file. A new item is "
         "scored from its text (projected language-model embedding + imputed id), as the model scores catalog items "
-        "that had no training interactions; existing items keep their scores (checked). The file follows the items "
+        "that had no training interactions; existing items keep their scores (checked), and the new version is served in the "
+        "precision the source was (int8 only where its answers among the old items stay the source's). The file follows the items "
         "contract (item_id, title[, category, brand, description]) and is checked by the Great Expectations items "
         "suite; ids already in the catalog are refused. The new version gets the alias challenger (and champion "
         "with --promote) and its own Bento. Exit codes: 0 registered, 2 bad input."))
@@ -251,6 +252,7 @@ def cmd_add_items(args) -> int:
         f"  added         {_count(s['added_items'], 'item')} to {s['source_version']} ({s['catalog_items']} in the catalog now)",
         f"  check         {s['check']}",
         f"  ONNX parity   {p['cases']} histories, top-K identical: {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.1e}",
+        f"  precision     {s['precision']['reason']}",
         f"  registered    version {r['version']} — aliases: {', '.join(r['aliases'])}",
         f"  Bento         {r['bento_tag']}",
         f"  MLflow run    {s['run_id']} in {s['tracking_uri']}",

@@ -65,6 +65,44 @@ def test_extended_model_exports_and_passes_the_parity_gate(tmp_path):
     assert report.identical_topk and report.cases >= 40
 
 
+def test_the_extended_catalog_is_served_in_the_precision_of_its_source(tmp_path):
+    import re
+
+    from components.export import keep_source_precision, quantize_graph
+
+    model = trained_like()
+    source = quantize_graph(export_onnx(model, tmp_path / "source.onnx"), tmp_path / "source.int8.onnx")
+    probes = histories(64)
+    with torch.no_grad():
+        largest = model.item_table().abs().max().item()
+
+    def served(new_text: torch.Tensor, precision: str, name: str):
+        extended = extend_catalog(model, new_text.numpy())
+        with torch.no_grad():
+            new_rows = extended.item_table()[N_ITEMS + 1 :].abs().max().item()
+        fp32 = export_onnx(extended, tmp_path / f"{name}.onnx")
+        return new_rows, keep_source_precision(source if precision == "int8" else tmp_path / "source.onnx", precision, fp32,
+                                               tmp_path / f"{name}.int8.onnx", probes, model.cfg.max_len, N_ITEMS, "m/1")
+
+    small = 0.1 * torch.nn.functional.normalize(torch.randn(ADDED, TEXT_DIM), dim=1)
+    # From an fp32 source: fp32, nothing quantized.
+    _, kept = served(small, "fp32", "from_fp32")
+    assert (kept.precision, kept.reason, kept.cases) == ("fp32", "fp32, as version m/1", 0) and not (tmp_path / "from_fp32.int8.onnx").exists()
+    # From an int8 source, with added items inside the table's range: int8, the old answers exactly the source's.
+    new_rows, kept = served(small, "int8", "inside")
+    assert new_rows < largest
+    assert kept.precision == "int8" and kept.cases == 64 and kept.changed_answers == 0 and kept.max_abs_score_change == 0.0
+    assert kept.reason == "int8, as version m/1: re-quantized with the added items, the answers among its items are unchanged on 64 probe histories (max |Δscore| 0.0e+00)"
+    # An added item larger than every old one moves the int8 scale and so every old score: fp32, and how far it is from the source.
+    new_rows, moved = served(small * 1000, "int8", "outside")
+    assert new_rows > largest
+    assert moved.precision == "fp32" and moved.source_precision == "int8" and 0 < moved.changed_answers <= 64 and moved.max_abs_score_change > 1e-4
+    assert 0 < moved.top10_overlap <= 1
+    assert re.fullmatch(r"fp32 served, where version m/1 served int8: re-quantized with the added items, the answers among its items changed on "
+                        rf"{moved.changed_answers} of 64 probe histories \(scores by up to \d\.\de[-+]\d\d: an added item is larger than every old one, "
+                        rf"and the item table's int8 scale follows the largest\); fp32's top-10 overlaps version m/1's by {moved.top10_overlap:.3f}", moved.reason)
+
+
 def test_checkpoint_round_trip_gives_the_same_model_and_text_config(tmp_path):
     model = trained_like("neighbors")
     text = TextEncoderConfig(model_name_or_path="/models/encoder", max_tokens=32)

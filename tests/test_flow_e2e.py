@@ -40,7 +40,9 @@ def world(tmp_path_factory):
         "data": {"events": str(events), "items": str(items)},
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 1, "max_len": "auto"},
         "train": {"max_epochs": 6, "progress": False},
-        "export": {"probe_size": 64},
+        # int8 is served where its quality holds, whatever its speed here: which precision is served must not
+        # depend on the machine's load (add-items keeps the source's).
+        "export": {"probe_size": 64, "int8_min_speedup": 0},
     }
     with prefect_test_harness(server_startup_timeout=120):
         yield {"root": root, "config": config, "events": events, "items": items, "client": MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), "runs": {}}
@@ -223,6 +225,9 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert alias(client, "champion") == "2" and alias(client, "challenger") == "3"  # no --promote: the champion stays
     assert summary["source_version"] == f"{NAME}/2" and summary["added_items"] == 3 and summary["catalog_items"] == len(catalog) + 3
     assert summary["parity"]["identical_topk"]
+    # Version 2 served int8 (the world's export settings): re-quantized, the added items leave its answers alone.
+    assert summary["precision"]["source_precision"] == "int8" and summary["precision"]["precision"] == "int8", summary["precision"]
+    assert summary["precision"]["changed_answers"] == 0 and summary["precision"]["cases"] >= 64
     mv = client.get_model_version(NAME, "3")
     assert mv.tags["added_items_to"] == f"{NAME}/2" and mv.tags["gate"].startswith(f"3 items added to version {NAME}/2; the scores of its {len(catalog)} items did not move")
     assert mv.tags["data_fingerprint"] == world["runs"]["first"]["data_fingerprint"]  # trained on the same data
@@ -237,6 +242,8 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert items3[:-3] == json.loads((v2 / "bundle" / "items.json").read_text())  # old items, old "new" marks
     manifest = json.loads((v3 / "bundle" / "manifest.json").read_text())
     assert manifest["added_items"]["count"] == 3 and manifest["n_items"] == len(catalog) + 3
+    assert manifest["precision"] == json.loads((v2 / "bundle" / "manifest.json").read_text())["precision"] == "int8"
+    assert mv.tags["gate"].endswith(f"; served in {summary['precision']['reason']}")
 
     # Through ONNX Runtime: the new items are ranked, and with them left out the old order is the old model's.
     events = pd.read_csv(world["events"], dtype=str)

@@ -45,16 +45,34 @@ class QuantizationReport:
         return asdict(self)
 
 
-def _top10(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size: int = 256) -> np.ndarray:
+def _topk(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's whole answer for each history, seen items excluded: item indices and scores [N, K]."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = []
+    items, scores = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start : start + batch_size]
         feeds = {contract.INPUT_HISTORY: contract.pad_histories(chunk, max_len), contract.INPUT_EXCLUDE_SEEN: np.ones(len(chunk), dtype=bool)}
-        out.append(session.run([contract.OUTPUT_ITEMS], feeds)[0][:, :10])
-    return np.concatenate(out)
+        top_items, top_scores = session.run([contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES], feeds)
+        items.append(top_items)
+        scores.append(top_scores)
+    return np.concatenate(items), np.concatenate(scores)
+
+
+def _top10(path: Path, histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    return _topk(path, histories, max_len)[0][:, :10]
+
+
+def quantize_graph(fp32_path: Path, int8_path: Path) -> Path:
+    """The int8 variant of an exported graph: ONNX Runtime dynamic quantization of its MatMul weights
+    (each weight tensor symmetric, with one scale: the item table's follows its largest value)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Only MatMul weights: the quantizer would take the standard ONNX Attention operator (opset 23) for
+    # com.microsoft.Attention and emit a QAttention node that ONNX Runtime rejects.
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    return int8_path
 
 
 def single_history_latency(paths: Sequence[Path], histories: Sequence[np.ndarray], max_len: int, rounds: int = 4) -> list[float]:
@@ -89,12 +107,8 @@ def quantize_int8(
 ) -> QuantizationReport:
     """min_speedup: int8 must be this many times faster per single-history call (0 = no speed check),
     timed on the first `speed_probe` histories."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     started = time.perf_counter()
-    # Only MatMul weights: the quantizer would take the standard ONNX Attention operator (opset 23) for
-    # com.microsoft.Attention and emit a QAttention node that ONNX Runtime rejects.
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    quantize_graph(fp32_path, int8_path)
     top_fp32, top_int8 = _top10(fp32_path, histories, max_len), _top10(int8_path, histories, max_len)
     ndcg_fp32, ndcg_int8 = _ndcg10(top_fp32, targets), _ndcg10(top_int8, targets)
     drop = (ndcg_fp32 - ndcg_int8) / ndcg_fp32 if ndcg_fp32 > 0 else 0.0
@@ -136,3 +150,71 @@ def quantize_int8(
     )
     log.info("quantization: %s", reason)
     return report
+
+
+@dataclass
+class KeptPrecision:
+    """What an extended catalog (add-items) is served in, against what its source version served."""
+
+    precision: str  # served: "fp32" or "int8"
+    reason: str
+    source_precision: str
+    cases: int = 0  # probe histories answered by both graphs (0: nothing to compare, the source served fp32)
+    changed_answers: int = 0  # int8 re-quantized: histories whose answer among the source's items changed
+    max_abs_score_change: float = 0.0  # ... and the largest score change of a source item in them
+    top10_overlap: float = 1.0  # the served top-10 among the source's items against the source's top-10
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _among(items: np.ndarray, scores: np.ndarray, source_items: int) -> list[list[tuple[int, float]]]:
+    """Each answer's (item, score) pairs of items the source catalog has (indices 1..source_items)."""
+    return [[(i, s) for i, s in zip(row_items.tolist(), row_scores.tolist()) if 0 < i <= source_items and np.isfinite(s)]
+            for row_items, row_scores in zip(items, scores)]
+
+
+def keep_source_precision(
+    source_graph: Path,
+    source_precision: str,
+    fp32_path: Path,
+    int8_path: Path,
+    histories: Sequence[np.ndarray],
+    max_len: int,
+    source_items: int,
+    source: str,
+    tolerance: float = 1e-4,
+) -> KeptPrecision:
+    """The precision to serve a source version's model in once items are added to its catalog, so that its
+    users' answers among the items it had do not change (the promise of add-items).
+
+    A source served in fp32 stays fp32 (the extended graph's old scores are checked against torch by the
+    caller). A source served in int8 is re-quantized (`quantize_graph`, into `int8_path`) and kept in int8
+    if, on `histories`, every answer among the source's items is the source's answer: the same items in the
+    same order, scores within `tolerance`. That holds when the added items leave the item table's int8
+    scale alone; where one of them is larger than every old item, the scale and so every old item's int8
+    score change, and fp32 is served instead, with how far its answers are from the source's int8 ones."""
+    if source_precision != "int8":
+        return KeptPrecision("fp32", f"fp32, as version {source}", source_precision)
+    quantize_graph(fp32_path, int8_path)
+    before = _among(*_topk(source_graph, histories, max_len), source_items)
+    after = _among(*_topk(int8_path, histories, max_len), source_items)
+    changed, worst = 0, 0.0
+    for old, new in zip(before, after):
+        common = min(len(old), len(new))
+        same_items = [i for i, _ in old[:common]] == [i for i, _ in new[:common]]
+        gap = max((abs(a - b) for (_, a), (_, b) in zip(old[:common], new[:common])), default=0.0)
+        worst = max(worst, gap)
+        changed += not same_items or gap > tolerance
+    if not changed:
+        return KeptPrecision("int8", f"int8, as version {source}: re-quantized with the added items, the answers among its items are "
+                             f"unchanged on {len(histories)} probe histories (max |Δscore| {worst:.1e})", source_precision, len(histories), 0, worst)
+    served = _among(*_topk(fp32_path, histories, max_len), source_items)
+    overlap = float(np.mean([len({i for i, _ in a[:10]} & {i for i, _ in b[:10]}) / max(1, min(10, len(a))) for a, b in zip(before, served)]))
+    return KeptPrecision(
+        "fp32",
+        f"fp32 served, where version {source} served int8: re-quantized with the added items, the answers among its items changed "
+        f"on {changed} of {len(histories)} probe histories (scores by up to {worst:.1e}: an added item is larger than every old one, "
+        f"and the item table's int8 scale follows the largest); fp32's top-10 overlaps version {source}'s by {overlap:.3f}",
+        source_precision, len(histories), changed, worst, overlap,
+    )
