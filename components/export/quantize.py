@@ -213,7 +213,7 @@ def keep_source_precision(
     overlap = float(np.mean([len({i for i, _ in a[:10]} & {i for i, _ in b[:10]}) / max(1, min(10, len(a))) for a, b in zip(before, served)]))
     return KeptPrecision(
         "fp32",
-        f"fp32 served, where version {source} served int8: re-quantized with the added items, the answers among its items changed "
+        f"fp32, where version {source} served int8: re-quantized with the added items, the answers among its items changed "
         f"on {changed} of {len(histories)} probe histories (scores by up to {worst:.1e}: an added item is larger than every old one, "
         f"and the item table's int8 scale follows the largest); fp32's top-10 overlaps version {source}'s by {overlap:.3f}",
         source_precision, len(histories), changed, worst, overlap,
