@@ -203,7 +203,8 @@ def keep_source_precision(
     for old, new in zip(before, after):
         common = min(len(old), len(new))
         same_items = [i for i, _ in old[:common]] == [i for i, _ in new[:common]]
-        gap = max((abs(a - b) for (_, a), (_, b) in zip(old[:common], new[:common])), default=0.0)
+        scores = dict(old)
+        gap = max((abs(scores[i] - s) for i, s in new[:common] if i in scores), default=0.0)  # the same item's score, before and after
         worst = max(worst, gap)
         changed += not same_items or gap > tolerance
     if not changed:
@@ -214,7 +215,7 @@ def keep_source_precision(
     return KeptPrecision(
         "fp32",
         f"fp32, where version {source} served int8: re-quantized with the added items, the answers among its items changed "
-        f"on {changed} of {len(histories)} probe histories (scores by up to {worst:.1e}: an added item is larger than every old one, "
-        f"and the item table's int8 scale follows the largest); fp32's top-10 overlaps version {source}'s by {overlap:.3f}",
+        f"on {changed} of {len(histories)} probe histories (scores by up to {worst:.1e}; the item table's one int8 scale follows its "
+        f"largest value, which added items can raise); fp32's top-10 overlaps version {source}'s by {overlap:.3f}",
         source_precision, len(histories), changed, worst, overlap,
     )
