@@ -306,7 +306,8 @@ def plan_score_memory(sequences: list[np.ndarray], n_columns: int, config: Train
         speed_block = int(max(1, min(SPEED_BLOCK_ROWS, kept_heap // 2 // (per_score * n_columns))))
         if free is None or per_score * speed_block * n_columns <= free // 2:
             log.info("an average batch's scores (~%.2f GiB) outgrow the %.0f GiB of freed memory kept for reuse (train.reuse_memory): "
-                     "scoring %d steps at a time (train.score_block_rows), the same loss and gradients, as fast or faster in less memory",
+                     "scoring %d steps at a time (train.score_block_rows): the same loss and gradients in a fraction of the memory, and "
+                     "0.91-1.55x as fast in benchmarks/train_speed.py --compare-blocks",
                      per_score * mean_rows * n_columns / 2**30, kept_heap / 2**30, speed_block)
             return speed_block
     if free is None or need <= free:
