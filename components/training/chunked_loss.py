@@ -18,7 +18,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, banned: torch.Tensor, rows: int) -> torch.Tensor:
         lse = torch.empty(len(hidden), dtype=hidden.dtype, device=hidden.device)
         for start in range(0, len(hidden), rows):
-            lse[start : start + rows] = torch.logsumexp(_scores(hidden[start : start + rows], table, banned), dim=1)
+            lse[start : start + rows] = torch.logsumexp(banned_scores(hidden[start : start + rows], table, banned), dim=1)
         target_scores = (hidden * table[targets]).sum(1)
         ctx.save_for_backward(hidden, table, targets, banned, lse)
         ctx.rows = rows
@@ -33,7 +33,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for start in range(0, len(hidden), rows):
             block = hidden[start : start + rows]
             # d loss / d scores = softmax - one-hot(target), for each step, times the mean's 1 / steps.
-            probs = _scores(block, table, banned).sub_(lse[start : start + rows, None]).exp_()
+            probs = banned_scores(block, table, banned).sub_(lse[start : start + rows, None]).exp_()
             probs[torch.arange(len(block), device=block.device), targets[start : start + rows]] -= 1
             probs.mul_(scale)
             if grad_hidden is not None:
@@ -43,7 +43,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_table, None, None, None
 
 
-def _scores(block: torch.Tensor, table: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+def banned_scores(block: torch.Tensor, table: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """`block` [M, d] @ `table` [N, d]ᵀ with the columns `banned` (item indices) filled with -inf in place."""
     scores = block @ table.T
     return scores.index_fill_(1, banned, float("-inf"))
 

@@ -22,7 +22,7 @@ from components.memory import peak_rss_mb, rss_mb
 from components.models.text_sasrec import TextSASRec
 from components.progress import progress
 from components.settings import resolve_device
-from components.training.chunked_loss import chunked_cross_entropy
+from components.training.chunked_loss import banned_scores, chunked_cross_entropy
 from components.training.malloc import KEEP_TRIM_THRESHOLD, reuse_freed_memory
 from serving.contract import pad_histories
 
@@ -187,9 +187,7 @@ def full_cross_entropy(hidden: torch.Tensor, table: torch.Tensor, targets: torch
     (`chunked_cross_entropy`: the same loss and gradients)."""
     if 0 < block_rows < len(hidden):
         return chunked_cross_entropy(hidden, table, targets, untrained, block_rows)
-    logits = hidden @ table.T  # (M, N + 1)
-    logits.index_fill_(1, untrained, float("-inf"))  # in place: the largest tensor of a step
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(banned_scores(hidden, table, untrained), targets)  # (M, N + 1), filled in place: the largest tensor of a step
 
 
 def real_step_states(model: TextSASRec, inputs: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
