@@ -45,6 +45,9 @@ class TextSASRecConfig:
     #   (the cold-item representation): without it the model learns that only trained ids win
     cold_neighbors: int = 10  # trained items (nearest by LM text) whose ids represent a cold item; 0 = text only
     neighbor_temperature: float = 0.05  # softmax temperature over the neighbours' cosine similarities
+    token_vocab: int = 0  # > 0: also a learned embedding per text token (the LM tokenizer's vocabulary size), an
+    #   item's mean over its tokens added to its text part: words shared with trained items (a year, a brand,
+    #   a series name) carry what the model learned about them to items it never saw; 0 = off
     cold_imputation: str = "mlp"  # what stands in for a missing id: "mlp" (a small network from LM text to id
     #   space, learned through id_dropout: trained on exactly the job of standing in for an id) or "neighbors"
     #   (the weighted ids of the cold_neighbors nearest trained items by text)
@@ -130,9 +133,11 @@ class Block(nn.Module):
 
 
 class TextSASRec(nn.Module):
-    def __init__(self, cfg: TextSASRecConfig, text_embeddings: torch.Tensor | None = None, has_id: torch.Tensor | None = None):
+    def __init__(self, cfg: TextSASRecConfig, text_embeddings: torch.Tensor | None = None, has_id: torch.Tensor | None = None,
+                 item_tokens: torch.Tensor | None = None):
         """text_embeddings: [n_items, text_dim] frozen LM embeddings (row i-1 = item index i).
-        has_id: bool [n_items + 1], True for items seen in training (only those get an id embedding)."""
+        has_id: bool [n_items + 1], True for items seen in training (only those get an id embedding).
+        item_tokens: [n_items, L] the LM tokenizer's ids of each item's text, 0 = padding (token_vocab > 0)."""
         super().__init__()
         if isinstance(cfg.max_len, str):
             raise ValueError('max_len "auto" must be resolved from the training histories first: resolve_max_len(config, lengths)')
@@ -145,6 +150,20 @@ class TextSASRec(nn.Module):
                 raise ValueError(f"text_embeddings must have shape ({cfg.n_items}, {cfg.text_dim}), got {got}")
             text[1:] = text_embeddings
         self.register_buffer("text_table", text)
+        self.token_emb = None
+        if cfg.token_vocab:
+            if not cfg.use_text:
+                raise ValueError("token_vocab needs use_text=True: the token embeddings are part of the item text")
+            if item_tokens is None or item_tokens.dim() != 2 or item_tokens.shape[0] != cfg.n_items:
+                got = None if item_tokens is None else tuple(item_tokens.shape)
+                raise ValueError(f"item_tokens must have shape ({cfg.n_items}, tokens), got {got}")
+            width = max(1, int((item_tokens != 0).sum(1).max())) if item_tokens.numel() else 1  # no all-padding columns
+            tokens = torch.zeros(n, width, dtype=torch.long)
+            tokens[1:] = item_tokens[:, :width]
+            if int(tokens.max()) >= cfg.token_vocab:
+                raise ValueError(f"item_tokens hold token id {int(tokens.max())}, outside token_vocab {cfg.token_vocab}")
+            self.register_buffer("item_tokens", tokens)
+            self.token_emb = nn.EmbeddingBag(cfg.token_vocab, cfg.d_model, mode="mean", padding_idx=0)
         ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
         ids[0] = False
         self.register_buffer("has_id", ids)
@@ -171,6 +190,8 @@ class TextSASRec(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(self._init)
+        if self.token_emb is not None:  # a token never seen in training adds nothing (rather than noise)
+            nn.init.zeros_(self.token_emb.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -184,7 +205,7 @@ class TextSASRec(nn.Module):
         """Representations of every item [n_items + 1, d_model]; row 0 (padding) is zero."""
         table = torch.zeros(self.cfg.n_items + 1, self.cfg.d_model, device=self.has_id.device)
         if self.text_proj is not None:
-            table = table + self.text_proj(self.text_table)
+            table = table + self._text_part()
         if self.id_emb is not None:
             keep = self.has_id.unsqueeze(1).float()
             if self.training and self.cfg.id_dropout > 0 and self.text_proj is not None:  # without text nothing stands in
@@ -203,13 +224,21 @@ class TextSASRec(nn.Module):
         imputer_only: gradients reach the imputer alone (the text projection is taken as fixed)."""
         if self.text_proj is None:
             raise ValueError("imputed_table needs text (use_text=True)")
-        table = self.text_proj(self.text_table)
+        table = self._text_part()
         if imputer_only:
             table = table.detach()
         imputed = self._imputed_ids()
         if imputed is not None:
             table = table + imputed
         return self._without_padding(table)
+
+    def _text_part(self) -> torch.Tensor:
+        """The text's share of every item's representation [n_items + 1, d_model]: the projected LM
+        embedding, plus the mean of its tokens' learned embeddings when token_vocab > 0."""
+        part = self.text_proj(self.text_table)
+        if self.token_emb is not None:
+            part = part + self.token_emb(self.item_tokens)  # mean over each row's tokens, padding left out
+        return part
 
     def _imputed_ids(self, rows: torch.Tensor | None = None) -> torch.Tensor | None:
         """What stands in for a missing id embedding, for every item [n_items + 1, d_model] or for the item
