@@ -44,7 +44,7 @@ from components.evaluation.metrics import per_case  # noqa: E402
 from components.evaluation.rankers import model_scores, topk_of_scores  # noqa: E402
 from components.evaluation.slices import case_slices, slice_metrics  # noqa: E402
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig  # noqa: E402
-from components.tokenization import TextEncoderConfig, embed_items, tokenize_items  # noqa: E402
+from components.tokenization import TextEncoderConfig, embed_items, item_tokens  # noqa: E402
 from components.training import TrainConfig, train_model  # noqa: E402
 
 log = logging.getLogger("benchmarks.ml1m")
@@ -78,7 +78,9 @@ def load(data: Path) -> dict:
             movie_id, title, genres = line.rstrip("\n").split("::")
             movies[int(movie_id)] = f"{title}. {', '.join(genres.split('|'))}"
     texts = [movies[to_original[i]] for i in range(1, n_items + 1)]
-    return {"n_items": n_items, "train": train, "valid": (val_inputs, val_targets), "test": (test_inputs, test_targets), "texts": texts}
+    tokens, vocab = item_tokens(texts, TextEncoderConfig(), settings.cache_dir())  # for model.token_embeddings
+    return {"n_items": n_items, "train": train, "valid": (val_inputs, val_targets), "test": (test_inputs, test_targets), "texts": texts,
+            "tokens": tokens, "token_vocab": vocab}
 
 
 def evaluate(topk: np.ndarray, targets: np.ndarray, n_items: int, train: list[np.ndarray] | None = None) -> dict:
@@ -164,8 +166,8 @@ def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: 
 
 def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray):
     torch.manual_seed(train_cfg.seed)
-    tokens = torch.from_numpy(data["tokens"]) if model_cfg.token_vocab and model_cfg.use_text else None
-    model = TextSASRec(replace(model_cfg, n_items=data["n_items"], text_dim=embeddings.shape[1], token_vocab=model_cfg.token_vocab if tokens is not None else 0),
+    tokens = torch.from_numpy(data["tokens"]) if model_cfg.token_embeddings and model_cfg.use_text else None
+    model = TextSASRec(replace(model_cfg, n_items=data["n_items"], text_dim=embeddings.shape[1], token_vocab=data["token_vocab"]),
                        torch.from_numpy(embeddings), torch.from_numpy(has_id), tokens)
     log.info("%s: training for up to %.0f min", name, train_cfg.max_minutes)
     result = train_model(model, train, data["valid"], train_cfg)
@@ -263,9 +265,6 @@ def main(argv=None) -> int:
     commit, dirty = git_state()
     data = load(args.data)
     embeddings = embed_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
-    if model_cfg.token_vocab:
-        encoded = tokenize_items(data["texts"], TextEncoderConfig(), settings.cache_dir())
-        data["tokens"] = encoded["input_ids"] * encoded["attention_mask"]
     n_items, (test_inputs, test_targets) = data["n_items"], data["test"]
     log.info("loaded: %d train users, %d val, %d test, %d items (%.0f s)", len(data["train"]), len(data["valid"][1]), len(test_targets), n_items, time.perf_counter() - started)
     def save(stage: str) -> None:

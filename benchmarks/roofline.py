@@ -178,7 +178,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = TextSASRecConfig(n_items=args.items, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len)
+    # Inference only: the item table is a constant of the graph, so token embeddings change nothing here.
+    cfg = TextSASRecConfig(n_items=args.items, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len, token_embeddings=False)
     model = TextSASRec(cfg, torch.nn.functional.normalize(torch.randn(args.items, cfg.text_dim), dim=1)).eval()
     graph = TopKGraph(model, contract.MAX_K)
     work = tempfile.TemporaryDirectory()

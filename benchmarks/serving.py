@@ -122,7 +122,8 @@ def sample_model(args) -> ModelUnderTest:
     events, items = generate_sample()
     prepared = prepare(events, items)
     embeddings = embed_items(prepared.item_texts, TextEncoderConfig(), settings.cache_dir(), progress=False)
-    cfg = TextSASRecConfig(n_items=prepared.n_items, text_dim=int(embeddings.shape[1]), max_len=args.sample_max_len)
+    # Serving reads the item table as a constant of the graph: token embeddings change nothing it measures.
+    cfg = TextSASRecConfig(n_items=prepared.n_items, text_dim=int(embeddings.shape[1]), max_len=args.sample_max_len, token_embeddings=False)
     model = TextSASRec(cfg, torch.from_numpy(embeddings), torch.from_numpy(prepared.trained_items()))
     training = train(model, prepared.train, prepared.valid_split(), args.sample_steps, args)
     test_inputs, test_targets = prepared.test_split()
@@ -150,7 +151,7 @@ def ml1m_model(args) -> ModelUnderTest:
     def config(n_items: int, text_dim: int) -> TextSASRecConfig:
         return TextSASRecConfig(
             n_items=n_items, text_dim=text_dim, d_model=args.d_model, n_layers=args.n_layers,
-            n_heads=args.n_heads, max_len=args.max_len,
+            n_heads=args.n_heads, max_len=args.max_len, token_embeddings=False,  # the table is a constant of the graph
         )
 
     real = not args.synthetic and (args.ml1m_data / "sasrec-version").is_dir()

@@ -101,13 +101,21 @@ def batch_rows(order: np.ndarray, b: int, size: int = 128) -> np.ndarray:
     return order[np.arange(b * size, (b + 1) * size) % len(order)]
 
 
+SYNTHETIC_VOCAB = 30522  # all-MiniLM-L6-v2's tokenizer
+
+
+def synthetic_tokens(items: int, tokens: int = 16) -> torch.Tensor:
+    """Random token ids for `items` items, `tokens` each (the default model's token embeddings read them)."""
+    return torch.randint(1, SYNTHETIC_VOCAB, (items, tokens), generator=torch.Generator().manual_seed(1))
+
+
 def new_trainer(model_class, items: int, max_len: int):
     """A `model_class` model over `items` items (random unit-length text, every item trained), in training
     mode, and its Adam: initialised alike for every variant that asks."""
-    cfg = TextSASRecConfig(n_items=items, max_len=max_len)
+    cfg = TextSASRecConfig(n_items=items, max_len=max_len, token_vocab=SYNTHETIC_VOCAB)
     text = torch.nn.functional.normalize(torch.randn(items, cfg.text_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     torch.manual_seed(0)
-    model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool)).train()
+    model = model_class(cfg, text, torch.ones(items + 1, dtype=torch.bool), synthetic_tokens(items)).train()
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
@@ -236,7 +244,7 @@ def time_steps(device: str, sequences, model_cfg, text, batch_size: int, steps: 
     if device == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = TextSASRec(model_cfg, text, torch.ones(model_cfg.n_items + 1, dtype=torch.bool)).to(device).train()
+    model = TextSASRec(model_cfg, text, torch.ones(model_cfg.n_items + 1, dtype=torch.bool), synthetic_tokens(model_cfg.n_items)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     config = TrainConfig()
     order = np.random.default_rng(1).permutation(len(sequences))
@@ -339,7 +347,7 @@ def main(argv=None) -> dict:
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     n_items = int(args.items)
-    model_cfg = TextSASRecConfig(n_items=n_items, max_len=200)
+    model_cfg = TextSASRecConfig(n_items=n_items, max_len=200, token_vocab=SYNTHETIC_VOCAB)
     sequences = ml1m_shaped(args.users, n_items, model_cfg.max_len)
     text = torch.nn.functional.normalize(torch.randn(n_items, model_cfg.text_dim), dim=-1)
     rows = []

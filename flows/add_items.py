@@ -64,22 +64,24 @@ def validate_new_items(items_path: str, bundle, version: str):
 
 
 @task(name="embed new items", cache_policy=NONE)
-def embed(items, text_config):
+def embed(items, text_config, with_tokens: bool):
+    """The new items' LM embeddings, and their token ids when the model has token embeddings (else None)."""
     log.info("[3/6] embed %d new item texts with the model's language model", len(items))
     from components.preparation.prepare import item_texts
-    from components.tokenization import embed_items
+    from components.tokenization import embed_items, item_tokens
 
-    return embed_items(item_texts(items), text_config, settings.cache_dir())
+    texts = item_texts(items)
+    return embed_items(texts, text_config, settings.cache_dir()), item_tokens(texts, text_config, settings.cache_dir())[0] if with_tokens else None
 
 
 @task(name="extend and check", cache_policy=NONE)
-def extend(model, embeddings, probes, source: str):
+def extend(model, embeddings, tokens, probes, source: str):
     log.info("[4/6] extend the item table and check that the old items' scores did not move")
     import mlflow
 
     from components.catalog import extend_catalog, unchanged_scores
 
-    extended = extend_catalog(model, embeddings)
+    extended = extend_catalog(model, embeddings, tokens)
     moved = unchanged_scores(model, extended, probes)
     # Logged before the check, so that a failure has it too.
     mlflow.log_dict({"source_version": source, "added": len(embeddings), "max_abs_score_change_old_items": moved, "probe_histories": len(probes)}, "add_items.json")
@@ -172,12 +174,12 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         bundle = Bundle(bundle_dir)
         new = validate_new_items(items, bundle, str(version.version))
         old_model, text_config = load_checkpoint(checkpoint)
-        embeddings = embed(new, text_config)
+        embeddings, tokens = embed(new, text_config, old_model.token_emb is not None)
         # Probe histories: the known users' (as the service reads them), else each item alone.
         probes = [np.array([bundle.index_of[i] for i in h if i in bundle.index_of], dtype=np.int64) for h in bundle.users.values()]
         probes = [p for p in probes if len(p)] or [np.array([i], dtype=np.int64) for i in range(1, len(bundle.item_ids) + 1)]
         probes = probe_histories(probes, 1024)  # a fixed random subset, plus the shortest and longest
-        extended, moved = extend(old_model, embeddings, probes, source)
+        extended, moved = extend(old_model, embeddings, tokens, probes, source)
         fingerprint = str(bundle.manifest.get("data_fingerprint", ""))
         extra = {"added_items": {"from_version": source, "count": len(new), "items_source": str(items)}}
         mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = sub.add_parser("add-items", help="make brand-new catalog items recommendable by a registered model, without retraining", description=(
         "Make brand-new catalog items recommendable without retraining: register a new version of a registered "
         "model whose catalog also holds the items of a file. A new item is "
-        "scored from its text (projected language-model embedding + imputed id), as the model scores catalog items "
+        "scored from its text (projected language-model embedding + learned token embeddings + imputed id), as the model scores catalog items "
         "that had no training interactions; existing items keep their scores (checked), and the new version is served in the "
         "precision the source was (int8 only where its answers among the old items stay the source's). The file follows the items "
         "contract (item_id, title[, category, brand, description]) and is checked by the Great Expectations items "

@@ -23,7 +23,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
@@ -72,16 +71,21 @@ def prepare_sequences(dataset, config: RetrainConfig):
 
 # --- 3. tokenize: item text through the pretrained LM (offline), cached by fingerprint ---
 @task(name="tokenize", cache_policy=NONE)
-def encode_item_text(texts: list[str], config: RetrainConfig) -> np.ndarray:
+def encode_item_text(texts: list[str], config: RetrainConfig) -> dict:
+    """The items' LM embeddings and, for the model's token embeddings (model.token_embeddings), their token
+    ids and the tokenizer's vocabulary size."""
     log.info("[3/9] tokenize and embed %d item texts with the language model", len(texts))
-    from components.tokenization import embed_items
+    from components.tokenization import embed_items, item_tokens
 
-    return embed_items(texts, config.text, settings.cache_dir())
+    text = {"embeddings": embed_items(texts, config.text, settings.cache_dir()), "tokens": None, "token_vocab": 0}
+    if config.model.use_text and config.model.token_embeddings:
+        text["tokens"], text["token_vocab"] = item_tokens(texts, config.text, settings.cache_dir())
+    return text
 
 
 # --- 4. train: causal transformer over histories, full cross-entropy, early-stopped ---
 @task(name="train", cache_policy=NONE)
-def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path):
+def train(prepared, text: dict, config: RetrainConfig, run_dir: Path):
     log.info("[4/9] train")
     import mlflow
 
@@ -89,11 +93,15 @@ def train(prepared, embeddings: np.ndarray, config: RetrainConfig, run_dir: Path
     from components.registry.tracking import log_curve
     from components.training import new_model, train_model
 
-    model_cfg = resolve_max_len(replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1])), map(len, prepared.train))
+    embeddings = text["embeddings"]
+    model_cfg = replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1]), token_vocab=text["token_vocab"])
+    model_cfg = resolve_max_len(model_cfg, map(len, prepared.train))
     if model_cfg.max_len != config.model.max_len:
         log.info("model.max_len auto: %d (the 90th percentile of training history lengths, within 50-200)", model_cfg.max_len)
         mlflow.log_param("model.max_len_resolved", model_cfg.max_len)
-    model = new_model(model_cfg, embeddings, prepared.trained_items(), config.train.seed)
+    if model_cfg.token_vocab:
+        mlflow.log_param("model.token_vocab_resolved", model_cfg.token_vocab)  # the tokenizer's vocabulary (token_embeddings)
+    model = new_model(model_cfg, embeddings, prepared.trained_items(), config.train.seed, text["tokens"])
     result = train_model(model, prepared.train, prepared.valid_split(), config.train, checkpoint_dir=run_dir / "checkpoints")
     log_curve(result.curve)
     mlflow.log_metric("train_peak_rss_mb", result.peak_rss_mb)  # what a work pool's memory request must cover
@@ -245,8 +253,8 @@ def retrain(config: dict | None = None) -> dict:
         mlflow.set_tags({"data_fingerprint": fingerprint, "events_source": dataset.events_source, "items_source": dataset.items_source})
         validation = validate_data(dataset)
         prepared = prepare_sequences(dataset, cfg)
-        embeddings = encode_item_text(prepared.item_texts, cfg)
-        result = train(prepared, embeddings, cfg, run_dir)
+        text = encode_item_text(prepared.item_texts, cfg)
+        result = train(prepared, text, cfg, run_dir)
         skipped = _baseline_skipped(cfg)
         baseline = train_baseline(prepared, result.model.cfg, cfg) if skipped is None else None
         report, champion = evaluate(result, baseline, skipped, prepared, cfg, run_dir)

@@ -16,7 +16,7 @@ N_ITEMS, TEXT_DIM, ADDED = 30, 16, 4
 def trained_like(imputation="mlp", seed=0) -> TextSASRec:
     """A small model with weights far from their initial scale (as after training): 3 items never trained."""
     torch.manual_seed(seed)
-    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_layers=2, n_heads=2, max_len=10, dropout=0.0, cold_imputation=imputation)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_layers=2, n_heads=2, max_len=10, dropout=0.0, cold_imputation=imputation, token_embeddings=False)
     has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
     has_id[-3:] = False
     model = TextSASRec(cfg, torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1), has_id)
@@ -117,3 +117,51 @@ def test_refuses_what_it_cannot_extend():
     cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_heads=2, max_len=10, use_text=False)
     with pytest.raises(BehaviorflowError, match=r"an id-only model cannot represent an item it never trained on"):
         extend_catalog(TextSASRec(cfg), np.zeros((4, TEXT_DIM), dtype=np.float32))
+
+
+def tokens_model() -> TextSASRec:
+    """trained_like() with token embeddings: item i reads tokens 3 and 10 + i (3 is in every item)."""
+    torch.manual_seed(0)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_layers=2, n_heads=2, max_len=10, dropout=0.0,
+                           token_embeddings=True, token_vocab=100)
+    has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    has_id[-3:] = False
+    tokens = torch.stack([torch.full((N_ITEMS,), 3), 10 + torch.arange(1, N_ITEMS + 1)], 1)
+    model = TextSASRec(cfg, torch.nn.functional.normalize(torch.randn(N_ITEMS, TEXT_DIM), dim=1), has_id, tokens)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_new_items_read_their_tokens_with_the_trained_token_embeddings(tmp_path):
+    model = tokens_model()
+    new_text = torch.nn.functional.normalize(torch.randn(2, TEXT_DIM), dim=1)
+    new_tokens = np.array([[3, 11, 12, 0], [3, 99, 98, 97]])  # wider than the catalog's 2 columns
+    extended = extend_catalog(model, new_text.numpy(), new_tokens)
+    w = model.token_emb.weight
+    with torch.no_grad():
+        table = extended.item_table()
+        torch.testing.assert_close(table[: N_ITEMS + 1], model.item_table())
+        torch.testing.assert_close(table[N_ITEMS + 1], model.text_proj(new_text[0]) + model.imputer(new_text[0]) + (w[3] + w[11] + w[12]) / 3)
+        torch.testing.assert_close(table[N_ITEMS + 2], model.text_proj(new_text[1]) + model.imputer(new_text[1]) + (w[3] + w[99] + w[98] + w[97]) / 4)
+    assert unchanged_scores(model, extended, histories()) < 1e-5
+    # The extended model's checkpoint keeps the tokens, so items can be added to it in turn.
+    restored, _ = load_checkpoint(save_checkpoint(extended, TextEncoderConfig(), tmp_path / "model.pt"))
+    assert restored.item_tokens.equal(extended.item_tokens) and unchanged_scores(extended, restored, histories()) == 0.0
+    with pytest.raises(BehaviorflowError, match=r"the model reads its items' tokens \(token_embeddings\): give the 2 new items' token ids, one row each"):
+        extend_catalog(model, new_text.numpy())
+    with pytest.raises(BehaviorflowError, match=r"new items' token ids reach 100; the model's tokenizer has 100"):
+        extend_catalog(model, new_text.numpy(), np.array([[3, 100], [3, 4]]))
+
+
+def test_checkpoints_from_before_token_embeddings_load_without_them(tmp_path):
+    model = trained_like()
+    path = save_checkpoint(model, TextEncoderConfig(), tmp_path / "model.pt")
+    saved = torch.load(path, weights_only=True)
+    for key in ("token_embeddings", "token_vocab"):  # what a checkpoint written before them holds
+        del saved["config"][key]
+    torch.save(saved, path)
+    restored, _ = load_checkpoint(path)
+    assert restored.token_emb is None and not restored.cfg.token_embeddings
+    assert unchanged_scores(model, restored, histories()) == 0.0

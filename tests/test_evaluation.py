@@ -34,7 +34,7 @@ def catalog(ids):
 
 def tiny_model(n_items: int, seed: int = 0) -> TextSASRec:
     torch.manual_seed(seed)
-    cfg = TextSASRecConfig(n_items=n_items, text_dim=8, d_model=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0)
+    cfg = TextSASRecConfig(n_items=n_items, text_dim=8, d_model=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0, token_embeddings=False)
     model = TextSASRec(cfg, torch.randn(n_items, 8))
     with torch.no_grad():  # well-separated scores: no float ties between the two ranking paths
         model.id_emb.weight.normal_(0, 1.0)

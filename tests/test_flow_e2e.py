@@ -83,6 +83,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     run = client.get_run(summary["run_id"])
     assert run.data.tags["outcome"] == "registered" and run.data.params["train.max_epochs"] == "6"
     assert run.data.params["model.max_len"] == "auto" and run.data.params["model.max_len_resolved"] == "50"  # short sample histories
+    assert run.data.params["model.token_embeddings"] == "True" and run.data.params["model.token_vocab_resolved"] == "30522"  # all-MiniLM-L6-v2's
     assert run.data.metrics["NDCG_at_10"] == pytest.approx(m["NDCG@10"])
     slices = summary["slices"]["model"]  # by the test target's training popularity (components/evaluation/slices.py)
     assert slices["head"]["cases"] + slices["long_tail"]["cases"] == summary["cases"]
@@ -244,6 +245,13 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert manifest["added_items"]["count"] == 3 and manifest["n_items"] == len(catalog) + 3
     assert manifest["precision"] == json.loads((v2 / "bundle" / "manifest.json").read_text())["precision"] == "int8"
     assert mv.tags["gate"].endswith(f"; served in {summary['precision']['reason']}")
+    # Its checkpoint reads the new items' tokens too (token embeddings), so items can be added to it in turn.
+    from components.catalog import CHECKPOINT_FILE, load_checkpoint
+
+    client.download_artifacts(mv.run_id, CHECKPOINT_ARTIFACT, str(v3))
+    extended, _ = load_checkpoint(v3 / CHECKPOINT_ARTIFACT / CHECKPOINT_FILE)
+    assert extended.cfg.n_items == len(catalog) + 3 and extended.item_tokens.shape[0] == len(catalog) + 4
+    assert all((extended.item_tokens[-i] != 0).sum() > 3 for i in (1, 2, 3))  # title, category, brand, description
 
     # Through ONNX Runtime: the new items are ranked, and with them left out the old order is the old model's.
     events = pd.read_csv(world["events"], dtype=str)

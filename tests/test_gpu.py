@@ -25,7 +25,7 @@ N_ITEMS, TEXT_DIM = 60, 24
 
 def model(seed=0, cold=6, **overrides):
     torch.manual_seed(seed)
-    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=16, dropout=0.0, **overrides)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=16, dropout=0.0, **({"token_embeddings": False} | overrides))
     has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
     has_id[-cold:] = False
     return TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM), has_id).eval()

@@ -20,7 +20,7 @@ N_ITEMS, TEXT_DIM = 40, 16
 
 def tiny(seed=0, cold=5, **overrides):
     torch.manual_seed(seed)
-    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0, **overrides)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0, **({"token_embeddings": False} | overrides))
     has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
     if cold:
         has_id[-cold:] = False  # the last items never occurred in training
@@ -39,7 +39,7 @@ def test_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"d_model \(30\) is not a multiple of n_heads \(4\)"):
         TextSASRecConfig(n_items=3, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match=r"text_embeddings must have shape \(40, 16\), got \(3, 16\)"):
-        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len=12), torch.zeros(3, TEXT_DIM))
+        TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len=12, token_embeddings=False), torch.zeros(3, TEXT_DIM))
     with pytest.raises(ValueError, match=r'max_len "auto" must be resolved from the training histories first'):
         TextSASRec(TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len="auto"), torch.zeros(N_ITEMS, TEXT_DIM))
     with pytest.raises(ValueError, match=r"cold_imputation 'knn' is not one of neighbors, mlp"):
@@ -133,6 +133,67 @@ def test_mlp_imputation_maps_text_to_id_space_for_cold_and_dropped_items():
     model.item_table()[1:-5].sum().backward()
     assert all(p.grad is None or torch.all(p.grad == 0) for p in model.imputer.parameters())
     assert tiny(cold_imputation="mlp", use_text=False).imputer is None  # id-only: nothing to impute from
+
+
+VOCAB = 50
+
+
+def with_tokens(seed=0, cold=5, **overrides) -> TextSASRec:
+    """tiny() with token embeddings: item i reads tokens (7, 10 + i % 5, 20 + i) padded to 4 columns — token 7
+    is in every item, 10..14 shared by every fifth item, 20 + i the item's own; the last item has a 4th token."""
+    torch.manual_seed(seed)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0,
+                           token_embeddings=True, token_vocab=VOCAB + N_ITEMS, **overrides)
+    has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    has_id[-cold:] = False
+    items = torch.arange(1, N_ITEMS + 1)
+    tokens = torch.stack([torch.full_like(items, 7), 10 + items % 5, 20 + items, torch.zeros_like(items)], 1)
+    tokens[-1, 3] = 9
+    return TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM), has_id, tokens).eval()
+
+
+def test_token_embeddings_add_the_mean_of_an_items_tokens_to_its_text():
+    model = with_tokens()
+    plain = model.text_proj(model.text_table)
+    # Zero at first: a model with token embeddings starts as the same model without them.
+    torch.testing.assert_close(model.item_table()[1:-5], (plain + model.id_emb.weight)[1:-5])
+    with torch.no_grad():
+        model.token_emb.weight.normal_()
+    w = model.token_emb.weight
+    table = model.item_table()
+    item = 3  # tokens 7, 13, 23 and padding: the mean of three, padding left out
+    torch.testing.assert_close(table[item], plain[item] + model.id_emb.weight[item] + (w[7] + w[13] + w[23]) / 3)
+    cold = N_ITEMS  # never trained: text, its four tokens' mean and the imputed id
+    torch.testing.assert_close(table[cold], plain[cold] + (w[7] + w[10] + w[20 + cold] + w[9]) / 4 + model.imputer(model.text_table[cold]))
+    assert torch.all(table[0] == 0)
+    assert model.item_tokens.shape == (N_ITEMS + 1, 4)  # all-padding columns are dropped: here none
+
+
+def test_token_embeddings_carry_what_trained_items_teach_to_an_item_never_trained():
+    model = with_tokens().train()
+    cold = N_ITEMS
+    before = model.item_table()[cold].detach().clone()
+    # A training signal on trained items only (their rows) moves the tokens they share with the cold item
+    # (7 in every item, 10 with every fifth) and not the cold item's own token.
+    model.item_table()[1 : N_ITEMS - 4].pow(2).sum().backward()
+    grad = model.token_emb.weight.grad
+    assert grad[7].abs().sum() > 0 and grad[10].abs().sum() > 0 and torch.all(grad[20 + cold] == 0) and torch.all(grad[0] == 0)
+    with torch.no_grad():
+        model.token_emb.weight -= 0.5 * grad
+    model.eval()
+    assert (model.item_table()[cold] - before).abs().max() > 1e-3
+
+
+def test_token_embeddings_need_the_tokens_and_the_vocabulary():
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len=12, token_embeddings=True, token_vocab=VOCAB)
+    with pytest.raises(ValueError, match=r"item_tokens \(each item's token ids\) must have shape \(40, tokens\), got None"):
+        TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM))
+    with pytest.raises(ValueError, match=r"token_vocab \(the tokenizer's vocabulary size\) must be set"):
+        TextSASRec(replace(cfg, token_vocab=0), torch.randn(N_ITEMS, TEXT_DIM), None, torch.ones(N_ITEMS, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"item_tokens hold token id 50, outside token_vocab 50"):
+        TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM), None, torch.full((N_ITEMS, 3), VOCAB))
+    # Without text the option has nothing to read: the id-only variant ignores it.
+    assert TextSASRec(replace(cfg, use_text=False), None).token_emb is None
 
 
 @pytest.mark.parametrize("imputation", ["mlp", "neighbors"])

@@ -1,7 +1,8 @@
 """Add items to a trained model's catalog without retraining.
 
 A brand-new item needs no interactions to be recommended: the model represents an item it never trained
-on by its text — the projected language-model embedding plus the imputed id (`cold_imputation`) — and
+on by its text — the projected language-model embedding, its tokens' learned embeddings
+(`token_embeddings`) and the imputed id (`cold_imputation`) — and
 that is exactly how it already scores the catalog items that had no training interactions. So a new
 item is a new row of the item table, computed from its text with the trained weights; every other row,
 and every user's state, stays as it was. What changes is only which items compete for the top K.
@@ -21,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from components.errors import BehaviorflowError
 from components.models.text_sasrec import TextSASRec, TextSASRecConfig
@@ -31,7 +33,7 @@ CHECKPOINT_ARTIFACT = "torch"  # the run artifact folder holding CHECKPOINT_FILE
 CHECKPOINT_FILE = "model.pt"
 # Rows that are functions of the catalog, rebuilt by the extended model's constructor: the LM text table,
 # which items have a trained id, and the text neighbours (among trained items only, so old rows keep theirs).
-_CATALOG_BUFFERS = ("text_table", "has_id", "neighbors", "neighbor_weights")
+_CATALOG_BUFFERS = ("text_table", "has_id", "neighbors", "neighbor_weights", "item_tokens")
 
 
 def save_checkpoint(model: TextSASRec, text: TextEncoderConfig, path: Path) -> Path:
@@ -52,17 +54,19 @@ def log_checkpoint(model: TextSASRec, text: TextEncoderConfig, run_dir: Path) ->
 
 def load_checkpoint(path: Path) -> tuple[TextSASRec, TextEncoderConfig]:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = TextSASRecConfig(**saved["config"])
+    config = TextSASRecConfig(**({"token_embeddings": False} | saved["config"]))  # checkpoints from before token embeddings have none
     state = saved["state_dict"]
-    model = TextSASRec(config, state["text_table"][1:] if config.use_text else None, state["has_id"])
+    tokens = state["item_tokens"][1:] if "item_tokens" in state else None
+    model = TextSASRec(config, state["text_table"][1:] if config.use_text else None, state["has_id"], tokens)
     model.load_state_dict(state)
     return model.eval(), TextEncoderConfig(**saved["text"])
 
 
-def extend_catalog(model: TextSASRec, text_embeddings: np.ndarray) -> TextSASRec:
+def extend_catalog(model: TextSASRec, text_embeddings: np.ndarray, item_tokens: np.ndarray | None = None) -> TextSASRec:
     """`model` with len(text_embeddings) new items appended (indices n_items + 1 …), each represented by
     its text: they have no trained id, as items without training interactions. Trained weights are shared
-    by value; the old items' rows and scores do not change."""
+    by value; the old items' rows and scores do not change. item_tokens: the new items' token ids (padding
+    0), needed when the model has token embeddings (model.token_embeddings)."""
     cfg = model.cfg
     if not (cfg.use_text and cfg.use_id):
         raise BehaviorflowError("only a model with text and ids can take new items: an id-only model cannot represent an item it never trained on")
@@ -72,7 +76,18 @@ def extend_catalog(model: TextSASRec, text_embeddings: np.ndarray) -> TextSASRec
     old_n, added = cfg.n_items, new.shape[0]
     text = torch.cat([model.text_table[1:].detach().cpu(), new])
     has_id = torch.cat([model.has_id.detach().cpu(), torch.zeros(added, dtype=torch.bool)])
-    extended = TextSASRec(dataclasses.replace(cfg, n_items=old_n + added), text, has_id)
+    tokens = None
+    if model.token_emb is not None:
+        if item_tokens is None or np.ndim(item_tokens) != 2 or len(item_tokens) != added:
+            raise BehaviorflowError(f"the model reads its items' tokens (token_embeddings): give the {added} new items' token ids, one row each")
+        ids = np.asarray(item_tokens, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.token_vocab):
+            raise BehaviorflowError(f"new items' token ids reach {int(ids.max())}; the model's tokenizer has {cfg.token_vocab}: tokenize them with the model's text config")
+        new_tokens = torch.from_numpy(ids)
+        old_tokens = model.item_tokens[1:].detach().cpu()
+        width = max(old_tokens.shape[1], new_tokens.shape[1])  # padding (0) adds nothing to a row's mean
+        tokens = torch.cat([F.pad(old_tokens, (0, width - old_tokens.shape[1])), F.pad(new_tokens, (0, width - new_tokens.shape[1]))])
+    extended = TextSASRec(dataclasses.replace(cfg, n_items=old_n + added), text, has_id, tokens)
     state = extended.state_dict()
     for key, value in model.state_dict().items():
         if key.split(".")[-1] in _CATALOG_BUFFERS:

@@ -72,18 +72,29 @@ def _load(kind: str, config: TextEncoderConfig):
 
 
 def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> dict[str, np.ndarray]:
-    """Token ids and attention masks [n_items, max_tokens], cached as .npz."""
+    """Token ids and attention masks [n_items, max_tokens], and the tokenizer's vocabulary size
+    ("vocab_size", a 0-d array), cached as .npz."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"tokens-{fingerprint(texts, config)}.npz"
     if path.exists():
-        log.info("tokens: cache hit %s", path.name)
         with np.load(path) as cached:
-            return dict(cached)
+            tokens = dict(cached)
+        if "vocab_size" in tokens:  # caches written before the vocabulary size was kept are rewritten below
+            log.info("tokens: cache hit %s", path.name)
+            return tokens
     tokenizer = _load("tokenizer", config)
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
-    tokens = {"input_ids": encoded["input_ids"].astype(np.int64), "attention_mask": encoded["attention_mask"].astype(np.int64)}
+    tokens = {"input_ids": encoded["input_ids"].astype(np.int64), "attention_mask": encoded["attention_mask"].astype(np.int64),
+              "vocab_size": np.array(len(tokenizer), dtype=np.int64)}
     np.savez(path, **tokens)
     return tokens
+
+
+def item_tokens(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> tuple[np.ndarray, int]:
+    """Each item's token ids with padding as 0 [n_items, max_tokens] (what the model's learned token
+    embeddings read, `model.token_embeddings`), and the tokenizer's vocabulary size."""
+    tokens = tokenize_items(texts, config, cache_dir)
+    return tokens["input_ids"] * tokens["attention_mask"], int(tokens["vocab_size"])
 
 
 def embed_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path, progress: bool = True, sort_by_length: bool = True) -> np.ndarray:

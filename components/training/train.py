@@ -112,13 +112,15 @@ class TrainResult:
     peak_rss_mb: float = 0.0  # the process's highest resident memory when the fit ended (components/memory.py)
 
 
-def new_model(config, text_embeddings: np.ndarray | None, has_id: np.ndarray, seed: int) -> TextSASRec:
+def new_model(config, text_embeddings: np.ndarray | None, has_id: np.ndarray, seed: int, item_tokens: np.ndarray | None = None) -> TextSASRec:
     """A freshly initialised model, seeded: the same data and config give the same weights on every run
     (so a retrain of unchanged data reproduces the champion instead of failing the gate by chance).
-    text_embeddings may be None for a model without text (`use_text=False`)."""
+    text_embeddings may be None for a model without text (`use_text=False`); item_tokens are the items'
+    token ids for `token_embeddings`."""
     torch.manual_seed(seed)
     text = None if text_embeddings is None else torch.from_numpy(text_embeddings)
-    return TextSASRec(config, text, torch.from_numpy(has_id))
+    tokens = None if item_tokens is None else torch.from_numpy(item_tokens)
+    return TextSASRec(config, text, torch.from_numpy(has_id), tokens)
 
 
 def train_id_only_baseline(model_config, train: list[np.ndarray], valid, has_id: np.ndarray, config: TrainConfig) -> TrainResult:
