@@ -138,7 +138,7 @@ def test_mlp_imputation_maps_text_to_id_space_for_cold_and_dropped_items():
 VOCAB = 50
 
 
-def with_tokens(seed=0, cold=5, **overrides) -> TextSASRec:
+def with_tokens(seed=0, cold=5, left_padded=False, **overrides) -> TextSASRec:
     """tiny() with token embeddings: item i reads tokens (7, 10 + i % 5, 20 + i) padded to 4 columns — token 7
     is in every item, 10..14 shared by every fifth item, 20 + i the item's own; the last item has a 4th token."""
     torch.manual_seed(seed)
@@ -149,6 +149,8 @@ def with_tokens(seed=0, cold=5, **overrides) -> TextSASRec:
     items = torch.arange(1, N_ITEMS + 1)
     tokens = torch.stack([torch.full_like(items, 7), 10 + items % 5, 20 + items, torch.zeros_like(items)], 1)
     tokens[-1, 3] = 9
+    if left_padded:  # two all-padding columns on the left, and each row's padding before its tokens
+        tokens = torch.cat([torch.zeros(N_ITEMS, 2, dtype=torch.long), tokens.flip(1)], 1)
     return TextSASRec(cfg, torch.randn(N_ITEMS, TEXT_DIM), has_id, tokens).eval()
 
 
@@ -167,6 +169,14 @@ def test_token_embeddings_add_the_mean_of_an_items_tokens_to_its_text():
     torch.testing.assert_close(table[cold], plain[cold] + (w[7] + w[10] + w[20 + cold] + w[9]) / 4 + model.imputer(model.text_table[cold]))
     assert torch.all(table[0] == 0)
     assert model.item_tokens.shape == (N_ITEMS + 1, 4)  # all-padding columns are dropped: here none
+    # A tokenizer that pads on the left: the all-padding columns go, every token stays, the rows are the same.
+    left = with_tokens(left_padded=True)
+    assert left.item_tokens.shape == (N_ITEMS + 1, 4) and torch.equal(left.item_tokens[1:].sort(1).values, model.item_tokens[1:].sort(1).values)
+    with torch.no_grad():
+        left.token_emb.weight.copy_(w)
+        left.text_proj.load_state_dict(model.text_proj.state_dict())
+        left.id_emb.load_state_dict(model.id_emb.state_dict())
+    torch.testing.assert_close(left.item_table()[1:-5], table[1:-5])
 
 
 def test_token_embeddings_carry_what_trained_items_teach_to_an_item_never_trained():

@@ -161,9 +161,10 @@ class TextSASRec(nn.Module):
                 raise ValueError(f"token_embeddings: item_tokens (each item's token ids) must have shape ({cfg.n_items}, tokens), got {got}")
             if cfg.token_vocab < 1:
                 raise ValueError("token_embeddings: token_vocab (the tokenizer's vocabulary size) must be set, e.g. from components.tokenization.item_tokens")
-            width = max(1, int((item_tokens != 0).sum(1).max())) if item_tokens.numel() else 1  # no all-padding columns
-            tokens = torch.zeros(n, width, dtype=torch.long)
-            tokens[1:] = item_tokens[:, :width]
+            used = (item_tokens != 0).any(0)  # columns that hold a token somewhere (padding may be on either side)
+            kept = item_tokens[:, used] if bool(used.any()) else item_tokens[:, :1]
+            tokens = torch.zeros(n, kept.shape[1], dtype=torch.long)
+            tokens[1:] = kept
             if int(tokens.max()) >= cfg.token_vocab:
                 raise ValueError(f"item_tokens hold token id {int(tokens.max())}, outside token_vocab {cfg.token_vocab}")
             self.register_buffer("item_tokens", tokens)
