@@ -32,7 +32,8 @@ from serving import contract
 CHECKPOINT_ARTIFACT = "torch"  # the run artifact folder holding CHECKPOINT_FILE
 CHECKPOINT_FILE = "model.pt"
 # Rows that are functions of the catalog, rebuilt by the extended model's constructor: the LM text table,
-# which items have a trained id, and the text neighbours (among trained items only, so old rows keep theirs).
+# which items have a trained id, the text neighbours (among trained items only, so old rows keep theirs) and
+# the items' token ids (token_embeddings).
 _CATALOG_BUFFERS = ("text_table", "has_id", "neighbors", "neighbor_weights", "item_tokens")
 
 
