@@ -73,6 +73,24 @@ def cold_diagnostics(model, inputs: list[np.ndarray], targets: np.ndarray, cold:
     }
 
 
+def warm_among_subset(model, inputs: list[np.ndarray], targets: np.ndarray, trained: np.ndarray, size: int, seed: int = 0) -> dict:
+    """The cold diagnostics' yardstick: a warm target ranked among a random set of `size` other trained
+    items (as many as were removed), as a cold target is ranked among the removed items. Equal
+    numbers would mean the model tells never-trained items apart as well as trained ones."""
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(trained)
+    above, start = [], 0
+    for scores in model_scores(model, inputs):
+        t = targets[start : start + len(scores)]
+        start += len(scores)
+        target_scores = scores[np.arange(len(t)), t]
+        for row, (target, score) in enumerate(zip(t, target_scores)):
+            others = rng.choice(pool[pool != target], size=min(size, len(pool) - 1), replace=False)
+            above.append(int((scores[row, others] > score).sum()))
+    above = np.asarray(above)
+    return {"HR@10_among_as_many_trained_items": float((above < 10).mean()), "median_rank_among_as_many_trained_items": float(np.median(above) + 1)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
@@ -109,6 +127,7 @@ def main(argv=None) -> int:
         cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
         warm_cases = np.flatnonzero(warm_val)
+        warm |= warm_among_subset(model, [val_inputs[i] for i in warm_cases], val_targets[warm_cases], ~cold & has_id, int(cold.sum()))
         places = [int(m) for m in args.new_items.split(",") if m]
         # Selection cases (all cold) and warm validation cases in one table; new_item_places splits them again.
         reserved = new_item_places(np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])]),

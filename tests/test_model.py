@@ -194,6 +194,43 @@ def test_token_embeddings_carry_what_trained_items_teach_to_an_item_never_traine
     assert (model.item_table()[cold] - before).abs().max() > 1e-3
 
 
+def test_a_never_trained_items_mean_leaves_out_the_tokens_no_trained_item_has():
+    plain, known = with_tokens(), with_tokens(token_trained_only=True)
+    with torch.no_grad():
+        plain.token_emb.weight.normal_()
+        known.load_state_dict({k: v for k, v in plain.state_dict().items() if k != "item_tokens"}, strict=False)  # same weights
+    w = plain.token_emb.weight
+    cold = N_ITEMS  # tokens 7, 10 (shared with trained items), 60 (its own) and 9 (no other item): 7 and 10 stay
+    assert sorted(known.item_tokens[cold].tolist()) == [0, 0, 7, 10]
+    torch.testing.assert_close(known.token_emb(known.item_tokens)[cold], (w[7] + w[10]) / 2)
+    torch.testing.assert_close(plain.token_emb(plain.item_tokens)[cold], (w[7] + w[10] + w[20 + cold] + w[9]) / 4)
+    # Trained items read every token they have: their own tokens were learned with them.
+    assert torch.equal(known.item_tokens[: N_ITEMS - 4], plain.item_tokens[: N_ITEMS - 4])
+    # An item whose every token is unknown has no token part at all (and no error).
+    model = with_tokens(token_trained_only=True, cold=N_ITEMS)
+    assert torch.all(model.item_tokens == 0) and torch.all(model.token_emb(model.item_tokens) == 0)
+
+
+def test_a_trained_item_standing_in_for_a_new_one_loses_the_tokens_only_it_has():
+    model = with_tokens(token_trained_only=True, id_dropout=1.0)  # every trained item stands in, at every step
+    with torch.no_grad():
+        model.token_emb.weight.normal_()
+    w, item = model.token_emb.weight, 3  # tokens 7 (every item), 13 (every fifth) and 23 (its own)
+    assert sorted(model.shared_tokens[item].tolist()) == [0, 0, 7, 13]
+    assert torch.equal(model.shared_tokens[N_ITEMS - 4 :], model.item_tokens[N_ITEMS - 4 :])  # new items: as they are
+    plain = model.text_proj(model.text_table)
+    torch.testing.assert_close(model.eval().item_table()[item], plain[item] + (w[7] + w[13] + w[23]) / 3 + model.id_emb.weight[item])
+    # In training, standing in: shared words, LM text and the imputed id, as a new item would read.
+    torch.testing.assert_close(model.train().item_table()[item], plain[item] + (w[7] + w[13]) / 2 + model.imputer(model.text_table[item]))
+    # The imputed-item loss's table shows every trained item that way too.
+    torch.testing.assert_close(model.imputed_table()[item], plain[item] + (w[7] + w[13]) / 2 + model.imputer(model.text_table[item]))
+    # A text-only model (no ids) has its id_dropout share stand in through its words alone.
+    text_only = with_tokens(token_trained_only=True, id_dropout=1.0, use_id=False)
+    with torch.no_grad():
+        text_only.token_emb.weight.copy_(w)
+    torch.testing.assert_close(text_only.train().item_table()[item], text_only.text_proj(text_only.text_table)[item] + (w[7] + w[13]) / 2)
+
+
 def test_token_embeddings_need_the_tokens_and_the_vocabulary():
     cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, max_len=12, token_embeddings=True, token_vocab=VOCAB)
     with pytest.raises(ValueError, match=r"item_tokens \(each item's token ids\) must have shape \(40, tokens\), got None"):
