@@ -119,11 +119,11 @@ def test_refuses_what_it_cannot_extend():
         extend_catalog(TextSASRec(cfg), np.zeros((4, TEXT_DIM), dtype=np.float32))
 
 
-def tokens_model() -> TextSASRec:
+def tokens_model(**overrides) -> TextSASRec:
     """trained_like() with token embeddings: item i reads tokens 3 and 10 + i (3 is in every item)."""
     torch.manual_seed(0)
     cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_layers=2, n_heads=2, max_len=10, dropout=0.0,
-                           token_embeddings=True, token_vocab=100)
+                           token_embeddings=True, token_vocab=100, **overrides)
     has_id = torch.ones(N_ITEMS + 1, dtype=torch.bool)
     has_id[-3:] = False
     tokens = torch.stack([torch.full((N_ITEMS,), 3), 10 + torch.arange(1, N_ITEMS + 1)], 1)
@@ -144,7 +144,8 @@ def test_new_items_read_their_tokens_with_the_trained_token_embeddings(tmp_path)
         table = extended.item_table()
         torch.testing.assert_close(table[: N_ITEMS + 1], model.item_table())
         torch.testing.assert_close(table[N_ITEMS + 1], model.text_proj(new_text[0]) + model.imputer(new_text[0]) + (w[3] + w[11] + w[12]) / 3)
-        torch.testing.assert_close(table[N_ITEMS + 2], model.text_proj(new_text[1]) + model.imputer(new_text[1]) + (w[3] + w[99] + w[98] + w[97]) / 4)
+        # Tokens no trained item has (99, 98, 97) were never learned: left out of the mean (token_trained_only).
+        torch.testing.assert_close(table[N_ITEMS + 2], model.text_proj(new_text[1]) + model.imputer(new_text[1]) + w[3])
     assert unchanged_scores(model, extended, histories()) < 1e-5
     # The extended model's checkpoint keeps the tokens, so items can be added to it in turn.
     restored, _ = load_checkpoint(save_checkpoint(extended, TextEncoderConfig(), tmp_path / "model.pt"))
@@ -165,3 +166,20 @@ def test_checkpoints_from_before_token_embeddings_load_without_them(tmp_path):
     restored, _ = load_checkpoint(path)
     assert restored.token_emb is None and not restored.cfg.token_embeddings
     assert unchanged_scores(model, restored, histories()) == 0.0
+
+
+def test_checkpoints_from_before_token_trained_only_keep_every_token(tmp_path):
+    model = tokens_model(token_trained_only=False)  # as before the option: the 3 untrained items' own tokens count
+    with torch.no_grad():
+        model.token_emb.weight.normal_()
+    path = save_checkpoint(model, TextEncoderConfig(), tmp_path / "model.pt")
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["token_trained_only"]
+    torch.save(saved, path)
+    restored, _ = load_checkpoint(path)
+    assert not restored.cfg.token_trained_only and restored.item_tokens.equal(model.item_tokens)
+    assert unchanged_scores(model, restored, histories()) == 0.0
+    # Read with today's default, the same weights would score those items differently.
+    today = TextSASRec(TextSASRecConfig(**(saved["config"])), model.text_table[1:], model.has_id, model.item_tokens[1:])
+    today.load_state_dict({k: v for k, v in model.state_dict().items() if k != "item_tokens"}, strict=False)
+    assert unchanged_scores(model, today.eval(), histories()) > 1e-3

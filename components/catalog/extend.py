@@ -55,7 +55,8 @@ def log_checkpoint(model: TextSASRec, text: TextEncoderConfig, run_dir: Path) ->
 
 def load_checkpoint(path: Path) -> tuple[TextSASRec, TextEncoderConfig]:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = TextSASRecConfig(**({"token_embeddings": False} | saved["config"]))  # checkpoints from before token embeddings have none
+    # Checkpoints from before token embeddings have none, and those from before token_trained_only counted every token.
+    config = TextSASRecConfig(**({"token_embeddings": False, "token_trained_only": False} | saved["config"]))
     state = saved["state_dict"]
     tokens = state["item_tokens"][1:] if "item_tokens" in state else None
     model = TextSASRec(config, state["text_table"][1:] if config.use_text else None, state["has_id"], tokens)
