@@ -6,11 +6,12 @@ representations from a frozen pretrained language model, projected and added to 
 embedding (as in UniSRec / Recformer-style text-based recommenders).
 
 An item is represented as   e_i = W · lm(text_i)  +  mean_t∈text_i tok_t  +  id_i
-where tok_t is a learned embedding of each token of the item's text (`token_embeddings`; zero at first,
-so a token only new items have adds nothing), and id_i is a learned embedding for an item seen in
-training, and for an item that never occurred in training ("cold") an imputed id: by default a small
-network from the LM embedding to id space (`cold_imputation="mlp"`), or the similarity-weighted mean of
-the id embeddings of its nearest trained items in language-model space (`"neighbors"`). Training hides a
+where tok_t is a learned embedding of each token of the item's text (`token_embeddings`; zero at first;
+a new item's mean leaves out the tokens no trained item has: `token_trained_only`), and id_i is a
+learned embedding for an item seen in training, and for an item that never occurred in training
+("cold") an imputed id: by default a small network from the LM embedding to id space
+(`cold_imputation="mlp"`), or the similarity-weighted mean of the id embeddings of its nearest trained
+items in language-model space (`"neighbors"`). Training hides a
 random share of id embeddings (`id_dropout`, as in DropoutNet) and substitutes the imputation, so the
 imputer is trained on exactly its job and the model learns to rank imputed items as it ranks trained
 ones. A brand-new item is represented by its text and by what the model learned about items that read
