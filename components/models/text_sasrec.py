@@ -161,6 +161,8 @@ class TextSASRec(nn.Module):
                 raise ValueError(f"text_embeddings must have shape ({cfg.n_items}, {cfg.text_dim}), got {got}")
             text[1:] = text_embeddings
         self.register_buffer("text_table", text)
+        ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
+        ids[0] = False
         self.token_emb = None
         if cfg.use_text and cfg.token_embeddings:
             if item_tokens is None or item_tokens.dim() != 2 or item_tokens.shape[0] != cfg.n_items:
@@ -172,19 +174,16 @@ class TextSASRec(nn.Module):
             tokens[1:] = item_tokens
             if int(tokens.max()) >= cfg.token_vocab:
                 raise ValueError(f"item_tokens hold token id {int(tokens.max())}, outside token_vocab {cfg.token_vocab}")
-            trained_rows = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
-            trained_rows[0] = False
             if cfg.token_trained_only:
-                tokens = trained_tokens_only(tokens, trained_rows, cfg.token_vocab)
+                holders = trained_token_counts(tokens, ids, cfg.token_vocab)  # trained items holding each token
+                tokens = tokens_kept(tokens, ~ids, holders >= 1)  # new items: only the tokens training reached
             used = (tokens != 0).any(0)  # columns that hold a token somewhere (padding may be on either side)
             tokens = tokens[:, used] if bool(used.any()) else tokens[:, :1]
             if cfg.token_trained_only:
                 # What a trained item looks like when it stands in for a new one: only the words it shares.
-                self.register_buffer("shared_tokens", shared_tokens_only(tokens, trained_rows, cfg.token_vocab), persistent=False)
+                self.register_buffer("shared_tokens", tokens_kept(tokens, ids, holders >= 2), persistent=False)
             self.register_buffer("item_tokens", tokens)
             self.token_emb = nn.EmbeddingBag(cfg.token_vocab, cfg.d_model, mode="mean", padding_idx=0)
-        ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
-        ids[0] = False
         self.register_buffer("has_id", ids)
         # Items the model cannot represent: padding and, without text, items never seen in training (their
         # table row is zero, so a score of 0 would place them among trained items by accident). The
@@ -223,15 +222,16 @@ class TextSASRec(nn.Module):
     def item_table(self) -> torch.Tensor:
         """Representations of every item [n_items + 1, d_model]; row 0 (padding) is zero."""
         table = torch.zeros(self.cfg.n_items + 1, self.cfg.d_model, device=self.has_id.device)
-        keep = self.has_id.unsqueeze(1).float()
+        keep, stand_in = self.has_id.unsqueeze(1).float(), None
         # In training a random id_dropout share of the items stands in for new ones: without their id (the
         # imputation replaces it) and, with token_trained_only, without the words only they have. Without
         # text nothing can stand in.
         stands_in = self.text_proj is not None and (self.id_emb is not None or (self.token_emb is not None and self.cfg.token_trained_only))
         if stands_in and self.training and self.cfg.id_dropout > 0:
             keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
+            stand_in = (keep.squeeze(1) == 0) & self.has_id
         if self.text_proj is not None:
-            table = table + self._text_part(stand_in=(keep.squeeze(1) == 0) & self.has_id)
+            table = table + self._text_part(stand_in)
         if self.id_emb is not None:
             table = table + self.id_emb.weight * keep
             if self.imputer is not None or self.neighbors.shape[1]:  # something stands in for a missing id
@@ -317,33 +317,22 @@ class TextSASRec(nn.Module):
 
 
 @torch.no_grad()
-def trained_tokens_only(tokens: torch.Tensor, has_id: torch.Tensor, vocab: int) -> torch.Tensor:
-    """tokens [n_items + 1, L] (0 = padding) with, in the rows of never-trained items (has_id False),
-    every token that no trained item's row holds replaced by padding: the tokens whose embeddings
-    training never reached. Trained items' rows are unchanged."""
-    known = torch.zeros(vocab, dtype=torch.bool)
-    known[tokens[has_id].flatten()] = True
-    known[0] = False
-    untrained = ~has_id
-    untrained[0] = False
-    rows = tokens[untrained]
-    out = tokens.clone()
-    out[untrained] = torch.where(known[rows], rows, torch.zeros_like(rows))
-    return out
-
-
-@torch.no_grad()
-def shared_tokens_only(tokens: torch.Tensor, has_id: torch.Tensor, vocab: int) -> torch.Tensor:
-    """tokens [n_items + 1, L] (0 = padding) with, in trained items' rows (has_id), every token that no
-    other trained item holds replaced by padding: each trained item as it would read if it were new (its
-    own words would never have been learned). Other rows are unchanged."""
+def trained_token_counts(tokens: torch.Tensor, has_id: torch.Tensor, vocab: int) -> torch.Tensor:
+    """For every token id [vocab]: how many trained items' rows (has_id) hold it, each row once; padding
+    (0) counts none. 0: training never reached its embedding; 1: only one item taught it."""
     rows = tokens[has_id]
     row_index = torch.arange(len(rows)).unsqueeze(1).expand_as(rows)
     pairs = torch.unique(row_index.flatten() * vocab + rows.flatten())  # each (row, token) once
     counts = torch.bincount(pairs % vocab, minlength=vocab)
     counts[0] = 0
+    return counts
+
+
+def tokens_kept(tokens: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """tokens [n_items + 1, L] (0 = padding) with, in the rows marked by `rows`, every token id that
+    `allowed` [vocab] does not allow replaced by padding; other rows unchanged."""
     out = tokens.clone()
-    out[has_id] = torch.where(counts[rows] >= 2, rows, torch.zeros_like(rows))
+    out[rows] = torch.where(allowed[tokens[rows]], tokens[rows], torch.zeros_like(tokens[rows]))
     return out
 
 
