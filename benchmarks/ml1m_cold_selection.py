@@ -91,6 +91,31 @@ def warm_among_subset(model, inputs: list[np.ndarray], targets: np.ndarray, trai
     return {"HR@10_among_as_many_trained_items": float((above < 10).mean()), "median_rank_among_as_many_trained_items": float(np.median(above) + 1)}
 
 
+def popularity_yardstick(popularity: np.ndarray, sel_inputs: list[np.ndarray], sel_targets: np.ndarray, cold: np.ndarray,
+                         warm_inputs: list[np.ndarray], warm_targets: np.ndarray, trained: np.ndarray, seed: int = 0) -> dict:
+    """What knowing each item's true popularity alone would give, for the two diagnostics above: a cold
+    target ranked by its count in the full training data (which no model has for a new item) among the
+    removed items, and a warm target among as many random trained items. Items of the input are left out,
+    as in the model's rankings."""
+    def top10_share(inputs, targets, pool_of) -> float:
+        hits = []
+        for inp, target in zip(inputs, targets):
+            pool = pool_of(target)
+            pool = pool[~np.isin(pool, inp)]
+            hits.append(int((popularity[pool] > popularity[target]).sum()) < 10)
+        return float(np.mean(hits))
+
+    rng = np.random.default_rng(seed)
+    removed, warm_pool = np.flatnonzero(cold), np.flatnonzero(trained)
+    size = len(removed)
+    return {
+        "HR@10_among_removed_items": top10_share(sel_inputs, sel_targets, lambda t: removed[removed != t]),
+        "HR@10_among_as_many_trained_items": top10_share(
+            warm_inputs, warm_targets, lambda t: rng.choice(warm_pool[warm_pool != t], size=min(size, len(warm_pool) - 1), replace=False)),
+        "note": "oracle: each item ranked by its interactions in the full training data, including the removed items' own",
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
@@ -119,6 +144,12 @@ def main(argv=None) -> int:
 
     commit, dirty = git_state()
     results = {"git_commit": commit, "git_dirty": dirty, "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "removed_items": int(cold.sum()), "selection_cases": len(picked), "minutes_each": args.minutes, "variants": {}}
+    warm_cases = np.flatnonzero(warm_val)
+    popularity = np.bincount(np.concatenate(data["train"]), minlength=n_items + 1)
+    results["popularity_yardstick"] = popularity_yardstick(popularity, sel_inputs, sel_targets, cold, [val_inputs[i] for i in warm_cases],
+                                                           val_targets[warm_cases], ~cold & has_id)
+    log.info("true popularity alone: cold target in the top 10 among the removed items %.3f, warm among as many trained items %.3f",
+             results["popularity_yardstick"]["HR@10_among_removed_items"], results["popularity_yardstick"]["HR@10_among_as_many_trained_items"])
     for text in args.variant:
         name, model_cfg, train_cfg = parse_variant(text, base_model, base_train)
         started = time.perf_counter()
@@ -126,7 +157,6 @@ def main(argv=None) -> int:
         cold_hr = hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
         cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
-        warm_cases = np.flatnonzero(warm_val)
         warm |= warm_among_subset(model, [val_inputs[i] for i in warm_cases], val_targets[warm_cases], ~cold & has_id, int(cold.sum()))
         places = [int(m) for m in args.new_items.split(",") if m]
         # Selection cases (all cold) and warm validation cases in one table; new_item_places splits them again.
