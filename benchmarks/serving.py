@@ -257,7 +257,19 @@ def summarize(seconds: list[float]) -> dict:
 
 def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
     """Timings of torch eager and each ONNX graph on the same batches, engine by engine in alternating
-    blocks of `--block` calls (components.timing.timed_in_turns: why not call by call)."""
+    blocks of `--block` calls (components.timing.timed_in_turns: why not call by call), at each of
+    `--threads` (torch threads = ORT intra-op threads for that pass)."""
+    import torch
+
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows += [r | {"threads": threads} for r in _inprocess_at(mut, paths, args, threads)]
+    torch.set_num_threads(max(args.threads))
+    return rows
+
+
+def _inprocess_at(mut: ModelUnderTest, paths: dict[str, Path], args, threads: int) -> list[dict]:
     import onnxruntime as ort
     import torch
 
@@ -267,12 +279,12 @@ def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
 
     graph = TopKGraph(mut.model.cpu().eval(), contract.MAX_K)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
+    options.intra_op_num_threads = threads
     sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, path in paths.items()}
     outputs = [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER]
     max_len = mut.model.cfg.max_len
     lengths = sorted({min(max_len, n) if n > 0 else max_len for n in args.lengths})
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(1)  # the same histories at every thread count
     rows = []
     with torch.inference_mode():
         for batch in args.batches:
@@ -292,19 +304,37 @@ def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
                 for name, t in times.items():
                     rows.append({"model": mut.name, "engine": name, "batch": batch, "seq": length, **summarize(t)})
                 log.info(
-                    "%s batch %d seq %d: %s", mut.name, batch, length,
+                    "%s %d threads, batch %d seq %d: %s", mut.name, threads, batch, length,
                     ", ".join(f"{n} {np.median(t) * 1000:.3f} ms" for n, t in times.items()),
                 )
     return rows
 
 
-def speedups(rows: list[dict], over: str, under: str) -> dict:
-    """median(over) / median(under) per (batch, seq): how many times faster `under` is."""
-    by = {(r["engine"], r["batch"], r["seq"]): r["median_ms"] for r in rows}
+def speedups(rows: list[dict], over: str, under: str, threads: int | None = None) -> dict:
+    """median(over) / median(under) per (batch, seq): how many times faster `under` is. threads=None:
+    each engine at its fastest of the thread counts measured; else both at `threads`."""
+    by: dict = {}
+    for r in rows:
+        if threads is None or r["threads"] == threads:
+            key = (r["engine"], r["batch"], r["seq"])
+            by[key] = min(by.get(key, float("inf")), r["median_ms"])
     out: dict = {}
     for (engine, batch, seq), ms in by.items():
         if engine == under and (over, batch, seq) in by:
             out.setdefault(f"batch{batch}", {})[f"seq{seq}"] = round(by[(over, batch, seq)] / ms, 2)
+    return out
+
+
+def fastest_threads(rows: list[dict]) -> dict:
+    """{engine: {batchB: {seqS: the thread count with the lowest median}}}."""
+    best: dict = {}
+    for r in rows:
+        key = (r["engine"], r["batch"], r["seq"])
+        if key not in best or r["median_ms"] < best[key]["median_ms"]:
+            best[key] = r
+    out: dict = {}
+    for (engine, batch, seq), r in sorted(best.items()):
+        out.setdefault(engine, {}).setdefault(f"batch{batch}", {})[f"seq{seq}"] = r["threads"]
     return out
 
 
@@ -809,7 +839,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample-max-len", type=int, default=50)
     g.add_argument("--train-minutes", type=float, default=10.0, help="cap on each training")
     g = parser.add_argument_group("in-process latency")
-    g.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads = ORT intra-op threads")
+    g.add_argument("--threads", default=",".join(str(t) for t in sorted({1, os.cpu_count() or 1})),
+                   help="thread counts, comma-separated: each is one pass with torch threads = ORT intra-op threads; the "
+                        "headline ratios take each engine at its fastest of them, and the same-thread ratios are beside them")
     g.add_argument("--batches", default="1,64")
     g.add_argument("--lengths", default="50,0", help="history lengths; 0 = the model's max_len")
     g.add_argument("--reps", type=int, default=100)
@@ -845,6 +877,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.serve_model not in args.models:
         args.models.append(args.serve_model)
     args.batches = [int(x) for x in args.batches.split(",")]
+    args.threads = sorted({int(x) for x in str(args.threads).split(",") if x})
+    if not args.threads or min(args.threads) < 1:
+        parser.error("--threads: one or more thread counts of at least 1, comma-separated, e.g. 1,2")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     args.services = [s for s in args.services.split(",") if s]
@@ -886,7 +921,7 @@ def main(argv=None) -> int:
 
     from components.export import ExportConfig, check_parity, export_onnx, quantize_int8
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(max(args.threads))
     commit, dirty = git_state()  # the code the run starts with
     results: dict = {
         "mode": "quick" if args.quick else "full",
@@ -897,7 +932,9 @@ def main(argv=None) -> int:
         "machine": {
             "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
             "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": args.threads,
-            "threads_note": "in-process: torch.set_num_threads = ORT intra_op_num_threads = threads; the service uses ORT's default",
+            "threads_note": "in-process: one pass per thread count, torch.set_num_threads = ORT intra_op_num_threads; "
+                            "onnx_vs_torch_speedup and int8_vs_fp32_speedup take each engine at its fastest thread count "
+                            "(fastest_threads), *_same_threads compare them at each count; the service sets its own (BEHAVIORFLOW_ORT_THREADS)",
         },
         "models": {},
     }
@@ -926,6 +963,9 @@ def main(argv=None) -> int:
         entry["latency"] = rows
         entry["onnx_vs_torch_speedup"] = speedups(rows, "torch", "onnx_fp32")
         entry["int8_vs_fp32_speedup"] = speedups(rows, "onnx_fp32", "onnx_int8")
+        entry["onnx_vs_torch_speedup_same_threads"] = {f"threads{t}": speedups(rows, "torch", "onnx_fp32", t) for t in args.threads}
+        entry["int8_vs_fp32_speedup_same_threads"] = {f"threads{t}": speedups(rows, "onnx_fp32", "onnx_int8", t) for t in args.threads}
+        entry["fastest_threads"] = fastest_threads(rows)
         results["models"][name] = entry
         if name == args.serve_model:
             with torch.no_grad():
@@ -941,7 +981,9 @@ def main(argv=None) -> int:
     longest = max(row["seq"] for row in head["latency"])
     for key in ("onnx_vs_torch_speedup", "int8_vs_fp32_speedup"):
         results[key] = {b: v.get(f"seq{longest}") for b, v in head[key].items()} | {
-            "model": args.serve_model, "seq": longest, "all": {m: e[key] for m, e in results["models"].items()}
+            "model": args.serve_model, "seq": longest, "threads": "each engine at its fastest of " + ",".join(map(str, args.threads)),
+            "same_threads": {t: {b: v.get(f"seq{longest}") for b, v in per.items()} for t, per in head[f"{key}_same_threads"].items()},
+            "all": {m: e[key] for m, e in results["models"].items()},
         }
     results["int8_decisions"] = {m: {"accepted": e["int8"]["accepted"], "reason": e["int8"]["reason"]} for m, e in results["models"].items()}
 
@@ -993,7 +1035,7 @@ def acceptance(r: dict, args) -> dict:
 
 def print_report(r: dict) -> None:
     print(f"\nbehaviorflow serving benchmark ({r['mode']}), commit {r['git_commit'][:10]}{' (dirty)' if r['git_dirty'] else ''}, "
-          f"{r['machine']['cpus']} CPUs, {r['machine']['threads']} threads, load at start {r['machine']['load_average_at_start'][0]}")
+          f"{r['machine']['cpus']} CPUs, threads {r['machine']['threads']}, load at start {r['machine']['load_average_at_start'][0]}")
     for name, m in r["models"].items():
         print(f"\n[{name}] {m['description']}")
         t = m.get("training", {})
@@ -1004,11 +1046,14 @@ def print_report(r: dict) -> None:
         q = m["int8"]
         verdict = {True: "ACCEPTED", False: "REJECTED", None: "not decided"}[q["accepted"]]
         print(f"  int8: {verdict} — {q['reason']}  ({q['bytes_fp32'] / 2**20:.2f} MiB → {q['bytes_int8'] / 2**20:.2f} MiB)")
-        print(f"  {'batch':>5} {'seq':>4} | {'torch ms':>9} {'fp32 ms':>8} {'int8 ms':>8} | {'fp32/torch':>10} {'int8/fp32':>9}   (median per call; p95 in the JSON)")
-        cells = {(x["engine"], x["batch"], x["seq"]): x for x in m["latency"]}
-        for batch, seq in sorted({(x["batch"], x["seq"]) for x in m["latency"]}):
-            t_, f_, i_ = (cells[(e, batch, seq)]["median_ms"] for e in ("torch", "onnx_fp32", "onnx_int8"))
-            print(f"  {batch:>5} {seq:>4} | {t_:9.3f} {f_:8.3f} {i_:8.3f} | {t_ / f_:9.2f}x {f_ / i_:8.2f}x")
+        print(f"  {'threads':>7} {'batch':>5} {'seq':>4} | {'torch ms':>9} {'fp32 ms':>8} {'int8 ms':>8} | {'fp32/torch':>10} {'int8/fp32':>9}   (median per call; p95 in the JSON)")
+        cells = {(x["engine"], x["batch"], x["seq"], x["threads"]): x for x in m["latency"]}
+        for threads, batch, seq in sorted({(x["threads"], x["batch"], x["seq"]) for x in m["latency"]}):
+            t_, f_, i_ = (cells[(e, batch, seq, threads)]["median_ms"] for e in ("torch", "onnx_fp32", "onnx_int8"))
+            print(f"  {threads:>7} {batch:>5} {seq:>4} | {t_:9.3f} {f_:8.3f} {i_:8.3f} | {t_ / f_:9.2f}x {f_ / i_:8.2f}x")
+        if len({x["threads"] for x in m["latency"]}) > 1:
+            print(f"  each engine at its fastest thread count: fp32/torch {m['onnx_vs_torch_speedup']}, int8/fp32 {m['int8_vs_fp32_speedup']}"
+                  f"  (threads {m['fastest_threads']})")
     if "serving" in r:
         s = r["serving"]
         print(f"\nserved: {s['model']} ({s['precision']}), Bento {s['bento_tag']}: .bento {s['bento_size_mib']} MiB, "
@@ -1034,7 +1079,7 @@ def print_report(r: dict) -> None:
             if service == "batched" and other and other["achieved_rps"]:
                 print(f"batched/unbatched {scenario} ({pinning}, {generator}): throughput {x['achieved_rps'] / other['achieved_rps']:.2f}x, "
                       f"p99 {x['p99_ms']} vs {other['p99_ms']} ms")
-    print("\nheadline: ONNX fp32 vs torch eager (" + r["onnx_vs_torch_speedup"]["model"] + f", seq {r['onnx_vs_torch_speedup']['seq']}): "
+    print("\nheadline: ONNX fp32 vs torch eager, each at its fastest thread count (" + r["onnx_vs_torch_speedup"]["model"] + f", seq {r['onnx_vs_torch_speedup']['seq']}): "
           f"batch 1 {r['onnx_vs_torch_speedup'].get('batch1')}x, batch 64 {r['onnx_vs_torch_speedup'].get('batch64')}x; "
           f"int8 vs fp32: batch 1 {r['int8_vs_fp32_speedup'].get('batch1')}x, batch 64 {r['int8_vs_fp32_speedup'].get('batch64')}x")
     print("acceptance: " + json.dumps(r["acceptance"]))
