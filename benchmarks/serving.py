@@ -886,6 +886,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.generators = [g for g in args.generators.split(",") if g]
     if set(args.generators) - set(GENERATORS):
         parser.error(f"--generators: unknown {sorted(set(args.generators) - set(GENERATORS))}; choose from {', '.join(GENERATORS)}")
+    locust = Path(sys.executable).parent / "locust"
+    if "locust" in args.generators and not args.skip_load and not locust.exists():
+        parser.error(f"--generators locust: {locust} is missing; install the benchmark extra with make bench-serving or "
+                     f"{Path(sys.executable).parent / 'pip'} install -c constraints.txt -e '.[bench]', or leave locust out: "
+                     f"--generators {','.join(g for g in args.generators if g != 'locust') or 'hey'}")
     for name in ("wrk", "hey"):
         if name in args.generators and not shutil.which(name) and not args.skip_load:
             parser.error(f"--generators {name}: {name} is not on PATH; install it with apt-get install {name} "
