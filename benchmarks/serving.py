@@ -310,30 +310,31 @@ def _inprocess_at(mut: ModelUnderTest, paths: dict[str, Path], args, threads: in
     return rows
 
 
+def fastest(rows: list[dict], threads: int | None = None) -> dict:
+    """{(engine, batch, seq): the row with the lowest median} among all thread counts, or at `threads` only."""
+    best: dict = {}
+    for r in rows:
+        key = (r["engine"], r["batch"], r["seq"])
+        if (threads is None or r["threads"] == threads) and (key not in best or r["median_ms"] < best[key]["median_ms"]):
+            best[key] = r
+    return best
+
+
 def speedups(rows: list[dict], over: str, under: str, threads: int | None = None) -> dict:
     """median(over) / median(under) per (batch, seq): how many times faster `under` is. threads=None:
     each engine at its fastest of the thread counts measured; else both at `threads`."""
-    by: dict = {}
-    for r in rows:
-        if threads is None or r["threads"] == threads:
-            key = (r["engine"], r["batch"], r["seq"])
-            by[key] = min(by.get(key, float("inf")), r["median_ms"])
+    by = fastest(rows, threads)
     out: dict = {}
-    for (engine, batch, seq), ms in by.items():
+    for (engine, batch, seq), r in by.items():
         if engine == under and (over, batch, seq) in by:
-            out.setdefault(f"batch{batch}", {})[f"seq{seq}"] = round(by[(over, batch, seq)] / ms, 2)
+            out.setdefault(f"batch{batch}", {})[f"seq{seq}"] = round(by[(over, batch, seq)]["median_ms"] / r["median_ms"], 2)
     return out
 
 
 def fastest_threads(rows: list[dict]) -> dict:
     """{engine: {batchB: {seqS: the thread count with the lowest median}}}."""
-    best: dict = {}
-    for r in rows:
-        key = (r["engine"], r["batch"], r["seq"])
-        if key not in best or r["median_ms"] < best[key]["median_ms"]:
-            best[key] = r
     out: dict = {}
-    for (engine, batch, seq), r in sorted(best.items()):
+    for (engine, batch, seq), r in sorted(fastest(rows).items()):
         out.setdefault(engine, {}).setdefault(f"batch{batch}", {})[f"seq{seq}"] = r["threads"]
     return out
 
