@@ -164,13 +164,14 @@ def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: 
             "validation_nll_at_0": round(validation_nll(0.0), 4), "validation_nll_at_calibrated": round(nll[best], 4)}
 
 
-def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray):
+def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray,
+        epoch_metrics=None):
     torch.manual_seed(train_cfg.seed)
     tokens = torch.from_numpy(data["tokens"]) if model_cfg.token_embeddings and model_cfg.use_text else None
     model = TextSASRec(replace(model_cfg, n_items=data["n_items"], text_dim=embeddings.shape[1], token_vocab=data["token_vocab"]),
                        torch.from_numpy(embeddings), torch.from_numpy(has_id), tokens)
     log.info("%s: training for up to %.0f min", name, train_cfg.max_minutes)
-    result = train_model(model, train, data["valid"], train_cfg)
+    result = train_model(model, train, data["valid"], train_cfg, epoch_metrics=epoch_metrics)
     return model, result
 
 

@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each variant")
     parser.add_argument("--variant", action="append", required=True, metavar="NAME:model.X=V,train.X=V")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override for every variant")
+    parser.add_argument("--cold-curve", action="store_true", help="also measure the selection cases' HR@10 after every epoch (the variant's 'curve'; its time counts toward the budget)")
     parser.add_argument("--new-items", default="0,1,2,3", help="also report HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -153,7 +154,10 @@ def main(argv=None) -> int:
     for text in args.variant:
         name, model_cfg, train_cfg = parse_variant(text, base_model, base_train)
         started = time.perf_counter()
-        model, fitted = fit(name, data, embeddings, model_cfg, train_cfg, cold_train, has_id)
+        def cold_now(model) -> dict:
+            return {"cold_HR@10": hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))["HR@10"]}
+
+        model, fitted = fit(name, data, embeddings, model_cfg, train_cfg, cold_train, has_id, cold_now if args.cold_curve else None)
         cold_hr = hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
         cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
@@ -169,6 +173,8 @@ def main(argv=None) -> int:
             "ratio": round(cold_hr["HR@10"] / warm["HR@10"], 3) if warm["HR@10"] else None,
             "new_items": reserved,
             "epochs": len(fitted.curve),
+            "best_epoch": fitted.best_epoch,
+            "curve": fitted.curve,
             "best_val_NDCG@10": fitted.best_val.get("NDCG@10"),
             "wall_s": round(time.perf_counter() - started, 1),
             "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)},

@@ -412,6 +412,22 @@ def test_training_learns_a_deterministic_chain(sampled_negatives):
     assert all(0 < row["rss_mb"] <= result.peak_rss_mb + 1 for row in result.curve)  # the peak is never below a reading
 
 
+def test_epoch_metrics_add_their_numbers_to_each_epoch_of_the_curve():
+    seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(6)]) for s in range(N_ITEMS)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    calls = []
+
+    def item_one_score(model):  # what a benchmark would compute on its own slice, from the model as it is now
+        calls.append(model.training)
+        return {"item_1_score": float(model.score_last(torch.tensor([[1, 2]]))[0, 1])}
+
+    result = train_model(tiny(cold=0), seqs, valid, TrainConfig(max_epochs=3, patience=10, batch_size=64, progress=False), epoch_metrics=item_one_score)
+    assert calls == [False, False, False]  # in eval mode, once per epoch
+    scores = [row["item_1_score"] for row in result.curve]
+    assert len(scores) == 3 and len(set(scores)) == 3  # measured after each epoch's updates, not once
+    assert {"epoch", "val_NDCG@10", "loss"} <= set(result.curve[0])
+
+
 def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):
     import components.training.train as train_module
 

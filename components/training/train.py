@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -352,10 +353,14 @@ def train_model(
     config: TrainConfig = TrainConfig(),
     checkpoint_dir: Path | None = None,
     label: str = "",
+    epoch_metrics: Callable[[TextSASRec], dict] | None = None,
 ) -> TrainResult:
     """Fit `model` on `train` (item-index sequences, oldest first), early-stopped on `valid` (inputs,
     targets) NDCG@10 within the time budget; returns it with its best weights. label prefixes the log
-    lines and progress bars (e.g. "id-only baseline: ")."""
+    lines and progress bars (e.g. "id-only baseline: "). epoch_metrics(model), called after each
+    epoch's validation with the model in eval mode, adds its numbers to that epoch's row of the curve
+    (e.g. a benchmark's own slice); they do not steer training, and their time counts toward the
+    budget."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
@@ -414,6 +419,11 @@ def train_model(
         minutes = (_clock() - start) / 60
         row = {"epoch": epoch, "minutes": round(minutes, 3), "loss": float(np.mean(losses)), "val_NDCG@10": val["NDCG@10"], "val_HR@10": val["HR@10"],
                "rss_mb": round(rss_mb(), 1)}
+        if epoch_metrics is not None:
+            model.eval()
+            extra = epoch_metrics(model)
+            row |= extra
+            log.info("%sepoch %d  %s", label, epoch, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items()))
         result.curve.append(row)
         improved = val["NDCG@10"] > best_ndcg
         log.info(
