@@ -164,6 +164,35 @@ def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: 
             "validation_nll_at_0": round(validation_nll(0.0), 4), "validation_nll_at_calibrated": round(nll[best], 4)}
 
 
+def scale_calibration(cold_scores: np.ndarray, cold_targets: np.ndarray, val_scores: np.ndarray, val_targets: np.ndarray, cold: np.ndarray,
+                      scales: list[float], offsets: np.ndarray = np.arange(-5.0, 5.0, 0.05)) -> dict:
+    """offset_curve's question for the spread as well as the level: are never-trained items' scores too
+    compressed? Each new item's score s becomes a * s + b; for each a in `scales`, b is the offset with
+    the lowest validation cross-entropy (as `calibrated_offset`), and the row gives the cold cases' and
+    the warm validation cases' HR@10 under that (a, b). `fitted` is the (a, b) with the lowest
+    cross-entropy of all: a > 1 would mean the likelihood itself asks for more spread between new items,
+    which lifts the best of them (a correction that needs no dataset-tuned constant)."""
+    def transformed(scores: np.ndarray, a: float, b: float) -> np.ndarray:
+        return np.where(cold[None, :], a * scores + b, scores)  # -inf (excluded) stays -inf for a > 0
+
+    def validation_nll(a: float, b: float) -> float:
+        t = transformed(val_scores, a, b)
+        top = t.max(1, keepdims=True)
+        return float((np.log(np.exp(t - top).sum(1)) + top[:, 0] - t[np.arange(len(val_targets)), val_targets]).mean())
+
+    warm = ~cold[val_targets]
+    rows = []
+    for a in scales:
+        nll = [validation_nll(a, b) for b in offsets]
+        b = float(offsets[int(np.argmin(nll))])
+        cold_hr = float((items_above(transformed(cold_scores, a, b), cold_targets, cold)[0] < 10).mean())
+        warm_hr = float((items_above(transformed(val_scores[warm], a, b), val_targets[warm], cold)[0] < 10).mean())
+        rows.append({"scale": a, "offset": round(b, 2), "validation_nll": round(min(nll), 4), "cold_HR@10": round(cold_hr, 4),
+                     "warm_HR@10": round(warm_hr, 4), "ratio": round(cold_hr / warm_hr, 3) if warm_hr else None})
+    best = min(rows, key=lambda r: r["validation_nll"])
+    return {"rows": rows, "fitted": {"scale": best["scale"], "offset": best["offset"]}, "validation_cold_targets": int(cold[val_targets].sum())}
+
+
 def fit(name: str, data: dict, embeddings: np.ndarray, model_cfg: TextSASRecConfig, train_cfg: TrainConfig, train: list[np.ndarray], has_id: np.ndarray,
         epoch_metrics=None):
     torch.manual_seed(train_cfg.seed)

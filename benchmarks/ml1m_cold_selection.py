@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, load, new_item_places, trained_mask  # noqa: E402
+from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, load, new_item_places, scale_calibration, trained_mask  # noqa: E402
 
 
 from components import settings  # noqa: E402
@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", action="append", required=True, metavar="NAME:model.X=V,train.X=V")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override for every variant")
     parser.add_argument("--cold-curve", action="store_true", help="also measure the selection cases' HR@10 after every epoch (the variant's 'curve'; its time counts toward the budget)")
+    parser.add_argument("--scales", default="", help="also fit a * s + b to new items' scores on the validation users' cross-entropy, for each a here (e.g. 0.8,1,1.25,1.5,2,3), and report HR@10 under each; the variant's 'scale_calibration'")
     parser.add_argument("--new-items", default="0,1,2,3", help="also report HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -166,12 +167,17 @@ def main(argv=None) -> int:
         # Selection cases (all cold) and warm validation cases in one table; new_item_places splits them again.
         reserved = new_item_places(np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])]),
                                    np.concatenate([sel_targets, val_targets[warm_cases]]), cold, places)
+        scaled = None
+        if args.scales:
+            scaled = scale_calibration(all_scores(model, sel_inputs), sel_targets, all_scores(model, val_inputs), val_targets, cold,
+                                       [float(a) for a in args.scales.split(",")])
         results["variants"][name] = {
             "overrides": text.partition(":")[2],
             "cold_selection": cold_hr,
             "warm_validation": warm,
             "ratio": round(cold_hr["HR@10"] / warm["HR@10"], 3) if warm["HR@10"] else None,
             "new_items": reserved,
+            **({"scale_calibration": scaled} if scaled else {}),
             "epochs": len(fitted.curve),
             "best_epoch": fitted.best_epoch,
             "curve": fitted.curve,
@@ -189,6 +195,11 @@ def main(argv=None) -> int:
     for name, v in results["variants"].items():
         for row in v["new_items"]:
             print(f"{name:<16} {row['new_items']:>9} {row['cold_HR@10']:10.4f} {row['warm_HR@10']:10.4f} {row['ratio']:>6}")
+    for name, v in results["variants"].items():
+        if "scale_calibration" in v:
+            print(f"\n{name}: new items' scores as a * s + b, b fitted on the validation cross-entropy (fitted: {v['scale_calibration']['fitted']})")
+            for row in v["scale_calibration"]["rows"]:
+                print(f"  a {row['scale']:<5} b {row['offset']:>6}  val NLL {row['validation_nll']:.4f}  cold HR@10 {row['cold_HR@10']:.4f}  warm {row['warm_HR@10']:.4f}  ratio {row['ratio']}")
     return 0
 
 
