@@ -164,31 +164,31 @@ def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: 
             "validation_nll_at_0": round(validation_nll(0.0), 4), "validation_nll_at_calibrated": round(nll[best], 4)}
 
 
-def scale_calibration(cold_scores: np.ndarray, cold_targets: np.ndarray, val_scores: np.ndarray, val_targets: np.ndarray, cold: np.ndarray,
+def scale_calibration(scores: np.ndarray, targets: np.ndarray, val_scores: np.ndarray, val_targets: np.ndarray, cold: np.ndarray,
                       scales: list[float], offsets: np.ndarray = np.arange(-5.0, 5.0, 0.05)) -> dict:
     """offset_curve's question for the spread as well as the level: are never-trained items' scores too
     compressed? Each new item's score s becomes a * s + b; for each a in `scales`, b is the offset with
-    the lowest validation cross-entropy (as `calibrated_offset`), and the row gives the cold cases' and
-    the warm validation cases' HR@10 under that (a, b). `fitted` is the (a, b) with the lowest
-    cross-entropy of all: a > 1 would mean the likelihood itself asks for more spread between new items,
-    which lifts the best of them (a correction that needs no dataset-tuned constant)."""
-    def transformed(scores: np.ndarray, a: float, b: float) -> np.ndarray:
-        return np.where(cold[None, :], a * scores + b, scores)  # -inf (excluded) stays -inf for a > 0
+    the lowest validation cross-entropy (as `calibrated_offset`), and the row gives HR@10 on the cases
+    (`scores`, `targets`) whose target is cold, on the others, and on all, under that (a, b). `fitted` is
+    the (a, b) with the lowest cross-entropy of all: a > 1 would mean the likelihood itself asks for more
+    spread between new items, which lifts the best of them."""
+    def transformed(s: np.ndarray, a: float, b: float) -> np.ndarray:
+        return np.where(cold[None, :], a * s + b, s)  # -inf (excluded) stays -inf for a > 0
 
     def validation_nll(a: float, b: float) -> float:
         t = transformed(val_scores, a, b)
         top = t.max(1, keepdims=True)
         return float((np.log(np.exp(t - top).sum(1)) + top[:, 0] - t[np.arange(len(val_targets)), val_targets]).mean())
 
-    warm = ~cold[val_targets]
+    is_cold = cold[targets]
     rows = []
     for a in scales:
         nll = [validation_nll(a, b) for b in offsets]
         b = float(offsets[int(np.argmin(nll))])
-        cold_hr = float((items_above(transformed(cold_scores, a, b), cold_targets, cold)[0] < 10).mean())
-        warm_hr = float((items_above(transformed(val_scores[warm], a, b), val_targets[warm], cold)[0] < 10).mean())
+        hit = items_above(transformed(scores, a, b), targets, cold)[0] < 10
+        cold_hr, warm_hr = float(hit[is_cold].mean()), float(hit[~is_cold].mean())
         rows.append({"scale": a, "offset": round(b, 2), "validation_nll": round(min(nll), 4), "cold_HR@10": round(cold_hr, 4),
-                     "warm_HR@10": round(warm_hr, 4), "ratio": round(cold_hr / warm_hr, 3) if warm_hr else None})
+                     "warm_HR@10": round(warm_hr, 4), "all_HR@10": round(float(hit.mean()), 4), "ratio": round(cold_hr / warm_hr, 3) if warm_hr else None})
     best = min(rows, key=lambda r: r["validation_nll"])
     return {"rows": rows, "fitted": {"scale": best["scale"], "offset": best["offset"]}, "validation_cold_targets": int(cold[val_targets].sum())}
 
@@ -280,6 +280,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-models", default="text,id_only", help="cold-start models to train: text, id_only or both")
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override a model/train field")
     parser.add_argument("--new-items", default="0,1,2,3", help="cold start: also HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
+    parser.add_argument("--cold-scales", default="", help="cold start: also HR@10 with every never-trained item's score s taken as a * s + b, b fitted on the validation users' cross-entropy, for each a here (e.g. 1,1.25,1.5,2)")
     parser.add_argument("--cold-offsets", default="0,0.25,0.5,0.75,1", help="cold start: also HR@10 with this much added to every never-trained item's score (the service's new_item_boost), for each value here, and the offset that fits the validation users best")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -342,8 +343,12 @@ def main(argv=None) -> int:
             if name == "text":
                 results["cold_start"]["warm_text"] = hr10(top, test_targets, ~cold_cases)
                 results["cold_start"]["new_items"] = new_item_places(scores, test_targets, cold, [int(p) for p in args.new_items.split(",") if p])
-                results["cold_start"]["offsets"] = offset_curve(scores, test_targets, all_scores(m, data["valid"][0]), data["valid"][1], cold,
+                val_scores = all_scores(m, data["valid"][0])
+                results["cold_start"]["offsets"] = offset_curve(scores, test_targets, val_scores, data["valid"][1], cold,
                                                                 [float(b) for b in args.cold_offsets.split(",") if b])
+                if args.cold_scales:
+                    results["cold_start"]["scales"] = scale_calibration(scores, test_targets, val_scores, data["valid"][1], cold,
+                                                                        [float(a) for a in args.cold_scales.split(",") if a])
             save(f"cold_start-{name}")
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
@@ -380,6 +385,11 @@ def print_table(r: dict) -> None:
                   f"({o['validation_cold_targets']} cold validation targets; NLL {o['validation_nll_at_calibrated']} against {o['validation_nll_at_0']} at 0)")
             for row in o["rows"]:
                 print(f"  offset {row['offset']}: cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f}, all {row['all_HR@10']:.4f} "
+                      f"(ratio {row['ratio']}); validation cross-entropy {row['validation_nll']}")
+        if "scales" in c:
+            print(f"  cold items' scores as a * s + b, b fitted on the validation cross-entropy (lowest overall: {c['scales']['fitted']})")
+            for row in c["scales"]["rows"]:
+                print(f"  a {row['scale']} (b {row['offset']}): cold HR@10 {row['cold_HR@10']:.4f}, warm {row['warm_HR@10']:.4f}, all {row['all_HR@10']:.4f} "
                       f"(ratio {row['ratio']}); validation cross-entropy {row['validation_nll']}")
 
 

@@ -169,7 +169,9 @@ def main(argv=None) -> int:
                                    np.concatenate([sel_targets, val_targets[warm_cases]]), cold, places)
         scaled = None
         if args.scales:
-            scaled = scale_calibration(all_scores(model, sel_inputs), sel_targets, all_scores(model, val_inputs), val_targets, cold,
+            # Selection cases (all cold) and warm validation cases in one table, as for new_items above.
+            scaled = scale_calibration(np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])]),
+                                       np.concatenate([sel_targets, val_targets[warm_cases]]), all_scores(model, val_inputs), val_targets, cold,
                                        [float(a) for a in args.scales.split(",")])
         results["variants"][name] = {
             "overrides": text.partition(":")[2],
