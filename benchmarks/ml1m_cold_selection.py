@@ -152,27 +152,29 @@ def main(argv=None) -> int:
                                                            val_targets[warm_cases], ~cold & has_id)
     log.info("true popularity alone: cold target in the top 10 among the removed items %.3f, warm among as many trained items %.3f",
              results["popularity_yardstick"]["HR@10_among_removed_items"], results["popularity_yardstick"]["HR@10_among_as_many_trained_items"])
+    def selection_hr(model) -> dict:
+        return hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
+
+    def cold_now(model) -> dict:  # --cold-curve: after every epoch
+        return {"cold_HR@10": selection_hr(model)["HR@10"]}
+
     for text in args.variant:
         name, model_cfg, train_cfg = parse_variant(text, base_model, base_train)
         started = time.perf_counter()
-        def cold_now(model) -> dict:
-            return {"cold_HR@10": hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))["HR@10"]}
-
         model, fitted = fit(name, data, embeddings, model_cfg, train_cfg, cold_train, has_id, cold_now if args.cold_curve else None)
-        cold_hr = hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
+        cold_hr = selection_hr(model)
         cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
         warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
         warm |= warm_among_subset(model, [val_inputs[i] for i in warm_cases], val_targets[warm_cases], ~cold & has_id, int(cold.sum()))
         places = [int(m) for m in args.new_items.split(",") if m]
-        # Selection cases (all cold) and warm validation cases in one table; new_item_places splits them again.
-        reserved = new_item_places(np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])]),
-                                   np.concatenate([sel_targets, val_targets[warm_cases]]), cold, places)
+        # Selection cases (all cold) and warm validation cases in one table; new_item_places and
+        # scale_calibration split them again.
+        table = np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])])
+        table_targets = np.concatenate([sel_targets, val_targets[warm_cases]])
+        reserved = new_item_places(table, table_targets, cold, places)
         scaled = None
         if args.scales:
-            # Selection cases (all cold) and warm validation cases in one table, as for new_items above.
-            scaled = scale_calibration(np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])]),
-                                       np.concatenate([sel_targets, val_targets[warm_cases]]), all_scores(model, val_inputs), val_targets, cold,
-                                       [float(a) for a in args.scales.split(",")])
+            scaled = scale_calibration(table, table_targets, all_scores(model, val_inputs), val_targets, cold, [float(a) for a in args.scales.split(",")])
         results["variants"][name] = {
             "overrides": text.partition(":")[2],
             "cold_selection": cold_hr,

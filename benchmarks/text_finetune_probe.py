@@ -79,7 +79,6 @@ class FinetunedTower(torch.nn.Module):
         self.cached = hidden.clone()
         self.top = torch.nn.ModuleList(lm.encoder.layer[n_frozen:])
         self.head = torch.nn.Sequential(torch.nn.Linear(lm.config.hidden_size, 256), torch.nn.GELU(), torch.nn.Linear(256, d))
-        self.lm = lm
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         mask = self.mask[items]
@@ -95,7 +94,7 @@ class FinetunedTower(torch.nn.Module):
 
 def train_probe(tower, ctx: torch.nn.Embedding, train_pairs: np.ndarray, log_q: torch.Tensor, steps: int, batch_size: int, args,
                 lm_params=None, seed: int = 0) -> dict:
-    head = [p for n, p in tower.named_parameters() if not n.startswith(("top", "lm")) and p.requires_grad]
+    head = [p for n, p in tower.named_parameters() if not n.startswith("top") and p.requires_grad]
     groups = [{"params": list(ctx.parameters()) + head, "lr": args.lr}]
     if lm_params:
         groups.append({"params": lm_params, "lr": args.lm_lr})
