@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, load, new_item_places, scale_calibration, trained_mask  # noqa: E402
+from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, load, new_item_places, offset_curve, scale_calibration, trained_mask  # noqa: E402
 
 
 from components import settings  # noqa: E402
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="model.X=V|train.X=V", help="override for every variant")
     parser.add_argument("--cold-curve", action="store_true", help="also measure the selection cases' HR@10 after every epoch (the variant's 'curve'; its time counts toward the budget)")
     parser.add_argument("--scales", default="", help="also fit a * s + b to new items' scores on the validation users' cross-entropy, for each a here (e.g. 0.8,1,1.25,1.5,2,3), and report HR@10 under each; the variant's 'scale_calibration'")
+    parser.add_argument("--offsets", default="", help="also HR@10 with this much added to every new item's score (the service's new_item_boost), for each value here (e.g. 0,0.25,0.5): the yardstick for --scales; the variant's 'offsets'")
     parser.add_argument("--new-items", default="0,1,2,3", help="also report HR@10 with at least m of the 10 places kept for never-trained items (the service's new_items), for each m here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -172,9 +173,13 @@ def main(argv=None) -> int:
         table = np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])])
         table_targets = np.concatenate([sel_targets, val_targets[warm_cases]])
         reserved = new_item_places(table, table_targets, cold, places)
-        scaled = None
+        scaled = shifted = None
+        if args.scales or args.offsets:
+            val_scores = all_scores(model, val_inputs)
         if args.scales:
-            scaled = scale_calibration(table, table_targets, all_scores(model, val_inputs), val_targets, cold, [float(a) for a in args.scales.split(",")])
+            scaled = scale_calibration(table, table_targets, val_scores, val_targets, cold, [float(a) for a in args.scales.split(",")])
+        if args.offsets:
+            shifted = offset_curve(table, table_targets, val_scores, val_targets, cold, [float(b) for b in args.offsets.split(",")])
         results["variants"][name] = {
             "overrides": text.partition(":")[2],
             "cold_selection": cold_hr,
@@ -182,6 +187,7 @@ def main(argv=None) -> int:
             "ratio": round(cold_hr["HR@10"] / warm["HR@10"], 3) if warm["HR@10"] else None,
             "new_items": reserved,
             **({"scale_calibration": scaled} if scaled else {}),
+            **({"offsets": shifted} if shifted else {}),
             "epochs": len(fitted.curve),
             "best_epoch": fitted.best_epoch,
             "curve": fitted.curve,
@@ -200,6 +206,10 @@ def main(argv=None) -> int:
         for row in v["new_items"]:
             print(f"{name:<16} {row['new_items']:>9} {row['cold_HR@10']:10.4f} {row['warm_HR@10']:10.4f} {row['ratio']:>6}")
     for name, v in results["variants"].items():
+        if "offsets" in v:
+            print(f"\n{name}: b added to new items' scores (lowest validation cross-entropy at {v['offsets']['calibrated_offset']})")
+            for row in v["offsets"]["rows"]:
+                print(f"  b {row['offset']:<5}  val NLL {row['validation_nll']:.4f}  cold HR@10 {row['cold_HR@10']:.4f}  warm {row['warm_HR@10']:.4f}  ratio {row['ratio']}")
         if "scale_calibration" in v:
             print(f"\n{name}: new items' scores as a * s + b, b fitted on the validation cross-entropy (fitted: {v['scale_calibration']['fitted']})")
             for row in v["scale_calibration"]["rows"]:
