@@ -138,6 +138,18 @@ def new_item_places(scores: np.ndarray, targets: np.ndarray, cold: np.ndarray, p
              "ratio": round(cold_hr[m] / warm_hr[m], 3) if warm_hr[m] else None} for m in places]
 
 
+def new_item_scores(scores: np.ndarray, cold: np.ndarray, a: float, b: float) -> np.ndarray:
+    """`scores` [cases, items] with every never-trained item's score s taken as a * s + b (the others as
+    they are; -inf, an excluded item, stays -inf for a > 0)."""
+    return np.where(cold[None, :], a * scores + b, scores)
+
+
+def mean_nll(scores: np.ndarray, targets: np.ndarray) -> float:
+    """The mean cross-entropy of `targets` under a softmax over each row of `scores`."""
+    top = scores.max(1, keepdims=True)
+    return float((np.log(np.exp(scores - top).sum(1)) + top[:, 0] - scores[np.arange(len(targets)), targets]).mean())
+
+
 def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: np.ndarray, val_targets: np.ndarray, cold: np.ndarray,
                  offsets: list[float], grid: np.ndarray = np.arange(-2.0, 3.0, 0.05)) -> dict:
     """Are the model's scores of never-trained items on the right scale? Adds an offset b to every cold
@@ -147,14 +159,12 @@ def offset_curve(test_scores: np.ndarray, test_targets: np.ndarray, val_scores: 
     the model gives new items, as a class, the probability the validation targets say they have (the
     offset a likelihood-trained correction would learn), and any b > 0 moves them up at warm items' cost."""
     def validation_nll(b: float) -> float:
-        shifted = val_scores + b * cold[None, :]
-        top = shifted.max(1, keepdims=True)
-        return float((np.log(np.exp(shifted - top).sum(1)) + top[:, 0] - shifted[np.arange(len(val_targets)), val_targets]).mean())
+        return mean_nll(new_item_scores(val_scores, cold, 1.0, b), val_targets)
 
     is_cold = cold[test_targets]
     rows = []
     for b in offsets:
-        hit = items_above(test_scores + b * cold[None, :], test_targets, cold)[0] < 10
+        hit = items_above(new_item_scores(test_scores, cold, 1.0, b), test_targets, cold)[0] < 10
         rows.append({"offset": b, "cold_HR@10": round(float(hit[is_cold].mean()), 4), "warm_HR@10": round(float(hit[~is_cold].mean()), 4),
                      "all_HR@10": round(float(hit.mean()), 4), "ratio": round(float(hit[is_cold].mean() / hit[~is_cold].mean()), 3),
                      "validation_nll": round(validation_nll(b), 4)})
@@ -172,20 +182,12 @@ def scale_calibration(scores: np.ndarray, targets: np.ndarray, val_scores: np.nd
     (`scores`, `targets`) whose target is cold, on the others, and on all, under that (a, b). `fitted` is
     the (a, b) with the lowest cross-entropy of all: a > 1 would mean the likelihood itself asks for more
     spread between new items, which lifts the best of them."""
-    def transformed(s: np.ndarray, a: float, b: float) -> np.ndarray:
-        return np.where(cold[None, :], a * s + b, s)  # -inf (excluded) stays -inf for a > 0
-
-    def validation_nll(a: float, b: float) -> float:
-        t = transformed(val_scores, a, b)
-        top = t.max(1, keepdims=True)
-        return float((np.log(np.exp(t - top).sum(1)) + top[:, 0] - t[np.arange(len(val_targets)), val_targets]).mean())
-
     is_cold = cold[targets]
     rows = []
     for a in scales:
-        nll = [validation_nll(a, b) for b in offsets]
+        nll = [mean_nll(new_item_scores(val_scores, cold, a, b), val_targets) for b in offsets]
         b = float(offsets[int(np.argmin(nll))])
-        hit = items_above(transformed(scores, a, b), targets, cold)[0] < 10
+        hit = items_above(new_item_scores(scores, cold, a, b), targets, cold)[0] < 10
         cold_hr, warm_hr = float(hit[is_cold].mean()), float(hit[~is_cold].mean())
         rows.append({"scale": a, "offset": round(b, 2), "validation_nll": round(min(nll), 4), "cold_HR@10": round(cold_hr, 4),
                      "warm_HR@10": round(warm_hr, 4), "all_HR@10": round(float(hit.mean()), 4), "ratio": round(cold_hr / warm_hr, 3) if warm_hr else None})

@@ -170,12 +170,11 @@ def main(argv=None) -> int:
         places = [int(m) for m in args.new_items.split(",") if m]
         # Selection cases (all cold) and warm validation cases in one table; new_item_places and
         # scale_calibration split them again.
-        table = np.concatenate([all_scores(model, sel_inputs), all_scores(model, [val_inputs[i] for i in warm_cases])])
+        val_scores = all_scores(model, val_inputs)  # every validation user: the warm rows below, and the fits' cross-entropy
+        table = np.concatenate([all_scores(model, sel_inputs), val_scores[warm_cases]])
         table_targets = np.concatenate([sel_targets, val_targets[warm_cases]])
         reserved = new_item_places(table, table_targets, cold, places)
         scaled = shifted = None
-        if args.scales or args.offsets:
-            val_scores = all_scores(model, val_inputs)
         if args.scales:
             scaled = scale_calibration(table, table_targets, val_scores, val_targets, cold, [float(a) for a in args.scales.split(",")])
         if args.offsets:

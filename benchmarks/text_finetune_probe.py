@@ -145,7 +145,6 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_finetune_probe.json")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     data = load(args.data)
     n = data["n_items"]
