@@ -62,16 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--json", action="store_true", help="print the run summary as JSON instead of text")
     retrain.add_argument("--print-config", action="store_true", help="print the configuration this command would run with (defaults, --config and --set applied) as commented YAML, and exit; a starting point for --config")
 
-    validate = sub.add_parser("validate", help="run the Great Expectations suites on a dataset (no training)")
+    validate = sub.add_parser("validate", help="run the Great Expectations suites on a dataset (no training)", description=(
+        "Run the events and items Great Expectations suites (expectations/) on a dataset, as retrain does "
+        "before anything else, and write the Data Docs. Each failed expectation is named with its file, column "
+        f"and example rows. Exit codes: 0 passed, {EXIT_USER_ERROR} a check failed or the input cannot be read."))
     _data_args(validate)
 
-    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)")
+    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)", description=(
+        "Resolve a registry alias to its version, import that version's Bento from MLflow into the local "
+        "Bento store if it is not there yet, and run `bentoml serve` on it (in the foreground; Ctrl-C stops it). "
+        "Endpoints: POST /recommend, POST /score, GET /healthz, /readyz, /metadata."))
     serve.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
     serve.add_argument("--shadow", metavar="ALIAS", help="also rank every request with this alias's model (e.g. challenger), off the response path, into a JSONL log")
     serve.add_argument("--shadow-log", metavar="FILE", help="where the shadow log goes (default: $BEHAVIORFLOW_HOME/shadow/…jsonl)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=3000, help="port to listen on (default: 3000)")
 
     predict = sub.add_parser("predict", help="batch top-K for a file of user histories, with a registered model (ONNX Runtime)", description=(
         "Rank every history in a file with a registered model's bundle, exactly as the service would "
@@ -103,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--promote", action="store_true", help="also move the champion alias to the new version (default: challenger only)")
     add.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    versions = sub.add_parser("versions", help="list a registered model's versions: aliases, test metrics, gate or add-items record, Bento")
+    versions = sub.add_parser("versions", help="list a registered model's versions: aliases, test metrics, gate or add-items record, Bento", description=(
+        "List every version of a registered model, newest first: its aliases (challenger, champion), when it was "
+        "created, test NDCG@10 / HR@10 and the gate's decision (or, for add-items versions, the version they extend). "
+        "--json adds each version's Bento tag, data fingerprint and MLflow run id."))
     versions.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     versions.add_argument("--json", action="store_true", help="print the versions as JSON")
 
@@ -111,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pull: registry alias/version → the version's .bento archive in MLflow → the local Bento store. "
         "containerize: `bentoml containerize` when a Docker engine answers; otherwise (or with --context-only) "
         "write the exact Docker build context to a folder."))
-    bento.add_argument("action", choices=["pull", "containerize"])
+    bento.add_argument("action", choices=["pull", "containerize"], help="pull: import the version's Bento into the local store; containerize: build its image (or its build context)")
     bento.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     which = bento.add_mutually_exclusive_group()
     which.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias (default: champion)")
@@ -119,11 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     bento.add_argument("--image-tag", help="image name:tag for containerize (default: the Bento tag)")
     bento.add_argument("--context-only", metavar="DIR", help="containerize: only write the Docker build context to DIR")
 
-    shadow = sub.add_parser("shadow-report", help="compare champion and challenger answers from a shadow log")
-    shadow.add_argument("--log", required=True, help="the JSONL file written by 'serve --shadow'")
+    shadow = sub.add_parser("shadow-report", help="compare champion and challenger answers from a shadow log", description=(
+        "Read the JSONL log that `behaviorflow serve --shadow ALIAS` writes (the served model's and the shadow "
+        "model's top-K for each /recommend request) and report how much the two agree: requests compared, "
+        "same top-1 item, mean top-K overlap, identical lists, and the shadow model's latency."))
+    shadow.add_argument("--log", required=True, metavar="FILE", help="the JSONL file written by 'serve --shadow'")
     shadow.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    sample = sub.add_parser("sample-data", help="write the bundled synthetic sample dataset (events.csv, items.csv)")
+    sample = sub.add_parser("sample-data", help="write the bundled synthetic sample dataset (events.csv, items.csv)", description=(
+        "Write the synthetic shop that `retrain` uses when given no data (1,500 users browsing products in series; "
+        "a few parts launched at the end of the log) as events.csv and items.csv: a template for your own files."))
     sample.add_argument("--out", default="sample-data", help="output folder (default: ./sample-data)")
     return parser
 

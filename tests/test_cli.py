@@ -29,6 +29,28 @@ def test_help_is_fast_and_lists_commands():
     assert "--events" in retrain and "--movielens" in retrain and "--set" in retrain and "Exit codes" in retrain
 
 
+def test_every_command_and_option_explains_itself():
+    import argparse
+
+    from flows.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"retrain", "validate", "serve", "predict", "add-items", "versions", "bento", "shadow-report", "sample-data"}
+    undocumented = []
+    for name, sub in commands.choices.items():
+        if not (sub.description or "").strip():
+            undocumented.append(f"{name}: no description")
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+                undocumented.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+            elif action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings and "default" not in action.help:
+                undocumented.append(f"{name} {'/'.join(action.option_strings)}: default {action.default!r} not shown")
+    assert undocumented == []
+    serve = " ".join(cli("serve", "--help").stdout.split())
+    assert "port to listen on (default: 3000)" in serve and "(default: 127.0.0.1;" in serve and "POST /recommend" in serve
+
+
 def test_missing_file_is_one_line_without_traceback(tmp_path):
     out = cli("retrain", "--events", str(tmp_path / "nope.csv"), "--items", str(tmp_path / "items.csv"))
     assert out.returncode == 2
