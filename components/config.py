@@ -13,6 +13,7 @@ and names any unknown section or field with the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,8 @@ class EvalConfig:
     #   item text pays off on this data. Doubles the training time; the gate does not read it
 
     def __post_init__(self):
-        if self.list_len < 1:
-            raise ValueError(f"list_len ({self.list_len}) must be at least 1, e.g. 20")
+        if self.list_len < 10:
+            raise ValueError(f"list_len ({self.list_len}) must be at least 10, e.g. 20: the gate, the summary and the champion comparison read HR@10 and NDCG@10")
         if self.sampled_negatives is not None and self.sampled_negatives < 1:
             raise ValueError(f"sampled_negatives ({self.sampled_negatives}) must be at least 1 (e.g. 100), or null for full ranking only")
 
@@ -66,6 +67,12 @@ class RetrainConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     promote: bool = True  # move `champion` when the gate passes (False: register as challenger only)
 
+    def __post_init__(self):
+        metrics = gate_metrics(self.evaluate.list_len)
+        if self.gate.metric not in metrics:
+            raise ValueError(f"gate.metric {self.gate.metric!r} is not a metric the evaluation reports with evaluate.list_len = "
+                             f"{self.evaluate.list_len}; choose one of {', '.join(metrics)}")
+
     @classmethod
     def from_dict(cls, raw: dict | None) -> "RetrainConfig":
         return _build(cls, raw or {}, "config")
@@ -77,8 +84,14 @@ class RetrainConfig:
         path = Path(path)
         if not path.exists():
             raise BehaviorflowError(f"config file {path} does not exist")
+        if not path.is_file():
+            raise BehaviorflowError(f"config file {path} is not a file (a folder?): pass the YAML file itself")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise BehaviorflowError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
+        except OSError as exc:
+            raise BehaviorflowError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
         except yaml.YAMLError as exc:
             raise BehaviorflowError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
@@ -106,6 +119,13 @@ class RetrainConfig:
     def flat(self) -> dict[str, object]:
         """section.field -> value, for MLflow params."""
         return {f"{section}.{key}": value for section, values in self.to_dict().items() if isinstance(values, dict) for key, value in values.items()} | {"promote": self.promote}
+
+
+def gate_metrics(list_len: int) -> list[str]:
+    """The metrics the gate can compare: those evaluation reports for the model, popularity and the champion."""
+    from components.evaluation.metrics import KS
+
+    return [f"{name}@{k}" for k in KS if k <= list_len for name in ("NDCG", "HR")] + [f"MRR@{list_len}"]
 
 
 def field_comments(kind) -> dict[str, str]:
@@ -166,7 +186,7 @@ def _build(kind, raw: dict, where: str):
             values[name] = _coerce(hint, value, f"{where}.{name}")
     try:
         return kind(**values)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:
         raise BehaviorflowError(f"{where}: {exc}") from exc
 
 
@@ -179,7 +199,14 @@ def _coerce(hint, value, where: str):
         raise BehaviorflowError(f"{where}: must not be empty")
     if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
         options = [a for a in args if a is not type(None)]
-        return _coerce(options[0], value, where) if len(options) == 1 else value
+        if len(options) == 1:
+            return _coerce(options[0], value, where)
+        for option in options:  # e.g. int | str: the first that takes the value as it is
+            try:
+                return _coerce(option, value, where)
+            except BehaviorflowError:
+                continue
+        return value  # none does: the dataclass's own check names what the field takes (max_len: a number or "auto")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise BehaviorflowError(f"{where}: expected a list, got {value!r}")
@@ -187,7 +214,12 @@ def _coerce(hint, value, where: str):
     if hint is bool and not isinstance(value, bool):
         raise BehaviorflowError(f"{where}: expected true or false, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise BehaviorflowError(f"{where}: expected a number, got {value!r}")
     if hint in (int, str) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -202,7 +234,12 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise BehaviorflowError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. train.max_epochs=5")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise BehaviorflowError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                                f"--set 'prepare.event_types=[cart, purchase]'") from exc
 
 
 def merge_overrides(raw: dict, overrides: list[str]) -> dict:

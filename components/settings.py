@@ -39,6 +39,15 @@ OFFLINE_ENV = {
 }
 
 
+def check_device(name: str) -> None:
+    """Refuse a `device` setting torch would not take ("auto", "cpu", "cuda", "cuda:N"), before anything runs:
+    torch itself only says so when the model is moved, after validation and preparation."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N (e.g. cuda:1)")
+
+
 def resolve_device(name: str):
     """The torch device a `device` setting names: "auto" = cuda when torch sees a GPU, else cpu; any other
     name as torch spells it (cpu, cuda, cuda:1). Training and the text encoder both read it."""

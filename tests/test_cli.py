@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +121,51 @@ def test_config_yaml_and_overrides(tmp_path):
     assert RetrainConfig().model.max_len == 50
     assert RetrainConfig.from_dict(merge_overrides({}, ["model.max_len=auto"])).model.max_len == "auto"
     assert RetrainConfig.from_dict(merge_overrides({}, ["model.max_len=120"])).model.max_len == 120
-    for bad in ("long", 0, True):
-        with pytest.raises(BehaviorflowError, match=rf"config.model: max_len \({bad!r}\) must be a positive number of history steps, e.g. 50, or \"auto\""):
+    for bad in ("long", 0, True, 1.5, [1]):
+        with pytest.raises(BehaviorflowError, match=rf"config.model: max_len \({re.escape(repr(bad))}\) must be a positive number of history steps, e.g. 50, or \"auto\""):
             RetrainConfig.from_dict({"model": {"max_len": bad}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("gate.metric=NDCG@50", "config: gate.metric 'NDCG@50' is not a metric the evaluation reports with evaluate.list_len = 20; choose one of NDCG@1, HR@1"),
+    ("evaluate.list_len=5", "config.evaluate: list_len (5) must be at least 10"),
+    ("train.device=gpu", "config.train: device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    ("text.device=gpu", "config.text: device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    ("model.dropout=1.5", "config.model: dropout (1.5) must be in [0, 1)"),
+    ("model.n_heads=0", "config.model: n_heads (0) must be at least 1"),
+    ("model.d_model=0", "config.model: d_model (0) must be at least 1"),
+    ("train.batch_size=0", "config.train: batch_size (0) must be at least 1"),
+    ("train.patience=-1", "config.train: patience (-1) must be at least 1 (a large number, e.g. 1000, trains for the whole budget)"),
+    ("train.lr=-1", "config.train: lr (-1.0) and max_minutes (60.0) must be positive"),
+    ("train.lr=nan", "config.train.lr: expected a number, got nan"),
+    ("text.max_tokens=0", "config.text: max_tokens (0) and batch_size (128) must be at least 1"),
+    ("gate.max_regression=-1", "config.gate: min_lift (0.0) must be >= 0 and max_regression (-1.0) in [0, 1)"),
+    ("export.k=0", "config.export: probe_size (256) must be at least 1 and k (0) in 1..100"),
+    ("prepare.event_types=[]", "config.prepare: event_types is an empty list"),
+    ("prepare.event_types=[cart", "--set 'prepare.event_types=[cart': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); quote it"),
+])
+def test_config_values_out_of_range_are_refused_before_anything_runs(override, message):
+    """Each used to pass --print-config and fail later: after validation and training (gate.metric,
+    list_len), in torch (device, dropout), with a ZeroDivisionError (n_heads, batch_size) or a YAML traceback."""
+    with pytest.raises(BehaviorflowError) as caught:
+        RetrainConfig.from_dict(merge_overrides({}, [override]))
+    assert str(caught.value).startswith(message)
+
+
+def test_config_reads_exponent_numbers_and_refuses_unreadable_files(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as a string: the README's own default has to be accepted as a number.
+    assert RetrainConfig.from_dict(merge_overrides({}, ["train.lr=1e-3"])).train.lr == 0.001
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3e-3\ngate:\n  metric: HR@20\n")
+    cfg = RetrainConfig.from_yaml(path)
+    assert (cfg.train.lr, cfg.gate.metric) == (0.003, "HR@20")
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(BehaviorflowError, match="is not a file"):
+        RetrainConfig.from_yaml(folder)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"train:\n  max_epochs: \xff\n")
+    with pytest.raises(BehaviorflowError, match=r"is not UTF-8 text \(byte 21\): save it as UTF-8"):
+        RetrainConfig.from_yaml(latin)
+    out = cli("retrain", "--print-config", "--set", "model.n_heads=0")
+    assert out.returncode == 2 and out.stderr == "error: config.model: n_heads (0) must be at least 1\n"

@@ -36,6 +36,13 @@ class ExportConfig:
     int8_min_speedup: float = 1.1  # and int8 must answer one history this many times faster than fp32 here
     #   (dynamic quantization can be slower on small models); 0 = no speed check
 
+    def __post_init__(self):
+        if self.probe_size < 1 or not 1 <= self.k <= contract.MAX_K:
+            raise ValueError(f"probe_size ({self.probe_size}) must be at least 1 and k ({self.k}) in 1..{contract.MAX_K}")
+        if self.score_atol <= 0 or self.int8_max_ndcg_drop < 0 or not 0 <= self.int8_min_top10_overlap <= 1 or self.int8_min_speedup < 0:
+            raise ValueError(f"score_atol ({self.score_atol}) must be > 0, int8_max_ndcg_drop ({self.int8_max_ndcg_drop}) >= 0, "
+                             f"int8_min_top10_overlap ({self.int8_min_top10_overlap}) in [0, 1] and int8_min_speedup ({self.int8_min_speedup}) >= 0")
+
 
 @dataclass
 class ParityReport:

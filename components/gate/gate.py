@@ -20,6 +20,10 @@ class GateConfig:
     min_lift: float = 0.0  # relative lift over popularity required (0.1 = must be 10 % better)
     max_regression: float = 0.02  # relative drop vs the champion tolerated (noise between retrains)
 
+    def __post_init__(self):
+        if self.min_lift < 0 or not 0 <= self.max_regression < 1:
+            raise ValueError(f"min_lift ({self.min_lift}) must be >= 0 and max_regression ({self.max_regression}) in [0, 1), e.g. 0.02")
+
 
 @dataclass
 class GateDecision:

@@ -65,9 +65,18 @@ class TextSASRecConfig:
 
     def __post_init__(self):
         unknown_word = isinstance(self.max_len, str) and self.max_len != "auto"
-        not_a_count = isinstance(self.max_len, int) and (isinstance(self.max_len, bool) or self.max_len < 1)  # bool is an int
+        not_a_count = not isinstance(self.max_len, (int, str)) or isinstance(self.max_len, bool) or (isinstance(self.max_len, int) and self.max_len < 1)
         if unknown_word or not_a_count:
             raise ValueError(f"max_len ({self.max_len!r}) must be a positive number of history steps, e.g. 50, or \"auto\"")
+        for name in ("d_model", "n_layers", "n_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout ({self.dropout}) must be in [0, 1), e.g. 0.2")
+        if not 0.0 <= self.id_dropout <= 1.0:
+            raise ValueError(f"id_dropout ({self.id_dropout}) must be in [0, 1], e.g. 0.2")
+        if self.cold_neighbors < 0 or self.neighbor_temperature <= 0:
+            raise ValueError(f"cold_neighbors ({self.cold_neighbors}) must be >= 0 and neighbor_temperature ({self.neighbor_temperature}) > 0")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not a multiple of n_heads ({self.n_heads})")
         if not (self.use_text or self.use_id):

@@ -43,6 +43,8 @@ class PrepareConfig:
     temporal_quantile: float = 0.9  # temporal: the test cut-off is this quantile of event times, 0 < q < 1
 
     def __post_init__(self):
+        if self.event_types is not None and not self.event_types:
+            raise ValueError("event_types is an empty list: name the behaviours that form sequences, e.g. [cart, purchase], or null for all of them")
         if self.min_sequence_length < 2:
             raise ValueError(f"min_sequence_length ({self.min_sequence_length}) must be at least 2: a user needs a validation and a test step")
         if self.split not in SPLITS:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from components.errors import BehaviorflowError
-from components.settings import resolve_device
+from components.settings import check_device, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,11 @@ class TextEncoderConfig:
     max_tokens: int = 64  # titles + categories fit; long descriptions are truncated
     batch_size: int = 128  # items per encoder forward pass (CPU memory is not the limit here)
     device: str = "auto"  # "auto" = cuda when available, else cpu (the embeddings do not depend on it: same cache)
+
+    def __post_init__(self):
+        if self.max_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"max_tokens ({self.max_tokens}) and batch_size ({self.batch_size}) must be at least 1")
+        check_device(self.device)
 
 
 def resolve_model_path(config: TextEncoderConfig) -> str:

@@ -22,7 +22,7 @@ from components.evaluation import metrics_from_ranks, model_topk, ranks_from_top
 from components.memory import peak_rss_mb, rss_mb
 from components.models.text_sasrec import TextSASRec
 from components.progress import progress
-from components.settings import resolve_device
+from components.settings import check_device, resolve_device
 from components.training.chunked_loss import banned_scores, chunked_cross_entropy
 from components.training.malloc import KEEP_TRIM_THRESHOLD, reuse_freed_memory
 from serving.contract import pad_histories
@@ -81,6 +81,16 @@ class TrainConfig:
     #   projections are held fixed for it, so it cannot bend the warm items' scores towards the cold path)
 
     def __post_init__(self):
+        for name in ("batch_size", "max_epochs", "patience", "val_users"):
+            if getattr(self, name) < 1:
+                hint = " (a large number, e.g. 1000, trains for the whole budget)" if name == "patience" else ""
+                raise ValueError(f"{name} ({getattr(self, name)}) must be at least 1{hint}")
+        if self.lr <= 0 or self.max_minutes <= 0:
+            raise ValueError(f"lr ({self.lr}) and max_minutes ({self.max_minutes}) must be positive")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.sampled_negatives < 0:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}), weight_decay ({self.weight_decay}) and sampled_negatives "
+                             f"({self.sampled_negatives}) must not be negative")
+        check_device(self.device)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if self.imputed_loss_weight < 0 or not 0 < self.imputed_loss_share <= 1:
