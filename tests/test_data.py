@@ -33,7 +33,7 @@ user_id,item_id,event_type,timestamp,value
 007,0042,view,1704067200,
 007,0042, Click ,2024-01-01T00:00:00Z,
 007,0042,cart,2024-01-01T02:00:00+02:00,19.90
-010,0043,purchase,2024-01-01 00:00:00,abc
+010,0043,purchase,2024-01-01 00:00:00, 7 
 010,0043,view,yesterday,
 """
 
@@ -63,7 +63,8 @@ def test_csv_events_are_normalised_and_numbered_by_line(tmp_path):
     assert events[c.TIMESTAMP].iloc[:4].tolist() == [JAN_1_2024] * 4
     assert events[c.TIMESTAMP].isna().tolist() == [False] * 4 + [True]  # "yesterday": kept, as NA
     assert events[c.VALUE].iloc[2] == pytest.approx(19.9)
-    assert events[c.VALUE].isna().tolist() == [True, True, False, True, True]  # "" and "abc"
+    assert events[c.VALUE].isna().tolist() == [True, True, False, False, True]  # "" is no value; " 7 " is 7
+    assert events[c.VALUE].iloc[3] == 7.0
     assert events[c.ROW].tolist() == [2, 3, 4, 5, 6]  # header is line 1
 
 
@@ -121,6 +122,30 @@ def test_ragged_csv_line_is_reported_with_its_line(tmp_path):
     path = write(tmp_path / "items.csv", "item_id,title\n1,Tent\n2,Boot, tall\n")
     with pytest.raises(DataContractError, match=r"items\.csv: line 3 has 3 fields but the header has 2"):
         load_items(path)
+
+
+def test_unreadable_files_are_named_with_the_line_and_what_to_do(tmp_path):
+    latin = tmp_path / "items.csv"
+    latin.write_bytes("item_id,title\n1,Tent\n2,Caf\u00e9 chair\n".encode("latin-1"))
+    with pytest.raises(DataContractError, match=r"items\.csv: line 3 is not UTF-8 text \(byte b'\\xe9'\)\. Save the file as UTF-8"):
+        load_items(latin)
+    doubled = write(tmp_path / "events.csv", "user_id,item_id,event_type,timestamp,user_id\n1,2,view,3,x\n")
+    with pytest.raises(DataContractError, match=r"events\.csv: the header names column\(s\) \['user_id'\] more than once"):
+        load_events(doubled)
+    broken = tmp_path / "events.parquet"
+    broken.write_bytes(b"PAR1garbage")
+    with pytest.raises(DataContractError, match=r"events\.parquet: not a readable parquet file \(.*\)\. Write it again"):
+        load_events(broken)
+
+
+def test_a_value_that_is_not_a_number_is_reported_not_dropped(tmp_path):
+    path = write(tmp_path / "events.csv", "user_id,item_id,event_type,timestamp,value\n1,2,rating,3,4\n1,3,rating,4,\n1,4,rating,5,abc\n")
+    with pytest.raises(DataContractError) as error:
+        load_events(path)
+    assert str(error.value) == (f"{path}: column 'value': 1 row(s) not a number — e.g. 'abc' (row 4). 'value' is optional: "
+                                "a number (a rating, a price) or empty. Fix or empty these fields and re-run.")
+    fixed = load_events(write(tmp_path / "ok.csv", "user_id,item_id,event_type,timestamp,value\n1,2,rating,3, 4.5 \n1,3,rating,4,\n"))
+    assert fixed[c.VALUE].iloc[0] == 4.5 and pd.isna(fixed[c.VALUE].iloc[1])
 
 
 def test_unsupported_suffix_and_missing_file(tmp_path):

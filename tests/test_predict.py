@@ -182,6 +182,18 @@ def test_bad_k_and_missing_file_fail_before_the_registry(tmp_path, capsys):
     assert "--new-item-boost: new_item_boost (-1.0) must be between 0 and 100, e.g. 0.5" in capsys.readouterr().err
 
 
+def test_an_out_that_cannot_be_a_file_is_refused_before_ranking(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM)
+    (tmp_path / "h.tsv").write_text("u1\t1 2\n")
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(BehaviorflowError, match=r"--out .*outdir is a folder: name the file to write, e\.g\. .*outdir/top10\.tsv"):
+        predict_file(bundle, tmp_path / "h.tsv", tmp_path / "outdir")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(BehaviorflowError, match=r"afile is a file, not a folder"):
+        predict_file(bundle, tmp_path / "h.tsv", tmp_path / "afile" / "o.tsv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bundle", "h.tsv", "outdir"]  # nothing written
+
+
 def test_empty_input_gives_an_empty_output(tmp_path):
     bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM)
     (tmp_path / "h.tsv").write_text("")

@@ -71,6 +71,7 @@ def broken(tmp_path_factory, sample) -> Dataset:
     repeated_id = items[DUPLICATE_LINE - 1].split(",")[0]
     items.append(f"{repeated_id},Same id as line {DUPLICATE_LINE},hiking boots,Alpenrock,")
     items.append("P9000,,hiking boots,Alpenrock,")  # no title
+    items.append("P9001,   ,hiking boots,Alpenrock,")  # a blank one
     (out / "events.csv").write_text("\n".join(events) + "\n")
     (out / "items.csv").write_text("\n".join(items) + "\n")
     return load_dataset(out / "events.csv", out / "items.csv")
@@ -86,7 +87,7 @@ def test_sample_passes(sample, sample_report):
     assert sample_report.failures == []
     assert sample_report.statistics["events"]["rows"] == len(sample.events)
     assert sample_report.statistics["items"] == {
-        "source": sample.items_source, "rows": len(sample.items), "expectations": 6, "failed": 0
+        "source": sample.items_source, "rows": len(sample.items), "expectations": 7, "failed": 0
     }
     assert sample_report.statistics["events"]["expectations"] == 10
     raise_for_failures(sample_report)  # no-op on success
@@ -129,22 +130,25 @@ def test_duplicate_item_id_and_missing_title(broken, broken_report):
     last_line = int(broken.items[c.ROW].max())
     duplicate = failure(broken_report, "expect_column_values_to_be_unique", c.ITEM_ID)
     assert (duplicate["suite"], duplicate["unexpected_count"]) == ("items", 2)
-    assert duplicate["rows"] == [DUPLICATE_LINE, last_line - 1]
+    assert duplicate["rows"] == [DUPLICATE_LINE, last_line - 2]
     untitled = failure(broken_report, "expect_column_values_to_not_be_null", c.TITLE)
-    assert untitled["rows"] == [last_line]
+    assert untitled["rows"] == [last_line - 1]
+    blank = failure(broken_report, "expect_column_values_to_match_regex", c.TITLE)
+    assert (blank["rows"], blank["examples"]) == ([last_line], ["   "])
+    assert blank["message"] == f"{broken.items_source}: column 'title': 1 row blank (only spaces) — e.g. '   ' (row {last_line}). Fix or remove these rows and re-run."
 
 
 def test_nothing_else_fails(broken_report):
-    assert len(broken_report.failures) == 5
+    assert len(broken_report.failures) == 6
     assert broken_report.statistics["events"]["failed"] == 3
-    assert broken_report.statistics["items"]["failed"] == 2
+    assert broken_report.statistics["items"]["failed"] == 3
 
 
 def test_error_message_names_file_column_rows_and_data_docs(broken, broken_report):
     with pytest.raises(ValidationFailed) as error:
         raise_for_failures(broken_report)
     lines = str(error.value).splitlines()
-    assert lines[0] == "Data validation failed: 5 expectation(s) not met."
+    assert lines[0] == "Data validation failed: 6 expectation(s) not met."
     assert (
         f"{broken.events_source}: column 'event_type': 2 rows not in the allowed set "
         f"['view', 'click', 'cart', 'purchase', 'rating'] — e.g. 'viewd' (row 17), 'purchased' (row 40). "

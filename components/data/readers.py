@@ -1,8 +1,10 @@
 """Read interaction events and the item catalog into data-contract frames (see components.contract).
 
 Readers normalise types and never drop a row: ids become strings (leading zeros kept), timestamps epoch
-seconds, and a value that cannot be parsed becomes NA so that validation reports it with its row
-(column `_row`: the line number in a CSV file, the 1-based row in a parquet file).
+seconds, and a timestamp that cannot be parsed becomes NA so that validation reports it with its row
+(column `_row`: the line number in a CSV file, the 1-based row in a parquet file). A file that cannot be
+read as a table (not UTF-8, a header naming a column twice, a damaged parquet file, a ragged line) or an
+optional `value` that is not a number is refused here, naming the file and the line.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ def load_events(path: str | Path) -> pd.DataFrame:
     frame[c.EVENT_TYPE] = frame[c.EVENT_TYPE].astype("str").str.strip().str.lower()
     frame[c.TIMESTAMP] = epoch_seconds(frame[c.TIMESTAMP])
     if c.VALUE in frame:
-        frame[c.VALUE] = pd.to_numeric(frame[c.VALUE], errors="coerce").astype("float64")
+        raw = frame[c.VALUE]
+        frame[c.VALUE] = pd.to_numeric(raw, errors="coerce").astype("float64")
+        unreadable = frame[c.VALUE].isna() & raw.notna()
+        if unreadable.any():  # an empty value is fine (it is optional); text where a number belongs is not
+            shown = ", ".join(f"{value!r} (row {row})" for value, row in zip(raw[unreadable].head(3), frame.loc[unreadable, c.ROW].head(3)))
+            raise DataContractError(
+                f"{path}: column 'value': {int(unreadable.sum())} row(s) not a number — e.g. {shown}. 'value' is optional: "
+                f"a number (a rating, a price) or empty. Fix or empty these fields and re-run."
+            )
     return frame
 
 
@@ -139,7 +149,13 @@ def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataContractError(f"{path}: file not found. Check the path and re-run.")
     if path.suffix.lower() == ".parquet":
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow's ArrowInvalid, OSError, …: a file that is not (whole) parquet
+            raise DataContractError(
+                f"{path}: not a readable parquet file ({' '.join(str(exc).split())[:200]}). Write it again (e.g. "
+                f"pandas' to_parquet) or give a .csv, and re-run."
+            ) from exc
         frame[c.ROW] = np.arange(1, len(frame) + 1)
         return frame
     return _read_csv(path)
@@ -152,9 +168,39 @@ def _read_csv(path: Path) -> pd.DataFrame:
     lines or a blank line would otherwise shift every reported row after it.
     """
     # utf-8-sig: a byte-order mark (Excel writes one) must not end up in the first column's name.
+    try:
+        records, lines, header = _csv_records(path)
+    except UnicodeDecodeError as exc:
+        raise DataContractError(
+            f"{path}: line {_first_non_utf8_line(path)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). "
+            f"Save the file as UTF-8 (e.g. re-export it, or iconv -f latin1 -t utf-8) and re-run."
+        ) from exc
+    frame = pd.DataFrame(records, columns=header, dtype="str")
+    frame = frame.mask(frame == "")
+    frame[c.ROW] = np.asarray(lines, dtype="int64")
+    return frame
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
+def _csv_records(path: Path) -> tuple[list[list[str]], list[int], list[str]]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataContractError(
+                f"{path}: the header names column(s) {repeated} more than once ({', '.join(header)}). "
+                f"Give each column one name and re-run."
+            )
         records, lines = [], []
         start = reader.line_num + 1
         for record in reader:
@@ -167,10 +213,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 records.append(record)
                 lines.append(start)
             start = reader.line_num + 1
-    frame = pd.DataFrame(records, columns=header, dtype="str")
-    frame = frame.mask(frame == "")
-    frame[c.ROW] = np.asarray(lines, dtype="int64")
-    return frame
+    return records, lines, header
 
 
 def _require_columns(

@@ -86,6 +86,15 @@ def read_histories(path: Path) -> Iterator[tuple[int, str, list[str], int]]:
             yield number, user, items.split(), len(raw)
 
 
+def check_out(out: Path) -> None:
+    """Refuse an --out that cannot become a file before any work: it is only written at the end."""
+    if out.is_dir():
+        raise BehaviorflowError(f"--out {out} is a folder: name the file to write, e.g. {out / 'top10.tsv'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise BehaviorflowError(f"--out {out}: {parent} is a file, not a folder")
+
+
 def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictConfig = PredictConfig(), progress: bool = False) -> PredictionSummary:
     """Rank every history of `histories` with the bundle in `bundle_dir` and write `out`."""
     from tqdm import tqdm
@@ -95,6 +104,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
     histories, out = Path(histories), Path(out)
     if not histories.is_file():
         raise BehaviorflowError(f"histories file {histories}: no such file")
+    check_out(out)
     ranker = BundleRanker(bundle_dir)
     known = ranker.bundle.index_of
     summary = PredictionSummary()
@@ -143,6 +153,7 @@ def predict_with_registered_model(model: str, histories: Path, out: Path, config
     histories = Path(histories)
     if not histories.is_file():  # before any registry call
         raise BehaviorflowError(f"histories file {histories}: no such file")
+    check_out(Path(out))
     version = registry.resolve_version(registry.ModelRef.parse(model))
     with tempfile.TemporaryDirectory(prefix="behaviorflow-predict-") as scratch:
         bundle = registry.download_bundle(version, Path(scratch))

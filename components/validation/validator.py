@@ -225,6 +225,10 @@ def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_sou
         return f"{n_rows} outside [{low}, {high}]"
     if kind == "expect_column_values_to_be_unique":
         return f"{n_rows} with a duplicated value (must be unique)"
+    if kind == "expect_column_values_to_match_regex":
+        if kwargs.get("regex") == r"\S":
+            return f"{n_rows} blank (only spaces)"
+        return f"{n_rows} not matching {kwargs.get('regex')!r}"
     if kind == "expect_column_value_lengths_to_be_between":
         if (low, high) == (1, None):
             return f"{n_rows} empty ('')"
