@@ -124,7 +124,7 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
     } | manifest_extra
     out = write_bundle(
         run_dir / "bundle", served, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + items[c.TITLE].tolist(),
-        bundle.users, manifest, item_vectors, new_flags,
+        bundle.users, manifest, item_vectors, new_flags, extended.unscorable[1:].cpu().tolist(),
     )
     log_folder(out, BUNDLE_ARTIFACT)
     log_checkpoint(extended, text_config, run_dir)  # so items can be added to this version too

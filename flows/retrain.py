@@ -219,7 +219,8 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
 
     log_checkpoint(result.model, config.text, run_dir)  # the trained weights, for `behaviorflow add-items`
     new_items = (~result.model.has_id[1:].cpu()).tolist()  # catalog items without training interactions
-    bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors, new_items)
+    unscorable = result.model.unscorable[1:].cpu().tolist()  # items the graph masks (an id-only model's untrained ones)
+    bundle = write_bundle(run_dir / "bundle", served, prepared.item_ids, prepared.titles, users, manifest, item_vectors, new_items, unscorable)
     log_folder(bundle, BUNDLE_ARTIFACT)
     return bundle, parity, quantization
 

@@ -46,7 +46,8 @@ MAX_K = 100  # the graph always returns this many (or the whole catalog if small
 # The model bundle: what export writes, the Bento model store holds and the service loads.
 MODEL_FILE = "model.onnx"
 ITEMS_FILE = "items.json"      # [{"item_id": str, "title": str}, ...] in index order (index = position + 1);
-#   "new": true marks an item with no training interactions (the model scores it from its text alone)
+#   "new": true marks an item with no training interactions (the model scores it from its text alone);
+#   "unscorable": true an item the model cannot score (an id-only model's untrained items): never ranked
 USERS_FILE = "users.json"      # {user_id: [item_id, ...]}: the latest history of every known user
 MANIFEST_FILE = "manifest.json"  # max_len, metrics, data fingerprint, created_at, ...
 ITEM_VECTORS_FILE = "item_vectors.npy"  # optional: float32 [n_items + 1, d], the model's item table (row 0 = padding);
@@ -144,6 +145,7 @@ class Bundle:
         # Items with no training interactions ("new" in items.json): indices, ascending, and as a set.
         self.new_items = np.array([i + 1 for i, row in enumerate(items) if row.get("new")], dtype=np.int64)
         self.new_item_set: frozenset[int] = frozenset(self.new_items.tolist())
+        self.unscorable_set: frozenset[int] = frozenset(i + 1 for i, row in enumerate(items) if row.get("unscorable"))
         users_path = self.path / USERS_FILE
         load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
         self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}
@@ -152,6 +154,32 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def rows_per_call(self) -> int | None:
+        """Histories one graph call may hold: 1 for an int8 graph, None (any number) for fp32. ONNX Runtime's
+        dynamic quantization scales a call's activations by one factor over the whole batch, so in a batch an
+        int8 history's answer would depend on the histories beside it."""
+        return 1 if self.manifest.get("precision") == "int8" else None
+
+    def fill_to_k(self, picks: list[tuple[int, float]], k: int, user_vector, banned: set[int], item_vectors: np.ndarray | None) -> list[tuple[int, float]]:
+        """`picks` (the graph's allowed top items, best first) when they hold k; else the catalog ranked by
+        user_vector · item_vectors (as the graph scores) without `banned` and the unscorable items, as far as
+        MAX_K. The graph returns its top MAX_K and leaves out only the items of its window, so with a history
+        longer than the window the items seen before it can take places no other item fills. Unchanged
+        without item vectors."""
+        if len(picks) >= k or item_vectors is None:
+            return picks
+        scores = item_vectors[1:] @ np.asarray(user_vector, dtype=np.float32)
+        blocked = [i - 1 for i in banned | self.unscorable_set if 0 < i <= len(scores)]
+        scores[blocked] = -np.inf
+        allowed = int(np.isfinite(scores).sum())
+        if allowed <= len(picks):
+            return picks
+        n = min(MAX_K, allowed)
+        top = np.argpartition(-scores, n - 1)[:n]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(j) + 1, float(scores[j])) for j in top]
 
     def with_new_items(self, picks: list[tuple[int, float]], k: int, policy: NewItemPolicy, user_vector, banned: set[int], item_vectors: np.ndarray | None) -> list[tuple[int, float]]:
         """The top k of the graph's allowed `picks` ((index, score), best first) under `policy`: its boost added

@@ -53,22 +53,27 @@ class BundleRanker:
 
     It ranks as the Bento service does: the graph reads the most recent `max_len` items, items unknown
     to the bundle are left out of the input, and with `exclude_seen` every item of the full history
-    (also those before the model's window) is left out of the answer — so a long history can get fewer
-    than k items when many of the graph's top MAX_K were seen.
+    (also those before the model's window) is left out of the answer; where that leaves fewer than k of
+    the graph's top MAX_K, the list is filled from the item vectors (Bundle.fill_to_k).
     """
 
     def __init__(self, bundle_dir: Path):
         self.bundle = contract.Bundle(bundle_dir)
         self.session = ort_session(self.bundle.model_path)
-        self._item_vectors: np.ndarray | None = None  # loaded on the first call that favours new items (places or boost)
+        self._vectors: tuple[np.ndarray | None] | None = None  # loaded on the first call that needs them
+
+    @property
+    def _item_vectors(self) -> np.ndarray | None:
+        if self._vectors is None:
+            self._vectors = (self.bundle.item_vectors(),)
+        return self._vectors[0]
 
     def topk(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256,
              new_items: contract.NewItemPolicy = contract.NewItemPolicy()) -> list[list[str]]:
         """Top-k item ids, best first, for histories of item ids (oldest first), new items favoured as
         `new_items` says (the service's `new_items` and `new_item_boost`; by default not at all)."""
         index_of, item_ids = self.bundle.index_of, self.bundle.item_ids
-        if new_items and self.bundle.new_item_set and self._item_vectors is None:
-            self._item_vectors = self.bundle.item_vectors()
+        batch_size = self.bundle.rows_per_call or batch_size
         out: list[list[str]] = []
         for start in range(0, len(histories), batch_size):
             chunk = [[index_of[i] for i in h if i in index_of] for h in histories[start : start + batch_size]]
@@ -79,6 +84,9 @@ class BundleRanker:
             for history, row_items, row_scores, user in zip(chunk, items.tolist(), scores.tolist(), users):
                 banned = set(history) if exclude_seen else set()
                 ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
-                ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, self._item_vectors)
+                if len(ranked) < k:
+                    ranked = self.bundle.fill_to_k(ranked, k, user, banned | {contract.PAD_INDEX}, self._item_vectors)
+                vectors = self._item_vectors if new_items and self.bundle.new_item_set else None
+                ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, vectors)
                 out.append([item_ids[i - 1] for i, _ in ranked])
         return out

@@ -210,7 +210,10 @@ class Ranker:
     def rank(self, queries: list[RankQuery]) -> list[Ranked]:
         """The graph's answer for each query, in order; one graph call per length group."""
         answers: list[Ranked | None] = [None] * len(queries)
-        for group in length_groups([len(q.window) for q in queries], self.bundle.max_len):
+        groups = length_groups([len(q.window) for q in queries], self.bundle.max_len)
+        if self.bundle.rows_per_call == 1:  # int8: each history alone, so its answer does not depend on the others
+            groups = [[index] for group in groups for index in group]
+        for group in groups:
             items, scores, users = self._run([queries[i].window for i in group], [queries[i].exclude_seen for i in group])
             for row, index in enumerate(group):
                 answers[index] = Ranked(items=items[row].tolist(), scores=scores[row].tolist(), user_vector=users[row].tolist())
@@ -346,11 +349,13 @@ class Recommender:
         history = self._history_of(request)
         window = history[-self.bundle.max_len :]
         ranked = self._rank(RankQuery(window=window, exclude_seen=request.exclude_seen))
-        # The graph sees only the window, so items seen before it are dropped here. -inf means "never
+        # The graph sees only the window, so items seen before it are dropped here (and the list filled up
+        # again from the item vectors where that leaves fewer than k: Bundle.fill_to_k). -inf means "never
         # recommend" (padding, excluded items, anything an exporter masks); such items fill the tail when
         # K covers the whole catalog, and -inf is not even valid JSON.
         banned = {PAD_INDEX, *history} if request.exclude_seen else {PAD_INDEX}
         picks = [(i, s) for i, s in zip(ranked.items, ranked.scores) if i not in banned and s != _EXCLUDED]
+        picks = self.bundle.fill_to_k(picks, request.k, ranked.user_vector, banned, self.item_vectors)
         policy = NewItemPolicy.of(request)
         picks = self.bundle.with_new_items(picks, request.k, policy, ranked.user_vector, banned, self.item_vectors)
         because = self._because(window, [i for i, _ in picks])

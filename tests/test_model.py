@@ -607,7 +607,7 @@ def test_int8_variant_is_measured_and_gated(tmp_path):
     assert lenient.accepted and lenient.reason.startswith("int8 served: NDCG@10") and "as fast per history" in lenient.reason
 
 
-def test_the_id_only_baseline_is_the_same_model_without_text_trained_the_same_way(caplog):
+def test_the_id_only_baseline_is_the_same_model_without_text_trained_the_same_way(caplog, tmp_path):
     from components.training import train_id_only_baseline
 
     cold = 5  # the last items never occur in training
@@ -628,6 +628,21 @@ def test_the_id_only_baseline_is_the_same_model_without_text_trained_the_same_wa
     assert any(r.getMessage() == "id-only baseline: malloc: freed large blocks are kept for reuse (train.reuse_memory)" for r in caplog.records)
     # It learned the cyclic successor (each item's next is the next index): far above chance (10 / 35).
     assert result.best_val["HR@10"] > 0.6, result.curve
+    # Exported for serving, its untrained items are marked unscorable and never ranked, also where a long
+    # history's answer is filled up from the item vectors.
+    from components.export import write_bundle
+    from serving.ranking import BundleRanker
+
+    ids = [f"m{i}" for i in range(1, N_ITEMS + 1)]
+    with torch.no_grad():
+        vectors = model.item_table().numpy()
+    bundle = write_bundle(tmp_path / "bundle", export_onnx(model, tmp_path / "m.onnx", ExportConfig()), ids, ids, {},
+                          {"max_len": model.cfg.max_len}, vectors, (~has_id[1:]).tolist(), model.unscorable[1:].tolist())
+    assert contract.Bundle(bundle).unscorable_set == frozenset(range(N_ITEMS - cold + 1, N_ITEMS + 1))
+    history = ids[: N_ITEMS - cold - 3]  # longer than the window: the graph's answer alone falls short
+    assert len(history) > model.cfg.max_len
+    answer = BundleRanker(bundle).topk([history], N_ITEMS)[0]
+    assert sorted(answer) == sorted(ids[N_ITEMS - cold - 3 : N_ITEMS - cold])  # the unseen scorable items, no more
 
 
 def test_length_split_groups_short_rows_only_where_it_saves_a_quarter_of_the_steps():

@@ -141,6 +141,48 @@ def test_recommend_by_history_matches_reference(service, table, history, k, excl
     assert_matches(response, table, history, k, exclude_seen)
 
 
+def test_a_history_longer_than_the_window_still_gets_k_items(tmp_path_factory):
+    """With more items than the graph returns (MAX_K), its top MAX_K leaves out only the window's items;
+    the items seen before the window, dropped afterwards, are replaced from the item vectors, so the answer
+    is the catalog's top k without the history, in the service and in batch prediction alike. Before, this
+    history got 46 items for k = 100."""
+    from serving.ranking import BundleRanker
+
+    n_items, seed = 250, 1
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("big_bundle"), n_items=n_items, dim=DIM, seed=seed)
+    table = embeddings(n_items, DIM, seed)
+    history = [item_id(i) for i in range(1, 151)]  # 150 items: 20 in the window, 130 before it
+    graph_top = {i for i in reference_top_k(table, indices(history[-MAX_LEN:]), contract.MAX_K, True)[0]}
+    assert len(graph_top - set(indices(history))) < 100  # the graph's own top MAX_K falls short here
+    service = load_service(save_bundle_to_store(bundle))
+    response = service.recommend(history=history, k=100).model_dump()
+    assert len(response["items"]) == 100
+    assert_matches(response, table, history, 100, exclude_seen=True)
+    assert BundleRanker(bundle).topk([history], 100) == [[row["item_id"] for row in response["items"]]]
+    # All the unseen items, when k asks for more of them than there are:
+    rest = service.recommend(history=[item_id(i) for i in range(1, 211)], k=100).model_dump()
+    assert sorted(indices([row["item_id"] for row in rest["items"]])) == list(range(211, 251))
+
+
+def test_filling_up_never_ranks_unscorable_or_banned_items(tmp_path):
+    bundle_dir = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    items = json.loads((bundle_dir / contract.ITEMS_FILE).read_text())
+    for row in items[:10]:
+        row["unscorable"] = True  # as an id-only model's untrained items are marked at export
+    (bundle_dir / contract.ITEMS_FILE).write_text(json.dumps(items))
+    bundle = contract.Bundle(bundle_dir)
+    assert bundle.unscorable_set == frozenset(range(1, 11))
+    table, user = embeddings(N_ITEMS, DIM, SEED), np.ones(DIM, np.float32)
+    filled = bundle.fill_to_k([], 30, user, {0, 11, 12}, table)
+    scores = table[1:] @ user
+    want = [i for i in np.argsort(-scores, kind="stable") + 1 if i > 12]
+    assert [i for i, _ in filled] == want and len(filled) == N_ITEMS - 12
+    np.testing.assert_allclose([s for _, s in filled], scores[np.array(want) - 1], rtol=1e-6)
+    picks = [(13, 1.0)] * 5
+    assert bundle.fill_to_k(picks, 5, user, {0}, table) is picks  # enough already: unchanged
+    assert bundle.fill_to_k(picks, 6, user, {0}, None) is picks  # no item vectors: unchanged
+
+
 def test_recommend_by_user_matches_reference(service, table, users):
     for user, history in users.items():
         response = service.recommend(user_id=user, k=7).model_dump()
@@ -591,6 +633,37 @@ def test_int8_graph_with_fp32_item_vectors_is_served(tmp_path, table):
     assert sum(probabilities) == pytest.approx(1.0, abs=PROBABILITY_TOL)
     top = service.recommend(history=["i001", "i002"], k=3).items
     assert len(top) == 3 and all(len(r.because) == 2 for r in top)
+
+
+def test_an_int8_graph_ranks_each_history_alone_so_its_answer_does_not_depend_on_the_batch(tmp_path):
+    """Dynamic quantization scales a call's activations by one factor over the whole batch: batched, an int8
+    history's scores (and sometimes its order) moved with the histories beside it. Served and in batch
+    prediction, an int8 bundle runs one history per graph call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from serving.ranking import BundleRanker, ort_session
+    from serving.service import RankQuery
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    quantize_dynamic(str(bundle / contract.MODEL_FILE), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
+    (tmp_path / "int8.onnx").replace(bundle / contract.MODEL_FILE)
+    manifest = json.loads((bundle / contract.MANIFEST_FILE).read_text())
+    (bundle / contract.MANIFEST_FILE).write_text(json.dumps(manifest | {"precision": "int8"}))
+    rng = np.random.default_rng(3)
+    windows = [[int(i) for i in rng.integers(1, N_ITEMS + 1, size=8)] for _ in range(16)]
+    # The graph itself: one history's scores alone and in a batch of 16 differ.
+    session = ort_session(bundle / contract.MODEL_FILE)
+    def scores(rows):
+        return session.run([contract.OUTPUT_SCORES], {contract.INPUT_HISTORY: np.array(rows, dtype=np.int64),
+                                                      contract.INPUT_EXCLUDE_SEEN: np.zeros(len(rows), dtype=bool)})[0]
+    assert not np.array_equal(scores(windows)[0], scores(windows[:1])[0])
+    ranker = load_service(save_bundle_to_store(bundle)).ranker
+    queries = [RankQuery(window=w, exclude_seen=False) for w in windows]
+    assert ranker.rank(queries) == [ranker.rank([q])[0] for q in queries]  # exactly, scores included
+    histories = [[item_id(i) for i in w] for w in windows]
+    batch = BundleRanker(bundle).topk(histories, 10, exclude_seen=False, batch_size=16)
+    assert batch == [BundleRanker(bundle).topk([h], 10, exclude_seen=False)[0] for h in histories]
+    assert contract.Bundle(bundle).rows_per_call == 1 and contract.Bundle(make_tiny_bundle(tmp_path / "fp32")).rows_per_call is None
 
 
 def test_ort_threading_comes_from_the_environment(tmp_path, monkeypatch):

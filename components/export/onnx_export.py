@@ -171,9 +171,10 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
     return report
 
 
-def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict, item_vectors: np.ndarray | None = None, new_items: list[bool] | None = None) -> Path:
+def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: list[str], users: dict[str, list[str]], manifest: dict, item_vectors: np.ndarray | None = None, new_items: list[bool] | None = None, unscorable: list[bool] | None = None) -> Path:
     """The model bundle (serving/contract.py): what the Bento model store holds and the service loads.
-    `new_items[i]` marks item i + 1 as new: no training interactions (the service can reserve places for them)."""
+    `new_items[i]` marks item i + 1 as new: no training interactions (the service can reserve places for them);
+    `unscorable[i]` as one the model cannot score (the graph masks it; the service never ranks it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if item_vectors is not None:
         np.save(out_dir / contract.ITEM_VECTORS_FILE, item_vectors.astype(np.float32))
@@ -183,6 +184,9 @@ def write_bundle(out_dir: Path, onnx_path: Path, item_ids: list[str], titles: li
     for row, is_new in zip(items, new_items or []):
         if is_new:
             row["new"] = True
+    for row, cannot in zip(items, unscorable or []):
+        if cannot:
+            row["unscorable"] = True
     (out_dir / contract.ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
     (out_dir / contract.USERS_FILE).write_text(json.dumps(users, ensure_ascii=False))
     (out_dir / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
