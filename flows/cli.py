@@ -204,12 +204,13 @@ def cmd_validate(args) -> int:
 
 def cmd_serve(args) -> int:
     from components.packaging import pull_bento
+    from serving.contract import MODEL_ALIAS_ENV
 
     pulled = pull_bento(f"{args.model}@{args.alias}")  # a no-op when the Bento is already local
     print(f"serving {pulled.model} = version {pulled.version} = Bento {pulled.bento_tag} on http://{args.host}:{args.port}", flush=True)
     # A Bento served from the local store does not apply its recorded environment (BentoML does that
     # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
-    env = os.environ | {settings.MODEL_TAG_ENV: pulled.bento_model_tag}
+    env = os.environ | {settings.MODEL_TAG_ENV: pulled.bento_model_tag, MODEL_ALIAS_ENV: args.alias}
     if args.shadow:
         from components import registry
         from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 # Names the serving side shares with the training side (components.settings re-exports them).
 BENTO_MODEL_NAME = "behaviorflow-recommender"  # the model in the Bento model store
 BENTO_SERVICE_NAME = "behaviorflow_recommender"  # the Bento (service) name
 MODEL_TAG_ENV = "BEHAVIORFLOW_MODEL_TAG"  # which Bento model the service loads; set at build and serve time
+MODEL_ALIAS_ENV = "BEHAVIORFLOW_MODEL_ALIAS"  # the registry alias `behaviorflow serve` resolved (for /metadata)
 BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # auto | 1 | 0: the service layout (serving/service.py); builds record both
 ACCESS_LOG_ENV = "BEHAVIORFLOW_ACCESS_LOG"  # 1 | 0: the service's per-request access log
 
@@ -206,7 +207,11 @@ class Bundle:
 
 
 class RecommendRequest(BaseModel):
-    """Either a known `user_id` (their latest history is used) or an explicit `history` of item ids."""
+    """Either a known `user_id` (their latest history is used) or an explicit `history` of item ids.
+    Strict: a field the service does not know (a typo such as `top_k`) and a number or switch of the wrong
+    JSON type (`"k": "10"`, `"k": true`, `"exclude_seen": "no"`) are 400s naming the field, not guesses."""
+
+    model_config = ConfigDict(extra="forbid")
 
     user_id: str | None = Field(default=None, description="a user known to the model")
     history: list[str] | None = Field(
@@ -214,9 +219,9 @@ class RecommendRequest(BaseModel):
         max_length=MAX_HISTORY,
         description=f"item ids, oldest first (at most {MAX_HISTORY}; the model reads the most recent max_len)",
     )
-    k: int = Field(default=10, ge=1, le=MAX_K, description=f"how many items to return (1..{MAX_K})")
-    exclude_seen: bool = Field(default=True, description="never recommend items of the history")
-    new_items: int = Field(
+    k: StrictInt = Field(default=10, ge=1, le=MAX_K, description=f"how many items to return (1..{MAX_K})")
+    exclude_seen: StrictBool = Field(default=True, description="never recommend items of the history")
+    new_items: StrictInt = Field(
         default=0,
         ge=0,
         le=MAX_K,
@@ -226,7 +231,7 @@ class RecommendRequest(BaseModel):
             "of the lowest-ranked others. 0 (default) = the model's ranking as it is"
         ),
     )
-    new_item_boost: float = Field(
+    new_item_boost: StrictFloat = Field(
         default=0.0,
         ge=0.0,
         le=MAX_NEW_ITEM_BOOST,
@@ -272,7 +277,9 @@ class RecommendResponse(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    """A history of item ids and the candidates to score as its next interaction."""
+    """A history of item ids and the candidates to score as its next interaction (unknown fields refused)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     history: list[str] = Field(
         min_length=1,
@@ -307,8 +314,9 @@ class ServiceMetadata(BaseModel):
     model_name: str = Field(description="the registered model's name")
     model_version: str | None = Field(description="the registered model's version (the registry version)")
     alias: str | None = Field(
-        description="the registry alias the bundle was packaged under, if its manifest records one; aliases "
-        "move after packaging, so ask the registry which version an alias points to now"
+        description="the registry alias this version was resolved from when the server started (`behaviorflow "
+        "serve --alias`), else one its manifest records; aliases move, so ask the registry which version an "
+        "alias points to now"
     )
     metrics: dict | None = Field(description="the offline evaluation metrics recorded at export")
     data_fingerprint: str | None = Field(description="fingerprint of the training data")

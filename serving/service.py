@@ -9,9 +9,9 @@ to start. Run it from the repository root:
         bentoml serve serving.service:Recommender --host 127.0.0.1 --port 3000
 
     curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' \\
-        -d @serving/sample_request.json
+        -d @serving/sample_request.json                     # items of the bundled sample catalog
     curl -s -X POST localhost:3000/score -H 'content-type: application/json' \\
-        -d '{"history": ["i001", "i002"], "candidates": ["i003", "i004"]}'
+        -d '{"history": ["P0216", "P0396"], "candidates": ["P0004", "P0096"]}'
     curl -s localhost:3000/metadata        # also /healthz and /livez (alive), /readyz (warmed up), /docs
 
 Two services, one process each (BentoML starts both):
@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import math
 import os
 from http import HTTPStatus
 from pathlib import Path
@@ -56,6 +58,7 @@ from typing import Any, Sequence
 import aiohttp  # BentoML's own client between services (see Recommender._rank)
 import bentoml
 import numpy as np
+import pydantic
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel
 from starlette.applications import Starlette  # BentoML's own HTTP layer: adds nothing to the Bento
@@ -76,6 +79,7 @@ from serving.contract import (
     MAX_CANDIDATES,
     MAX_HISTORY,
     MAX_K,
+    MODEL_ALIAS_ENV,
     MODEL_TAG_ENV,
     NewItemPolicy,
     OUTPUT_ITEMS,
@@ -111,7 +115,31 @@ def _batching(value: str, cpus: int) -> bool:
     return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (one process)")
 
 
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # usable here
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs a container's cgroup lets this process use (its CFS quota, rounded up), or None without a
+    limit. CPU affinity does not show a Kubernetes `limits: cpu`: a pod limited to 2 CPUs on a 64-core node
+    sees 64 in sched_getaffinity."""
+    try:  # cgroup v2: "200000 100000" (quota, period in µs) or "max 100000"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a quota of -1 means no limit
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> tuple[int, bool]:
+    """(CPUs this process may use, whether a cgroup quota is what limits them)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return (quota, True) if quota is not None and quota < cpus else (cpus, False)
+
+
+_CPUS, _CPUS_FROM_QUOTA = usable_cpus()  # what 'auto' and the thread counts read
 BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), _CPUS)
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
@@ -201,7 +229,9 @@ class Ranker:
         self.bundle = Bundle(self.model_ref.path, load_users=False)  # Recommender looks users up
         # One process: requests run side by side on their own threads, one ORT thread each (unless
         # BEHAVIORFLOW_ORT_THREADS says otherwise); batched: one batch at a time uses every core.
-        self.session = ort_session(self.bundle.model_path, default_threads=0 if BATCHING else 1)
+        # Batched, ORT's default (0) is a thread per physical core of the machine: under a container's CPU
+        # quota, as many threads as the quota allows instead.
+        self.session = ort_session(self.bundle.model_path, default_threads=(_CPUS if _CPUS_FROM_QUOTA else 0) if BATCHING else 1)
         self._check_graph()
         self._warm_up()
         gc.freeze()  # see Recommender.__init__
@@ -405,7 +435,7 @@ class Recommender:
         return ServiceMetadata(
             model_name=str(manifest.get("model_name") or self.model_tag.partition(":")[0]),
             model_version=self._model_version(),
-            alias=manifest.get("alias"),
+            alias=os.environ.get(MODEL_ALIAS_ENV) or manifest.get("alias"),
             metrics=manifest.get("metrics"),
             data_fingerprint=manifest.get("data_fingerprint"),
             bento_model_tag=self.model_tag,
@@ -449,8 +479,9 @@ class Recommender:
                 # 404, not 400: the request is well-formed, the user is simply not in this model (new
                 # since the last export). Clients branch on the status to fall back to sending the
                 # user's `history`, without parsing messages; 400 stays reserved for client bugs.
+                user = request.user_id if len(request.user_id) <= _MAX_ID_CHARS else request.user_id[:_MAX_ID_CHARS] + "..."
                 raise NotFound(
-                    f"user_id: unknown user {request.user_id!r} (the model knows {len(self.bundle.users)} "
+                    f"user_id: unknown user {user!r} (the model knows {len(self.bundle.users)} "
                     "users); send the user's 'history' of item ids instead"
                 )
             return [self.bundle.index_of[item] for item in history]  # checked at start-up
@@ -495,6 +526,9 @@ def _can_score() -> bool:
         return True
 
 
+_JSON_ROUTES = ("/recommend", "/score")
+
+
 class RequestGuard:
     """ASGI middleware in front of Recommender's routes, for what its request models cannot say.
 
@@ -503,6 +537,10 @@ class RequestGuard:
     - POST /score on a bundle without item vectors is a 501 with the reason: BentoML replaces the message
       of every error of 500 and above with "An unexpected error has occurred", so the service's own
       ScoringUnavailable (501) would reach the client without its reason.
+    - A body that is not declared JSON (curl -d sends application/x-www-form-urlencoded) is a 415 naming
+      the header: BentoML would read it as a form and answer with a puzzling "give exactly one of ...".
+    - Every 4xx body is one JSON object {"error": ...} (BentoML sends its own BentoMLExceptions as a
+      one-element list), so clients can read `error` from any of them.
     """
 
     def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -513,9 +551,19 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        if scope["path"].rstrip("/") == "/score" and not _can_score():
+        send = _one_error_shape(send)
+        path = scope["path"].rstrip("/")
+        if path == "/score" and not _can_score():
             await _send_error(send, HTTPStatus.NOT_IMPLEMENTED, _NO_ITEM_VECTORS)
             return
+        declared_type = dict(scope["headers"]).get(b"content-type")
+        if path in _JSON_ROUTES and declared_type is not None:
+            media = declared_type.split(b";")[0].strip().lower()
+            if media != b"application/json":
+                await _send_error(send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, (
+                    f"Content-Type: {media.decode('latin-1')!r}; {path} takes a JSON body: send it with the header "
+                    "'Content-Type: application/json' (curl: -H 'content-type: application/json')"))
+                return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -555,6 +603,60 @@ class RequestGuard:
             f"request body: {size}, the limit is {self.max_body_bytes} bytes (history: at most {MAX_HISTORY} "
             f"item ids, candidates: at most {MAX_CANDIDATES})"
         )
+
+
+def _one_error_shape(send: Any) -> Any:
+    """`send`, with a 4xx JSON body that is a one-element list of an object sent as that object."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            start = message  # held until the body is known
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
+            body = json.dumps(parsed[0]).encode()
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        await send(start | {"headers": headers + [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+class _ClientErrorLog(logging.Filter):
+    """BentoML logs every exception an API raises as ERROR with its traceback, the client's mistakes
+    (4xx: a pydantic ValidationError, an unknown item or user) included, so alerting on ERROR would fire
+    on bad requests. Those become one INFO line with the answer's message; the access log has the status."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(error, "error_code", None), "value", None)
+        if isinstance(error, pydantic.ValidationError):
+            status, text = 400, f"{error.error_count()} validation error(s): " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+        elif isinstance(status, int) and 400 <= status < 500:
+            text = str(error)
+        else:
+            return True
+        record.msg, record.args = "client error on %s: %s %s", (record.getMessage().removeprefix("Exception on "), status, text[:500])
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLog())
 
 
 async def _send_error(send: Any, status: HTTPStatus, message: str) -> None:

@@ -106,3 +106,4 @@ def test_serve_pulls_and_answers_like_the_reference(registered, mlflow_server, t
     want, _ = reference_top_k(embeddings(30, 8, 3), [4, 9, 2], 5, exclude_seen=True)
     assert [r["item_id"] for r in reply["items"]] == [item_id(i) for i in want]
     assert meta["bento_model_tag"] == registered["model_tag"]
+    assert meta["alias"] == "champion"  # the alias `serve` resolved, passed to the service

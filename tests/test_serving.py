@@ -236,6 +236,8 @@ def test_unknown_user_is_not_found(service):
     with pytest.raises(NotFound, match="unknown user 'ghost'") as err:
         service.recommend(user_id="ghost")
     assert err.value.error_code == 404
+    with pytest.raises(NotFound, match=r"unknown user '" + "u" * 80 + r"\.\.\.' \(the model knows"):
+        service.recommend(user_id="u" * 5000)  # quoted cut short, as unknown item ids are
 
 
 def test_because_names_the_most_similar_history_items(service, table):
@@ -322,7 +324,10 @@ def test_metadata(service, model_tag):
     meta = service.metadata().model_dump()
     assert meta["bento_model_tag"] == model_tag and meta["bento_tag"] is None  # served from source
     assert meta["model_name"] == MODEL_NAME and meta["model_version"] == REGISTRY_VERSION
-    assert meta["alias"] is None  # the tiny manifest records none
+    assert meta["alias"] is None  # the tiny manifest records none, and no `behaviorflow serve` named one
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(contract.MODEL_ALIAS_ENV, "champion")
+        assert service.metadata().alias == "champion"
     assert meta["metrics"] == {"HR@10": 0.5, "NDCG@10": 0.25} and meta["data_fingerprint"] == "abc"
     assert meta["created_at"] == CREATED_AT
     assert (meta["n_items"], meta["n_users"], meta["max_len"], meta["can_score"]) == (N_ITEMS, 5, MAX_LEN, True)
@@ -582,10 +587,17 @@ def test_a_dropped_connection_to_the_ranker_is_retried_once(service, monkeypatch
     assert calls == [1, 1]
 
 
-def test_sample_request_is_valid(service):
+def test_sample_request_is_valid_for_the_sample_model(service):
+    """The request the service's docstring sends asks for items of the bundled sample catalog (what
+    `make run` trains on): two parts of a tent series, whose next part the sample's users mostly visit."""
+    from components.data.sample import generate_sample
+
     body = (ROOT / "serving" / "sample_request.json").read_text()
     request = contract.RecommendRequest.model_validate_json(body)
-    assert len(service.recommend(**request.model_dump()).items) == request.k
+    titles = generate_sample()[1].set_index("item_id")["title"]
+    assert [titles[i] for i in request.history] == ["Basecamp tent Vertex 1", "Basecamp tent Vertex 2"]
+    fields = request.model_dump() | {"history": [f"i{i:03d}" for i in range(1, len(request.history) + 1)]}  # the tiny bundle's ids
+    assert len(service.recommend(**fields).items) == request.k
 
 
 @pytest.mark.parametrize(
@@ -731,6 +743,28 @@ def test_batching_choice():
         _batching("maybe", 2)
 
 
+def test_auto_layout_reads_a_containers_cpu_quota(tmp_path):
+    """A pod limited to 2 CPUs on a big node sees the node's CPUs in its affinity: 'auto' would pick the
+    batched pair and ORT a thread per node core. The cgroup quota is what counts."""
+    from serving.service import _batching, cpu_quota
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("200000 100000\n")
+    assert cpu_quota(v2) == 2 and _batching("auto", cpu_quota(v2)) is False
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(v2) == 2  # 1.5 CPUs: rounded up
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(v1) == 4
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(v1) is None and cpu_quota(tmp_path / "none") is None
+
+
 def test_access_log_switch_refuses_other_values():
     probe = subprocess.run([sys.executable, "-c", "import serving.service"], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, contract.ACCESS_LOG_ENV: "maybe"})
@@ -831,6 +865,12 @@ def test_server_batches_concurrent_requests_and_stays_exact(server, table, reque
         ("/recommend", {"history": "i001"}, 400, ['"history"', "valid array"]),
         ("/recommend", {"history": [1, 2]}, 400, ['"history"', "valid string"]),
         ("/recommend", {"user_id": "u0", "exclude_seen": "maybe"}, 400, ['"exclude_seen"', "valid boolean"]),
+        # strict: no guessing at a wrong JSON type or an unknown field
+        ("/recommend", {"history": ["i001"], "k": True}, 400, ['"k"', "valid integer"]),
+        ("/recommend", {"history": ["i001"], "k": "10"}, 400, ['"k"', "valid integer"]),
+        ("/recommend", {"history": ["i001"], "exclude_seen": 0}, 400, ['"exclude_seen"', "valid boolean"]),
+        ("/recommend", {"history": ["i001"], "top_k": 3}, 400, ['"top_k"', "Extra inputs are not permitted"]),
+        ("/score", {"history": ["i001"], "candidates": ["i002"], "k": 3}, 400, ['"k"', "Extra inputs are not permitted"]),
         ("/recommend", {"history": ["nope", "i001", "zz"]}, 400, ["history: unknown item ids ['nope', 'zz']", "30 items"]),
         ("/recommend", {"user_id": "ghost"}, 404, ["user_id: unknown user 'ghost'"]),
         ("/recommend", "{not json", 400, ["Invalid JSON"]),
@@ -854,6 +894,32 @@ def test_server_rejects_bad_payloads(server, body, status, needles, route):
     assert response.status_code == status, response.text
     for needle in needles:
         assert needle in response.text
+
+
+def test_every_client_error_is_one_json_object_and_one_info_log_line(server):
+    """Clients read `error` from any 4xx (BentoML sent its own errors as a one-element list); a form body
+    is a 415 naming the header; the server logs a client's mistake as one INFO line, not an ERROR with a
+    traceback."""
+    answers = [
+        httpx.post(f"{server}/recommend", json={"history": ["nope", "i001"]}),
+        httpx.post(f"{server}/recommend", json={"user_id": "ghost"}),
+        httpx.post(f"{server}/recommend", json={"history": ["i001"], "k": 0}),
+        httpx.post(f"{server}/recommend", content='{"history": ["i001"]', headers={"content-type": "application/json"}),
+        httpx.post(f"{server}/score", data={"history": "i001", "candidates": "i002"}),  # a form, as curl -d sends
+    ]
+    assert [a.status_code for a in answers] == [400, 404, 400, 400, 415]
+    bodies = [a.json() for a in answers]
+    assert all(isinstance(b, dict) and isinstance(b["error"], str) for b in bodies), bodies
+    assert bodies[0]["error"].startswith("history: unknown item ids ['nope']")
+    assert bodies[1]["error"].startswith("user_id: unknown user 'ghost'")
+    assert bodies[4] == {"error": "Content-Type: 'application/x-www-form-urlencoded'; /score takes a JSON body: send it with "
+                                  "the header 'Content-Type: application/json' (curl: -H 'content-type: application/json')"}
+    assert int(answers[0].headers["content-length"]) == len(answers[0].content)
+    time.sleep(0.5)
+    log = SERVER_LOGS[server].read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log and " ERROR " not in log, log[-3000:]
+    assert "client error on /recommend [POST]: 404 user_id: unknown user 'ghost'" in log
+    assert "client error on /recommend [POST]: 400 1 validation error(s): k: Input should be greater than or equal to 1" in log
 
 
 def test_server_limits_the_body_size(server):
