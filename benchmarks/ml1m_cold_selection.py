@@ -29,13 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, load, new_item_places, offset_curve, scale_calibration, trained_mask  # noqa: E402
+from ml1m import ROOT, all_scores, apply_overrides, cold_items, fit, hr10, items_above, load, new_item_places, offset_curve, scale_calibration, trained_mask  # noqa: E402
 
 
 from components import settings  # noqa: E402
 from provenance import git_state  # noqa: E402
-from components.evaluation import model_topk  # noqa: E402
-from components.evaluation.rankers import model_scores  # noqa: E402
+from components.evaluation.rankers import topk_of_scores  # noqa: E402
 from components.models.text_sasrec import TextSASRecConfig  # noqa: E402
 from components.tokenization import TextEncoderConfig, embed_items  # noqa: E402
 from components.training import TrainConfig  # noqa: E402
@@ -49,44 +48,36 @@ def parse_variant(text: str, model_cfg: TextSASRecConfig, train_cfg: TrainConfig
     return (name, *apply_overrides([o for o in overrides.split(",") if o], model_cfg, train_cfg, where="--variant"))
 
 
-def cold_diagnostics(model, inputs: list[np.ndarray], targets: np.ndarray, cold: np.ndarray) -> dict:
+def cold_diagnostics(scores: np.ndarray, targets: np.ndarray, cold: np.ndarray) -> dict:
     """Why a cold target is missed: is it ranked low among the other removed items too (the text does
-    not tell it apart), or only against the trained ones (its scores sit on another scale)?"""
+    not tell it apart), or only against the trained ones (its scores sit on another scale)? `scores`:
+    all_scores of the cases whose targets are `targets`."""
     def mean_where(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.where(mask, scores, 0).sum(1) / np.maximum(1, mask.sum(1))
 
-    among_all, among_cold, gaps, start = [], [], [], 0
-    for scores in model_scores(model, inputs):
-        t = targets[start : start + len(scores)]
-        start += len(scores)
-        target_scores = scores[np.arange(len(t)), t][:, None]
-        among_all.append((scores > target_scores).sum(1))
-        among_cold.append(((scores > target_scores) & cold[None, :]).sum(1))
-        finite = np.isfinite(scores)
-        gaps.append(mean_where(scores, finite & cold[None, :]) - mean_where(scores, finite & ~cold[None, :]))
-    among_all, among_cold = np.concatenate(among_all), np.concatenate(among_cold)
+    among_all, among_cold = items_above(scores, targets, cold)
+    finite = np.isfinite(scores)
+    gaps = mean_where(scores, finite & cold[None, :]) - mean_where(scores, finite & ~cold[None, :])
     return {
         "median_rank_among_all": float(np.median(among_all) + 1),
         "HR@10_among_removed_items": float((among_cold < 10).mean()),
         "median_rank_among_removed_items": float(np.median(among_cold) + 1),
-        "removed_minus_trained_mean_score": float(np.concatenate(gaps).mean()),
+        "removed_minus_trained_mean_score": float(gaps.mean()),
     }
 
 
-def warm_among_subset(model, inputs: list[np.ndarray], targets: np.ndarray, trained: np.ndarray, size: int, seed: int = 0) -> dict:
+def warm_among_subset(scores: np.ndarray, targets: np.ndarray, trained: np.ndarray, size: int, seed: int = 0) -> dict:
     """The cold diagnostics' yardstick: a warm target ranked among a random set of `size` other trained
     items (as many as were removed), as a cold target is ranked among the removed items. Equal
-    numbers would mean the model tells never-trained items apart as well as trained ones."""
+    numbers would mean the model tells never-trained items apart as well as trained ones. `scores`:
+    all_scores of the cases whose targets are `targets`."""
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(trained)
-    above, start = [], 0
-    for scores in model_scores(model, inputs):
-        t = targets[start : start + len(scores)]
-        start += len(scores)
-        target_scores = scores[np.arange(len(t)), t]
-        for row, (target, score) in enumerate(zip(t, target_scores)):
-            others = rng.choice(pool[pool != target], size=min(size, len(pool) - 1), replace=False)
-            above.append(int((scores[row, others] > score).sum()))
+    target_scores = scores[np.arange(len(targets)), targets]
+    above = []
+    for row, (target, score) in enumerate(zip(targets, target_scores)):
+        others = rng.choice(pool[pool != target], size=min(size, len(pool) - 1), replace=False)
+        above.append(int((scores[row, others] > score).sum()))
     above = np.asarray(above)
     return {"HR@10_among_as_many_trained_items": float((above < 10).mean()), "median_rank_among_as_many_trained_items": float(np.median(above) + 1)}
 
@@ -153,25 +144,26 @@ def main(argv=None) -> int:
                                                            val_targets[warm_cases], ~cold & has_id)
     log.info("true popularity alone: cold target in the top 10 among the removed items %.3f, warm among as many trained items %.3f",
              results["popularity_yardstick"]["HR@10_among_removed_items"], results["popularity_yardstick"]["HR@10_among_as_many_trained_items"])
-    def selection_hr(model) -> dict:
-        return hr10(model_topk(model, sel_inputs, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
+    def selection_hr(scores: np.ndarray) -> dict:
+        return hr10(topk_of_scores(scores, 10), sel_targets, np.ones(len(sel_targets), dtype=bool))
 
     def cold_now(model) -> dict:  # --cold-curve: after every epoch
-        return {"cold_HR@10": selection_hr(model)["HR@10"]}
+        return {"cold_HR@10": selection_hr(all_scores(model, sel_inputs))["HR@10"]}
 
     for text in args.variant:
         name, model_cfg, train_cfg = parse_variant(text, base_model, base_train)
         started = time.perf_counter()
         model, fitted = fit(name, data, embeddings, model_cfg, train_cfg, cold_train, has_id, cold_now if args.cold_curve else None)
-        cold_hr = selection_hr(model)
-        cold_hr |= cold_diagnostics(model, sel_inputs, sel_targets, cold)
-        warm = hr10(model_topk(model, val_inputs, 10), val_targets, warm_val)
-        warm |= warm_among_subset(model, [val_inputs[i] for i in warm_cases], val_targets[warm_cases], ~cold & has_id, int(cold.sum()))
+        # Each case is scored once: every table and diagnostic below reads these.
+        sel_scores = all_scores(model, sel_inputs)
+        val_scores = all_scores(model, val_inputs)  # every validation user: the warm rows, and the fits' cross-entropy
+        cold_hr = selection_hr(sel_scores) | cold_diagnostics(sel_scores, sel_targets, cold)
+        warm = hr10(topk_of_scores(val_scores, 10), val_targets, warm_val)
+        warm |= warm_among_subset(val_scores[warm_cases], val_targets[warm_cases], ~cold & has_id, int(cold.sum()))
         places = [int(m) for m in args.new_items.split(",") if m]
         # Selection cases (all cold) and warm validation cases in one table; new_item_places and
         # scale_calibration split them again.
-        val_scores = all_scores(model, val_inputs)  # every validation user: the warm rows below, and the fits' cross-entropy
-        table = np.concatenate([all_scores(model, sel_inputs), val_scores[warm_cases]])
+        table = np.concatenate([sel_scores, val_scores[warm_cases]])
         table_targets = np.concatenate([sel_targets, val_targets[warm_cases]])
         reserved = new_item_places(table, table_targets, cold, places)
         scaled = shifted = None

@@ -265,6 +265,7 @@ def time_steps(device: str, sequences, model_cfg, text, batch_size: int, steps: 
            "sequences_per_s": round(batch_size / ms * 1000, 1), "epoch_s": round(steps_per_epoch * ms / 1000, 2)}
     if device == "cpu":
         row["threads"] = threads
+        row["peak_rss_mb"] = round(peak_rss_mb())  # the whole process so far: with several batch sizes, the largest yet
     else:
         row["name"] = torch.cuda.get_device_name(device)
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
@@ -294,8 +295,12 @@ def compare_malloc(args) -> dict:
         for batch_size in map(int, args.batch_sizes.split(",")):
             ms = {setting: float(np.median([r["median_ms_per_step"] for r in rows if (r["items"], r["batch_size"], r["malloc"]) == (items, batch_size, setting)]))
                   for setting in ("default", "reuse")}
-            ratios[f"items{items}_batch{batch_size}"] = {"default_ms": round(ms["default"], 1), "reuse_ms": round(ms["reuse"], 1), "speedup": round(ms["default"] / ms["reuse"], 2)}
-            print(f"{items} items, batch {batch_size}: default malloc {ms['default']:.0f} ms/step, reuse {ms['reuse']:.0f} ms/step: {ms['default'] / ms['reuse']:.2f}x")
+            peak = {setting: float(np.median([r["peak_rss_mb"] for r in rows if (r["items"], r["batch_size"], r["malloc"]) == (items, batch_size, setting)]))
+                    for setting in ("default", "reuse")}
+            ratios[f"items{items}_batch{batch_size}"] = {"default_ms": round(ms["default"], 1), "reuse_ms": round(ms["reuse"], 1), "speedup": round(ms["default"] / ms["reuse"], 2),
+                                                         "default_peak_rss_mb": round(peak["default"]), "reuse_peak_rss_mb": round(peak["reuse"])}
+            print(f"{items} items, batch {batch_size}: default malloc {ms['default']:.0f} ms/step, reuse {ms['reuse']:.0f} ms/step: {ms['default'] / ms['reuse']:.2f}x; "
+                  f"peak RSS {peak['default']:.0f} against {peak['reuse']:.0f} MB")
     return write_result(args, rows, {"reuse_vs_default": ratios, "max_len": 200}, "CPU training step (forward, full-catalog cross-entropy, "
                         "backward, Adam), glibc default malloc vs freed blocks kept for reuse (train.reuse_memory); median ms per step, "
                         "medians over rounds of alternating fresh processes")
