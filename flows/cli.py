@@ -271,7 +271,7 @@ def cmd_add_items(args) -> int:
         f"  registered    version {r['version']} — aliases: {', '.join(r['aliases'])}",
         f"  Bento         {r['bento_tag']}",
         f"  MLflow run    {s['run_id']} in {s['tracking_uri']}",
-        f"  serve it      .venv/bin/behaviorflow serve --alias {r['aliases'][-1]}",
+        f"  serve it      {_command('behaviorflow')} serve --alias {r['aliases'][-1]}",
     ]))
     return 0
 
@@ -322,6 +322,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _command(name: str) -> str:
+    """How to run this installation's `name` from where the user is: the script beside this Python
+    (relative when it is under the current folder), with BEHAVIORFLOW_HOME when the state is not the
+    default ./.behaviorflow, so a copied line finds the same registry."""
+    script = Path(sys.executable).with_name(name)
+    try:
+        shown = str(script.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(script)
+    home = settings.home()
+    if home != (Path.cwd() / ".behaviorflow").resolve() and name == "behaviorflow":
+        shown = f"BEHAVIORFLOW_HOME={home} {shown}"
+    return shown
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -367,14 +382,15 @@ def format_summary(s: dict) -> str:
         lines += [
             f"  ONNX parity   {p['cases']} histories, top-K identical: {p['identical_topk']}, max |Δscore| {p['max_abs_score_diff']:.1e}",
             f"  precision     {s['quantization']['reason'] if s.get('quantization') else 'fp32 (int8 not tried)'}",
-            f"  registered    {settings.REGISTERED_MODEL_NAME} version {r['version']} — aliases: {', '.join(r['aliases'])}",
+            f"  registered    {settings.REGISTERED_MODEL_NAME} version {r['version']} — aliases: {', '.join(r['aliases'])}"
+            + (f"\n                {r['not_promoted']}" if r.get("not_promoted") else ""),
             f"  Bento         {r['bento_tag']}  (archive: {r['bento_archive']})",
-            f"  serve it      .venv/bin/behaviorflow serve --alias {r['aliases'][-1]}   (then POST http://127.0.0.1:3000/recommend)",
+            f"  serve it      {_command('behaviorflow')} serve --alias {r['aliases'][-1]}   (then POST http://127.0.0.1:3000/recommend)",
         ]
     else:
         lines.append("  registered    nothing (the gate stopped the flow before export)")
     uri = s["tracking_uri"]
-    browse = uri if uri.startswith("http") else f".venv/bin/mlflow ui --backend-store-uri {uri}"
+    browse = uri if uri.startswith("http") else f"{_command('mlflow')} ui --backend-store-uri {uri}"
     lines.append(f"  browse runs   {browse}")
     return "\n".join(lines)
 
@@ -407,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"interrupted: {args.command} stopped; a registration in progress was rolled back (nothing half-registered)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -151,6 +151,15 @@ def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: R
     )
     if baseline_skipped:
         report.notes.append(f"id-only baseline: not trained ({baseline_skipped})")
+    if champion:
+        from serving.contract import Bundle
+
+        dropped = sorted(set(Bundle(champion.bundle_dir, load_users=False).item_ids) - set(prepared.item_ids))
+        if dropped:  # e.g. items add-items gave the champion that the catalog file still lacks
+            note = (f"champion v{champion.version} knows {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
+                    "promoted, this version would no longer recommend them: add them to the items file if they should stay")
+            report.notes.append(note)
+            log.warning(note)
     log_metrics("", report.flat_metrics())  # NDCG_at_10, popularity_NDCG_at_10, cold_start_HR_at_10, ...
     log_json("evaluation.json", report.to_dict() | {"champion_version": champion.version if champion else None})
     charts = [
@@ -231,7 +240,8 @@ def package_and_register(bundle: Path, dataset_fingerprint: str, decision, confi
     log.info("[8/9] package the Bento and [9/9] register in MLflow")
     from components.packaging.publish import package_and_register as publish
 
-    return publish(bundle, run_dir, dataset_fingerprint, {"gate": decision.summary()}, promote=decision.passed and config.promote)
+    return publish(bundle, run_dir, dataset_fingerprint, {"gate": decision.summary()}, promote=decision.passed and config.promote,
+                   gated_against=decision.champion_version)
 
 
 @flow(name="behaviorflow-retrain", log_prints=True)

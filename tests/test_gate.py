@@ -25,6 +25,9 @@ def test_min_lift():
 def test_regression_tolerance_against_champion():
     ok = decide({"NDCG@10": 0.295}, {"NDCG@10": 0.1}, {"NDCG@10": 0.3}, "4", GateConfig(max_regression=0.02))
     assert ok.passed and "within the 2% regression tolerance" in ok.summary()
+    better = decide({"NDCG@10": 0.45}, {"NDCG@10": 0.1}, {"NDCG@10": 0.3}, "4", GateConfig(max_regression=0.02))
+    assert better.passed and "NDCG@10 0.4500 vs champion v4 0.3000: better by 50.0%" in better.summary()
+    assert "tolerance" not in better.summary()
     bad = decide({"NDCG@10": 0.29}, {"NDCG@10": 0.1}, {"NDCG@10": 0.3}, "4", GateConfig(max_regression=0.02))
     assert not bad.passed and "regresses against champion v4 0.3000" in bad.summary()
 

@@ -29,8 +29,8 @@ def store(tmp_path, monkeypatch):
 def test_pending_version_then_finalize_sets_tags_and_aliases(store):
     client, uri, run_id = store
     with registry.pending_version(uri, run_id, name=NAME) as v1:
-        aliases = registry.finalize_version(v1, {"bento_tag": "b:1"}, promote=True, name=NAME)
-    assert aliases == ["challenger", "champion"]
+        aliases, held = registry.finalize_version(v1, {"bento_tag": "b:1"}, promote=True, name=NAME)
+    assert (aliases, held) == (["challenger", "champion"], None)
     with registry.pending_version(uri, run_id, name=NAME) as v2:
         registry.finalize_version(v2, {"bento_tag": "b:2"}, promote=False, name=NAME)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1 == "1"
@@ -55,3 +55,62 @@ def test_a_failure_inside_the_block_deletes_the_version_and_restores_aliases(sto
 def test_no_champion_on_first_run(store, tmp_path):
     assert registry.find_champion(tmp_path, name=NAME) is None
     assert registry.version_by_alias(settings.CHAMPION_ALIAS, name=NAME) is None
+
+
+def test_a_run_promotes_only_over_the_champion_its_gate_compared_with(store):
+    """Two retrains side by side: both gated against v1; the first to register replaces v1, the second
+    must not replace that one (it was never compared with it): it stays challenger, and says why."""
+    client, uri, run_id = store
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {}, promote=True, name=NAME, gated_against=None)  # first run: no champion
+    with registry.pending_version(uri, run_id, name=NAME) as v2:
+        assert registry.finalize_version(v2, {}, promote=True, name=NAME, gated_against=v1) == (["challenger", "champion"], None)
+    with registry.pending_version(uri, run_id, name=NAME) as v3:
+        aliases, held = registry.finalize_version(v3, {}, promote=True, name=NAME, gated_against=v1)
+    assert aliases == ["challenger"] and held.startswith("not promoted: the gate compared with v1, but the champion is now v2")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == v2 == "2"
+    assert client.get_model_version(NAME, v3).tags["not_promoted"] == held
+    assert "replaced_by" not in client.get_model_version(NAME, v2).tags
+
+
+def test_an_unreachable_tracking_server_is_one_line_at_once(monkeypatch):
+    import socket
+    import time
+
+    from components.errors import BehaviorflowError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(BehaviorflowError, match=rf"cannot reach the MLflow tracking server at {uri} \(.*refused.*\): start it"):
+        registry.list_versions(NAME)
+    assert time.monotonic() - started < 10  # MLflow's own retries took minutes
+
+
+def test_a_failed_registration_also_leaves_nothing_in_the_bento_store(store, tmp_path, monkeypatch):
+    """Rolled back, the version is gone from the registry and its Bento model from the local store (left
+    there, an unregistered model would be the newest, which `bentoml serve` without a tag loads)."""
+    import bentoml
+
+    from components.packaging import package, publish
+
+    client, uri, run_id = store
+    bundle = make_tiny_bundle(tmp_path / "bundle2", n_items=5, dim=4)
+    saved, save = [], package.save_bundle_to_store
+
+    def save_then_remember(*args, **kwargs):
+        saved.append(save(*args, **kwargs))
+        return saved[-1]
+
+    def failing_build(*args, **kwargs):
+        raise RuntimeError("bento build failed")
+
+    monkeypatch.setattr(package, "save_bundle_to_store", save_then_remember)
+    monkeypatch.setattr(package, "build_bento", failing_build)
+    with mlflow.start_run(run_id=run_id), pytest.raises(RuntimeError, match="bento build failed"):
+        publish.package_and_register(bundle, tmp_path, "fp", {}, promote=True, name=NAME)
+    assert saved and saved[0] not in {str(m.tag) for m in bentoml.models.list()}
+    assert client.search_model_versions(f"name='{NAME}'") == []

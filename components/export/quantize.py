@@ -71,7 +71,15 @@ def quantize_graph(fp32_path: Path, int8_path: Path) -> Path:
 
     # Only MatMul weights: the quantizer would take the standard ONNX Attention operator (opset 23) for
     # com.microsoft.Attention and emit a QAttention node that ONNX Runtime rejects.
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    # ORT logs "Please consider to run pre-processing before quantization" at WARNING on every call: advice
+    # for its static-shape tooling that a user of this flow cannot act on.
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    finally:
+        quiet.setLevel(level)
     return int8_path
 
 

@@ -61,7 +61,10 @@ def decide(candidate: dict, popularity: dict, champion: dict | None = None, cham
     else:
         champ = champion[m]
         floor = champ * (1 - config.max_regression)
-        if cand >= floor:
+        if cand > champ:
+            lift = f" by {cand / champ - 1:.1%}" if champ > 0 else ""
+            reasons.append(f"{m} {cand:.4f} vs champion v{champion_version} {champ:.4f}: better{lift}")
+        elif cand >= floor:
             reasons.append(f"{m} {cand:.4f} vs champion v{champion_version} {champ:.4f}: within the {config.max_regression:.0%} regression tolerance (floor {floor:.4f})")
         else:
             passed = False

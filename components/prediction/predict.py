@@ -1,12 +1,13 @@
 """Batch prediction: the top-K next items for every user history in a file, ranked by a registered
 model's bundle through ONNX Runtime — the graph, item table and exclusion rule the Bento service uses
-(`serving.ranking.BundleRanker`), so a batch answer equals the online one.
+(`serving.ranking.BundleRanker`), so a batch answer equals the online one for the same known items.
 
 Input, one user per line (UTF-8):   user_id<TAB>item_id item_id …      (oldest first)
 Output, one line per input line:    user_id<TAB>item_id item_id …      (best first, at most K)
 
 Item ids the model does not know are skipped and counted; a user left with no known item gets an
-empty list (the service would refuse such a request). Blank lines are skipped. A line without a tab
+empty list. The service instead refuses a history with an unknown id (400, listing it): online, a
+client learns of its stale ids; in a backfill, one retired item must not cost a user their answer. Blank lines are skipped. A line without a tab
 or with an empty user id stops the run, naming the file and line; the output file appears only when
 every line was written (it is written next to its final name and renamed).
 

@@ -1,9 +1,11 @@
 """The MLflow side: experiment set-up, the current champion, and all-or-nothing registration."""
 
 from components.registry.registry import (
+    ANY_CHAMPION,
     BUNDLE_ARTIFACT,
     ChampionInfo,
     ModelRef,
+    check_reachable,
     configure,
     download_bundle,
     download_checkpoint,
@@ -16,9 +18,11 @@ from components.registry.registry import (
 )
 
 __all__ = [
+    "ANY_CHAMPION",
     "BUNDLE_ARTIFACT",
     "ChampionInfo",
     "ModelRef",
+    "check_reachable",
     "configure",
     "download_bundle",
     "download_checkpoint",

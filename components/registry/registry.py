@@ -31,10 +31,36 @@ class ChampionInfo:
     tags: dict
 
 
+_REACHED: set[str] = set()  # tracking servers this process has reached
+
+
+def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> None:
+    """Fail at once, in one line, when the MLflow tracking server cannot be reached: MLflow itself retries
+    a refused connection for minutes and then ends in a traceback. Local stores (sqlite:, file:) pass."""
+    import urllib.error
+    import urllib.request
+
+    uri = uri or settings.tracking_uri()
+    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: a proxy or an older server without /health; MLflow's own calls decide
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BehaviorflowError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}): start it, or point MLFLOW_TRACKING_URI at "
+            f"one that runs (unset, behaviorflow uses a local SQLite store in {settings.home()})"
+        ) from None
+    _REACHED.add(uri)
+
+
 def configure(experiment: str = settings.EXPERIMENT_NAME) -> str:
     """Point MLflow at the tracking URI and make sure the experiment exists; return its id."""
     import mlflow
 
+    check_reachable()
     mlflow.set_tracking_uri(settings.tracking_uri())
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
@@ -51,6 +77,7 @@ def configure(experiment: str = settings.EXPERIMENT_NAME) -> str:
 def _client():
     from mlflow import MlflowClient
 
+    check_reachable()
     return MlflowClient(tracking_uri=settings.tracking_uri())
 
 
@@ -198,21 +225,36 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
         raise
 
 
-def finalize_version(version: str, tags: dict[str, str], promote: bool, name: str = settings.REGISTERED_MODEL_NAME) -> list[str]:
-    """Tag the version, give it `challenger`, and `champion` if `promote`. Returns the aliases set."""
+ANY_CHAMPION = object()  # finalize_version's gated_against when the promotion does not rest on a comparison
+
+
+def finalize_version(version: str, tags: dict[str, str], promote: bool, name: str = settings.REGISTERED_MODEL_NAME,
+                     gated_against: object = ANY_CHAMPION) -> tuple[list[str], str | None]:
+    """Tag the version, give it `challenger`, and `champion` if `promote` — and, when `gated_against` names
+    the champion version the gate compared with (None: there was none), only if that is still the champion:
+    a retrain that ran beside another one must not replace a champion it was never compared with. Returns
+    (the aliases set, why `champion` was not moved or None)."""
     client = _client()
     previous_champion = _alias_version(client, settings.CHAMPION_ALIAS, name)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, settings.CHALLENGER_ALIAS, version)
     aliases = [settings.CHALLENGER_ALIAS]
+    held = None
+    if promote and gated_against is not ANY_CHAMPION and previous_champion != gated_against:
+        was = f"v{gated_against}" if gated_against else "no champion"
+        held = (f"not promoted: the gate compared with {was}, but the champion is now v{previous_champion} (another run "
+                f"promoted it meanwhile); re-run to gate against it, or move the alias by hand")
+        client.set_model_version_tag(name, version, "not_promoted", held)
+        log.warning("version %s %s", version, held)
+        promote = False
     if promote:
         client.set_registered_model_alias(name, settings.CHAMPION_ALIAS, version)
         client.set_model_version_tag(name, version, "promoted", "true")
         if previous_champion and previous_champion != version:
             client.set_model_version_tag(name, previous_champion, "replaced_by", version)
         aliases.append(settings.CHAMPION_ALIAS)
-    return aliases
+    return aliases, held
 
 
 def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:

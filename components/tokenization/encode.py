@@ -65,6 +65,9 @@ def fingerprint(texts: list[str], config: TextEncoderConfig) -> str:
 def _load(kind: str, config: TextEncoderConfig):
     from transformers import AutoModel, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its bar of weights loaded would land in logs; our own progress says what runs
     path = resolve_model_path(config)
     loader = AutoTokenizer if kind == "tokenizer" else AutoModel
     try:

@@ -40,7 +40,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" = decay to 0 over the budget
     #   (max_epochs or max_minutes, whichever runs out first; for fixed-budget runs, where patience is off)
     max_epochs: int = 200  # upper bound; early stopping normally ends training first
-    max_minutes: float = 60.0  # wall-clock budget for the whole fit: no epoch starts that would, at the pace of
+    max_minutes: float = 60.0  # wall-clock budget for each fit (the id-only baseline gets its own): no epoch starts that would, at the pace of
     #   the last one (training and validation), end after it
     patience: int = 5  # validations without a new best NDCG@10 before stopping; epochs that end inside the
     #   learning-rate warm-up do not count (on small data the warm-up spans epochs, and validation dips in it)
