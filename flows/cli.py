@@ -356,7 +356,8 @@ def format_summary(s: dict) -> str:
         f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
         f"  validation    passed — Data Docs: {s['data_docs']}",
         f"  training      {_count(s['training']['epochs'], 'epoch')} on {s['training']['device']} in {s['training']['wall_s']} s, peak memory {_mb(s['training'].get('peak_rss_mb'))} (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
-        + (f"; id-only baseline {_count(b['epochs'], 'epoch')} in {b['wall_s']} s" if (b := s.get("baseline_training")) else ""),
+        + (f"; id-only baseline {_count(b['epochs'], 'epoch')} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b.get('stopped', '')})" if (b := s.get("baseline_training")) else "")
+        + ("\n                still improving when the budget ended it: a larger train.max_minutes may give a better model" if s["training"].get("cut_short") else ""),
         f"  test metrics  model NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   |   popularity NDCG@10 {pop['NDCG@10']:.4f}  HR@10 {pop['HR@10']:.4f}",
     ]
     base = s["metrics"].get("id_only")

@@ -102,6 +102,9 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     curve = world["client"].get_metric_history(summary["run_id"], "id_only_val_NDCG_at_10")
     assert len(curve) == summary["baseline_training"]["epochs"] >= 1 and summary["slices"]["id_only"]["head"]["cases"] == slices["head"]["cases"]
     assert "id-only baseline NDCG@10" in format_summary(summary) and "text-aware vs id-only" in format_summary(summary)
+    b = summary["baseline_training"]
+    assert f"id-only baseline {b['epochs']} epoch{'s' if b['epochs'] != 1 else ''} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b['stopped']})" in format_summary(summary)
+    assert b["stopped"] and summary["training"]["cut_short"] in (True, False)
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])} | {a.path for a in client.list_artifacts(summary["run_id"], "charts")}
     assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "charts/test_slices.png", "bundle", "bento"} <= artifacts
     assert [a.path for a in client.list_artifacts(summary["run_id"], "bento")][0].endswith(".bento")

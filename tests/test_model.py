@@ -448,8 +448,32 @@ def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):
     # Epoch 2 ends at 20 min; a third would end at 30 > 25, so it never starts (before: it ran to 30 min).
     assert [row["minutes"] for row in result.curve] == [10.0, 20.0]
     assert result.stopped_because == "time budget of 25.0 min: another epoch (~10.0 min) would end after it"
+    assert result.cut_short == (result.best_epoch == 2)  # the budget, not a plateau, ended it after its best epoch
     result = train_model(tiny(cold=0), seqs, valid, TrainConfig(max_epochs=10, max_minutes=5.0, patience=10, batch_size=64, progress=False))
     assert len(result.curve) == 1 and result.stopped_because == "time budget of 5.0 min reached"  # one epoch always runs
+
+
+def test_a_fit_the_budget_ends_while_still_improving_is_flagged(monkeypatch, caplog):
+    import components.training.train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module, "_clock", lambda: now[0])
+    seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(6)]) for s in range(N_ITEMS)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    config = TrainConfig(max_epochs=10, max_minutes=25.0, patience=10, batch_size=64, progress=False)
+    for values, cut_short in (([0.1, 0.2, 0.3], True), ([0.3, 0.2, 0.1], False)):
+        scripted = iter(values)
+
+        def ten_minutes_each(*a, **k):
+            now[0] += 600.0
+            return {"NDCG@10": next(scripted), "HR@10": 0.5}
+
+        monkeypatch.setattr(train_module, "metrics_from_ranks", ten_minutes_each)
+        with caplog.at_level("WARNING", logger="components.training.train"):
+            caplog.clear()
+            result = train_model(tiny(cold=0), seqs, valid, config)
+        assert len(result.curve) == 2 and result.cut_short is cut_short
+        assert any("ended the fit while validation was still improving" in r.getMessage() for r in caplog.records) is cut_short
 
 
 def test_patience_counts_only_epochs_after_the_learning_rate_warm_up(monkeypatch):

@@ -120,6 +120,7 @@ class TrainResult:
     device: str = "cpu"
     checkpoint: Path | None = None
     stopped_because: str = ""
+    cut_short: bool = False  # the time budget ended the fit right after its best epoch: more time may give a better model
     peak_rss_mb: float = 0.0  # the process's highest resident memory when the fit ended (components/memory.py)
 
 
@@ -464,6 +465,10 @@ def train_model(
     else:
         result.stopped_because = f"max_epochs={config.max_epochs} reached"
 
+    result.cut_short = result.stopped_because.startswith("time budget") and result.best_epoch == len(result.curve) > 0
+    if result.cut_short:
+        log.warning("%sthe time budget (train.max_minutes = %s) ended the fit while validation was still improving "
+                    "(best epoch %d is the last): a larger budget may give a better model", label, config.max_minutes, result.best_epoch)
     model.load_state_dict(best_state)
     model.eval()
     result.wall_s = _clock() - start
