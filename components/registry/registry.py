@@ -34,9 +34,10 @@ class ChampionInfo:
 _REACHED: set[str] = set()  # tracking servers this process has reached
 
 
-def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> None:
+def check_reachable(uri: str | None = None, timeout_s: float = 10.0) -> None:
     """Fail at once, in one line, when the MLflow tracking server cannot be reached: MLflow itself retries
     a refused connection for minutes and then ends in a traceback. Local stores (sqlite:, file:) pass."""
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -49,6 +50,8 @@ def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> None:
         pass  # it answered: a proxy or an older server without /health; MLflow's own calls decide
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):  # it answered, with TLS this probe does not share (MLflow's CA and
+            return  # MLFLOW_TRACKING_INSECURE_TLS settings): MLflow's own calls decide
         raise BehaviorflowError(
             f"cannot reach the MLflow tracking server at {uri} ({reason}): start it, or point MLFLOW_TRACKING_URI at "
             f"one that runs (unset, behaviorflow uses a local SQLite store in {settings.home()})"
