@@ -5,6 +5,7 @@ and on/off settings the service shares with them. numpy + ONNX Runtime only."""
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -60,13 +61,11 @@ class BundleRanker:
     def __init__(self, bundle_dir: Path):
         self.bundle = contract.Bundle(bundle_dir)
         self.session = ort_session(self.bundle.model_path)
-        self._vectors: tuple[np.ndarray | None] | None = None  # loaded on the first call that needs them
 
-    @property
+    @cached_property
     def _item_vectors(self) -> np.ndarray | None:
-        if self._vectors is None:
-            self._vectors = (self.bundle.item_vectors(),)
-        return self._vectors[0]
+        """The bundle's item table, loaded on the first call that needs it (None: the bundle has none)."""
+        return self.bundle.item_vectors()
 
     def topk(self, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256,
              new_items: contract.NewItemPolicy = contract.NewItemPolicy()) -> list[list[str]]:
@@ -85,7 +84,7 @@ class BundleRanker:
                 banned = set(history) if exclude_seen else set()
                 ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
                 if len(ranked) < k:
-                    ranked = self.bundle.fill_to_k(ranked, k, user, banned | {contract.PAD_INDEX}, self._item_vectors)
+                    ranked = self.bundle.fill_to_k(ranked, k, user, banned, self._item_vectors)
                 vectors = self._item_vectors if new_items and self.bundle.new_item_set else None
                 ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, vectors)
                 out.append([item_ids[i - 1] for i, _ in ranked])
