@@ -39,7 +39,7 @@ class LoggedProgress:
                 self.logger.info(
                     "%s: %d/%d (%d%%), %.3g %s/s, %s elapsed, ~%s left%s",
                     self.desc, done, self.total, 100 * done // self.total, done / (now - start), self.unit,
-                    _duration(now - start), _duration(left), extra,
+                    format_duration(now - start), format_duration(left), extra,
                 )
 
 
@@ -65,6 +65,6 @@ def progress(iterable: Iterable[T], *, total: int, desc: str, unit: str, logger:
     return LoggedProgress(iterable, total, desc, unit, logger, every_s)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

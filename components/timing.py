@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 
 def timed_in_turns(engines: Sequence[Callable[[int], object]], calls: int, block: int) -> list[list[float]]:
@@ -29,3 +30,19 @@ def timed_in_turns(engines: Sequence[Callable[[int], object]], calls: int, block
                 engines[e](i)
                 times[e].append(time.perf_counter() - started)
     return times
+
+
+class Stages:
+    """Wall-clock seconds per named stage of a flow, for its summary: `with stages("train"): ...`."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = self.clock()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + self.clock() - started, 1)

@@ -29,6 +29,7 @@ from prefect.cache_policies import NONE
 from components import settings
 from components.config import DataConfig, RetrainConfig
 from components.errors import GateFailed
+from components.timing import Stages
 
 log = logging.getLogger("behaviorflow")
 
@@ -120,7 +121,7 @@ def _baseline_skipped(config: RetrainConfig) -> str | None:
 # --- 4b. the id-only baseline: the same model without item text, for the report (the gate ignores it) ---
 @task(name="train id-only baseline", cache_policy=NONE)
 def train_baseline(prepared, model_cfg, config: RetrainConfig):
-    log.info("[4/9] train the id-only baseline: the same model without item text (evaluate.id_only_baseline)")
+    log.info("[4b/9] train the id-only baseline: the same model without item text (evaluate.id_only_baseline)")
     from components.registry.tracking import log_curve
     from components.training import train_id_only_baseline
 
@@ -259,17 +260,26 @@ def retrain(config: dict | None = None) -> dict:
         run_dir = settings.runs_dir() / run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         mlflow.log_params(cfg.flat())
-        dataset = load_data(cfg.data)
-        fingerprint = dataset.fingerprint()
-        mlflow.set_tags({"data_fingerprint": fingerprint, "events_source": dataset.events_source, "items_source": dataset.items_source})
-        validation = validate_data(dataset)
-        prepared = prepare_sequences(dataset, cfg)
-        text = encode_item_text(prepared.item_texts, cfg)
-        result = train(prepared, text, cfg, run_dir)
+        log.info("MLflow run %s (experiment %s) in %s", run.info.run_id, experiment_id, settings.tracking_uri())
+        stages = Stages()
+        with stages("data"):
+            dataset = load_data(cfg.data)
+            fingerprint = dataset.fingerprint()
+            mlflow.set_tags({"data_fingerprint": fingerprint, "events_source": dataset.events_source, "items_source": dataset.items_source})
+            validation = validate_data(dataset)
+            prepared = prepare_sequences(dataset, cfg)
+        with stages("text"):
+            text = encode_item_text(prepared.item_texts, cfg)
+        with stages("train"):
+            result = train(prepared, text, cfg, run_dir)
         skipped = _baseline_skipped(cfg)
-        baseline = train_baseline(prepared, result.model.cfg, cfg) if skipped is None else None
-        report, champion = evaluate(result, baseline, skipped, prepared, cfg, run_dir)
-        decision = gate(report, champion, cfg)
+        baseline = None
+        if skipped is None:
+            with stages("id-only baseline"):
+                baseline = train_baseline(prepared, result.model.cfg, cfg)
+        with stages("evaluate"):
+            report, champion = evaluate(result, baseline, skipped, prepared, cfg, run_dir)
+            decision = gate(report, champion, cfg)
         summary = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
@@ -285,15 +295,19 @@ def retrain(config: dict | None = None) -> dict:
             "cases": report.cases,
             "gate": decision.to_dict(),
             "run_dir": str(run_dir),
+            "stage_s": stages.seconds,
         }
         if decision.passed:
-            bundle, parity, quantization = export(result, prepared, fingerprint, decision, report, cfg, run_dir)
+            with stages("export"):
+                bundle, parity, quantization = export(result, prepared, fingerprint, decision, report, cfg, run_dir)
             summary["parity"] = parity.to_dict()
             summary["quantization"] = quantization.to_dict() if quantization else None
-            summary["registry"] = package_and_register(bundle, fingerprint, decision, cfg, run_dir)
+            with stages("package and register"):
+                summary["registry"] = package_and_register(bundle, fingerprint, decision, cfg, run_dir)
         # A failed gate is a normal outcome, not a crash: the run ends FINISHED, tagged gate_failed.
         mlflow.set_tag("outcome", "registered" if decision.passed else "gate_failed")
         summary["wall_s"] = round(time.perf_counter() - started, 1)
+        mlflow.log_metrics({f"stage_s.{name.replace(' ', '_')}": seconds for name, seconds in stages.seconds.items()})
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if not decision.passed:
         raise GateFailed(f"gate {decision.summary()} — nothing was exported or registered (MLflow run {run.info.run_id})", summary)

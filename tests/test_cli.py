@@ -169,3 +169,22 @@ def test_config_reads_exponent_numbers_and_refuses_unreadable_files(tmp_path):
         RetrainConfig.from_yaml(latin)
     out = cli("retrain", "--print-config", "--set", "model.n_heads=0")
     assert out.returncode == 2 and out.stderr == "error: config.model: n_heads (0) must be at least 1\n"
+
+
+def test_a_flow_first_says_which_prefect_and_mlflow_it_is_about_to_use(caplog, monkeypatch, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cli import _announce_servers
+
+    monkeypatch.setenv("BEHAVIORFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with caplog.at_level("INFO", logger="behaviorflow"):
+        with temporary_settings(updates={PREFECT_API_URL: None}):
+            _announce_servers()  # the silent 20-40 s before [1/9] on 2 cores
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+            _announce_servers()
+    assert caplog.messages == [
+        f"starting a temporary local Prefect API server for this run (PREFECT_API_URL names a running one); MLflow tracking sqlite:///{tmp_path}/mlflow.db",
+        "Prefect API http://127.0.0.1:4200/api; MLflow tracking http://127.0.0.1:5000",
+    ]

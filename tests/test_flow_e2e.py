@@ -105,6 +105,13 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     b = summary["baseline_training"]
     assert f"id-only baseline {b['epochs']} epoch{'s' if b['epochs'] != 1 else ''} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b['stopped']})" in format_summary(summary)
     assert b["stopped"] and summary["training"]["cut_short"] in (True, False)
+    # Where the time went, per stage: in the summary and in the run.
+    stages = summary["stage_s"]
+    assert list(stages) == ["data", "text", "train", "id-only baseline", "evaluate", "export", "package and register"]
+    assert all(seconds >= 0 for seconds in stages.values()) and sum(stages.values()) <= summary["wall_s"] + 0.5
+    assert stages["train"] == pytest.approx(summary["training"]["wall_s"], abs=5)
+    assert run.data.metrics["stage_s.train"] == stages["train"] and run.data.metrics["stage_s.package_and_register"] > 0
+    assert " in the flow: data " in format_summary(summary) and "· package and register " in format_summary(summary)
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])} | {a.path for a in client.list_artifacts(summary["run_id"], "charts")}
     assert {"validation.json", "gate.json", "parity.json", "evaluation.json", "charts/learning_curve.png", "charts/test_metrics.png", "charts/test_slices.png", "bundle", "bento"} <= artifacts
     assert [a.path for a in client.list_artifacts(summary["run_id"], "bento")][0].endswith(".bento")

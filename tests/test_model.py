@@ -469,14 +469,17 @@ def test_a_fit_the_budget_ends_while_still_improving_is_flagged(monkeypatch, cap
             return {"NDCG@10": next(scripted), "HR@10": 0.5}
 
         monkeypatch.setattr(train_module, "metrics_from_ranks", ten_minutes_each)
-        with caplog.at_level("WARNING", logger="components.training.train"):
+        with caplog.at_level("INFO", logger="components.training.train"):
             caplog.clear()
-            result = train_model(tiny(cold=0), seqs, valid, config)
+            result = train_model(tiny(cold=0), seqs, valid, replace(config, warmup_steps=0))
         assert len(result.curve) == 2 and result.cut_short is cut_short
         assert any("ended the fit while validation was still improving" in r.getMessage() for r in caplog.records) is cut_short
+        # Each epoch's line says how far the fit is from its stopping rules: patience and the budget.
+        epochs = [m for m in caplog.messages if m.startswith("epoch ")]
+        assert epochs[0].endswith("*best*  (10.0 of 25 min)") and epochs[1].endswith(("*best*" if cut_short else "no gain 1/10") + "  (20.0 of 25 min)"), epochs
 
 
-def test_patience_counts_only_epochs_after_the_learning_rate_warm_up(monkeypatch):
+def test_patience_counts_only_epochs_after_the_learning_rate_warm_up(monkeypatch, caplog):
     import components.training.train as train_module
 
     # Scripted validation NDCG@10 per epoch: best at epoch 1, then a dip that lasts.
@@ -486,9 +489,12 @@ def test_patience_counts_only_epochs_after_the_learning_rate_warm_up(monkeypatch
     valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
     # 40 sequences in batches of 64: one step per epoch, so a 3-step warm-up spans epochs 1-3.
     config = TrainConfig(max_epochs=7, patience=2, batch_size=64, warmup_steps=3, progress=False)
-    result = train_model(tiny(cold=0), seqs, valid, config)
+    with caplog.at_level("INFO", logger="components.training.train"):
+        result = train_model(tiny(cold=0), seqs, valid, config)
     # Epoch 2 ends with the rate still rising (step 2 of 3): its dip does not count. Epochs 3 and 4 do.
     assert len(result.curve) == 4 and result.best_epoch == 1
+    marks = [m.split("  ")[-2] for m in caplog.messages if m.startswith("epoch ")]
+    assert marks == ["*best*", "no gain (warm-up: not counted)", "no gain 1/2", "no gain 2/2"], marks
     assert result.stopped_because == "no validation gain for 2 epochs"
     scripted = iter([0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])
     assert len(train_model(tiny(cold=0), seqs, valid, replace(config, warmup_steps=1)).curve) == 3  # no warm-up to wait for

@@ -437,10 +437,6 @@ def train_model(
             log.info("%sepoch %d  %s", label, epoch, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items()))
         result.curve.append(row)
         improved = val["NDCG@10"] > best_ndcg
-        log.info(
-            "%sepoch %d  loss %.4f  val NDCG@10 %.4f  HR@10 %.4f%s  (%.1f min)",
-            label, epoch, row["loss"], val["NDCG@10"], val["HR@10"], "  *best*" if improved else "", minutes,
-        )
         if improved:
             best_ndcg, stale, result.best_epoch, result.best_val = val["NDCG@10"], 0, epoch, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -450,6 +446,11 @@ def train_model(
                 torch.save({"config": model.cfg.__dict__, "state_dict": best_state, "epoch": epoch, "val": val}, result.checkpoint)
         elif epoch * steps_per_epoch >= config.warmup_steps:  # a dip while the rate still rises is no plateau
             stale += 1
+        log.info(  # with how far the fit is from its two stopping rules: patience and the time budget
+            "%sepoch %d  loss %.4f  val NDCG@10 %.4f  HR@10 %.4f  %s  (%.1f of %g min)",
+            label, epoch, row["loss"], val["NDCG@10"], val["HR@10"], "*best*" if improved else f"no gain {stale}/{config.patience}" if stale else "no gain (warm-up: not counted)",
+            minutes, config.max_minutes,
+        )
         if stale >= config.patience:
             result.stopped_because = f"no validation gain for {config.patience} epochs"
             break
