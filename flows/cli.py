@@ -32,6 +32,7 @@ EPILOG = """examples:
   behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
   behaviorflow add-items --items new_items.csv           # new catalog items, scored from their text; no retraining
   behaviorflow versions                                  # registered versions: aliases, test metrics, gate
+  behaviorflow promote --model behaviorflow-recommender/2 --reason "v3 regressed"   # roll the champion back
 
 state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHAVIORFLOW_HOME
 (default ./.behaviorflow). Use real servers with MLFLOW_TRACKING_URI and PREFECT_API_URL."""
@@ -117,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--json adds each version's Bento tag, data fingerprint and MLflow run id."))
     versions.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     versions.add_argument("--json", action="store_true", help="print the versions as JSON")
+
+    promote = sub.add_parser("promote", help="point champion (or challenger) at a registered version by hand: a roll-back, or a challenger that won its shadow test", description=(
+        "Move a registry alias to a registered version by a person's decision: roll the champion back to an earlier "
+        "version, or promote a challenger after its shadow test. Only a servable version (with its Bento) is accepted; "
+        "the version is tagged with where the alias pointed before, when, and --reason (MLflow keeps no alias history), "
+        "and a replaced champion with replaced_by. Services already running keep the version they started with: "
+        f"restart them (serve resolves the alias when it starts). Exit codes: 0 moved or already there, {EXIT_USER_ERROR} bad reference."))
+    promote.add_argument("--model", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+                         help=f"the version to point at, e.g. {settings.REGISTERED_MODEL_NAME}/2 or {settings.REGISTERED_MODEL_NAME}@{settings.CHALLENGER_ALIAS}")
+    promote.add_argument("--alias", default=settings.CHAMPION_ALIAS, choices=[settings.CHAMPION_ALIAS, settings.CHALLENGER_ALIAS],
+                         help=f"the alias to move (default: {settings.CHAMPION_ALIAS})")
+    promote.add_argument("--reason", default="", help="why, recorded on the version's tag (default: none)")
 
     bento = sub.add_parser("bento", help="pull a registered version's Bento, or containerize it", description=(
         "pull: registry alias/version → the version's .bento archive in MLflow → the local Bento store. "
@@ -294,7 +307,21 @@ def cmd_versions(args) -> int:
 
     for r in rows:
         record = f"added items to {r['added_items_to']}" if r["added_items_to"] else r["gate"]
+        record += "".join(f" · @{alias} set by hand {note}" for alias, note in r["set_by_hand"].items())
         print(f"{r['version']:>7}  {', '.join(r['aliases']) or '—':<20} {r['created_at'][:19].replace('T', ' '):<20} {metric(r['NDCG@10']):>8} {metric(r['HR@10']):>7}  {record}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from components.registry import ModelRef, set_alias_by_hand
+
+    move = set_alias_by_hand(ModelRef.parse(args.model), args.alias, args.reason)
+    if not move.changed:
+        print(f"{move.name}: @{move.alias} already points to version {move.version}; nothing changed")
+        return 0
+    before = f"version {move.previous}" if move.previous else "no version"
+    print(f"{move.name}: @{move.alias} moved from {before} to version {move.version}\n"
+          f"  serve it  {_command('behaviorflow')} serve --alias {move.alias}   (a running service keeps its version until it restarts)")
     return 0
 
 
@@ -429,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "add-items": cmd_add_items, "versions": cmd_versions, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
+    commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "add-items": cmd_add_items, "versions": cmd_versions, "promote": cmd_promote, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
     try:
         return commands[args.command](args)
     except GateFailed as exc:

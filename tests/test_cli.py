@@ -37,7 +37,7 @@ def test_every_command_and_option_explains_itself():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"retrain", "validate", "serve", "predict", "add-items", "versions", "bento", "shadow-report", "sample-data"}
+    assert set(commands.choices) == {"retrain", "validate", "serve", "predict", "add-items", "versions", "promote", "bento", "shadow-report", "sample-data"}
     undocumented = []
     for name, sub in commands.choices.items():
         if not (sub.description or "").strip():

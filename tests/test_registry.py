@@ -114,3 +114,49 @@ def test_a_failed_registration_also_leaves_nothing_in_the_bento_store(store, tmp
         publish.package_and_register(bundle, tmp_path, "fp", {}, promote=True, name=NAME)
     assert saved and saved[0] not in {str(m.tag) for m in bentoml.models.list()}
     assert client.search_model_versions(f"name='{NAME}'") == []
+
+
+def test_promote_by_hand_moves_an_alias_only_to_a_servable_version_and_records_it(store, tmp_path, capsys):
+    from flows.cli import main
+
+    client, uri, run_id = store
+    archive = tmp_path / "model.bento"
+    archive.write_bytes(b"an archive")  # promote checks that the version has one; pulling it is tests/test_pull.py
+    with mlflow.start_run() as servable:
+        mlflow.log_artifact(str(archive), artifact_path=registry.BENTO_ARTIFACT)
+        servable_uri = log_onnx_model(make_tiny_bundle(tmp_path / "b2", n_items=5, dim=4) / "model.onnx", {})
+    for promote in (True, False):  # v1 champion, v2 challenger: both with their Bento
+        with registry.pending_version(servable_uri, servable.info.run_id, name=NAME) as version:
+            registry.finalize_version(version, {"bento_tag": f"b:{version}"}, promote=promote, name=NAME)
+    with registry.pending_version(uri, run_id, name=NAME) as v3:  # v3: tagged, but its run has no archive
+        registry.finalize_version(v3, {"bento_tag": "b:3"}, promote=False, name=NAME)
+
+    def promote(*args: str) -> tuple[int, str, str]:
+        code = main(["promote", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+    code, _, err = promote("--model", f"{NAME}/3")
+    assert code == 2 and "version 3 (MLflow run" in err and "is not servable: it has no Bento" in err and champion() == "1"
+    code, _, err = promote("--model", f"{NAME}/9")
+    assert code == 2 and "has no version 9" in err and "its versions: 1, 2, 3" in err
+
+    code, out, err = promote("--model", f"{NAME}/2", "--alias", "challenger")  # the challenger back on a servable version
+    assert code == 0 and out.startswith(f"{NAME}: @challenger moved from version 3 to version 2\n"), err
+    code, out, err = promote("--model", f"{NAME}@challenger", "--reason", "won its shadow test")
+    assert code == 0 and out.startswith(f"{NAME}: @champion moved from version 1 to version 2\n") and champion() == "2", err
+    record = client.get_model_version(NAME, "2").tags["champion_set_by_hand"]
+    assert record.startswith("from version 1 at 20") and record.endswith(": won its shadow test")
+    assert client.get_model_version(NAME, "1").tags["replaced_by"] == "2" and client.get_model_version(NAME, "2").tags["promoted"] == "true"
+    code, out, _ = promote("--model", f"{NAME}@champion")
+    assert code == 0 and out.strip() == f"{NAME}: @champion already points to version 2; nothing changed"
+
+    code, out, _ = promote("--model", f"{NAME}/1")  # the roll-back
+    assert code == 0 and "moved from version 2 to version 1" in out and champion() == "1"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"  # only the named alias moved
+    assert main(["versions", "--model", NAME]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "@champion set by hand from version 2 at" in listed["1"] and "@champion set by hand from version 1 at" in listed["2"]

@@ -44,7 +44,7 @@ def package_and_register(
             bento_tag = build_bento(model_tag, labels=labels, version=f"v{version}-{run_id[:8]}")
             stored.append(bento_tag)
             archive = export_bento(bento_tag, run_dir / f"{bento_tag.replace(':', '-')}.bento")
-            mlflow.log_artifact(str(archive), artifact_path="bento")
+            mlflow.log_artifact(str(archive), artifact_path=registry.BENTO_ARTIFACT)
             aliases, held = registry.finalize_version(
                 version,
                 {"bento_tag": bento_tag, "bento_model_tag": model_tag, "data_fingerprint": data_fingerprint, **tags},

@@ -13,9 +13,6 @@ from components.packaging.package import import_bento
 
 log = logging.getLogger(__name__)
 
-BENTO_ARTIFACT = "bento"  # the run artifact folder holding the `.bento` archive (flows/retrain.py logs it)
-
-
 @dataclass(frozen=True)
 class PulledBento:
     model: str  # the reference as given, e.g. behaviorflow-recommender@champion
@@ -45,9 +42,9 @@ def pull_bento(reference: str) -> PulledBento:
     except NotFound:
         pass
     client = mlflow.MlflowClient(settings.tracking_uri())
-    archives = [a.path for a in client.list_artifacts(version.run_id, BENTO_ARTIFACT) if a.path.endswith(".bento")]
+    archives = registry.bento_archives(client, version)
     if len(archives) != 1:
-        raise BehaviorflowError(f"{where}: expected one .bento archive under the run's '{BENTO_ARTIFACT}/' artifacts, found {archives}")
+        raise BehaviorflowError(f"{where}: expected one .bento archive under the run's '{registry.BENTO_ARTIFACT}/' artifacts, found {archives}")
     with tempfile.TemporaryDirectory(prefix="bento-pull-") as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=archives[0], dst_path=tmp, tracking_uri=settings.tracking_uri())
         imported = import_bento(Path(local))

@@ -2,9 +2,12 @@
 
 from components.registry.registry import (
     ANY_CHAMPION,
+    BENTO_ARTIFACT,
     BUNDLE_ARTIFACT,
+    AliasMove,
     ChampionInfo,
     ModelRef,
+    bento_archives,
     check_reachable,
     configure,
     download_bundle,
@@ -14,14 +17,18 @@ from components.registry.registry import (
     list_versions,
     pending_version,
     resolve_version,
+    set_alias_by_hand,
     version_by_alias,
 )
 
 __all__ = [
     "ANY_CHAMPION",
+    "BENTO_ARTIFACT",
     "BUNDLE_ARTIFACT",
+    "AliasMove",
     "ChampionInfo",
     "ModelRef",
+    "bento_archives",
     "check_reachable",
     "configure",
     "download_bundle",
@@ -31,5 +38,6 @@ __all__ = [
     "list_versions",
     "pending_version",
     "resolve_version",
+    "set_alias_by_hand",
     "version_by_alias",
 ]

@@ -21,6 +21,7 @@ from serving import contract
 log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "bundle"  # the run artifact folder that holds the model bundle (flows/retrain.py logs it)
+BENTO_ARTIFACT = "bento"  # the run artifact folder that holds the version's `.bento` archive (components/packaging/publish.py)
 
 
 @dataclass
@@ -260,6 +261,54 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     return aliases, held
 
 
+def bento_archives(client, model_version) -> list[str]:
+    """The `.bento` archives `model_version`'s run logged (exactly one for a completely registered version)."""
+    return [a.path for a in client.list_artifacts(model_version.run_id, BENTO_ARTIFACT) if a.path.endswith(".bento")]
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    name: str  # the registered model
+    alias: str  # the alias moved (champion or challenger)
+    version: str  # where it points now
+    previous: str | None  # where it pointed before (None: nowhere)
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.version
+
+
+def set_alias_by_hand(ref: ModelRef, alias: str = settings.CHAMPION_ALIAS, reason: str = "") -> AliasMove:
+    """Point `alias` at the version `ref` names, by a person's decision: a roll-back to an earlier champion, or
+    a challenger that won its shadow test. The version must be servable (its Bento tag and `.bento` archive,
+    which `serve` and `bento pull` fetch), else nothing moves. The version is tagged with who moved what from
+    where (`<alias>_set_by_hand`: MLflow keeps no history of an alias), and a replaced champion with
+    `replaced_by`, as the gate's promotions are."""
+    from datetime import datetime, timezone
+
+    if alias not in (settings.CHAMPION_ALIAS, settings.CHALLENGER_ALIAS):
+        raise BehaviorflowError(f"alias {alias!r}: behaviorflow moves '{settings.CHAMPION_ALIAS}' or '{settings.CHALLENGER_ALIAS}'")
+    mv = resolve_version(ref)
+    name, version = mv.name, str(mv.version)
+    client = _client()
+    if not mv.tags.get("bento_tag") or len(bento_archives(client, mv)) != 1:
+        raise BehaviorflowError(f"{_where(mv)} is not servable: it has no Bento (tag 'bento_tag' and one .bento archive under "
+                                f"'{BENTO_ARTIFACT}/'), so '{alias}' was not moved; pick a version that 'behaviorflow versions' lists with a Bento")
+    previous = _alias_version(client, alias, name)
+    if previous == version:
+        return AliasMove(name, alias, version, previous)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = f"{'from version ' + previous if previous else 'first'} at {when}" + (f": {reason}" if reason else "")
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, f"{alias}_set_by_hand", record)
+    if alias == settings.CHAMPION_ALIAS:
+        client.set_model_version_tag(name, version, "promoted", "true")
+        if previous:
+            client.set_model_version_tag(name, previous, "replaced_by", version)
+    log.info("%s: @%s moved from %s to version %s", name, alias, f"version {previous}" if previous else "nowhere", version)
+    return AliasMove(name, alias, version, previous)
+
+
 def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
     """Every registered version of `name`, newest first: aliases, when, test NDCG@10 / HR@10 of its run
     (None for versions that were not evaluated, e.g. items added without retraining), the gate or
@@ -289,6 +338,7 @@ def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
             "added_items_to": mv.tags.get("added_items_to"),
             "data_fingerprint": mv.tags.get("data_fingerprint"),
             "bento_tag": mv.tags.get("bento_tag"),
+            "set_by_hand": {a: mv.tags[f"{a}_set_by_hand"] for a in (settings.CHAMPION_ALIAS, settings.CHALLENGER_ALIAS) if f"{a}_set_by_hand" in mv.tags},
             "run_id": mv.run_id,
         })
     return rows
