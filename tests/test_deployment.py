@@ -149,6 +149,10 @@ def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()
     assert run["state"]["type"] == "COMPLETED", f"flow run {flow_run_id}: {run['state']}\n{_tail(worker_log)}"
     assert run["parameters"] == {"config": config}
+    # What the run decided, in the UI: its Markdown artifact, attached to this flow run.
+    artifacts = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["retrain-summary"]}}}, timeout=10).json()
+    assert [a["flow_run_id"] for a in artifacts] == [flow_run_id] and artifacts[0]["type"] == "markdown"
+    assert "registered **behaviorflow-recommender version 1** — aliases: challenger, champion" in artifacts[0]["data"]
     deployments = httpx.post(f"{prefect_server}/deployments/filter", json={}, timeout=10).json()
     nightly = next(d for d in deployments if d["name"] == "retrain-nightly")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]

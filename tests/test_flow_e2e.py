@@ -52,6 +52,17 @@ def world(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+def latest_report() -> str:
+    """The newest `retrain-summary` Markdown artifact in the Prefect API: what the UI shows for the flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-summary"])), sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0].data
+
+
 def versions(client) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
 
@@ -105,6 +116,11 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     b = summary["baseline_training"]
     assert f"id-only baseline {b['epochs']} epoch{'s' if b['epochs'] != 1 else ''} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b['stopped']})" in format_summary(summary)
     assert b["stopped"] and summary["training"]["cut_short"] in (True, False)
+    # The Prefect UI holds the same summary as the flow run's Markdown artifact.
+    report = latest_report()
+    assert "registered **behaviorflow-recommender version 1** — aliases: challenger, champion" in report
+    assert f"| model | {m['NDCG@10']:.4f} | {m['HR@10']:.4f} |" in report and f"| popularity | {pop['NDCG@10']:.4f} |" in report
+    assert f"`{summary['run_id']}` in `sqlite:///" in report and "| train | " in report
     # Where the time went, per stage: in the summary and in the run.
     stages = summary["stage_s"]
     assert list(stages) == ["data", "text", "train", "id-only baseline", "evaluate", "export", "package and register"]
@@ -212,6 +228,7 @@ def test_a_failed_gate_registers_nothing(world):
     assert versions(client) == before and alias(client, "champion") == "2"
     run = client.get_run(failure.value.summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "gate_failed" and run.data.tags["gate"] == "failed"
+    assert "**gate failed**: nothing was exported or registered" in latest_report() and "does not beat popularity" in latest_report()
 
 
 def new_items_file(world, rows: list[dict], name: str) -> str:

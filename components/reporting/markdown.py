@@ -1,0 +1,65 @@
+"""The retrain summary as Markdown: the flow run's artifact in the Prefect UI (key `retrain-summary`), so an
+engineer who scheduled the nightly retrain sees what it decided without opening a log or MLflow."""
+
+from __future__ import annotations
+
+from components import settings
+
+ARTIFACT_KEY = "retrain-summary"  # Prefect artifact keys: lowercase letters, digits and dashes
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run as a link where the tracking URI is an MLflow server, else its id and store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"[{run_id}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id}` in `{tracking_uri}`"
+
+
+def retrain_markdown(s: dict) -> str:
+    """`s` is the retrain flow's summary (flows/retrain.py)."""
+    gate, metrics = s["gate"], s["metrics"]
+    if "registry" in s:
+        r = s["registry"]
+        headline = f"registered **{settings.REGISTERED_MODEL_NAME} version {r['version']}** — aliases: {', '.join(r['aliases'])}"
+        if r.get("not_promoted"):
+            headline += f"  \n{r['not_promoted']}"
+    else:
+        headline = "**gate failed**: nothing was exported or registered"
+    rows = [("model", metrics["model"])]
+    if "id_only" in metrics:
+        rows.append(("id-only baseline (text off)", metrics["id_only"]))
+    rows.append(("popularity", metrics["popularity"]))
+    if "champion" in metrics:
+        rows.append((f"champion v{gate['champion_version']}", metrics["champion"]))
+    lines = [
+        "# behaviorflow retrain",
+        "",
+        headline,
+        "",
+        f"Test cases: {s['cases']} ({s['preparation']['users']} users), data fingerprint `{s['data_fingerprint']}`.",
+        "",
+        "| ranker | NDCG@10 | HR@10 |",
+        "|---|---:|---:|",
+        *(f"| {name} | {_fmt(m.get('NDCG@10'))} | {_fmt(m.get('HR@10'))} |" for name, m in rows),
+        "",
+        f"**Gate {'passed' if gate['passed'] else 'failed'}:** " + "; ".join(gate["reasons"]),
+    ]
+    slices = s.get("slices", {}).get("model", {})
+    if slices:
+        cut = next(key for key in next(iter(slices.values())) if key.startswith("HR@"))
+        lines += ["", f"**Model {cut} by target:** " + " · ".join(f"{name.replace('_', ' ')} {_fmt(v[cut])} ({v['cases']} cases)" for name, v in slices.items())]
+    t = s["training"]
+    lines += ["", f"**Training:** {t['epochs']} epochs on {t['device']} in {t['wall_s']} s (best epoch {t['best_epoch']}; {t['stopped']}), "
+                  f"peak memory {t.get('peak_rss_mb')} MB" + (" — still improving when the time budget ended it" if t.get("cut_short") else "")]
+    if s.get("stage_s"):
+        lines += ["", "| stage | seconds |", "|---|---:|", *(f"| {name} | {seconds} |" for name, seconds in s["stage_s"].items())]
+        if "wall_s" in s:
+            lines.append(f"| **the flow** | **{s['wall_s']}** |")
+    lines += ["", f"**MLflow run:** {run_link(s['tracking_uri'], s['experiment_id'], s['run_id'])}"]
+    if "registry" in s:
+        lines.append(f"**Bento:** `{s['registry']['bento_tag']}` — serve it with `behaviorflow serve --alias {s['registry']['aliases'][-1]}`")
+    return "\n".join(lines) + "\n"
