@@ -25,7 +25,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from components import settings
+from components import reporting, settings
 from components.errors import BehaviorflowError
 
 log = logging.getLogger("behaviorflow")
@@ -155,6 +155,7 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
         version, bundle_dir, checkpoint = resolve(model, Path(scratch))
         summary = _add(items, version, bundle_dir, checkpoint, promote)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
+    reporting.publish(reporting.ADD_ITEMS_ARTIFACT_KEY, reporting.add_items_markdown(summary), "what this add-items run registered")
     return summary
 
 
@@ -190,6 +191,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         mlflow.set_tag("outcome", "registered")
         summary = {
             "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
             "tracking_uri": settings.tracking_uri(),
             "source_version": source,
             "added_items": len(new),

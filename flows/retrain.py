@@ -26,7 +26,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from components import settings
+from components import reporting, settings
 from components.config import DataConfig, RetrainConfig
 from components.errors import GateFailed
 from components.timing import Stages
@@ -245,18 +245,6 @@ def package_and_register(bundle: Path, dataset_fingerprint: str, decision, confi
                    gated_against=decision.champion_version)
 
 
-def _publish_report(summary: dict) -> None:
-    """The summary as the flow run's Markdown artifact in the Prefect UI; a failure to write it is logged, never fatal."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from components.reporting.markdown import ARTIFACT_KEY, retrain_markdown
-
-    try:
-        create_markdown_artifact(retrain_markdown(summary), key=ARTIFACT_KEY, description="what this retrain decided: metrics, gate, registered version")
-    except Exception as exc:  # the model is registered (or the gate failed) either way
-        log.warning("could not write the Prefect artifact %s: %s", ARTIFACT_KEY, exc)
-
-
 @flow(name="behaviorflow-retrain", log_prints=True)
 def retrain(config: dict | None = None) -> dict:
     """Run the whole lifecycle. `config` is the nested mapping of RetrainConfig (as in a YAML file)."""
@@ -321,7 +309,7 @@ def retrain(config: dict | None = None) -> dict:
         summary["wall_s"] = round(time.perf_counter() - started, 1)
         mlflow.log_metrics({f"stage_s.{name.replace(' ', '_')}": seconds for name, seconds in stages.seconds.items()})
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _publish_report(summary)
+    reporting.publish(reporting.RETRAIN_ARTIFACT_KEY, reporting.retrain_markdown(summary), "what this retrain decided: metrics, gate, registered version")
     if not decision.passed:
         raise GateFailed(f"gate {decision.summary()} — nothing was exported or registered (MLflow run {run.info.run_id})", summary)
     return summary

@@ -52,14 +52,14 @@ def world(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
-def latest_report() -> str:
-    """The newest `retrain-summary` Markdown artifact in the Prefect API: what the UI shows for the flow run."""
+def latest_report(key: str = "retrain-summary") -> str:
+    """The newest Markdown artifact `key` in the Prefect API: what the UI shows for the flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-summary"])), sort=ArtifactSort.CREATED_DESC, limit=1)
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1)
     return found[0].data
 
 
@@ -253,6 +253,8 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert alias(client, "champion") == "2" and alias(client, "challenger") == "3"  # no --promote: the champion stays
     assert summary["source_version"] == f"{NAME}/2" and summary["added_items"] == 3 and summary["catalog_items"] == len(catalog) + 3
     assert summary["parity"]["identical_topk"]
+    report = latest_report("add-items-summary")
+    assert f"registered **{NAME} version 3** — aliases: challenger" in report and f"3 new items added to version {NAME}/2 ({len(catalog) + 3} in the catalog now)" in report
     # Version 2 served int8 (the world's export settings): re-quantized, the added items leave its answers alone.
     assert summary["precision"]["source_precision"] == "int8" and summary["precision"]["precision"] == "int8", summary["precision"]
     assert summary["precision"]["changed_answers"] == 0 and summary["precision"]["cases"] >= 64

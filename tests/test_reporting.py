@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.reporting.markdown import retrain_markdown, run_link
+from components.reporting.markdown import add_items_markdown, retrain_markdown, run_link
 
 
 def summary(**extra) -> dict:
@@ -38,3 +38,14 @@ def test_a_failed_gate_says_nothing_was_registered():
 
 def test_a_local_store_is_named_not_linked():
     assert run_link("sqlite:////tmp/x/mlflow.db", "1", "r1") == "`r1` in `sqlite:////tmp/x/mlflow.db`"
+
+
+def test_an_add_items_run_names_the_new_version_its_source_and_the_check():
+    md = add_items_markdown({
+        "run_id": "r9", "experiment_id": "2", "tracking_uri": "https://mlflow.example.com", "source_version": "m/2", "added_items": 1,
+        "catalog_items": 31, "check": "1 item added to version m/2; the scores of its 30 items did not move", "precision": {"reason": "fp32 (the source's)"},
+        "registry": {"version": "3", "aliases": ["challenger", "champion"], "bento_tag": "b:v3"},
+    })
+    assert "registered **behaviorflow-recommender version 3** — aliases: challenger, champion" in md
+    assert "1 new item added to version m/2 (31 in the catalog now)." in md and "**Precision:** fp32 (the source's)" in md
+    assert "[r9](https://mlflow.example.com/#/experiments/2/runs/r9)" in md and "`behaviorflow serve --alias champion`" in md

@@ -1,11 +1,28 @@
-"""The retrain summary as Markdown: the flow run's artifact in the Prefect UI (key `retrain-summary`), so an
-engineer who scheduled the nightly retrain sees what it decided without opening a log or MLflow."""
+"""A flow's summary as Markdown: the flow run's artifact in the Prefect UI (keys `retrain-summary` and
+`add-items-summary`), so an engineer who scheduled the nightly retrain sees what it decided without opening a
+log or MLflow."""
 
 from __future__ import annotations
 
+import logging
+
 from components import settings
 
-ARTIFACT_KEY = "retrain-summary"  # Prefect artifact keys: lowercase letters, digits and dashes
+log = logging.getLogger(__name__)
+
+RETRAIN_ARTIFACT_KEY = "retrain-summary"  # Prefect artifact keys: lowercase letters, digits and dashes
+ADD_ITEMS_ARTIFACT_KEY = "add-items-summary"
+
+
+def publish(key: str, markdown: str, description: str) -> None:
+    """`markdown` as the current flow run's artifact `key`; a failure to write it is logged, never fatal (the
+    version is registered, or the gate failed, either way)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        create_markdown_artifact(markdown, key=key, description=description)
+    except Exception as exc:
+        log.warning("could not write the Prefect artifact %s: %s", key, exc)
 
 
 def _fmt(value: float | None) -> str:
@@ -63,3 +80,20 @@ def retrain_markdown(s: dict) -> str:
     if "registry" in s:
         lines.append(f"**Bento:** `{s['registry']['bento_tag']}` — serve it with `behaviorflow serve --alias {s['registry']['aliases'][-1]}`")
     return "\n".join(lines) + "\n"
+
+
+def add_items_markdown(s: dict) -> str:
+    """`s` is the add-items flow's summary (flows/add_items.py)."""
+    r = s["registry"]
+    return "\n".join([
+        "# behaviorflow add-items",
+        "",
+        f"registered **{settings.REGISTERED_MODEL_NAME} version {r['version']}** — aliases: {', '.join(r['aliases'])}",
+        "",
+        f"{s['added_items']} new item{'s' if s['added_items'] != 1 else ''} added to version {s['source_version']} ({s['catalog_items']} in the catalog now).",
+        "",
+        f"**Check:** {s['check']}",
+        f"**Precision:** {s['precision']['reason']}",
+        f"**MLflow run:** {run_link(s['tracking_uri'], s['experiment_id'], s['run_id'])}",
+        f"**Bento:** `{r['bento_tag']}` — serve it with `behaviorflow serve --alias {r['aliases'][-1]}`",
+    ]) + "\n"
