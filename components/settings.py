@@ -36,6 +36,8 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow draws a bar for every artifact download (a champion's bundle, `predict`), terminal or not.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -60,7 +62,8 @@ def resolve_device(name: str):
 
 def home() -> Path:
     """The state folder (created on demand)."""
-    path = Path(os.environ.get("BEHAVIORFLOW_HOME", ".behaviorflow")).resolve()
+    # Empty counts as unset: a work pool's empty job variable means "the worker's own", not the working directory.
+    path = Path(os.environ.get("BEHAVIORFLOW_HOME") or ".behaviorflow").resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -92,9 +95,9 @@ def runs_dir() -> Path:
 def apply_environment() -> Path:
     """Set the embedded defaults (never overriding what the user set) and return the state folder."""
     root = home()
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
-    os.environ.setdefault("BENTOML_HOME", str(root / "bentoml"))
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+    defaults = OFFLINE_ENV | {"PREFECT_HOME": str(root / "prefect"), "BENTOML_HOME": str(root / "bentoml")}
+    for key, value in defaults.items():
+        if not os.environ.get(key):  # unset or empty (an empty BENTOML_HOME would be the working directory)
+            os.environ[key] = value
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     return root

@@ -450,8 +450,6 @@ def main(argv: list[str] | None = None) -> int:
         # database-migration notices; --debug (or setting these variables) brings them back.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        # MLflow draws a bar for every artifact download (e.g. `predict` fetching a bundle), terminal or not.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings.apply_environment()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
     for name in ("components", "flows", "behaviorflow"):

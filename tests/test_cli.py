@@ -139,7 +139,8 @@ def test_config_yaml_and_overrides(tmp_path):
     ("train.lr=-1", "config.train: lr (-1.0) and max_minutes (60.0) must be positive"),
     ("train.lr=nan", "config.train.lr: expected a number, got nan"),
     ("text.max_tokens=0", "config.text: max_tokens (0) and batch_size (128) must be at least 1"),
-    ("gate.max_regression=-1", "config.gate: min_lift (0.0) must be >= 0 and max_regression (-1.0) in [0, 1)"),
+    ("gate.max_regression=-1", "config.gate: max_regression (-1.0) must be in [0, 1), e.g. 0.02 for a 2 % relative drop"),
+    ("gate.min_lift=-0.5", "config.gate: min_lift (-0.5) must be >= 0, e.g. 0.1 for 10 % above popularity"),
     ("export.k=0", "config.export: probe_size (256) must be at least 1 and k (0) in 1..100"),
     ("prepare.event_types=[]", "config.prepare: event_types is an empty list"),
     ("prepare.event_types=[cart", "--set 'prepare.event_types=[cart': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); quote it"),
@@ -188,3 +189,17 @@ def test_a_flow_first_says_which_prefect_and_mlflow_it_is_about_to_use(caplog, m
         f"starting a temporary local Prefect API server for this run (PREFECT_API_URL names a running one); MLflow tracking sqlite:///{tmp_path}/mlflow.db",
         "Prefect API http://127.0.0.1:4200/api; MLflow tracking http://127.0.0.1:5000",
     ]
+
+
+def test_empty_state_variables_count_as_unset(monkeypatch, tmp_path):
+    """A work pool's empty job variable means "the worker's own"; it must not put state in the working directory."""
+    import os
+
+    from components import settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "environ", {"BEHAVIORFLOW_HOME": "", "BENTOML_HOME": "", "MLFLOW_TRACKING_URI": "", "PREFECT_HOME": ""})
+    root = settings.apply_environment()
+    assert root == tmp_path / ".behaviorflow"
+    assert os.environ["BENTOML_HOME"] == str(root / "bentoml") and os.environ["PREFECT_HOME"] == str(root / "prefect")
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{root}/mlflow.db" and os.environ["DO_NOT_TRACK"] == "true"

@@ -52,6 +52,33 @@ def test_a_failure_inside_the_block_deletes_the_version_and_restores_aliases(sto
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
 
 
+def test_a_failed_registration_leaves_aliases_another_run_moved_meanwhile(store):
+    client, uri, run_id = store
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {}, promote=True, name=NAME)
+    # Two deployments' runs overlap: A opens v2; B registers v3 and promotes it; then A's packaging fails.
+    with pytest.raises(RuntimeError, match="packaging of A failed"):
+        with registry.pending_version(uri, run_id, name=NAME) as v2:
+            with registry.pending_version(uri, run_id, name=NAME) as v3:
+                registry.finalize_version(v3, {}, promote=True, name=NAME, gated_against="1")
+            raise RuntimeError("packaging of A failed")
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == ["1", "3"] and v2 == "2"
+    assert alias_of(client, "champion") == alias_of(client, "challenger") == "3"  # B's promotion stands
+
+
+def test_a_failed_first_registration_leaves_no_alias(store):
+    client, uri, run_id = store
+    with pytest.raises(RuntimeError):
+        with registry.pending_version(uri, run_id, name=NAME) as v1:
+            registry.finalize_version(v1, {}, promote=True, name=NAME)
+            raise RuntimeError("bento build failed")
+    assert not client.search_model_versions(f"name='{NAME}'") and client.get_registered_model(NAME).aliases == {}
+
+
+def alias_of(client, name: str) -> str:
+    return str(client.get_model_version_by_alias(NAME, name).version)
+
+
 def test_no_champion_on_first_run(store, tmp_path):
     assert registry.find_champion(tmp_path, name=NAME) is None
     assert registry.version_by_alias(settings.CHAMPION_ALIAS, name=NAME) is None

@@ -21,8 +21,10 @@ class GateConfig:
     max_regression: float = 0.02  # relative drop vs the champion tolerated (noise between retrains)
 
     def __post_init__(self):
-        if self.min_lift < 0 or not 0 <= self.max_regression < 1:
-            raise ValueError(f"min_lift ({self.min_lift}) must be >= 0 and max_regression ({self.max_regression}) in [0, 1), e.g. 0.02")
+        if self.min_lift < 0:
+            raise ValueError(f"min_lift ({self.min_lift}) must be >= 0, e.g. 0.1 for 10 % above popularity")
+        if not 0 <= self.max_regression < 1:
+            raise ValueError(f"max_regression ({self.max_regression}) must be in [0, 1), e.g. 0.02 for a 2 % relative drop")
 
 
 @dataclass

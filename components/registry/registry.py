@@ -210,7 +210,9 @@ def download_checkpoint(model_version, download_to: Path) -> Path:
 @contextmanager
 def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED_MODEL_NAME) -> Iterator[str]:
     """Register `model_uri` as a new version for the duration of the block; if the block raises, the
-    version is deleted and the aliases are put back, so a failed packaging step leaves no trace."""
+    version is deleted and the aliases it had taken are put back, so a failed packaging step leaves no trace.
+    Only aliases that still point at this version are touched: a run beside this one (another deployment)
+    may have moved them meanwhile, and its promotion stands."""
     import mlflow
 
     client = _client()
@@ -220,12 +222,11 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
         yield version
     except BaseException:
         log.error("registration of version %s did not complete; removing it and restoring the aliases", version)
-        client.delete_model_version(name, version)
-        for alias, old in previous.items():
-            if old is not None:
-                client.set_registered_model_alias(name, alias, old)
-            elif _alias_version(client, alias, name) is not None:
-                client.delete_registered_model_alias(name, alias)
+        taken = [alias for alias in previous if _alias_version(client, alias, name) == version]
+        client.delete_model_version(name, version)  # MLflow drops the aliases that pointed at it
+        for alias in taken:
+            if previous[alias] is not None:
+                client.set_registered_model_alias(name, alias, previous[alias])
         raise
 
 
