@@ -144,6 +144,7 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
     """Register a new version of `model` (NAME@ALIAS or NAME/VERSION) whose catalog also holds the items of
     the file `items` (the items contract: item_id, title[, category, brand, description])."""
     settings.apply_environment()
+    reporting.send_logs_to_prefect()
     from components import registry
 
     started = time.perf_counter()

@@ -223,10 +223,10 @@ def cmd_serve(args) -> int:
     from serving.contract import MODEL_ALIAS_ENV
 
     pulled = pull_bento(f"{args.model}@{args.alias}")  # a no-op when the Bento is already local
-    print(f"serving {pulled.model} = version {pulled.version} = Bento {pulled.bento_tag} on http://{args.host}:{args.port}", flush=True)
     # A Bento served from the local store does not apply its recorded environment (BentoML does that
     # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
     env = os.environ | {settings.MODEL_TAG_ENV: pulled.bento_model_tag, MODEL_ALIAS_ENV: args.alias}
+    shadow_note = ""
     if args.shadow:
         from components import registry
         from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
@@ -234,12 +234,36 @@ def cmd_serve(args) -> int:
         shadow = registry.resolve_version(registry.ModelRef.parse(f"{args.model}@{args.shadow}"))
         bundle = registry.download_bundle(shadow, settings.home() / "shadow" / f"v{shadow.version}")
         log_path = Path(args.shadow_log or settings.home() / "shadow" / f"shadow-v{pulled.version}-vs-v{shadow.version}.jsonl").resolve()
+        _check_shadow(bundle, log_path)  # here, once: inside `bentoml serve` a failure restarts the worker forever
         env |= {SHADOW_BUNDLE_ENV: str(bundle), SHADOW_LOG_ENV: str(log_path)}
-        print(f"shadow: @{args.shadow} = version {shadow.version} ranks every /recommend request off the response path → {log_path}\n"
-              f"        compare with: behaviorflow shadow-report --log {log_path}", flush=True)
+        same = "  (the same version as the served one: every line will agree)" if shadow.version == pulled.version else ""
+        shadow_note = (f"shadow: @{args.shadow} = version {shadow.version} ranks every /recommend request off the response path → {log_path}{same}\n"
+                       f"        compare with: behaviorflow shadow-report --log {log_path}")
+    print(f"serving {pulled.model} = version {pulled.version} = Bento {pulled.bento_tag} on http://{args.host}:{args.port}", flush=True)
+    if shadow_note:
+        print(shadow_note, flush=True)
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     os.execvpe(bentoml, [bentoml, "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)], env)
     return 0  # not reached
+
+
+def _check_shadow(bundle: Path, log_path: Path) -> None:
+    """The challenger's bundle loads and ranks, and its log can be appended to: one-line errors before serving."""
+    from serving.ranking import BundleRanker
+
+    try:
+        ranker = BundleRanker(bundle)
+        ranker.topk([ranker.bundle.item_ids[:1]], 1, True)
+    except Exception as exc:
+        raise BehaviorflowError(f"shadow: the challenger's bundle {bundle} cannot rank ({type(exc).__name__}: {exc}); nothing was started") from exc
+    if log_path.is_dir():
+        raise BehaviorflowError(f"--shadow-log {log_path}: is a folder; name the JSONL file to append to")
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise BehaviorflowError(f"--shadow-log {log_path}: cannot be written ({exc.strerror or exc}); pick another file") from None
 
 
 def cmd_bento(args) -> int:

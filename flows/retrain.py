@@ -248,7 +248,8 @@ def package_and_register(bundle: Path, dataset_fingerprint: str, decision, confi
 @flow(name="behaviorflow-retrain", log_prints=True)
 def retrain(config: dict | None = None) -> dict:
     """Run the whole lifecycle. `config` is the nested mapping of RetrainConfig (as in a YAML file)."""
-    settings.apply_environment()  # a deployed run starts in a Prefect worker, not through the CLI
+    settings.apply_environment()
+    reporting.send_logs_to_prefect()  # a deployed run starts in a Prefect worker, not through the CLI
     import mlflow
 
     from components import registry

@@ -329,4 +329,6 @@ class ServiceMetadata(BaseModel):
     can_score: bool = Field(description="POST /score and `because` work (the bundle has item vectors)")
     n_new_items: int = Field(default=0, description="items with no training interactions (what `new_items` reserves places for)")
     limits: dict[str, int]
+    shadow: dict | None = Field(default=None, description="shadow mode (`serve --shadow`): the challenger's bundle, the log, and how many "
+                                "requests were recorded, dropped (queue full), failed or are queued; null when off")
     manifest: dict = Field(description="the bundle's whole manifest")

@@ -453,6 +453,7 @@ class Recommender:
                 "because": MAX_BECAUSE,
                 "body_bytes": MAX_BODY_BYTES,
             },
+            shadow=self.shadow.counts() if getattr(self, "shadow", None) is not None else None,
             manifest=manifest,
         )
 

@@ -124,6 +124,25 @@ def test_ragged_csv_line_is_reported_with_its_line(tmp_path):
         load_items(path)
 
 
+def test_a_long_text_field_is_read_and_what_csv_refuses_is_one_line(tmp_path, monkeypatch):
+    long = "word " * 60_000  # 300,000 characters: past the csv module's default 131,072 limit, as parquet takes it
+    items = load_items(write(tmp_path / "items.csv", f'item_id,title,description\n1,Tent,"{long}"\n'))
+    assert len(items.loc[0, "description"]) == len(long)
+
+    import csv
+
+    import components.data.readers as readers
+
+    previous = csv.field_size_limit(1000)
+    monkeypatch.setattr(readers.csv, "field_size_limit", lambda *_: None)  # keep the small limit, to see csv refuse
+    try:
+        with pytest.raises(DataContractError, match=r"items\.csv: line 2: not readable as CSV \(field larger than field limit \(1000\)\)\. Fix"):
+            load_items(tmp_path / "items.csv")
+    finally:
+        monkeypatch.undo()
+        csv.field_size_limit(previous)
+
+
 def test_unreadable_files_are_named_with_the_line_and_what_to_do(tmp_path):
     latin = tmp_path / "items.csv"
     latin.write_bytes("item_id,title\n1,Tent\n2,Caf\u00e9 chair\n".encode("latin-1"))

@@ -149,6 +149,12 @@ def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()
     assert run["state"]["type"] == "COMPLETED", f"flow run {flow_run_id}: {run['state']}\n{_tail(worker_log)}"
     assert run["parameters"] == {"config": config}
+    # The flow's own lines reach the run's logs in the UI (stages, epochs, the gate), not only Prefect's.
+    logs = httpx.post(f"{prefect_server}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}, timeout=10).json()
+    messages = [entry["message"] for entry in logs]
+    for expected in ("[1/9] load and validate data", "[6/9] gate", "[8/9] package the Bento and [9/9] register in MLflow"):
+        assert expected in messages, messages
+    assert any(m.startswith("MLflow run ") and tracking_uri in m for m in messages) and any(m.startswith("epoch 2  loss") for m in messages)
     # What the run decided, in the UI: its Markdown artifact, attached to this flow run.
     artifacts = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["retrain-summary"]}}}, timeout=10).json()
     assert [a["flow_run_id"] for a in artifacts] == [flow_run_id] and artifacts[0]["type"] == "markdown"

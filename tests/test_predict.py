@@ -78,8 +78,10 @@ def test_cli_predicts_what_the_model_computes(store, model, seed):
     version = "1" if seed == 0 else "2"
     assert done.stdout.strip() == (
         f"{model} (version {version}): 5 users, 3 unknown item ids skipped in 2 lines (e.g. 'zz1', 'zz2', 'zz3'); "
-        f"1 users had no known item and got no recommendations; wrote {out}"
+        f"1 user had no known item and got no recommendations; "
+        f"1 user got fewer than k items (too few left once the items they have seen are left out); wrote {out}"
     )
+    assert len(dict(line.split("\t") for line in expected(seed, 7))["carol"].split()) < 7  # carol has seen most of the catalog
 
 
 def test_the_versions_really_differ():
@@ -192,6 +194,21 @@ def test_an_out_that_cannot_be_a_file_is_refused_before_ranking(tmp_path):
     with pytest.raises(BehaviorflowError, match=r"afile is a file, not a folder"):
         predict_file(bundle, tmp_path / "h.tsv", tmp_path / "afile" / "o.tsv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bundle", "h.tsv", "outdir"]  # nothing written
+    with pytest.raises(BehaviorflowError, match=r"h\.tsv is the histories file: writing it would replace the input"):
+        predict_file(bundle, tmp_path / "h.tsv", tmp_path / "." / "h.tsv")
+    assert (tmp_path / "h.tsv").read_text() == "u1\t1 2\n"
+
+
+def test_short_lists_repeated_users_a_byte_order_mark_and_padded_user_ids_are_handled(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM)
+    almost_all = " ".join(item_id(i) for i in range(1, N_ITEMS - 2))  # 3 items left to recommend
+    (tmp_path / "h.tsv").write_bytes(("\ufeffu1\ti001 i002\n  u2 \t" + almost_all + "\nu1\ti003\n").encode("utf-8"))
+    summary = predict_file(bundle, tmp_path / "h.tsv", tmp_path / "o.tsv", PredictConfig(k=5))
+    users = [line.split("\t")[0] for line in (tmp_path / "o.tsv").read_text().splitlines()]
+    assert users == ["u1", "u2", "u1"]  # no byte-order mark, no padding: ids that join
+    assert (summary.short_lists, summary.repeated_users) == (1, 1)
+    assert summary.line() == ("3 users, 0 unknown item ids skipped in 0 lines; 1 user got fewer than k items (too few left once the items "
+                              "they have seen are left out); 1 line repeated an earlier line's user id (each got its own answer)")
 
 
 def test_empty_input_gives_an_empty_output(tmp_path):

@@ -46,7 +46,7 @@ def test_a_failing_challenger_never_raises_into_the_service(tmp_path):
     recorder = ShadowRecorder(lambda h, k, e, n: 1 / 0, tmp_path / "s.jsonl", "m")
     recorder.submit(["a"], 1, True, ["z"])
     recorder.flush()
-    assert recorder.recorded == 0
+    assert recorder.recorded == 0 and recorder.failed == 1 and recorder.counts()["failed"] == 1
 
 
 def test_report_numbers_hand_computed(tmp_path):
@@ -72,3 +72,46 @@ def test_report_names_a_bad_line(tmp_path):
         compare_shadow_log(log)
     with pytest.raises(BehaviorflowError, match="does not exist"):
         compare_shadow_log(tmp_path / "missing.jsonl")
+
+
+def test_every_request_is_accounted_for_and_the_queue_is_written_out_at_shutdown(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("serving.shadow.QUEUE_SIZE", 3)
+    gate = threading.Event()
+    recorder = ShadowRecorder(lambda h, k, e, n: gate.wait(5) and ["z"], tmp_path / "s.jsonl", "m")
+    with caplog.at_level("INFO", logger="serving.shadow"):
+        for _ in range(6):
+            recorder.submit(["a"], 1, True, ["z"])
+        dropped = recorder.dropped
+        assert dropped >= 2 and any("request(s) left out of" in m for m in caplog.messages)  # said at the first drop
+        gate.set()
+        recorder.close(drain_s=5)  # what the process does on exit (atexit): the queued requests are written first
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert len(lines) == recorder.recorded == 6 - dropped and recorder.counts()["queued"] == 0
+    assert f"{6 - dropped} recorded, {dropped} dropped (queue full), 0 failed, 0 left unwritten at shutdown" in caplog.messages[-1]
+
+
+def test_a_log_that_cannot_be_written_fails_at_start_and_a_failed_write_is_not_a_ranking_failure(tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=r"shadow log .*file/s.jsonl: cannot be written"):
+        ShadowRecorder(lambda h, k, e, n: ["z"], tmp_path / "file" / "s.jsonl", "m")
+    recorder = ShadowRecorder(lambda h, k, e, n: ["z"], tmp_path / "s.jsonl", "m")
+    recorder._out.close()  # as a full disk or a vanished mount does: the write fails, the ranking worked
+    with caplog.at_level("ERROR", logger="serving.shadow"):
+        recorder.submit(["a"], 1, True, ["z"])
+        recorder.submit(["a"], 1, True, ["z"])
+        recorder.flush()
+    assert recorder.failed == 2 and recorder.recorded == 0 and recorder.counts()["write_error"]
+    assert [m for m in caplog.messages if "cannot write" in m] == [caplog.messages[0]] and "failed to rank" not in " ".join(caplog.messages)
+
+
+def test_report_leaves_out_an_incomplete_last_line_and_names_mixed_challengers(tmp_path):
+    log = tmp_path / "shadow.jsonl"
+    rows = [{"champion": ["a"], "challenger": ["a"], "challenger_model": "m:2"}, {"champion": ["a"], "challenger": ["b"], "challenger_model": "m:3"}]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"champion": ["a"], "chall')  # the writer stopped mid-line
+    report = compare_shadow_log(log)
+    assert report.requests == 2 and report.top1_agreement == pytest.approx(0.5)
+    assert report.notes == ["line 3, the last, is incomplete (the writer stopped mid-line) and was left out",
+                            "the log mixes 2 challengers: these numbers pool them; give each shadow run its own --shadow-log"]
+    assert "  note: line 3, the last, is incomplete" in "\n".join(report.lines())
+    with pytest.raises(BehaviorflowError, match="is a folder"):
+        compare_shadow_log(tmp_path)

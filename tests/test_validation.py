@@ -68,6 +68,7 @@ def broken(tmp_path_factory, sample) -> Dataset:
     set_field(40, c.EVENT_TYPE, " PURCHASED")  # normalised to "purchased": still unknown
     set_field(25, c.TIMESTAMP, "yesterday")  # unparseable → NA → the not-null expectation
     set_field(33, c.ITEM_ID, "P9999")  # not in the catalog
+    items.append(" P9002,An id with a space before it,hiking boots,Alpenrock,")  # line SPACED_LINE
     repeated_id = items[DUPLICATE_LINE - 1].split(",")[0]
     items.append(f"{repeated_id},Same id as line {DUPLICATE_LINE},hiking boots,Alpenrock,")
     items.append("P9000,,hiking boots,Alpenrock,")  # no title
@@ -87,7 +88,7 @@ def test_sample_passes(sample, sample_report):
     assert sample_report.failures == []
     assert sample_report.statistics["events"]["rows"] == len(sample.events)
     assert sample_report.statistics["items"] == {
-        "source": sample.items_source, "rows": len(sample.items), "expectations": 7, "failed": 0
+        "source": sample.items_source, "rows": len(sample.items), "expectations": 8, "failed": 0
     }
     assert sample_report.statistics["events"]["expectations"] == 10
     raise_for_failures(sample_report)  # no-op on success
@@ -138,17 +139,25 @@ def test_duplicate_item_id_and_missing_title(broken, broken_report):
     assert blank["message"] == f"{broken.items_source}: column 'title': 1 row blank (only spaces) — e.g. '   ' (row {last_line}). Fix or remove these rows and re-run."
 
 
+def test_an_item_id_with_spaces_is_refused(broken, broken_report):
+    spaced = failure(broken_report, "expect_column_values_to_match_regex", c.ITEM_ID)
+    line = int(broken.items[c.ROW].max()) - 3
+    assert (spaced["rows"], spaced["examples"]) == ([line], [" P9002"])
+    assert spaced["message"] == (f"{broken.items_source}: column 'item_id': 1 row with spaces in or around the id (histories separate item ids "
+                                 f"by spaces) — e.g. ' P9002' (row {line}). Fix or remove these rows and re-run.")
+
+
 def test_nothing_else_fails(broken_report):
-    assert len(broken_report.failures) == 6
+    assert len(broken_report.failures) == 7
     assert broken_report.statistics["events"]["failed"] == 3
-    assert broken_report.statistics["items"]["failed"] == 3
+    assert broken_report.statistics["items"]["failed"] == 4
 
 
 def test_error_message_names_file_column_rows_and_data_docs(broken, broken_report):
     with pytest.raises(ValidationFailed) as error:
         raise_for_failures(broken_report)
     lines = str(error.value).splitlines()
-    assert lines[0] == "Data validation failed: 6 expectation(s) not met."
+    assert lines[0] == "Data validation failed: 7 expectation(s) not met."
     assert (
         f"{broken.events_source}: column 'event_type': 2 rows not in the allowed set "
         f"['view', 'click', 'cart', 'purchase', 'rating'] — e.g. 'viewd' (row 17), 'purchased' (row 40). "

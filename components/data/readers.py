@@ -192,27 +192,38 @@ def _first_non_utf8_line(path: Path) -> int:
 
 
 def _csv_records(path: Path) -> tuple[list[list[str]], list[int], list[str]]:
+    # A long description is text like any other (the tokenizer reads its first text.max_tokens tokens), as it
+    # is in parquet: the csv module's 128 KiB field limit is lifted, and what csv still refuses is one line.
+    csv.field_size_limit(2**31 - 1)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = next(reader, [])
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
-            raise DataContractError(
-                f"{path}: the header names column(s) {repeated} more than once ({', '.join(header)}). "
-                f"Give each column one name and re-run."
-            )
-        records, lines = [], []
+        try:
+            return _csv_rows(path, reader)
+        except csv.Error as exc:
+            raise DataContractError(f"{path}: line {reader.line_num}: not readable as CSV ({exc}). Fix the quoting on that line and re-run.") from None
+
+
+def _csv_rows(path: Path, reader) -> tuple[list[list[str]], list[int], list[str]]:
+    """(records, the line each starts on, the header) from a csv.reader over `path`."""
+    header = next(reader, [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataContractError(
+            f"{path}: the header names column(s) {repeated} more than once ({', '.join(header)}). "
+            f"Give each column one name and re-run."
+        )
+    records, lines = [], []
+    start = reader.line_num + 1
+    for record in reader:
+        if record:  # a blank line is no record
+            if len(record) != len(header):
+                raise DataContractError(
+                    f"{path}: line {start} has {len(record)} fields but the header has {len(header)} "
+                    f"({', '.join(header)}). Quote fields that contain commas and re-run."
+                )
+            records.append(record)
+            lines.append(start)
         start = reader.line_num + 1
-        for record in reader:
-            if record:  # a blank line is no record
-                if len(record) != len(header):
-                    raise DataContractError(
-                        f"{path}: line {start} has {len(record)} fields but the header has {len(header)} "
-                        f"({', '.join(header)}). Quote fields that contain commas and re-run."
-                    )
-                records.append(record)
-                lines.append(start)
-            start = reader.line_num + 1
     return records, lines, header
 
 

@@ -56,15 +56,25 @@ class PredictionSummary:
     lines_with_unknown: int = 0  # lines that held at least one of them
     no_known_items: int = 0  # users whose history had no known item: written with an empty list
     unknown_examples: list[str] = field(default_factory=list)  # the first few unknown ids, for the summary
+    short_lists: int = 0  # users with known items who got fewer than k (too few items left once the seen ones are out)
+    repeated_users: int = 0  # lines whose user id an earlier line had (each line gets its own answer)
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
-        text = f"{self.users} users, {self.unknown_items} unknown item ids skipped in {self.lines_with_unknown} lines"
+        text = f"{_n(self.users, 'user')}, {_n(self.unknown_items, 'unknown item id')} skipped in {_n(self.lines_with_unknown, 'line')}"
         if self.unknown_examples:
             text += f" (e.g. {', '.join(map(repr, self.unknown_examples))})"
         if self.no_known_items:
-            text += f"; {self.no_known_items} users had no known item and got no recommendations"
+            text += f"; {_n(self.no_known_items, 'user')} had no known item and got no recommendations"
+        if self.short_lists:
+            text += f"; {_n(self.short_lists, 'user')} got fewer than k items (too few left once the items they have seen are left out)"
+        if self.repeated_users:
+            text += f"; {_n(self.repeated_users, 'line')} repeated an earlier line's user id (each got its own answer)"
         return text
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def read_histories(path: Path) -> Iterator[tuple[int, str, list[str], int]]:
@@ -72,8 +82,8 @@ def read_histories(path: Path) -> Iterator[tuple[int, str, list[str], int]]:
     user id "" and no items (its bytes still count, for the progress bar)."""
     with Path(path).open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+            try:  # utf-8-sig: the byte-order mark Windows tools write must not become part of the first user id
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise BehaviorflowError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
             if not line.strip():
@@ -84,11 +94,13 @@ def read_histories(path: Path) -> Iterator[tuple[int, str, list[str], int]]:
                 raise BehaviorflowError(f"{path}, line {number}: no tab — expected user_id<TAB>item_id item_id … (oldest first), got {line[:60]!r}")
             if not user.strip():
                 raise BehaviorflowError(f"{path}, line {number}: empty user_id before the tab")
-            yield number, user, items.split(), len(raw)
+            yield number, user.strip(), items.split(), len(raw)
 
 
-def check_out(out: Path) -> None:
+def check_out(out: Path, histories: Path | None = None) -> None:
     """Refuse an --out that cannot become a file before any work: it is only written at the end."""
+    if histories is not None and out.exists() and out.resolve() == Path(histories).resolve():
+        raise BehaviorflowError(f"--out {out} is the histories file: writing it would replace the input; name another file")
     if out.is_dir():
         raise BehaviorflowError(f"--out {out} is a folder: name the file to write, e.g. {out / 'top10.tsv'}")
     parent = next((p for p in out.parents if p.exists()), None)
@@ -105,7 +117,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
     histories, out = Path(histories), Path(out)
     if not histories.is_file():
         raise BehaviorflowError(f"histories file {histories}: no such file")
-    check_out(out)
+    check_out(out, histories)
     ranker = BundleRanker(bundle_dir)
     known = ranker.bundle.index_of
     summary = PredictionSummary()
@@ -116,6 +128,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
             total=histories.stat().st_size, unit="B", unit_scale=True, desc="predict", disable=not progress
         ) as bar:
             batch: list[tuple[str, list[str]]] = []
+            seen_users: set[str] = set()
             for _, user, items, size in read_histories(histories):
                 bar.update(size)
                 if not user:
@@ -128,22 +141,29 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
                         if item not in known and len(summary.unknown_examples) < _EXAMPLES and item not in summary.unknown_examples:
                             summary.unknown_examples.append(item)
                 summary.users += 1
+                summary.repeated_users += user in seen_users
+                seen_users.add(user)
                 summary.no_known_items += not kept
                 batch.append((user, kept))
                 if len(batch) >= config.batch_size:
-                    _write(sink, batch, ranker, config)
+                    summary.short_lists += _write(sink, batch, ranker, config)
                     batch = []
-            _write(sink, batch, ranker, config)
+            summary.short_lists += _write(sink, batch, ranker, config)
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
     return summary
 
 
-def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> None:
+def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> int:
+    """Write the batch's lines; returns how many users with known items got fewer than k."""
     ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_item_policy))
+    short = 0
     for user, history in batch:
-        sink.write(f"{user}\t{' '.join(next(ranked) if history else [])}\n")
+        items = next(ranked) if history else []
+        short += bool(history) and len(items) < config.k
+        sink.write(f"{user}\t{' '.join(items)}\n")
+    return short
 
 
 def predict_with_registered_model(model: str, histories: Path, out: Path, config: PredictConfig = PredictConfig(), progress: bool = False) -> tuple[str, PredictionSummary]:
@@ -154,7 +174,7 @@ def predict_with_registered_model(model: str, histories: Path, out: Path, config
     histories = Path(histories)
     if not histories.is_file():  # before any registry call
         raise BehaviorflowError(f"histories file {histories}: no such file")
-    check_out(Path(out))
+    check_out(Path(out), histories)
     version = registry.resolve_version(registry.ModelRef.parse(model))
     with tempfile.TemporaryDirectory(prefix="behaviorflow-predict-") as scratch:
         bundle = registry.download_bundle(version, Path(scratch))

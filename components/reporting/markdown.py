@@ -14,6 +14,30 @@ RETRAIN_ARTIFACT_KEY = "retrain-summary"  # Prefect artifact keys: lowercase let
 ADD_ITEMS_ARTIFACT_KEY = "add-items-summary"
 
 
+OUR_LOGGERS = ("behaviorflow", "components", "flows", "serving")
+
+
+def send_logs_to_prefect() -> None:
+    """Make the flow's own log lines (stages, epochs, the gate, the registered version, warnings) reach the flow
+    run's logs in the Prefect UI. Prefect only sends its own loggers to its API, and a worker's flow run leaves
+    ours at the root's WARNING: a deployed run's log held nothing but Prefect's lines. Idempotent; a level set
+    before (the CLI's --debug) is kept. Lines outside a flow or task run are left to the other handlers."""
+    from prefect.context import FlowRunContext, TaskRunContext
+    from prefect.logging.handlers import APILogHandler
+
+    class RunLogHandler(APILogHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if FlowRunContext.get() or TaskRunContext.get():
+                super().emit(record)
+
+    for name in OUR_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        if not any(type(h).__name__ == "RunLogHandler" for h in logger.handlers):
+            logger.addHandler(RunLogHandler())
+
+
 def publish(key: str, markdown: str, description: str) -> None:
     """`markdown` as the current flow run's artifact `key`; a failure to write it is logged, never fatal (the
     version is registered, or the gate failed, either way)."""

@@ -228,6 +228,8 @@ def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_sou
     if kind == "expect_column_values_to_match_regex":
         if kwargs.get("regex") == r"\S":
             return f"{n_rows} blank (only spaces)"
+        if kwargs.get("regex") == r"^\S+$":
+            return f"{n_rows} with spaces in or around the id (histories separate item ids by spaces)"
         return f"{n_rows} not matching {kwargs.get('regex')!r}"
     if kind == "expect_column_value_lengths_to_be_between":
         if (low, high) == (1, None):
