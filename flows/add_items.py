@@ -115,8 +115,13 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
         item_vectors = extended.item_table().numpy()
     added = len(items)
     new_flags = [i + 1 in bundle.new_item_set for i in range(len(bundle.item_ids))] + [True] * added
-    kept = {k: v for k, v in bundle.manifest.items() if k not in ("registry_version", "run_id")}
+    kept = {k: v for k, v in bundle.manifest.items() if k not in ("registry_version", "run_id", "metrics", "gate")}
     manifest = kept | {
+        # Not evaluated (no new interactions): /metadata must not show the source's test metrics as this version's.
+        # (empty, not null: BentoML keeps the manifest as model metadata, which takes no None)
+        "metrics": {},
+        "source_metrics": bundle.manifest.get("metrics") or bundle.manifest.get("source_metrics") or {},  # the last evaluated ancestor's
+        "gate": f"not re-evaluated: {added} item{'s' if added != 1 else ''} added to version {source} (source_metrics are its test metrics)",
         "n_items": len(bundle.item_ids) + added,
         "precision": precision.precision,
         "quantization": f"{precision.reason} (no new interactions to evaluate int8 on)",
@@ -160,10 +165,31 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
     return summary
 
 
+def _items_it_would_drop(catalog: set[str], source: str, promote: bool, name: str, scratch: Path) -> list[str]:
+    """Warnings for items that the versions this one replaces as challenger (and champion, with `promote`)
+    serve and this one lacks: a branch from an older version does not have what was added since."""
+    from components import registry
+    from serving.contract import Bundle
+
+    notes = []
+    for alias in [settings.CHALLENGER_ALIAS] + [settings.CHAMPION_ALIAS] * promote:
+        current = registry.version_by_alias(alias, name)
+        if current is None or str(current.version) == source:
+            continue
+        lost = sorted(set(Bundle(registry.download_bundle(current, scratch / alias), load_users=False).item_ids) - catalog)
+        if lost:
+            note = (f"@{alias} was version {current.version}, which serves {len(lost)} item(s) this version lacks (e.g. {lost[:5]}): "
+                    f"as @{alias} they are no longer recommended; to keep them, add items onto version {current.version} (--model {name}/{current.version})")
+            log.warning(note)
+            notes.append(note)
+    return notes
+
+
 def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool) -> dict:
     import mlflow
     import numpy as np
 
+    from components import contract as c
     from components.catalog import load_checkpoint
     from components.export.onnx_export import probe_histories
     from serving.contract import Bundle
@@ -186,6 +212,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         extra = {"added_items": {"from_version": source, "count": len(new), "items_source": str(items)}}
         mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})
         out, parity, precision = export(extended, bundle, new, probes, extra, text_config, run_dir, source)
+        notes = _items_it_would_drop(set(bundle.item_ids) | set(new[c.ITEM_ID]), str(version.version), promote, version.name, run_dir / "replaced")
         check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
         record = f"{check}; served in {precision.reason}"
         registered = publish(out, run_dir, fingerprint, {"gate": record, "added_items_to": source}, promote, version.name)
@@ -201,6 +228,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
             "parity": parity.to_dict(),
             "precision": precision.to_dict(),
             "registry": registered,
+            "notes": notes,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -294,6 +294,9 @@ def cmd_add_items(args) -> int:
     ModelRef.parse(args.model)  # a malformed reference fails before any server starts
     if not Path(args.items).is_file():
         raise BehaviorflowError(f"--items {args.items}: no such file")
+    from components.data import load_items
+
+    load_items(args.items)  # an unreadable file or a missing column fails in a second, before any server starts
     from flows.add_items import add_items
 
     _announce_servers()
@@ -313,6 +316,7 @@ def cmd_add_items(args) -> int:
         f"  Bento         {r['bento_tag']}",
         f"  MLflow run    {s['run_id']} in {s['tracking_uri']}",
         f"  serve it      {_command('behaviorflow')} serve --alias {r['aliases'][-1]}",
+        *(f"  note          {note}" for note in s.get("notes", [])),
     ]))
     return 0
 

@@ -318,7 +318,8 @@ class ServiceMetadata(BaseModel):
         "serve --alias`), else one its manifest records; aliases move, so ask the registry which version an "
         "alias points to now"
     )
-    metrics: dict | None = Field(description="the offline evaluation metrics recorded at export")
+    metrics: dict | None = Field(description="the offline evaluation metrics recorded at export; empty for a version made by add-items "
+                                 "(not evaluated: its manifest's source_metrics are those of the version it extends)")
     data_fingerprint: str | None = Field(description="fingerprint of the training data")
     bento_model_tag: str = Field(description="the Bento model store tag of the bundle served")
     bento_tag: str | None = Field(description="the Bento served; null when served from source")

@@ -34,17 +34,18 @@ def env_switch(name: str, value: str, expected: str = "1 or 0") -> bool:
     raise ValueError(f"{name}={value!r}: expected {expected}")
 
 
-def ort_session(path: Path, default_threads: int = 0):
+def ort_session(path: Path, default_threads: int = 0, background: bool = False):
     """An ONNX Runtime CPU session for a bundle's graph, threaded as the environment says (see above);
-    `default_threads` when BEHAVIORFLOW_ORT_THREADS is unset."""
+    `default_threads` when BEHAVIORFLOW_ORT_THREADS is unset. `background`: one thread that sleeps when idle,
+    whatever the environment says (the shadow challenger, which must leave the cores to the served model)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    threads = os.environ.get(ORT_THREADS_ENV, "").strip() or str(default_threads)
+    threads = "1" if background else os.environ.get(ORT_THREADS_ENV, "").strip() or str(default_threads)
     if not threads.isdigit():
         raise ValueError(f"{ORT_THREADS_ENV}={threads!r}: expected a whole number of threads (0 = ONNX Runtime's default)")
     options.intra_op_num_threads = int(threads)
-    spin = env_switch(ORT_SPIN_ENV, os.environ.get(ORT_SPIN_ENV, "1"))
+    spin = not background and env_switch(ORT_SPIN_ENV, os.environ.get(ORT_SPIN_ENV, "1"))
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -58,9 +59,9 @@ class BundleRanker:
     the graph's top MAX_K, the list is filled from the item vectors (Bundle.fill_to_k).
     """
 
-    def __init__(self, bundle_dir: Path):
+    def __init__(self, bundle_dir: Path, background: bool = False):
         self.bundle = contract.Bundle(bundle_dir)
-        self.session = ort_session(self.bundle.model_path)
+        self.session = ort_session(self.bundle.model_path, background=background)
 
     @cached_property
     def _item_vectors(self) -> np.ndarray | None:

@@ -317,16 +317,22 @@ def _metadata(request: Request) -> JSONResponse:
 _http = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
 
 
-def _shadow_recorder() -> ShadowRecorder | None:
+def _model_label(manifest: dict, fallback: str) -> str:
+    """NAME/VERSION of a bundle's registered model, as the shadow log names the two models; else `fallback`."""
+    version = manifest.get("registry_version")
+    return f"{manifest.get('model_name', 'model')}/{version}" if version is not None else fallback
+
+
+def _shadow_recorder(champion: str) -> ShadowRecorder | None:
     """Shadow mode (serving/shadow.py): the challenger bundle named by the environment, or None."""
     bundle_dir, log_path = os.environ.get(SHADOW_BUNDLE_ENV), os.environ.get(SHADOW_LOG_ENV)
     if not bundle_dir:
         return None
     if not log_path:
         raise ValueError(f"{SHADOW_BUNDLE_ENV} is set but {SHADOW_LOG_ENV} is not: name the JSONL file for the shadow log")
-    ranker = BundleRanker(Path(bundle_dir))
+    ranker = BundleRanker(Path(bundle_dir), background=True)  # one non-spinning thread: the champion keeps the cores
     return ShadowRecorder(lambda history, k, exclude_seen, new_items: ranker.topk([history], k, exclude_seen, new_items=new_items)[0],
-                          Path(log_path), str(bundle_dir))
+                          Path(log_path), _model_label(ranker.bundle.manifest, str(bundle_dir)), champion_model=champion)
 
 
 @bentoml.asgi_app(_http, path="/")
@@ -346,7 +352,7 @@ class Recommender:
         self.bundle = Bundle(self.model_ref.path)
         self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
         self._check_bundle()
-        self.shadow = _shadow_recorder()  # None unless serve --shadow configured a challenger
+        self.shadow = _shadow_recorder(_model_label(self.bundle.manifest, self.model_tag))  # None unless serve --shadow named a challenger
         if BATCHING:
             # In-process this builds the Ranker now (its checks and warm-up run here); served, it is a
             # client of the Ranker's process, whose readiness /readyz waits for.
@@ -427,6 +433,12 @@ class Recommender:
             scores=[CandidateScore(item_id=c, probability=p) for c, p in zip(request.candidates, probabilities.tolist())],
             model_version=self._model_version(),
         )
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """On a graceful stop: the shadow recorder writes out its queue and logs what happened to every request."""
+        if getattr(self, "shadow", None) is not None:
+            self.shadow.close()
 
     def metadata(self) -> ServiceMetadata:
         """What GET /metadata returns: which model answers, where it came from, what it can do."""

@@ -41,8 +41,9 @@ class ShadowRecorder:
     (the queue was full), failed (the challenger raised) or left unwritten when the process stopped; on exit
     the queue is drained for up to `drain_s` seconds first."""
 
-    def __init__(self, rank: Callable[[list[str], int, bool, NewItemPolicy], list[str]], path: Path, model_tag: str, drain_s: float = 10.0):
-        self.rank, self.path, self.model_tag = rank, Path(path), model_tag
+    def __init__(self, rank: Callable[[list[str], int, bool, NewItemPolicy], list[str]], path: Path, model_tag: str, drain_s: float = 10.0,
+                 champion_model: str = ""):
+        self.rank, self.path, self.model_tag, self.champion_model = rank, Path(path), model_tag, champion_model
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._out = self.path.open("a", encoding="utf-8")
@@ -65,7 +66,7 @@ class ShadowRecorder:
                             "never delayed", QUEUE_SIZE, self.dropped, self.path)
 
     def counts(self) -> dict:
-        return {"challenger": self.model_tag, "log": str(self.path), "recorded": self.recorded, "dropped": self.dropped,
+        return {"champion": self.champion_model, "challenger": self.model_tag, "log": str(self.path), "recorded": self.recorded, "dropped": self.dropped,
                 "failed": self.failed, "queued": self.queue.qsize(), "write_error": self._write_error}
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -76,7 +77,9 @@ class ShadowRecorder:
         return not self.queue.unfinished_tasks
 
     def close(self, drain_s: float = 10.0) -> None:
-        """Write out what is queued (up to `drain_s` seconds) and say what happened to every request."""
+        """Write out what is queued (up to `drain_s` seconds) and say what happened to every request. The
+        service calls it when it shuts down; at exit it runs by itself if nobody did."""
+        atexit.unregister(self.close)
         self.flush(drain_s)
         c = self.counts()
         log.info("shadow log %s: %d recorded, %d dropped (queue full), %d failed, %d left unwritten at shutdown",
@@ -95,7 +98,7 @@ class ShadowRecorder:
                     continue
                 line = {
                     "ts": ts, "history": history, "k": k, "exclude_seen": exclude_seen, **new_items.fields(), "champion": champion,
-                    "challenger": challenger, "challenger_model": self.model_tag,
+                    "challenger": challenger, "challenger_model": self.model_tag, "champion_model": self.champion_model,
                     "challenger_ms": round((time.perf_counter() - started) * 1000, 3),
                 }
                 try:  # one write per line, so a full disk leaves whole lines behind it (shadow-report skips a cut last one)

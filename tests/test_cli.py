@@ -203,3 +203,16 @@ def test_empty_state_variables_count_as_unset(monkeypatch, tmp_path):
     assert root == tmp_path / ".behaviorflow"
     assert os.environ["BENTOML_HOME"] == str(root / "bentoml") and os.environ["PREFECT_HOME"] == str(root / "prefect")
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{root}/mlflow.db" and os.environ["DO_NOT_TRACK"] == "true"
+
+
+def test_add_items_refuses_an_unreadable_file_before_any_server_starts(tmp_path, capsys, monkeypatch):
+    import flows.cli
+    from flows.cli import main
+
+    def no_server():
+        raise AssertionError("the Prefect server would start (43-190 s before this error, on the audit's machine)")
+
+    monkeypatch.setattr(flows.cli, "_announce_servers", no_server)
+    (tmp_path / "new.csv").write_text("item_id,name\nN1,Tent\n")
+    assert main(["add-items", "--items", str(tmp_path / "new.csv")]) == 2
+    assert "missing required column(s) ['title']" in capsys.readouterr().err

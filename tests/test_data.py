@@ -124,6 +124,12 @@ def test_ragged_csv_line_is_reported_with_its_line(tmp_path):
         load_items(path)
 
 
+def test_an_empty_file_is_named_as_such(tmp_path):
+    for content in ("", "\nitem_id,title\n1,Tent\n"):
+        with pytest.raises(DataContractError, match=r"items\.csv: no header: the file is empty or starts with a blank line"):
+            load_items(write(tmp_path / "items.csv", content))
+
+
 def test_a_long_text_field_is_read_and_what_csv_refuses_is_one_line(tmp_path, monkeypatch):
     long = "word " * 60_000  # 300,000 characters: past the csv module's default 131,072 limit, as parquet takes it
     items = load_items(write(tmp_path / "items.csv", f'item_id,title,description\n1,Tent,"{long}"\n'))

@@ -253,6 +253,13 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert alias(client, "champion") == "2" and alias(client, "challenger") == "3"  # no --promote: the champion stays
     assert summary["source_version"] == f"{NAME}/2" and summary["added_items"] == 3 and summary["catalog_items"] == len(catalog) + 3
     assert summary["parity"]["identical_topk"]
+    assert summary["notes"] == []  # the challenger it replaces was its source: nothing is lost
+    # A second branch from v2 would replace challenger v3 and lose v3's new items: said before it registers.
+    from flows.add_items import _items_it_would_drop
+
+    notes = _items_it_would_drop(set(catalog["item_id"]) | {"NEW-7"}, "2", True, NAME, world["root"] / "replaced")
+    assert notes == [f"@challenger was version 3, which serves 3 item(s) this version lacks (e.g. ['NEW-0', 'NEW-1', 'NEW-2']): as @challenger "
+                     f"they are no longer recommended; to keep them, add items onto version 3 (--model {NAME}/3)"]
     report = latest_report("add-items-summary")
     assert f"registered **{NAME} version 3** — aliases: challenger" in report and f"3 new items added to version {NAME}/2 ({len(catalog) + 3} in the catalog now)" in report
     # Version 2 served int8 (the world's export settings): re-quantized, the added items leave its answers alone.
@@ -272,6 +279,9 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert items3[:-3] == json.loads((v2 / "bundle" / "items.json").read_text())  # old items, old "new" marks
     manifest = json.loads((v3 / "bundle" / "manifest.json").read_text())
     assert manifest["added_items"]["count"] == 3 and manifest["n_items"] == len(catalog) + 3
+    source_manifest = json.loads((v2 / "bundle" / "manifest.json").read_text())
+    assert manifest["metrics"] == {} and manifest["source_metrics"] == source_manifest["metrics"]  # not evaluated: /metadata shows no metrics
+    assert manifest["gate"] == f"not re-evaluated: 3 items added to version {NAME}/2 (source_metrics are its test metrics)"
     assert manifest["precision"] == json.loads((v2 / "bundle" / "manifest.json").read_text())["precision"] == "int8"
     assert mv.tags["gate"].endswith(f"; served in {summary['precision']['reason']}")
     # Its checkpoint reads the new items' tokens too (token embeddings), so items can be added to it in turn.

@@ -697,6 +697,11 @@ def test_ort_threading_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(ORT_SPIN_ENV, "sometimes")
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_ORT_SPIN='sometimes': expected 1 or 0"):
         ort_session(bundle / contract.MODEL_FILE)
+    # The shadow challenger's session: one thread that sleeps when idle, whatever the environment says.
+    monkeypatch.setenv(ORT_THREADS_ENV, "2")
+    monkeypatch.setenv(ORT_SPIN_ENV, "1")
+    options = ort_session(bundle / contract.MODEL_FILE, background=True).get_session_options()
+    assert options.intra_op_num_threads == 1 and options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_service_imports_no_training_stack():
@@ -1027,3 +1032,7 @@ def test_shadow_mode_records_the_challenger_off_the_response_path(model_tag, tab
     assert record["history"] == history and record["k"] == 5
     report = compare_shadow_log(log)
     assert report.requests == 1 and 0.0 <= report.mean_overlap_at_k <= 1.0
+    service.shutdown()  # what BentoML calls when the server stops: the recorder says what it wrote
+    assert service.shadow.counts() | {"write_error": None} == {"champion": service.shadow.champion_model, "challenger": "tiny-recommender/7", "log": str(log), "recorded": 1, "dropped": 0,
+                                                             "failed": 0, "queued": 0, "write_error": None}
+    assert service.metadata().shadow["recorded"] == 1

@@ -19,14 +19,14 @@ def test_recorder_writes_one_line_per_request(tmp_path):
         m, boost = new_items.places, new_items.boost
         return [f"c{i}" for i in range(k - m)] + [f"new{i}" for i in range(m)] + [f"boost{boost}"] * (boost > 0)
 
-    recorder = ShadowRecorder(challenger, tmp_path / "shadow.jsonl", "model:v2")
+    recorder = ShadowRecorder(challenger, tmp_path / "shadow.jsonl", "model/2", champion_model="model/1")
     recorder.submit(["a", "b"], 3, True, ["x", "c1", "y"])
     recorder.submit(["b"], 2, False, ["c0", "c1"], NewItemPolicy(places=1, boost=0.5))
     recorder.flush()
     lines = [json.loads(x) for x in (tmp_path / "shadow.jsonl").read_text().splitlines()]
     assert [line["challenger"] for line in lines] == [["c0", "c1", "c2"], ["c0", "new0", "boost0.5"]]  # asked as the champion was
     assert [(line["new_items"], line["new_item_boost"]) for line in lines] == [(0, 0.0), (1, 0.5)]
-    assert lines[0]["champion"] == ["x", "c1", "y"] and lines[0]["history"] == ["a", "b"] and lines[0]["challenger_model"] == "model:v2"
+    assert lines[0]["champion"] == ["x", "c1", "y"] and lines[0]["history"] == ["a", "b"] and lines[0]["challenger_model"] == "model/2" and lines[0]["champion_model"] == "model/1"
     assert recorder.recorded == 2 and recorder.dropped == 0
 
 
@@ -106,12 +106,13 @@ def test_a_log_that_cannot_be_written_fails_at_start_and_a_failed_write_is_not_a
 
 def test_report_leaves_out_an_incomplete_last_line_and_names_mixed_challengers(tmp_path):
     log = tmp_path / "shadow.jsonl"
-    rows = [{"champion": ["a"], "challenger": ["a"], "challenger_model": "m:2"}, {"champion": ["a"], "challenger": ["b"], "challenger_model": "m:3"}]
+    rows = [{"champion": ["a"], "challenger": ["a"], "challenger_model": "m/2", "champion_model": "m/1"},
+            {"champion": ["a"], "challenger": ["b"], "challenger_model": "m/3", "champion_model": "m/1"}]
     log.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"champion": ["a"], "chall')  # the writer stopped mid-line
     report = compare_shadow_log(log)
     assert report.requests == 2 and report.top1_agreement == pytest.approx(0.5)
     assert report.notes == ["line 3, the last, is incomplete (the writer stopped mid-line) and was left out",
-                            "the log mixes 2 challengers: these numbers pool them; give each shadow run its own --shadow-log"]
+                            "the log mixes 2 model pairs (m/1 vs m/2, m/1 vs m/3): these numbers pool them; give each shadow run its own --shadow-log"]
     assert "  note: line 3, the last, is incomplete" in "\n".join(report.lines())
     with pytest.raises(BehaviorflowError, match="is a folder"):
         compare_shadow_log(tmp_path)

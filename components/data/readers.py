@@ -206,6 +206,8 @@ def _csv_records(path: Path) -> tuple[list[list[str]], list[int], list[str]]:
 def _csv_rows(path: Path, reader) -> tuple[list[list[str]], list[int], list[str]]:
     """(records, the line each starts on, the header) from a csv.reader over `path`."""
     header = next(reader, [])
+    if not header:
+        raise DataContractError(f"{path}: no header: the file is empty or starts with a blank line; its first line must name the columns.")
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise DataContractError(

@@ -44,7 +44,7 @@ def compare_shadow_log(path: str | Path) -> ShadowReport:
         raise BehaviorflowError(f"shadow log {path} is a folder: name the JSONL file 'serve --shadow' wrote")
     if not path.is_file():
         raise BehaviorflowError(f"shadow log {path} does not exist: serve with '--shadow challenger' first")
-    rows, notes = [], []
+    rows, notes, pairs = [], [], set()
     content = path.read_text(encoding="utf-8")
     lines = content.splitlines()
     for number, text in enumerate(lines, start=1):
@@ -59,11 +59,13 @@ def compare_shadow_log(path: str | Path) -> ShadowReport:
                 continue
             raise BehaviorflowError(f"{path}, line {number}: not a shadow record ({exc}); expected JSON with 'champion' and 'challenger' lists") from exc
         rows.append((champion, challenger, float(row.get("challenger_ms", 0.0)), row.get("challenger_model", "?")))
+        pairs.add((row.get("champion_model", "?"), row.get("challenger_model", "?")))
     if not rows:
         raise BehaviorflowError(f"shadow log {path} is empty: no request has been recorded yet")
     models = sorted({m for *_, m in rows})
-    if len(models) > 1:
-        notes.append(f"the log mixes {len(models)} challengers: these numbers pool them; give each shadow run its own --shadow-log")
+    if len(pairs) > 1:
+        listed = ", ".join(f"{a} vs {b}" for a, b in sorted(pairs))
+        notes.append(f"the log mixes {len(pairs)} model pairs ({listed}): these numbers pool them; give each shadow run its own --shadow-log")
     overlap = [len(set(a) & set(b)) / max(len(a), 1) for a, b, _, _ in rows]
     jaccard = [len(set(a) & set(b)) / max(len(set(a) | set(b)), 1) for a, b, _, _ in rows]
     latency = np.array([ms for _, _, ms, _ in rows])

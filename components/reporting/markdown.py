@@ -120,4 +120,5 @@ def add_items_markdown(s: dict) -> str:
         f"**Precision:** {s['precision']['reason']}",
         f"**MLflow run:** {run_link(s['tracking_uri'], s['experiment_id'], s['run_id'])}",
         f"**Bento:** `{r['bento_tag']}` — serve it with `behaviorflow serve --alias {r['aliases'][-1]}`",
+        *(f"\n**Note:** {note}" for note in s.get("notes", [])),
     ]) + "\n"
