@@ -94,7 +94,8 @@ class ShadowRecorder:
                     challenger = self.rank(history, k, exclude_seen, new_items)
                 except Exception:  # the shadow must never take the service down
                     self.failed += 1
-                    log.exception("shadow: the challenger failed to rank a request; not recorded")
+                    if self.failed == 1 or self.failed % 1000 == 0:  # a broken challenger fails every request: not a traceback each
+                        log.exception("shadow: the challenger failed to rank a request (%d so far); not recorded", self.failed)
                     continue
                 line = {
                     "ts": ts, "history": history, "k": k, "exclude_seen": exclude_seen, **new_items.fields(), "champion": champion,

@@ -42,11 +42,14 @@ def test_a_slow_challenger_drops_records_instead_of_blocking(tmp_path, monkeypat
     assert recorder.recorded + recorder.dropped == 6
 
 
-def test_a_failing_challenger_never_raises_into_the_service(tmp_path):
+def test_a_failing_challenger_never_raises_into_the_service(tmp_path, caplog):
     recorder = ShadowRecorder(lambda h, k, e, n: 1 / 0, tmp_path / "s.jsonl", "m")
-    recorder.submit(["a"], 1, True, ["z"])
-    recorder.flush()
-    assert recorder.recorded == 0 and recorder.failed == 1 and recorder.counts()["failed"] == 1
+    with caplog.at_level("ERROR", logger="serving.shadow"):
+        for _ in range(3):
+            recorder.submit(["a"], 1, True, ["z"])
+        recorder.flush()
+    assert recorder.recorded == 0 and recorder.failed == 3 and recorder.counts()["failed"] == 3
+    assert caplog.messages == ["shadow: the challenger failed to rank a request (1 so far); not recorded"]  # one traceback, not one per request
 
 
 def test_report_numbers_hand_computed(tmp_path):
