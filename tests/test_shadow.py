@@ -119,3 +119,21 @@ def test_report_leaves_out_an_incomplete_last_line_and_names_mixed_challengers(t
     assert "  note: line 3, the last, is incomplete" in "\n".join(report.lines())
     with pytest.raises(BehaviorflowError, match="is a folder"):
         compare_shadow_log(tmp_path)
+
+
+def test_serve_checks_the_challenger_and_the_log_before_starting(tmp_path):
+    """Inside `bentoml serve` either failure restarted the worker forever and the champion never served."""
+    from flows.cli import _check_shadow
+    from tests.tiny_bundle import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "challenger", n_items=12, dim=4)
+    _check_shadow(bundle, tmp_path / "logs" / "shadow.jsonl")  # fine: the folder is made, the file can be appended to
+    assert (tmp_path / "logs" / "shadow.jsonl").read_text() == ""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(BehaviorflowError, match=r"--shadow-log .*afile/shadow.jsonl: cannot be written"):
+        _check_shadow(bundle, tmp_path / "afile" / "shadow.jsonl")
+    with pytest.raises(BehaviorflowError, match=r"--shadow-log .*logs: is a folder"):
+        _check_shadow(bundle, tmp_path / "logs")
+    (bundle / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(BehaviorflowError, match=r"shadow: the challenger's bundle .*challenger cannot rank \(.*\); nothing was started"):
+        _check_shadow(bundle, tmp_path / "logs" / "shadow.jsonl")
