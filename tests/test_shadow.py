@@ -14,6 +14,17 @@ from serving.contract import NewItemPolicy
 from serving.shadow import ShadowRecorder
 
 
+@pytest.fixture(autouse=True)
+def close_recorders(monkeypatch):
+    """Each test's recorders are closed when it ends, as the service closes its own at shutdown; left to
+    atexit, they would log after pytest has closed its output streams."""
+    at_exit = []
+    monkeypatch.setattr("serving.shadow.atexit.register", lambda close, *args: at_exit.append((close, args)))
+    yield
+    for close, args in at_exit:
+        close(*args)
+
+
 def test_recorder_writes_one_line_per_request(tmp_path):
     def challenger(history, k, exclude_seen, new_items):
         m, boost = new_items.places, new_items.boost
