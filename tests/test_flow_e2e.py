@@ -6,7 +6,9 @@ second run, gate failure — each asserting the registry state it leaves behind.
 from __future__ import annotations
 
 import json
+import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,12 +20,14 @@ from prefect.testing.utilities import prefect_test_harness
 
 from components import settings
 from components.data.sample import SampleConfig, write_sample
+from components.data import load_dataset
 from components.errors import GateFailed, ValidationFailed
 from components.evaluation.bundle import bundle_topk
 from serving.ranking import BundleRanker
 from flows.cli import format_summary
+from components.preparation.prepare import prepare
 from flows.retrain import retrain
-from tests.helpers import free_port, running_server
+from tests.helpers import ROOT, free_port, running_server
 
 pytestmark = pytest.mark.e2e
 NAME = settings.REGISTERED_MODEL_NAME
@@ -212,6 +216,27 @@ def test_second_run_is_a_new_version_gated_against_the_champion(world):
     assert any("vs champion v1" in r for r in gate["reasons"])
     assert alias(client, "champion") == "2" and alias(client, "challenger") == "2"
     assert client.get_model_version(NAME, "1").tags["replaced_by"] == "2"
+
+    # A serving team's offline check: `behaviorflow predict` with version 1 on the same test histories scores
+    # exactly what the gate saw for the champion (same bundle, same ONNX Runtime path, same exclusion rule).
+    dataset = load_dataset(events=world["events"], items=world["items"])
+    prepared = prepare(dataset.events, dataset.items)
+    inputs, targets = prepared.test_split()
+    histories, out = world["root"] / "test_histories.tsv", world["root"] / "test_top10.tsv"
+    histories.write_text("".join(f"case{j}\t{' '.join(prepared.item_ids[i - 1] for i in h)}\n" for j, h in enumerate(inputs)))
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "predict", "--model", f"{NAME}/1", "--histories", str(histories), "--k", "10", "--out", str(out)],
+                          cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = out.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [f"case{j}" for j in range(len(targets))] == [f"case{j}" for j in range(summary["cases"])]
+    ranks = []  # 0-based place of each case's target in its top 10, None if absent
+    for line, target in zip(lines, (prepared.item_ids[t - 1] for t in targets)):
+        top = line.split("\t")[1].split()
+        ranks.append(top.index(target) if target in top else None)
+    hr = sum(r is not None for r in ranks) / len(ranks)
+    ndcg = sum(1 / math.log2(r + 2) for r in ranks if r is not None) / len(ranks)
+    assert hr == pytest.approx(summary["metrics"]["champion"]["HR@10"], abs=1e-12) and hr > 0
+    assert ndcg == pytest.approx(summary["metrics"]["champion"]["NDCG@10"], abs=1e-9)
 
 
 def test_a_failed_gate_registers_nothing(world):
