@@ -539,7 +539,7 @@ def _can_score() -> bool:
         return True
 
 
-_JSON_ROUTES = ("/recommend", "/score")
+_JSON_ROUTES = {"/recommend": RecommendRequest, "/score": ScoreRequest}
 
 
 class RequestGuard:
@@ -553,7 +553,9 @@ class RequestGuard:
     - A body that is not declared JSON (curl -d sends application/x-www-form-urlencoded) is a 415 naming
       the header: BentoML would read it as a form and answer with a puzzling "give exactly one of ...".
     - Every 4xx body is one JSON object {"error": ...} (BentoML sends its own BentoMLExceptions as a
-      one-element list), so clients can read `error` from any of them.
+      one-element list), so clients can read `error` from any of them; for a request its model refuses,
+      `error` names each field and its problem (BentoML's says "1 validation error for
+      RecommendRequestIODescriptor", with the field only in `detail`, which is kept).
     """
 
     def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -564,8 +566,8 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        send = _one_error_shape(send)
         path = scope["path"].rstrip("/")
+        send = _one_error_shape(send, _JSON_ROUTES.get(path))
         if path == "/score" and not _can_score():
             await _send_error(send, HTTPStatus.NOT_IMPLEMENTED, _NO_ITEM_VECTORS)
             return
@@ -618,8 +620,25 @@ class RequestGuard:
         )
 
 
-def _one_error_shape(send: Any) -> Any:
-    """`send`, with a 4xx JSON body that is a one-element list of an object sent as that object."""
+def _field_errors(errors: list[dict], request_model: type[BaseModel] | None = None) -> str:
+    """pydantic's errors as one line naming each field: "k: Input should be less than or equal to 100".
+    A field the request model does not have is listed with the fields it has."""
+
+    def one(error: dict) -> str:
+        where = ".".join(map(str, error.get("loc", ())))
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden" and request_model is not None:
+            message = f"not a field of this request, which takes {', '.join(request_model.model_fields)}"
+        if not where and error.get("type") != "value_error":
+            where = "request body"  # e.g. a JSON array sent for the object
+        return f"{where}: {message}" if where else message  # a check of the whole request names its fields itself
+
+    return "; ".join(one(error) for error in errors)
+
+
+def _one_error_shape(send: Any, request_model: type[BaseModel] | None = None) -> Any:
+    """`send`, with a 4xx JSON body that is a one-element list of an object sent as that object, and a
+    validation error's `error` naming the fields from its `detail` (`request_model`: the route's)."""
     start: dict | None = None
     chunks: list[bytes] = []
 
@@ -640,7 +659,11 @@ def _one_error_shape(send: Any) -> Any:
         except ValueError:
             parsed = None
         if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
-            body = json.dumps(parsed[0]).encode()
+            parsed = parsed[0]
+            body = json.dumps(parsed).encode()
+        detail = parsed.get("detail") if isinstance(parsed, dict) else None
+        if isinstance(detail, list) and detail and all(isinstance(e, dict) and "msg" in e for e in detail):
+            body = json.dumps(parsed | {"error": _field_errors(detail, request_model)}).encode()
         headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
         await send(start | {"headers": headers + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -657,8 +680,7 @@ class _ClientErrorLog(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         status = getattr(getattr(error, "error_code", None), "value", None)
         if isinstance(error, pydantic.ValidationError):
-            status, text = 400, f"{error.error_count()} validation error(s): " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+            status, text = 400, f"{error.error_count()} validation error(s): " + _field_errors(error.errors(include_url=False))
         elif isinstance(status, int) and 400 <= status < 500:
             text = str(error)
         else:
