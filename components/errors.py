@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class BehaviorflowError(Exception):
     """A mistake in input or configuration: the message names what is wrong, where, and what to do."""
@@ -37,3 +39,24 @@ class GateFailed(BehaviorflowError):
 
 class ParityFailed(BehaviorflowError):
     """The exported ONNX model does not reproduce the torch model; nothing was registered."""
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no space left, quota exceeded, file-size limit (ulimit -f)
+_FULL_TEXTS = (
+    "no space left on device", "disk quota exceeded", "file too large", "database or disk is full",
+    # torch.save's C++ writer on a short write: the stream's failure, then the zip writer's position check
+    "file write failed", "basic_ios::clear: iostream error", "unexpected pos ",
+)
+
+
+def out_of_space(exc: BaseException | None) -> BaseException | None:
+    """The exception in `exc`'s chain (causes and contexts) that says a disk or a file-size limit is full:
+    an OSError with its errno, or a library's own words for it (SQLite's 'database or disk is full',
+    torch's short-write messages), whatever wraps it (SQLAlchemy, MLflow, Prefect). None if there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS) or any(text in str(exc).lower() for text in _FULL_TEXTS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,7 +1,7 @@
 """`behaviorflow`: the command line for MLOps engineers (retrain, validate) and serving teams (serve, predict).
 
 Heavy libraries are imported only inside commands, so `behaviorflow --help` answers at once.
-User mistakes print one line (`error: …`) and exit 2; `--debug` shows the traceback.
+User mistakes print one line (`error: …`) and exit 2, a full disk one line and exit 4; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from components import settings
-from components.errors import BehaviorflowError, ConfigFieldError, GateFailed, ValidationFailed
+from components.errors import BehaviorflowError, ConfigFieldError, GateFailed, ValidationFailed, out_of_space
 
 log = logging.getLogger("behaviorflow")
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
+EXIT_OUT_OF_SPACE = 4
 
 EPILOG = """examples:
   behaviorflow retrain                                   # bundled sample data, embedded defaults
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = sub.add_parser("retrain", help="run the full retraining flow (validate … register)", description=(
         "Validate → prepare → tokenize → train → evaluate → gate → export (ONNX, parity-checked) → "
         "package (Bento) → register in MLflow (alias challenger; champion when the gate passes). "
-        f"Exit codes: 0 registered, {EXIT_USER_ERROR} bad input or config, {EXIT_GATE_FAILED} gate failed (nothing registered)."))
+        f"Exit codes: 0 registered, {EXIT_USER_ERROR} bad input or config, {EXIT_GATE_FAILED} gate failed (nothing registered), "
+        f"{EXIT_OUT_OF_SPACE} out of disk space."))
     _data_args(retrain)
     retrain.add_argument("--config", metavar="YAML", help="a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export)")
     retrain.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one config field, e.g. train.max_epochs=5 (repeatable)")
@@ -502,6 +505,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"interrupted: {args.command} stopped; a registration in progress was rolled back (nothing half-registered)", file=sys.stderr)
         return 130
+    except Exception as exc:
+        full = out_of_space(exc)
+        if full is None or args.debug:
+            raise
+        print(out_of_space_message(args.command, full), file=sys.stderr)
+        return EXIT_OUT_OF_SPACE
+
+
+def out_of_space_message(command: str, full: BaseException) -> str:
+    where = os.environ.get("BEHAVIORFLOW_HOME") or ".behaviorflow"
+    reason = str(full).strip().splitlines()[0] if str(full).strip() else type(full).__name__
+    return (f"error: out of disk space (or over a file-size limit): {command} stopped ({reason[:300]}). Free space where behaviorflow writes — the state "
+            f"folder {where} (runs/, cache/, mlflow.db, bentoml/) and the temporary folder {tempfile.gettempdir()} — or set "
+            f"BEHAVIORFLOW_HOME (and TMPDIR) to a larger disk, then run it again; `behaviorflow versions` shows what is registered.")
 
 
 if __name__ == "__main__":

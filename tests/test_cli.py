@@ -216,3 +216,48 @@ def test_add_items_refuses_an_unreadable_file_before_any_server_starts(tmp_path,
     (tmp_path / "new.csv").write_text("item_id,name\nN1,Tent\n")
     assert main(["add-items", "--items", str(tmp_path / "new.csv")]) == 2
     assert "missing required column(s) ['title']" in capsys.readouterr().err
+
+
+def test_out_of_space_is_found_in_whatever_wraps_it():
+    import errno
+    import sqlite3
+
+    from components.errors import out_of_space
+
+    def chained(inner: BaseException, outer: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException as exc:
+                raise outer from exc
+        except BaseException as exc:
+            return exc
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert out_of_space(full) is full
+    sqlite = sqlite3.OperationalError("database or disk is full")
+    assert out_of_space(chained(sqlite, RuntimeError("(sqlite3.OperationalError) while committing"))) is sqlite  # as SQLAlchemy/MLflow wrap it
+    torch_write = RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0 ... PytorchStreamWriter failed writing file data/0: file write failed")
+    assert out_of_space(torch_write) is torch_write
+    # torch.save under ulimit -f, as a retrain's checkpoint met it: the stream error, then the zip writer's check
+    stream = RuntimeError("basic_ios::clear: iostream error")
+    position = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 923072 vs 923008")
+    assert out_of_space(stream) is stream and out_of_space(chained(stream, position)) is position
+    assert out_of_space(chained(OSError(errno.EACCES, "Permission denied"), ValueError("could not save"))) is None
+    assert out_of_space(None) is None
+
+
+def test_a_full_disk_is_one_line_with_what_to_do_and_leaves_no_half_file(tmp_path):
+    import resource
+
+    def small_files():  # ulimit -f 64: a write past 64 KiB fails with EFBIG, as a full disk fails with ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "sample-data", "--out", str(tmp_path / "s")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert out.returncode == 4, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("error: out of disk space (or over a file-size limit): sample-data stopped ([Errno 27] File too large). "
+                                 "Free space where behaviorflow writes")
+    assert "set BEHAVIORFLOW_HOME (and TMPDIR) to a larger disk" in out.stderr
+    assert list((tmp_path / "s").iterdir()) == []  # the sample is written next to its name and renamed: no partial file left

@@ -19,6 +19,7 @@ increasing timestamps in 2024. A few exact duplicate rows exercise de-duplicatio
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -201,8 +202,15 @@ def write_sample(out_dir: str | Path, config: SampleConfig = SampleConfig()) -> 
     out.mkdir(parents=True, exist_ok=True)
     events, items = generate_sample(config)
     events_path, items_path = out / "events.csv", out / "items.csv"
-    events.to_csv(events_path, index=False, float_format="%.2f", lineterminator="\n")
-    items.to_csv(items_path, index=False, lineterminator="\n")
+    # Written next to their names and renamed: a run reading the sample while another writes it (two
+    # deployments) never sees half a file, and a write that fails (a full disk) leaves none behind.
+    for table, path, options in ((events, events_path, {"float_format": "%.2f"}), (items, items_path, {})):
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            table.to_csv(partial, index=False, lineterminator="\n", **options)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
     return events_path, items_path
 
 
