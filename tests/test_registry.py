@@ -187,3 +187,42 @@ def test_promote_by_hand_moves_an_alias_only_to_a_servable_version_and_records_i
     assert main(["versions", "--model", NAME]) == 0
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert "@champion set by hand from version 2 at" in listed["1"] and "@champion set by hand from version 1 at" in listed["2"]
+
+
+def test_a_downloaded_bundle_names_its_registered_version_and_the_shadow_log_uses_it(store, tmp_path, monkeypatch):
+    """The run logs its bundle before the version exists (flows/retrain.py), so the artifact's manifest
+    cannot say which version it is; download_bundle records it, and a challenger given as a registry
+    reference is named NAME/VERSION in the shadow log, not by the folder it was downloaded to."""
+    import json
+
+    from components.registry.tracking import log_folder
+    from serving import contract
+    from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
+
+    client, uri, run_id = store
+    bundle = make_tiny_bundle(tmp_path / "logged", n_items=5, dim=4)
+    manifest = json.loads((bundle / contract.MANIFEST_FILE).read_text())
+    for key in ("registry_version", "run_id"):  # as the flow logs it: before registration
+        manifest.pop(key, None)
+    (bundle / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with mlflow.start_run(run_id=run_id):
+        log_folder(bundle, registry.BUNDLE_ARTIFACT)
+    with registry.pending_version(uri, run_id, name=NAME) as version:
+        registry.finalize_version(version, {}, promote=False, name=NAME)
+    mv = registry.resolve_version(registry.ModelRef.parse(f"{NAME}@challenger"))
+    path = registry.download_bundle(mv, tmp_path / "downloaded")
+    recorded = json.loads((path / contract.MANIFEST_FILE).read_text())
+    assert {k: recorded[k] for k in ("model_name", "registry_version", "run_id")} == {"model_name": NAME, "registry_version": version, "run_id": run_id}
+    assert recorded["max_len"] == manifest["max_len"]  # the rest of the manifest is untouched
+
+    from serving.service import _shadow_recorder
+
+    log = tmp_path / "shadow.jsonl"
+    monkeypatch.setenv(SHADOW_BUNDLE_ENV, str(path))
+    monkeypatch.setenv(SHADOW_LOG_ENV, str(log))
+    monkeypatch.setattr("serving.shadow.atexit.register", lambda *args: None)
+    recorder = _shadow_recorder("champion-model/1")
+    recorder.submit(["i001", "i002"], 2, True, ["i003", "i004"])
+    recorder.close(drain_s=10)
+    line = json.loads(log.read_text().splitlines()[0])
+    assert line["challenger_model"] == f"{NAME}/{version}" and line["champion_model"] == "champion-model/1"

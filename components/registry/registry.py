@@ -178,7 +178,13 @@ def _download(model_version, artifact_path: str, download_to: Path) -> Path:
 
 
 def download_bundle(model_version, download_to: Path) -> Path:
-    """Download the model bundle (serving/contract.py layout) that `model_version`'s run logged as `bundle/`."""
+    """Download the model bundle (serving/contract.py layout) that `model_version`'s run logged as `bundle/`,
+    and record in the downloaded manifest which registered version it is (`model_name`, `registry_version`,
+    `run_id`, as packaging records them in the Bento model): the run logs the bundle before the version
+    exists, so the artifact's own manifest cannot name it. The shadow log names a challenger bundle by these
+    (NAME/VERSION), not by the folder it was downloaded to."""
+    import json
+
     from mlflow.exceptions import MlflowException
 
     where = _where(model_version)
@@ -188,6 +194,10 @@ def download_bundle(model_version, download_to: Path) -> Path:
         raise BehaviorflowError(f"{where}: cannot download its '{BUNDLE_ARTIFACT}' artifact ({exc}); was it registered by 'behaviorflow retrain'?") from exc
     if not (path / contract.MANIFEST_FILE).is_file():
         raise BehaviorflowError(f"{where}: its '{BUNDLE_ARTIFACT}' artifact has no {contract.MANIFEST_FILE}; was it registered by 'behaviorflow retrain'?")
+    manifest_path = path / contract.MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest |= {"model_name": model_version.name, "registry_version": str(model_version.version), "run_id": model_version.run_id}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
     return path
 
 
