@@ -694,6 +694,20 @@ class _ClientErrorLog(logging.Filter):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLog())
 
 
+def _log_serving_like_bentoml() -> None:
+    """Let this package's loggers (serving.shadow's closing counts: recorded / dropped / failed) log at the
+    level BentoML logs at. `bentoml serve` configures its worker's logging before it imports this module:
+    the `bentoml` logger at INFO, the root logger at WARNING, so an INFO line from `serving.*` was dropped
+    before it reached the root's handler, the server's log output. Only ever lowered to BentoML's level:
+    its --quiet mode, and a process where BentoML configured nothing (tests, the CLI), are left as they are."""
+    ours, level = logging.getLogger("serving"), logging.getLogger("bentoml").getEffectiveLevel()
+    if level < ours.getEffectiveLevel():
+        ours.setLevel(level)
+
+
+_log_serving_like_bentoml()
+
+
 async def _send_error(send: Any, status: HTTPStatus, message: str) -> None:
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -1038,3 +1038,23 @@ def test_shadow_mode_records_the_challenger_off_the_response_path(model_tag, tab
     assert service.shadow.counts() | {"write_error": None} == {"champion": service.shadow.champion_model, "challenger": "tiny-recommender/7", "log": str(log), "recorded": 1, "dropped": 0,
                                                              "failed": 0, "queued": 0, "write_error": None}
     assert service.metadata().shadow["recorded"] == 1
+
+
+def test_shadow_counts_reach_the_serve_log_at_shutdown(model_tag, tmp_path):
+    """A real `bentoml serve` with a shadow challenger, stopped as an operator stops it (SIGTERM): the
+    recorder's closing line (recorded / dropped / failed) is in the server's log output. BentoML's server
+    logging config sets the root logger to WARNING, so an INFO line from a logger of ours went nowhere."""
+    from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
+
+    challenger = make_tiny_bundle(tmp_path / "challenger", n_items=N_ITEMS, dim=DIM, seed=SEED + 5)
+    shadow_log, serve_log = tmp_path / "shadow.jsonl", tmp_path / "serve.log"
+    env = {contract.BATCHING_ENV: "0", SHADOW_BUNDLE_ENV: str(challenger), SHADOW_LOG_ENV: str(shadow_log)}
+    with bentoml_serve(model_tag, serve_log, env=env) as url:
+        for history in (["i001"], ["i002", "i003"], ["i004"]):
+            assert httpx.post(f"{url}/recommend", json={"history": history, "k": 3}).status_code == 200
+        deadline = time.monotonic() + 20
+        while (not shadow_log.exists() or len(shadow_log.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # bentoml_serve has stopped the server with SIGTERM, as `kill`, Kubernetes and Ctrl-C (SIGINT) do
+    text = serve_log.read_text()
+    assert f"shadow log {shadow_log}: 3 recorded, 0 dropped (queue full), 0 failed, 0 left unwritten at shutdown" in text, text[-3000:]
