@@ -107,6 +107,25 @@ def test_print_config_is_commented_yaml_that_reads_back(tmp_path):
     assert cli("retrain", "--print-config", "--set", "train.lr=fast").returncode == 2
 
 
+def test_print_config_comments_every_field():
+    """Every field --print-config prints has its comment above it; the cold-item settings say which
+    cold_imputation they belong to (the default, mlp, uses neither cold_neighbors nor neighbor_temperature)."""
+    lines = RetrainConfig().to_yaml().splitlines()
+    fields = [i for i, line in enumerate(lines) if line.startswith("  ") and not line.lstrip().startswith("#")]
+    assert fields and [lines[i] for i in fields if not lines[i - 1].lstrip().startswith("#")] == []
+
+    def comment(name: str) -> str:
+        end = lines.index(next(line for line in lines if line.startswith(f"  {name}: ")))
+        start = end
+        while lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        return " ".join(line.strip().removeprefix("# ") for line in lines[start:end])
+
+    assert "replaces this share of item ids by the imputation (cold_imputation)" in comment("id_dropout")
+    assert comment("cold_neighbors").startswith('cold_imputation "neighbors" only') and "0 = no imputed id" in comment("cold_neighbors")
+    assert comment("neighbor_temperature").startswith('cold_imputation "neighbors" only: softmax temperature')
+
+
 def test_config_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  max_epochs: 4\nmodel:\n  d_model: 32\n  n_heads: 1\n")

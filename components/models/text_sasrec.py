@@ -43,10 +43,14 @@ class TextSASRecConfig:
     dropout: float = 0.2  # on embeddings, attention and MLP: small data overfits quickly
     use_text: bool = True  # False = the id-only baseline (plain SASRec)
     use_id: bool = True  # False = text only (every item is "cold")
-    id_dropout: float = 0.2  # training-time chance to replace an item's id embedding by its text neighbours'
-    #   (the cold-item representation): without it the model learns that only trained ids win
-    cold_neighbors: int = 10  # trained items (nearest by LM text) whose ids represent a cold item; 0 = text only
-    neighbor_temperature: float = 0.05  # softmax temperature over the neighbours' cosine similarities
+    id_dropout: float = 0.2  # in training, each step replaces this share of item ids by the imputation
+    #   (cold_imputation), as if the items were new (with token_trained_only they also lose the words only they
+    #   have): trains the imputer and scores new items on the scale of trained ones; without it the model learns
+    #   that only trained ids win. 0.5 hurt warm items (benchmarks/results/ml1m_cold_selection.json)
+    cold_neighbors: int = 10  # cold_imputation "neighbors" only: a cold item's imputed id is the similarity-weighted
+    #   ids of this many trained items nearest to it by LM text; 0 = no imputed id (text only). Unused with "mlp"
+    neighbor_temperature: float = 0.05  # cold_imputation "neighbors" only: softmax temperature over the neighbours'
+    #   cosine similarities (lower: the nearest weigh more). Unused with "mlp"
     token_embeddings: bool = True  # also a learned embedding per text token: an item's text part adds the mean of
     #   its tokens' embeddings (zero at first, so a token no trained item has adds nothing). Words shared between
     #   items (a year, a brand, a series name, a category) carry what the model learned about them to rare and
