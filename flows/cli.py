@@ -40,6 +40,11 @@ state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHA
 (default ./.behaviorflow). Use real servers with MLFLOW_TRACKING_URI and PREFECT_API_URL."""
 
 
+# What `behaviorflow serve` answers (serving/service.py; BentoML adds the probes, /metrics and the API docs).
+SERVE_ENDPOINTS = ("POST /recommend, POST /score; GET /metadata, /healthz and /livez (alive), /readyz (ready: model loaded, "
+                   "checked and warmed up), /metrics (Prometheus), / (API docs; the OpenAPI spec at /docs.json)")
+
+
 def _data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the bundled synthetic sample)")
     group.add_argument("--events", help="events file (.csv or .parquet): user_id, item_id, event_type, timestamp[, value]")
@@ -77,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)", description=(
         "Resolve a registry alias to its version, import that version's Bento from MLflow into the local "
         "Bento store if it is not there yet, and run `bentoml serve` on it (in the foreground; Ctrl-C stops it). "
-        "Endpoints: POST /recommend, POST /score, GET /healthz, /readyz, /metadata."))
+        f"Endpoints: {SERVE_ENDPOINTS}."))
     serve.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
     serve.add_argument("--shadow", metavar="ALIAS", help="also rank every request with this alias's model (e.g. challenger), off the response path, into a JSONL log")

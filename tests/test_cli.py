@@ -50,6 +50,8 @@ def test_every_command_and_option_explains_itself():
     assert undocumented == []
     serve = " ".join(cli("serve", "--help").stdout.split())
     assert "port to listen on (default: 3000)" in serve and "(default: 127.0.0.1;" in serve and "POST /recommend" in serve
+    for path in ("/recommend", "/score", "/metadata", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
+        assert f" {path}" in serve, path  # each answers on a real server: test_serving.py::test_server_answers_every_endpoint_serve_help_lists
 
 
 def test_missing_file_is_one_line_without_traceback(tmp_path):

@@ -739,6 +739,19 @@ def test_server_logs_requests_but_not_probes(server):
     assert not [line for line in lines if any(f"path={p}," in line for p in ("/readyz", "/livez", "/healthz", "/metrics"))]
 
 
+def test_server_answers_every_endpoint_serve_help_lists(server):
+    """`behaviorflow serve --help` lists the endpoints; each one is there on a real server."""
+    from flows.cli import SERVE_ENDPOINTS
+
+    posts = re.findall(r"POST (/\w*)", SERVE_ENDPOINTS)
+    gets = re.findall(r"(/[\w.]*)", SERVE_ENDPOINTS.split("GET ", 1)[1])
+    assert posts == ["/recommend", "/score"] and {"/livez", "/readyz", "/healthz", "/metrics", "/metadata", "/", "/docs.json"} <= set(gets)
+    for path in gets:
+        assert httpx.get(f"{server}{path}").status_code == 200, path
+    for path in posts:
+        assert httpx.post(f"{server}{path}", json={"history": ["i001"], "candidates": ["i002"]} if path == "/score" else {"history": ["i001"]}).status_code == 200, path
+
+
 def test_batching_choice():
     from serving.service import _batching
 
