@@ -133,7 +133,7 @@ def train_baseline(prepared, model_cfg, config: RetrainConfig):
 # --- 5. evaluate: full ranking on the test targets (and per slice), next to popularity and the champion ---
 @task(name="evaluate", cache_policy=NONE)
 def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: RetrainConfig, run_dir: Path):
-    log.info("[5/9] evaluate: model, id-only baseline, popularity and champion on the test cases")
+    log.info("[5/9] evaluate: model, %spopularity and champion (if any) on the test cases", "id-only baseline, " if baseline is not None else "")
     from components.evaluation.evaluate import evaluate_rankers
     from components.evaluation.plots import learning_curve, metric_bars, slice_bars
     from components.registry import find_champion
