@@ -12,7 +12,7 @@ to start. Run it from the repository root:
         -d @serving/sample_request.json                     # items of the bundled sample catalog
     curl -s -X POST localhost:3000/score -H 'content-type: application/json' \\
         -d '{"history": ["P0216", "P0396"], "candidates": ["P0004", "P0096"]}'
-    curl -s localhost:3000/metadata        # also /healthz and /livez (alive), /readyz (warmed up), /docs
+    curl -s localhost:3000/metadata        # also /healthz and /livez (alive), /readyz (warmed up), /metrics, / (API docs; /docs.json)
 
 Two services, one process each (BentoML starts both):
 
