@@ -113,6 +113,7 @@ def prefect_server(tmp_path):
         yield api
 
 
+@pytest.mark.e2e
 def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     from components.data.sample import SampleConfig, write_sample
 
