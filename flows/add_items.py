@@ -38,6 +38,7 @@ def resolve(model: str, scratch: Path):
     from components import registry
 
     version = registry.resolve_version(registry.ModelRef.parse(model))
+    registry.check_usable(version, "add-items")
     return version, registry.download_bundle(version, scratch / "source"), registry.download_checkpoint(version, scratch / "checkpoint")
 
 

@@ -230,7 +230,7 @@ def cmd_serve(args) -> int:
     from components.packaging import pull_bento
     from serving.contract import MODEL_ALIAS_ENV
 
-    pulled = pull_bento(f"{args.model}@{args.alias}")  # a no-op when the Bento is already local
+    pulled = pull_bento(f"{args.model}@{args.alias}", "serve")  # a no-op when the Bento is already local
     # A Bento served from the local store does not apply its recorded environment (BentoML does that
     # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
     env = os.environ | {settings.MODEL_TAG_ENV: pulled.bento_model_tag, MODEL_ALIAS_ENV: args.alias}
@@ -240,6 +240,7 @@ def cmd_serve(args) -> int:
         from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
 
         shadow = registry.resolve_version(registry.ModelRef.parse(f"{args.model}@{args.shadow}"))
+        registry.check_usable(shadow, "serve --shadow")
         bundle = registry.download_bundle(shadow, settings.home() / "shadow" / f"v{shadow.version}")
         log_path = Path(args.shadow_log or settings.home() / "shadow" / f"shadow-v{pulled.version}-vs-v{shadow.version}.jsonl").resolve()
         _check_shadow(bundle, log_path)  # here, once: inside `bentoml serve` a failure restarts the worker forever
@@ -278,7 +279,7 @@ def cmd_bento(args) -> int:
     from components.packaging import docker_available, pull_bento, write_container_context
 
     reference = f"{args.model}/{args.version}" if args.version else f"{args.model}@{args.alias}"
-    pulled = pull_bento(reference)
+    pulled = pull_bento(reference, f"bento {args.action}")
     state = "already in" if pulled.already_local else "imported into"
     print(f"{reference} = version {pulled.version} = Bento {pulled.bento_tag} ({state} the local Bento store {os.environ.get('BENTOML_HOME')})")
     if args.action == "pull":
@@ -305,6 +306,9 @@ def cmd_add_items(args) -> int:
     from components.data import load_items
 
     load_items(args.items)  # an unreadable file or a missing column fails in a second, before any server starts
+    from components import registry
+
+    registry.check_usable(registry.resolve_version(ModelRef.parse(args.model)), "add-items", warn=False)  # so does a version that cannot be used
     from flows.add_items import add_items
 
     _announce_servers()
@@ -344,6 +348,8 @@ def cmd_versions(args) -> int:
     for r in rows:
         record = f"added items to {r['added_items_to']}" if r["added_items_to"] else r["gate"]
         record += "".join(f" · @{alias} set by hand {note}" for alias, note in r["set_by_hand"].items())
+        if not r["complete"]:  # what a killed registration left: predict, serve, promote … refuse it unless it has its Bento
+            record = f"INCOMPLETE: registration {r['registration']}" + (f" · {record}" if record else "")
         print(f"{r['version']:>7}  {', '.join(r['aliases']) or '—':<20} {r['created_at'][:19].replace('T', ' '):<20} {metric(r['NDCG@10']):>8} {metric(r['HR@10']):>7}  {record}")
     return 0
 

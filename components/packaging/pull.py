@@ -22,8 +22,9 @@ class PulledBento:
     already_local: bool
 
 
-def pull_bento(reference: str) -> PulledBento:
-    """Resolve NAME@ALIAS or NAME/VERSION and make its Bento available locally (downloading only if needed)."""
+def pull_bento(reference: str, command: str = "bento pull") -> PulledBento:
+    """Resolve NAME@ALIAS or NAME/VERSION and make its Bento available locally (downloading only if needed).
+    `command` names the command that pulls it, in the refusal of a version whose registration did not complete."""
     import bentoml
     import mlflow
     from bentoml.exceptions import NotFound
@@ -32,6 +33,7 @@ def pull_bento(reference: str) -> PulledBento:
 
     registry.configure()
     version = registry.resolve_version(registry.ModelRef.parse(reference))
+    registry.check_usable(version, command)  # a version a killed registration left has no Bento
     where = f"{reference} (version {version.version}, MLflow run {version.run_id})"
     bento_tag, model_tag = version.tags.get("bento_tag"), version.tags.get("bento_model_tag", "")
     if not bento_tag:

@@ -176,6 +176,7 @@ def predict_with_registered_model(model: str, histories: Path, out: Path, config
         raise BehaviorflowError(f"histories file {histories}: no such file")
     check_out(Path(out), histories)
     version = registry.resolve_version(registry.ModelRef.parse(model))
+    registry.check_usable(version, "predict")
     with tempfile.TemporaryDirectory(prefix="behaviorflow-predict-") as scratch:
         bundle = registry.download_bundle(version, Path(scratch))
         return str(version.version), predict_file(bundle, histories, out, config, progress)

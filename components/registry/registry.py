@@ -4,11 +4,18 @@ Every registered version carries the alias `challenger` when it is registered an
 gate has passed (promotion = moving an alias; MLflow keeps no history of where an alias pointed, so
 each version is tagged with what happened to it). Registration is all-or-nothing: if tagging or
 aliasing fails, the new version is deleted and the aliases are put back where they were.
+
+A process killed outright (kill -9, out of memory, a lost machine) runs no rollback: the version is
+created with the tag `registration` = `in progress: PID … on HOST since …` and only `finalize_version`'s
+last step sets it to `complete`, so what such a process left is visible (`behaviorflow versions`:
+INCOMPLETE) and refused by the commands that use a version (`check_usable`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +29,37 @@ log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "bundle"  # the run artifact folder that holds the model bundle (flows/retrain.py logs it)
 BENTO_ARTIFACT = "bento"  # the run artifact folder that holds the version's `.bento` archive (components/packaging/publish.py)
+REGISTRATION_TAG = "registration"  # on every version: "in progress: PID … on HOST since …", then "complete" (or "interrupted: …")
+REGISTRATION_COMPLETE = "complete"
+PROCESS_TAG = "behaviorflow.process"  # on every MLflow run the flows start: "PID@HOST", what repair.py checks is alive
+
+
+def this_process() -> str:
+    """`PID@HOST` of this process: the value of PROCESS_TAG."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def registration_in_progress() -> str:
+    """The `registration` tag a version gets when it is created: who is registering it, where, since when."""
+    return f"in progress: PID {os.getpid()} on {socket.gethostname()} since {_utc_now()}"
+
+
+def registration_state(tags: dict) -> tuple[str, bool]:
+    """(what the version's `registration` tag says, whether its registration finished). A version registered
+    before the tag existed has none: it counts as finished when it has its `bento_tag` (the last thing the
+    registration of those days wrote before the aliases)."""
+    state = tags.get(REGISTRATION_TAG)
+    if state is None:
+        if tags.get("bento_tag"):
+            return "complete (registered before registration states were recorded)", True
+        return "not recorded (registered before registration states were), and no bento_tag", False
+    return state, state == REGISTRATION_COMPLETE
 
 
 @dataclass
@@ -227,7 +265,8 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
 
     client = _client()
     previous = {alias: _alias_version(client, alias, name) for alias in (settings.CHALLENGER_ALIAS, settings.CHAMPION_ALIAS)}
-    version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version)
+    # The version and its `registration` tag are written in one transaction: no moment without the tag.
+    version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id, REGISTRATION_TAG: registration_in_progress()}).version)
     try:
         yield version
     except BaseException:
@@ -247,8 +286,8 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
                      gated_against: object = ANY_CHAMPION) -> tuple[list[str], str | None]:
     """Tag the version, give it `challenger`, and `champion` if `promote` — and, when `gated_against` names
     the champion version the gate compared with (None: there was none), only if that is still the champion:
-    a retrain that ran beside another one must not replace a champion it was never compared with. Returns
-    (the aliases set, why `champion` was not moved or None)."""
+    a retrain that ran beside another one must not replace a champion it was never compared with. The last
+    step sets its `registration` tag to `complete`. Returns (the aliases set, why `champion` was not moved or None)."""
     client = _client()
     previous_champion = _alias_version(client, settings.CHAMPION_ALIAS, name)
     for key, value in tags.items():
@@ -269,12 +308,46 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
         if previous_champion and previous_champion != version:
             client.set_model_version_tag(name, previous_champion, "replaced_by", version)
         aliases.append(settings.CHAMPION_ALIAS)
+    client.set_model_version_tag(name, version, REGISTRATION_TAG, REGISTRATION_COMPLETE)  # last: everything above is done
     return aliases, held
 
 
 def bento_archives(client, model_version) -> list[str]:
     """The `.bento` archives `model_version`'s run logged (exactly one for a completely registered version)."""
     return [a.path for a in client.list_artifacts(model_version.run_id, BENTO_ARTIFACT) if a.path.endswith(".bento")]
+
+
+def has_bento(client, model_version) -> bool:
+    """The version can be served: its `bento_tag` tag and exactly one `.bento` archive with its run."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_version.tags.get("bento_tag"):
+        return False
+    try:
+        return len(bento_archives(client, model_version)) == 1
+    except (MlflowException, OSError):
+        return False
+
+
+def check_usable(model_version, command: str, warn: bool = True) -> None:
+    """Refuse, in one line, a version whose registration did not complete and that has no Bento (what a
+    process killed while registering leaves: a version with no model the service could load); let one that
+    does have its Bento through, with a warning (unless `warn` is false: a pre-check the flow repeats). `command`
+    names what was refused (e.g. "predict")."""
+    state, finished = registration_state(model_version.tags)
+    if finished:
+        return
+    where = f"model '{model_version.name}' version {model_version.version}"
+    if has_bento(_client(), model_version):
+        if warn:
+            log.warning("%s: its registration did not complete (%s), but its Bento %s is there: %s uses it", where, state,
+                        model_version.tags["bento_tag"], command)
+        return
+    raise BehaviorflowError(
+        f"{where} is INCOMPLETE (registration {state}) and has no Bento: {command} refused; pick another version "
+        f"('behaviorflow versions' lists them) or run 'behaviorflow retrain', which marks and cleans up what an interrupted run left "
+        f"and registers a new version"
+    )
 
 
 @dataclass(frozen=True)
@@ -302,6 +375,7 @@ def set_alias_by_hand(ref: ModelRef, alias: str = settings.CHAMPION_ALIAS, reaso
     mv = resolve_version(ref)
     name, version = mv.name, str(mv.version)
     client = _client()
+    check_usable(mv, f"promote to @{alias}")
     if not mv.tags.get("bento_tag") or len(bento_archives(client, mv)) != 1:
         raise BehaviorflowError(f"{_where(mv)} is not servable: it has no Bento (tag 'bento_tag' and one .bento archive under "
                                 f"'{BENTO_ARTIFACT}/'), so '{alias}' was not moved; pick a version that 'behaviorflow versions' lists with a Bento")
@@ -323,7 +397,7 @@ def set_alias_by_hand(ref: ModelRef, alias: str = settings.CHAMPION_ALIAS, reaso
 def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
     """Every registered version of `name`, newest first: aliases, when, test NDCG@10 / HR@10 of its run
     (None for versions that were not evaluated, e.g. items added without retraining), the gate or
-    add-items record, the data fingerprint and the Bento tag."""
+    add-items record, the data fingerprint, the Bento tag and the registration state (`complete`: whether it finished)."""
     from datetime import datetime, timezone
 
     from mlflow.exceptions import MlflowException
@@ -339,6 +413,7 @@ def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
             metrics = client.get_run(mv.run_id).data.metrics
         except MlflowException:  # the run was deleted: the version still serves
             metrics = {}
+        state, finished = registration_state(mv.tags)
         rows.append({
             "version": str(mv.version),
             "aliases": sorted(aliases.get(str(mv.version), [])),
@@ -351,6 +426,8 @@ def list_versions(name: str = settings.REGISTERED_MODEL_NAME) -> list[dict]:
             "bento_tag": mv.tags.get("bento_tag"),
             "set_by_hand": {a: mv.tags[f"{a}_set_by_hand"] for a in (settings.CHAMPION_ALIAS, settings.CHALLENGER_ALIAS) if f"{a}_set_by_hand" in mv.tags},
             "run_id": mv.run_id,
+            "registration": state,
+            "complete": finished,
         })
     return rows
 
