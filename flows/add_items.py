@@ -156,7 +156,9 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
     started = time.perf_counter()
     if not Path(items).is_file():
         raise BehaviorflowError(f"items file {items}: no such file")
-    registry.configure()
+    from components.registry.repair import repair_interrupted
+
+    repair_interrupted(registry.configure())  # what a killed retrain or add-items of this host left (a WARNING line each)
     with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch:
         # A version that does not exist, or has no checkpoint, fails here: before any MLflow run is opened.
         version, bundle_dir, checkpoint = resolve(model, Path(scratch))
@@ -191,11 +193,13 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
     import numpy as np
 
     from components import contract as c
+    from components import registry
     from components.catalog import load_checkpoint
     from components.export.onnx_export import probe_histories
     from serving.contract import Bundle
 
-    with mlflow.start_run(run_name=datetime.now().strftime("add-items-%Y%m%d-%H%M%S")) as run:
+    # PROCESS_TAG: if this process is killed, the next start on this host finds the run RUNNING with a dead PID.
+    with mlflow.start_run(run_name=datetime.now().strftime("add-items-%Y%m%d-%H%M%S"), tags={registry.PROCESS_TAG: registry.this_process()}) as run:
         run_dir = settings.runs_dir() / run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         source = f"{version.name}/{version.version}"

@@ -253,11 +253,14 @@ def retrain(config: dict | None = None) -> dict:
     import mlflow
 
     from components import registry
+    from components.registry.repair import repair_interrupted
 
     cfg = RetrainConfig.from_dict(config)
     experiment_id = registry.configure()
+    repair_interrupted(experiment_id)  # what a killed retrain or add-items of this host left (a WARNING line each)
     started = time.perf_counter()
-    with mlflow.start_run(run_name=datetime.now().strftime("retrain-%Y%m%d-%H%M%S")) as run:
+    # PROCESS_TAG: if this process is killed, the next start on this host finds the run RUNNING with a dead PID.
+    with mlflow.start_run(run_name=datetime.now().strftime("retrain-%Y%m%d-%H%M%S"), tags={registry.PROCESS_TAG: registry.this_process()}) as run:
         run_dir = settings.runs_dir() / run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         mlflow.log_params(cfg.flat())

@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from components import settings
+from components import registry, settings
 from components.data.sample import SampleConfig, write_sample
 from components.data import load_dataset
 from components.errors import GateFailed, ValidationFailed
@@ -87,6 +87,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     assert mv.tags["bento_tag"] == summary["registry"]["bento_tag"]
     assert mv.tags["data_fingerprint"] == summary["data_fingerprint"] and len(summary["data_fingerprint"]) == 16
     assert mv.tags["promoted"] == "true" and mv.tags["gate"].startswith("PASSED")
+    assert mv.tags["registration"] == "complete"  # a killed registration would have left "in progress: PID …"
 
     # The model learned the sequential structure: far above popularity on the held-out targets.
     m, pop = summary["metrics"]["model"], summary["metrics"]["popularity"]
@@ -97,6 +98,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     # The run holds what a reviewer needs.
     run = client.get_run(summary["run_id"])
     assert run.data.tags["outcome"] == "registered" and run.data.params["train.max_epochs"] == "6"
+    assert run.data.tags[registry.PROCESS_TAG] == registry.this_process()  # what the next start checks is alive (repair.py)
     assert run.data.params["model.max_len"] == "auto" and run.data.params["model.max_len_resolved"] == "50"  # short sample histories
     assert run.data.params["model.token_embeddings"] == "True" and run.data.params["model.token_vocab_resolved"] == "30522"  # all-MiniLM-L6-v2's
     assert run.data.metrics["NDCG_at_10"] == pytest.approx(m["NDCG@10"])
@@ -291,6 +293,7 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert summary["precision"]["source_precision"] == "int8" and summary["precision"]["precision"] == "int8", summary["precision"]
     assert summary["precision"]["changed_answers"] == 0 and summary["precision"]["cases"] >= 64
     mv = client.get_model_version(NAME, "3")
+    assert mv.tags["registration"] == "complete" and client.get_run(mv.run_id).data.tags[registry.PROCESS_TAG] == registry.this_process()
     assert mv.tags["added_items_to"] == f"{NAME}/2" and mv.tags["gate"].startswith(f"3 items added to version {NAME}/2; the scores of its {len(catalog)} items did not move")
     assert mv.tags["data_fingerprint"] == world["runs"]["first"]["data_fingerprint"]  # trained on the same data
     artifacts = {a.path for a in client.list_artifacts(mv.run_id)}

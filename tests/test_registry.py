@@ -330,3 +330,56 @@ def test_registration_state_of_versions_from_before_the_tag():
     assert registry.registration_state({})[1] is False
     assert registry.registration_state({"registration": "interrupted: process 1 on h ended", "bento_tag": "b:1"}) == ("interrupted: process 1 on h ended", False)
 
+
+def test_what_a_killed_process_left_is_marked_on_the_next_start_and_its_bentos_removed(store, tmp_path, caplog, capsys):
+    import socket
+
+    import bentoml
+
+    from components.packaging import save_bundle_to_store
+    from components.registry.repair import repair_interrupted
+
+    client, uri, run_id = store
+    experiment_id = client.get_experiment_by_name("registry-test").experiment_id
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {"bento_tag": "b:1"}, promote=True, name=NAME)
+    host = socket.gethostname()
+    # Left alone: a model of another run in the store; a RUNNING run of a live process (this one: a retrain beside
+    # it) and one of a process on another host (which cannot be checked from here).
+    other_model = save_bundle_to_store(make_tiny_bundle(tmp_path / "other", n_items=5, dim=4), labels={"run_id": "another-run"})
+    live = client.create_run(experiment_id, tags={registry.PROCESS_TAG: registry.this_process()}).info.run_id
+    elsewhere = client.create_run(experiment_id, tags={registry.PROCESS_TAG: f"{2**22 + 1}@another-host"}).info.run_id
+
+    killed = kill_midway(tmp_path, "export")  # the Bento is built and stored too, its archive not yet logged
+    stored = {str(m.tag) for m in bentoml.models.list()} | {str(b.tag) for b in bentoml.bentos.list()}
+    assert {killed["bento_model_tag"], killed["bento_tag"], other_model} <= stored
+
+    with caplog.at_level("WARNING", logger="components"):
+        lines = repair_interrupted(experiment_id)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("components")]
+    assert warnings == lines and len(lines) == 1
+    assert lines[0].startswith(f"repaired what an interrupted run left: MLflow run {killed['run_id']} marked FAILED (process {killed['pid']} on {host} "
+                               "ended without finishing this run (found at 20")
+    assert lines[0].endswith(f"versions marked registration=interrupted: {NAME}/2; removed from the local Bento store: "
+                             f"Bento {killed['bento_tag']}, Bento model {killed['bento_model_tag']}")
+
+    run = client.get_run(killed["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["interrupted"].startswith(f"process {killed['pid']} on {host} ended")
+    state = client.get_model_version(NAME, "2").tags["registration"]
+    assert state.startswith(f"interrupted: process {killed['pid']} on {host} ended") and f"it was in progress: PID {killed['pid']} on {host}" in state
+    assert client.get_model_version(NAME, "1").tags["registration"] == "complete"
+    stored = {str(m.tag) for m in bentoml.models.list()} | {str(b.tag) for b in bentoml.bentos.list()}
+    assert killed["bento_model_tag"] not in stored and killed["bento_tag"] not in stored and other_model in stored
+    assert client.get_run(live).info.status == client.get_run(elsewhere).info.status == "RUNNING"
+
+    code, out, _ = cli_run(capsys, "versions", "--model", NAME)
+    assert code == 0 and f"INCOMPLETE: registration {state}" in out
+    code, _, err = cli_run(capsys, "promote", "--model", f"{NAME}/2")
+    assert code == 2 and f"version 2 is INCOMPLETE (registration interrupted: process {killed['pid']}" in err
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="components"):
+        assert repair_interrupted(experiment_id) == []  # repaired once
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("components")]
+    for run_id in (live, elsewhere):
+        client.set_terminated(run_id)
+    bentoml.models.delete(other_model)

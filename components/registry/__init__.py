@@ -1,4 +1,5 @@
-"""The MLflow side: experiment set-up, the current champion, and all-or-nothing registration."""
+"""The MLflow side: experiment set-up, the current champion, all-or-nothing registration, and the repair of
+what a killed process left (repair.py)."""
 
 from components.registry.registry import (
     ANY_CHAMPION,

@@ -8,7 +8,8 @@ aliasing fails, the new version is deleted and the aliases are put back where th
 A process killed outright (kill -9, out of memory, a lost machine) runs no rollback: the version is
 created with the tag `registration` = `in progress: PID … on HOST since …` and only `finalize_version`'s
 last step sets it to `complete`, so what such a process left is visible (`behaviorflow versions`:
-INCOMPLETE) and refused by the commands that use a version (`check_usable`).
+INCOMPLETE) and refused by the commands that use a version (`check_usable`); `components/registry/repair.py`
+marks it `interrupted` on the next retrain or add-items.
 """
 
 from __future__ import annotations
