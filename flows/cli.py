@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     versions = sub.add_parser("versions", help="list a registered model's versions: aliases, test metrics, gate or add-items record, Bento", description=(
         "List every version of a registered model, newest first: its aliases (challenger, champion), when it was "
         "created, test NDCG@10 / HR@10 and the gate's decision (or, for add-items versions, the version they extend). "
-        "--json adds each version's Bento tag, data fingerprint and MLflow run id."))
+        "A version whose registration did not complete (its process was killed) is marked INCOMPLETE. "
+        "--json adds each version's Bento tag, data fingerprint, registration state and MLflow run id."))
     versions.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     versions.add_argument("--json", action="store_true", help="print the versions as JSON")
 
