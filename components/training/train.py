@@ -432,7 +432,8 @@ def train_model(
                "rss_mb": round(rss_mb(), 1)}
         if epoch_metrics is not None:
             model.eval()
-            extra = epoch_metrics(model)
+            with torch.no_grad():  # a measurement: no autograd graph (the callback need not know)
+                extra = epoch_metrics(model)
             row |= extra
             log.info("%sepoch %d  %s", label, epoch, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items()))
         result.curve.append(row)
