@@ -67,7 +67,22 @@ def prepare_sequences(dataset, config: RetrainConfig):
 
     prepared = prepare(dataset.events, dataset.items, config.prepare)
     log_json("preparation.json", prepared.stats)
+    if note := repeat_target_note(prepared.stats, config.evaluate.exclude_seen):
+        log.warning(note)
     return prepared
+
+
+def repeat_target_note(stats: dict, exclude_seen: bool, min_share: float = 0.01) -> str | None:
+    """A warning when at least `min_share` of the test targets are items already in their history and the
+    evaluation ranks no history item: those cases are misses for every ranker, a ceiling on HR@K."""
+    repeats, cases = stats.get("test_targets_in_input", 0), stats.get("test_cases", 0)
+    if not exclude_seen or not cases or repeats < min_share * cases:
+        return None
+    return (
+        f"{repeats} of {cases} test targets ({repeats / cases:.1%}) are items already in the user's history (repeat "
+        f"interactions): evaluate.exclude_seen ranks no history item, so they are misses for every ranker and HR@10 "
+        f"cannot exceed {1 - repeats / cases:.3f}. Set evaluate.exclude_seen=false to rank repeats as well"
+    )
 
 
 # --- 3. tokenize: item text through the pretrained LM (offline), cached by fingerprint ---
@@ -297,6 +312,7 @@ def retrain(config: dict | None = None) -> dict:
             "metrics": report.results,
             "slices": report.slices,
             "cases": report.cases,
+            "exclude_seen": cfg.evaluate.exclude_seen,
             "gate": decision.to_dict(),
             "run_dir": str(run_dir),
             "stage_s": stages.seconds,

@@ -64,3 +64,25 @@ def test_trained_items_mask_marks_only_training_items():
     p = prepare(events, ITEMS)
     mask = p.trained_items()
     assert [p.item_ids[i - 1] for i in np.flatnonzero(mask)] == ["a", "b"]  # c = validation, d = test, e = never seen
+
+
+def test_targets_already_in_their_input_are_counted_and_reported():
+    # u1 re-buys a (a target already in its input); u2's targets are new; u3 repeats in validation only.
+    events = frame([
+        ("u1", "a", "purchase", 1), ("u1", "b", "purchase", 2), ("u1", "c", "purchase", 3), ("u1", "a", "purchase", 4),
+        ("u2", "a", "view", 1), ("u2", "b", "view", 2), ("u2", "c", "view", 3), ("u2", "d", "view", 4),
+        ("u3", "a", "view", 1), ("u3", "b", "view", 2), ("u3", "a", "view", 3), ("u3", "e", "view", 4),
+    ])
+    p = prepare(events, ITEMS)
+    assert p.stats["test_targets_in_input"] == 1 and p.stats["valid_targets_in_input"] == 1 and p.stats["test_cases"] == 3
+
+    from flows.cli import _repeat_note
+    from flows.retrain import repeat_target_note
+
+    note = repeat_target_note(p.stats, exclude_seen=True)
+    assert note.startswith("1 of 3 test targets (33.3%) are items already in the user's history") and "cannot exceed 0.667" in note
+    assert "evaluate.exclude_seen=false" in note
+    assert repeat_target_note(p.stats, exclude_seen=False) is None  # repeats are ranked then: nothing to warn about
+    assert repeat_target_note({**p.stats, "test_targets_in_input": 0}, exclude_seen=True) is None
+    assert _repeat_note({"preparation": p.stats, "exclude_seen": True}) == "1 test target (33.3%) repeat an item of their history: misses for every ranker with evaluate.exclude_seen"
+    assert _repeat_note({"preparation": p.stats, "exclude_seen": False}) is None

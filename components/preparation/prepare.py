@@ -179,6 +179,10 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     else:
         train, valid, test = _leave_one_out_split(sequences, config, stats)
     stats.update(valid_cases=len(valid), test_cases=len(test))
+    # Repeat interactions (a re-rating, a re-purchase, a return to a viewed item) make targets that are already
+    # in their own input: evaluate.exclude_seen ranks no history item, so such a case is a miss for every
+    # ranker. Counted here so that the run can say how many there are, not hide them in a low HR@10.
+    stats.update(valid_targets_in_input=_targets_in_input(valid), test_targets_in_input=_targets_in_input(test))
     return PreparedData(
         item_ids=item_ids,
         item_texts=item_texts(catalog),
@@ -192,6 +196,11 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
         split=config.split,
         stats=stats,
     )
+
+
+def _targets_in_input(cases: EvalCases) -> int:
+    """How many cases ask for an item their input already holds."""
+    return int(sum(bool(np.any(inputs == target)) for inputs, target in zip(cases.inputs, cases.targets)))
 
 
 def _leave_one_out_split(sequences: list[np.ndarray], config: PrepareConfig, stats: dict) -> tuple[list[np.ndarray], EvalCases, EvalCases]:
