@@ -442,6 +442,15 @@ def _repeat_note(s: dict) -> str | None:
     return f"{_count(repeats, 'test target')} ({repeats / cases:.1%}) repeat an item of their history: misses for every ranker with evaluate.exclude_seen"
 
 
+def _tied_note(s: dict) -> str | None:
+    """The data line's note on test targets that share their timestamp with the step before (file order decides)."""
+    prep, cases = s["preparation"], s["preparation"].get("test_cases", 0)
+    tied = prep.get("test_targets_tied", 0)
+    if not cases or tied < 0.05 * cases:  # the flow's warning threshold
+        return None
+    return f"{_count(tied, 'test target')} ({tied / cases:.1%}) share the timestamp of the step before: the events file's row order decides them"
+
+
 def format_summary(s: dict) -> str:
     m, pop = s["metrics"]["model"], s["metrics"]["popularity"]
     lines = [
@@ -449,6 +458,7 @@ def format_summary(s: dict) -> str:
         "behaviorflow retrain — summary",
         f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
         *([f"                {note}"] if (note := _repeat_note(s)) else []),
+        *([f"                {note}"] if (note := _tied_note(s)) else []),
         f"  validation    passed — Data Docs: {s['data_docs']}",
         f"  training      {_count(s['training']['epochs'], 'epoch')} on {s['training']['device']} in {s['training']['wall_s']} s, peak memory {_mb(s['training'].get('peak_rss_mb'))} (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
         + (f"; id-only baseline {_count(b['epochs'], 'epoch')} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b.get('stopped', '')})" if (b := s.get("baseline_training")) else "")

@@ -67,9 +67,25 @@ def prepare_sequences(dataset, config: RetrainConfig):
 
     prepared = prepare(dataset.events, dataset.items, config.prepare)
     log_json("preparation.json", prepared.stats)
-    if note := repeat_target_note(prepared.stats, config.evaluate.exclude_seen):
-        log.warning(note)
+    for note in (repeat_target_note(prepared.stats, config.evaluate.exclude_seen), tied_target_note(prepared.stats)):
+        if note:
+            log.warning(note)
     return prepared
+
+
+def tied_target_note(stats: dict, min_share: float = 0.05) -> str | None:
+    """A warning when at least `min_share` of the test targets have the timestamp of the step before them:
+    which of the two is the target (and which the input) is then the row order of the events file."""
+    tied, cases = stats.get("test_targets_tied", 0), stats.get("test_cases", 0)
+    if not cases or tied < min_share * cases:
+        return None
+    return (
+        f"{tied} of {cases} test targets ({tied / cases:.1%}) have the same timestamp as the step before them "
+        f"({stats.get('steps_tied_with_previous', 0)} of {stats.get('sequence_steps', 0)} steps tie with their predecessor): "
+        f"events with equal timestamps keep the row order of the events file, so for these users the test target is "
+        f"the row that comes last in the file, not necessarily the last thing they did. Give timestamps with seconds, "
+        f"or order each user's events in the file as they happened"
+    )
 
 
 def repeat_target_note(stats: dict, exclude_seen: bool, min_share: float = 0.01) -> str | None:

@@ -86,3 +86,24 @@ def test_targets_already_in_their_input_are_counted_and_reported():
     assert repeat_target_note({**p.stats, "test_targets_in_input": 0}, exclude_seen=True) is None
     assert _repeat_note({"preparation": p.stats, "exclude_seen": True}) == "1 test target (33.3%) repeat an item of their history: misses for every ranker with evaluate.exclude_seen"
     assert _repeat_note({"preparation": p.stats, "exclude_seen": False}) is None
+
+
+def test_targets_tied_with_the_step_before_are_counted_and_reported():
+    # Day-granularity timestamps: u1's last two steps share a day, so the file's row order picks the target.
+    day = 86_400
+    events = frame([
+        ("u1", "a", "rating", 1 * day), ("u1", "b", "rating", 2 * day), ("u1", "d", "rating", 3 * day), ("u1", "c", "rating", 3 * day),
+        ("u2", "a", "rating", 1 * day), ("u2", "b", "rating", 1 * day), ("u2", "c", "rating", 2 * day), ("u2", "d", "rating", 3 * day),
+    ])
+    p = prepare(events, ITEMS)
+    assert [p.item_ids[i - 1] for i in p.sequences[0]] == ["a", "b", "d", "c"]  # ties keep the file order
+    assert p.stats["test_targets_tied"] == 1 and p.stats["steps_tied_with_previous"] == 2
+
+    from flows.cli import _tied_note
+    from flows.retrain import tied_target_note
+
+    note = tied_target_note(p.stats)
+    assert note.startswith("1 of 2 test targets (50.0%) have the same timestamp as the step before them (2 of 8 steps tie")
+    assert "row order of the events file" in note
+    assert tied_target_note({**p.stats, "test_targets_tied": 0}) is None
+    assert _tied_note({"preparation": p.stats}) == "1 test target (50.0%) share the timestamp of the step before: the events file's row order decides them"

@@ -183,6 +183,10 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     # in their own input: evaluate.exclude_seen ranks no history item, so such a case is a miss for every
     # ranker. Counted here so that the run can say how many there are, not hide them in a low HR@10.
     stats.update(valid_targets_in_input=_targets_in_input(valid), test_targets_in_input=_targets_in_input(test))
+    # Timestamps at day (or coarser) granularity tie many steps: their order, and so which step is a user's
+    # test target, is then the row order of the events file (the sort is stable), not the order they happened in.
+    stats.update(steps_tied_with_previous=int(sum(int(np.sum(t[1:] == t[:-1])) for t in step_times)),
+                 test_targets_tied=_targets_tied(test, step_times))
     return PreparedData(
         item_ids=item_ids,
         item_texts=item_texts(catalog),
@@ -201,6 +205,11 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
 def _targets_in_input(cases: EvalCases) -> int:
     """How many cases ask for an item their input already holds."""
     return int(sum(bool(np.any(inputs == target)) for inputs, target in zip(cases.inputs, cases.targets)))
+
+
+def _targets_tied(cases: EvalCases, step_times: list[np.ndarray]) -> int:
+    """How many cases' target step has the same timestamp as the step right before it."""
+    return int(sum(bool(step_times[u][p] == step_times[u][p - 1]) for u, p in zip(cases.users, cases.positions) if p > 0))
 
 
 def _leave_one_out_split(sequences: list[np.ndarray], config: PrepareConfig, stats: dict) -> tuple[list[np.ndarray], EvalCases, EvalCases]:
