@@ -68,6 +68,16 @@ def test_csv_events_are_normalised_and_numbered_by_line(tmp_path):
     assert events[c.ROW].tolist() == [2, 3, 4, 5, 6]  # header is line 1
 
 
+def test_timestamps_with_a_named_utc_zone_are_read(tmp_path):
+    # BigQuery (and many databases) write timestamps as text like "2024-01-01 00:00:00 UTC": ISO-8601 with the
+    # zone named. pandas' ISO-8601 parser refuses it; before, every such row became NA and failed validation.
+    events = load_events(write(tmp_path / "events.csv", "user_id,item_id,event_type,timestamp\n"
+                               "u,a,view,2024-01-01 00:00:00 UTC\nu,b,view,2024-01-01 00:00:00.250 utc\n"
+                               "u,c,view,2024-01-01 00:00:00 GMT\nu,d,view,yesterday UTC\nu,e,view,2024-01-01T00:00:00Z\n"))
+    assert events[c.TIMESTAMP].tolist()[:3] == [JAN_1_2024] * 3 and events[c.TIMESTAMP].iloc[4] == JAN_1_2024
+    assert events[c.TIMESTAMP].isna().tolist() == [False, False, False, True, False]  # not a date: still NA, reported by validation
+
+
 def test_parquet_matches_csv(tmp_path, sample_dir):
     from_csv = load_events(sample_dir / "events.csv")
     from_csv.drop(columns=c.ROW).to_parquet(tmp_path / "events.parquet")

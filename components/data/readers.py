@@ -22,6 +22,7 @@ from components.errors import BehaviorflowError, DataContractError
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _SUFFIXES = (".csv", ".parquet")
+_NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
 
 
 def load_events(path: str | Path) -> pd.DataFrame:
@@ -136,6 +137,12 @@ def epoch_seconds(raw: pd.Series) -> pd.Series:
         text = raw[seconds.isna() & raw.notna()]
         if len(text):
             stamps = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+            # "2019-03-04 10:00:00 UTC" (BigQuery's and many databases' text form of a timestamp) is ISO-8601
+            # with the zone spelled out; pandas' ISO-8601 parser refuses the named zone, so it is read as UTC.
+            words = text.astype("str")
+            named_utc = stamps.isna() & words.str.contains(_NAMED_UTC, regex=True, na=False)
+            if named_utc.any():
+                stamps[named_utc] = pd.to_datetime(words[named_utc].str.replace(_NAMED_UTC, "", regex=True), format="ISO8601", utc=True, errors="coerce")
             seconds.loc[text.index] = (stamps - _EPOCH) // pd.Timedelta(seconds=1)
     # "inf" or 1e20 are numbers but no timestamp, and Int64 cannot hold them: treat them as unparseable.
     return np.floor(seconds.where(seconds.abs() < 2**53)).astype("Int64")
