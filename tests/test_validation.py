@@ -90,7 +90,7 @@ def test_sample_passes(sample, sample_report):
     assert sample_report.statistics["items"] == {
         "source": sample.items_source, "rows": len(sample.items), "expectations": 8, "failed": 0
     }
-    assert sample_report.statistics["events"]["expectations"] == 10
+    assert sample_report.statistics["events"]["expectations"] == 9
     raise_for_failures(sample_report)  # no-op on success
 
 
@@ -166,6 +166,15 @@ def test_error_message_names_file_column_rows_and_data_docs(broken, broken_repor
     assert any(line.startswith(f"{broken.items_source}: column 'item_id': 2 rows") for line in lines)
     assert lines[-1] == f"Data Docs: {broken_report.data_docs}"
     assert error.value.report == broken_report.to_dict()
+
+
+def test_any_number_in_the_optional_value_column_passes(sample):
+    # The model never reads `value`: a price in won (1,290,000) or a refund (-15.5) must not stop a retrain.
+    # Before, an expectation held it to [0, 1,000,000] and its message said to fix or remove those events.
+    events = sample.events.copy()
+    events.loc[events.index[:2], c.VALUE] = [1_290_000.0, -15.5]
+    report = validate(events, sample.items, events_source="e.csv", items_source="i.csv")
+    assert report.success, [f["message"] for f in report.failures]
 
 
 def test_optional_value_column_may_be_absent_and_gx_root_defaults_to_settings(sample):
