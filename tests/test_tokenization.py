@@ -19,3 +19,19 @@ def test_length_sorted_batches_give_each_item_the_vector_it_gets_alone(tmp_path)
     np.testing.assert_allclose(sorted_, alone, atol=1e-5)  # row i is item i's own vector, not a neighbour's
     np.testing.assert_allclose(in_order, alone, atol=1e-5)
     assert not np.allclose(sorted_[0], sorted_[1], atol=1e-3)  # the texts differ, so do their vectors
+
+
+def test_tokenizing_in_chunks_gives_the_ids_of_one_call(tmp_path, monkeypatch):
+    # Long descriptions are tokenized in chunks (one call over a large catalog held the whole tokenization of
+    # every text: 5.3 GB for 30,000 items of ~1,600 characters). The chunks must not change a single id.
+    from components.tokenization import encode
+
+    texts = [f"Item {i} ✨ caf&eacute; &amp; größe. " + "a long description with many words " * (i * 7 % 40) for i in range(11)]
+    config = TextEncoderConfig(max_tokens=16)
+    monkeypatch.setattr(encode, "TOKENIZE_CHUNK", 4)  # 11 texts: chunks of 4, 4 and 3
+    chunked = encode.tokenize_items(texts, config, tmp_path / "chunked")
+    whole = encode._load("tokenizer", config)(texts, padding="max_length", truncation=True, max_length=16, return_tensors="np")
+    np.testing.assert_array_equal(chunked["input_ids"], whole["input_ids"])
+    np.testing.assert_array_equal(chunked["attention_mask"], whole["attention_mask"])
+    assert chunked["input_ids"].shape == (11, 16) and chunked["input_ids"].dtype == np.int64
+    assert encode.tokenize_items([], config, tmp_path / "empty")["input_ids"].shape == (0, 16)

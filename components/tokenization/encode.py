@@ -79,6 +79,9 @@ def _load(kind: str, config: TextEncoderConfig):
         ) from exc
 
 
+TOKENIZE_CHUNK = 1024  # item texts per tokenizer call (bounds the tokenizer's memory, see tokenize_items)
+
+
 def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> dict[str, np.ndarray]:
     """Token ids and attention masks [n_items, max_tokens], and the tokenizer's vocabulary size
     ("vocab_size", a 0-d array), cached as .npz."""
@@ -91,8 +94,16 @@ def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path)
             log.info("tokens: cache hit %s", path.name)
             return tokens
     tokenizer = _load("tokenizer", config)
-    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
-    tokens = {"input_ids": encoded["input_ids"].astype(np.int64), "attention_mask": encoded["attention_mask"].astype(np.int64),
+    # In chunks: a fast tokenizer keeps every text's whole tokenization (the part past max_tokens as overflow)
+    # until the call returns, so one call over a catalog with long descriptions held gigabytes for a 64-token
+    # result (30,000 items of ~1,600 characters: 5.3 GB peak). The ids are the same either way.
+    ids, masks = [], []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        encoded = tokenizer(texts[start : start + TOKENIZE_CHUNK], padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
+        ids.append(encoded["input_ids"].astype(np.int64))
+        masks.append(encoded["attention_mask"].astype(np.int64))
+    empty = np.zeros((0, config.max_tokens), dtype=np.int64)
+    tokens = {"input_ids": np.concatenate(ids) if ids else empty, "attention_mask": np.concatenate(masks) if masks else empty,
               "vocab_size": np.array(len(tokenizer), dtype=np.int64)}
     np.savez(path, **tokens)
     return tokens
