@@ -117,6 +117,17 @@ def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     assert events.columns[0] == c.USER_ID
 
 
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_a_file_separated_by_something_else_than_commas_is_named_as_such(tmp_path, separator):
+    # A spreadsheet's ';'-separated export (or a TSV renamed .csv) reads as one column; the message said to
+    # rename the columns in the header, which was not the problem.
+    path = write(tmp_path / "events.csv", separator.join(["user_id", "item_id", "event_type", "timestamp"]) + "\n" + separator.join(["u", "a", "view", "1"]) + "\n")
+    with pytest.raises(DataContractError) as error:
+        load_events(path)
+    assert str(error.value) == (f"{path}: the header is one column, {separator.join(['user_id', 'item_id', 'event_type', 'timestamp'])!r}: "
+                                f"the file is separated by {separator!r}, not by commas. Save it as comma-separated CSV (or as parquet) and re-run.")
+
+
 def test_missing_column_names_file_column_and_what_was_found(tmp_path):
     path = write(tmp_path / "clicks.csv", "user_id,item_id,event_type,ts\n1,2,view,3\n")
     with pytest.raises(DataContractError) as error:

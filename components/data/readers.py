@@ -242,6 +242,12 @@ def _require_columns(
     missing = [column for column in required if column not in frame.columns]
     if missing:
         found = [column for column in frame.columns if column != c.ROW]
+        separator = next((sep for sep in (";", "\t", "|") if len(found) == 1 and sep in found[0]), None)
+        if separator is not None:  # a CSV saved with another separator (European spreadsheets use ';'): one long column
+            raise DataContractError(
+                f"{path}: the header is one column, {found[0]!r}: the file is separated by {separator!r}, not by commas. "
+                f"Save it as comma-separated CSV (or as parquet) and re-run."
+            )
         raise DataContractError(
             f"{path}: missing required column(s) {missing}; found {found}. An {kind} file needs "
             f"{list(required)} (optional: {list(optional)}): rename the columns in its header and re-run."
