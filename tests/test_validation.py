@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from components import contract as c
@@ -212,3 +213,23 @@ def test_importing_the_package_does_not_import_great_expectations():
     code = "import sys, components.validation; print('great_expectations' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_item_ids_that_lost_their_leading_zeros_are_explained(tmp_path):
+    # The catalog keeps "000123" as text; the events went through a spreadsheet or an integer column.
+    items = pd.DataFrame({c.ITEM_ID: ["000123", "000124", "000125"], c.TITLE: ["A", "B", "C"]})
+    events = pd.DataFrame({
+        c.USER_ID: ["u1", "u1", "u1", "u1"], c.ITEM_ID: ["123", "124.0", "zz", "000125"],
+        c.EVENT_TYPE: ["view"] * 4, c.TIMESTAMP: pd.array([1_700_000_000 + i for i in range(4)], dtype="Int64"),
+    })
+    report = validate(events, items, events_source="e.csv", items_source="i.csv", gx_root=tmp_path / "gx")
+    (failure,) = report.failures
+    assert failure["message"] == (
+        "e.csv: column 'item_id': 3 rows with an item_id missing from the catalog (i.csv) — e.g. '123' (row 1), '124.0' (row 2), "
+        "'zz' (row 3). 2 of these 3 unknown id(s) equal a catalog id once leading zeros and a trailing '.0' are ignored "
+        "(events ~ i.csv: '123' ~ '000123', '124.0' ~ '000124'): one of the two files lost its ids' leading zeros or turned "
+        "them into numbers (a spreadsheet, an integer or float column). Write the ids as text, the same in both files, and re-run."
+    )
+    # Ids that are simply unknown keep the plain message.
+    report = validate(events.iloc[2:], items, events_source="e.csv", items_source="i.csv", gx_root=tmp_path / "gx")
+    assert report.failures[0]["message"].endswith("e.g. 'zz' (row 1). Fix or remove these rows and re-run.")  # rows of a frame built in code count from 1

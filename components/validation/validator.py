@@ -82,7 +82,37 @@ def validate(
             "source": source, "rows": len(frame), "expectations": evaluated, "failed": len(found)
         }
     context.build_data_docs()
+    if dataset_events is not None:
+        _explain_unknown_items(failures, dataset_events, catalog, items_source)
     return ValidationReport(not failures, failures, _docs_index(context), statistics)
+
+
+def _id_key(item_id: str) -> str:
+    """An id as a spreadsheet or an integer column may have rewritten it: no leading zeros, no trailing '.0'."""
+    key = item_id[:-2] if item_id.endswith(".0") else item_id
+    return key.lstrip("0") or "0"
+
+
+def _explain_unknown_items(failures: list[dict], events: pd.DataFrame, catalog: list, items_source: str) -> None:
+    """When events' item ids miss the catalog only by leading zeros or a '.0' (one file went through a
+    spreadsheet or an integer column, the other did not), say so in the catalog failure's message."""
+    failure = next((f for f in failures if f["suite"] == "events" and f["column"] == c.ITEM_ID and f["expectation"] == "expect_column_values_to_be_in_set"), None)
+    if failure is None or c.ITEM_ID not in events:
+        return
+    known = set(catalog)
+    unknown = [item for item in events[c.ITEM_ID].dropna().unique().tolist() if item not in known]
+    by_key: dict[str, str] = {}
+    for item in catalog:
+        by_key.setdefault(_id_key(str(item)), str(item))
+    matched = [(item, by_key[_id_key(str(item))]) for item in unknown if _id_key(str(item)) in by_key]
+    if not matched:
+        return
+    shown = ", ".join(f"{event_id!r} ~ {catalog_id!r}" for event_id, catalog_id in matched[:_QUOTED])
+    failure["message"] = failure["message"].rsplit(" Fix or remove these rows and re-run.", 1)[0] + (
+        f" {len(matched)} of these {len(unknown)} unknown id(s) equal a catalog id once leading zeros and a trailing "
+        f"'.0' are ignored (events ~ {items_source}: {shown}): one of the two files lost its ids' leading zeros or "
+        f"turned them into numbers (a spreadsheet, an integer or float column). Write the ids as text, the same in both files, and re-run."
+    )
 
 
 def raise_for_failures(report: ValidationReport) -> None:
