@@ -107,3 +107,12 @@ def test_targets_tied_with_the_step_before_are_counted_and_reported():
     assert "row order of the events file" in note
     assert tied_target_note({**p.stats, "test_targets_tied": 0}) is None
     assert _tied_note({"preparation": p.stats}) == "1 test target (50.0%) share the timestamp of the step before: the events file's row order decides them"
+
+
+def test_no_user_long_enough_to_evaluate_is_one_clear_error():
+    # Every user has 1-2 steps (a sparse review log): before, the flow embedded the catalog and crashed in
+    # training with a traceback ('ValueError: no evaluation cases').
+    events = frame([("u1", "a", "view", 1), ("u1", "b", "view", 2), ("u2", "c", "view", 1), ("u3", "a", "view", 1), ("u3", "a", "click", 2)])
+    with pytest.raises(BehaviorflowError, match=r"^no user has 3 or more steps \(prepare.min_sequence_length\), so there is no validation or test "
+                                                r"case: 3 users, the longest with 2 steps after de-duplication and collapsing repeats\. .*prepare.split=temporal$"):
+        prepare(events, ITEMS)

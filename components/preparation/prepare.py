@@ -215,6 +215,14 @@ def _targets_tied(cases: EvalCases, step_times: list[np.ndarray]) -> int:
 def _leave_one_out_split(sequences: list[np.ndarray], config: PrepareConfig, stats: dict) -> tuple[list[np.ndarray], EvalCases, EvalCases]:
     """Train on s_1..s_{n-2}; validate on s_{n-1}; test on s_n. Short users train only."""
     long_enough = np.array([len(s) >= config.min_sequence_length for s in sequences], dtype=bool)
+    if not long_enough.any():  # nothing to validate or test on: say so here, not as a traceback from training
+        longest = max(map(len, sequences))
+        raise BehaviorflowError(
+            f"no user has {config.min_sequence_length} or more steps (prepare.min_sequence_length), so there is no "
+            f"validation or test case: {len(sequences)} users, the longest with {longest} step{'s' if longest != 1 else ''} "
+            f"after de-duplication and collapsing repeats. Leave-one-out holds out each user's last two steps; give users "
+            f"longer histories (more events per user_id), or use prepare.split=temporal"
+        )
     train = [s[:-2] if ok else s for s, ok in zip(sequences, long_enough)]
     users = np.flatnonzero(long_enough)
     lengths = np.array([len(sequences[u]) for u in users], dtype=np.int64)
