@@ -433,22 +433,12 @@ def _mb(mb: float | None) -> str:
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
-def _repeat_note(s: dict) -> str | None:
-    """The data line's note on test targets already in their history (misses under evaluate.exclude_seen)."""
-    prep, cases = s["preparation"], s["preparation"].get("test_cases", 0)
-    repeats = prep.get("test_targets_in_input", 0)
-    if not cases or repeats < 0.01 * cases or not s.get("exclude_seen", True):  # the flow's warning threshold
-        return None
-    return f"{_count(repeats, 'test target')} ({repeats / cases:.1%}) repeat an item of their history: misses for every ranker with evaluate.exclude_seen"
+def _data_notes(s: dict) -> list[str]:
+    """The data line's notes: test targets already in their history, or tied with the step before."""
+    from components.preparation import repeat_target_note, tied_target_note
 
-
-def _tied_note(s: dict) -> str | None:
-    """The data line's note on test targets that share their timestamp with the step before (file order decides)."""
-    prep, cases = s["preparation"], s["preparation"].get("test_cases", 0)
-    tied = prep.get("test_targets_tied", 0)
-    if not cases or tied < 0.05 * cases:  # the flow's warning threshold
-        return None
-    return f"{_count(tied, 'test target')} ({tied / cases:.1%}) share the timestamp of the step before: the events file's row order decides them"
+    notes = (repeat_target_note(s["preparation"], s.get("exclude_seen", True), short=True), tied_target_note(s["preparation"], short=True))
+    return [note for note in notes if note]
 
 
 def format_summary(s: dict) -> str:
@@ -457,8 +447,7 @@ def format_summary(s: dict) -> str:
         "",
         "behaviorflow retrain — summary",
         f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
-        *([f"                {note}"] if (note := _repeat_note(s)) else []),
-        *([f"                {note}"] if (note := _tied_note(s)) else []),
+        *(f"                {note}" for note in _data_notes(s)),
         f"  validation    passed — Data Docs: {s['data_docs']}",
         f"  training      {_count(s['training']['epochs'], 'epoch')} on {s['training']['device']} in {s['training']['wall_s']} s, peak memory {_mb(s['training'].get('peak_rss_mb'))} (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
         + (f"; id-only baseline {_count(b['epochs'], 'epoch')} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b.get('stopped', '')})" if (b := s.get("baseline_training")) else "")

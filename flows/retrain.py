@@ -62,7 +62,7 @@ def validate_data(dataset):
 @task(name="prepare", cache_policy=NONE)
 def prepare_sequences(dataset, config: RetrainConfig):
     log.info("[2/9] prepare: sequences and %s split", config.prepare.split.replace("_", "-"))
-    from components.preparation import prepare
+    from components.preparation import prepare, repeat_target_note, tied_target_note
     from components.registry.tracking import log_json
 
     prepared = prepare(dataset.events, dataset.items, config.prepare)
@@ -71,34 +71,6 @@ def prepare_sequences(dataset, config: RetrainConfig):
         if note:
             log.warning(note)
     return prepared
-
-
-def tied_target_note(stats: dict, min_share: float = 0.05) -> str | None:
-    """A warning when at least `min_share` of the test targets have the timestamp of the step before them:
-    which of the two is the target (and which the input) is then the row order of the events file."""
-    tied, cases = stats.get("test_targets_tied", 0), stats.get("test_cases", 0)
-    if not cases or tied < min_share * cases:
-        return None
-    return (
-        f"{tied} of {cases} test targets ({tied / cases:.1%}) have the same timestamp as the step before them "
-        f"({stats.get('steps_tied_with_previous', 0)} of {stats.get('sequence_steps', 0)} steps tie with their predecessor): "
-        f"events with equal timestamps keep the row order of the events file, so for these users the test target is "
-        f"the row that comes last in the file, not necessarily the last thing they did. Give timestamps with seconds, "
-        f"or order each user's events in the file as they happened"
-    )
-
-
-def repeat_target_note(stats: dict, exclude_seen: bool, min_share: float = 0.01) -> str | None:
-    """A warning when at least `min_share` of the test targets are items already in their history and the
-    evaluation ranks no history item: those cases are misses for every ranker, a ceiling on HR@K."""
-    repeats, cases = stats.get("test_targets_in_input", 0), stats.get("test_cases", 0)
-    if not exclude_seen or not cases or repeats < min_share * cases:
-        return None
-    return (
-        f"{repeats} of {cases} test targets ({repeats / cases:.1%}) are items already in the user's history (repeat "
-        f"interactions): evaluate.exclude_seen ranks no history item, so they are misses for every ranker and HR@10 "
-        f"cannot exceed {1 - repeats / cases:.3f}. Set evaluate.exclude_seen=false to rank repeats as well"
-    )
 
 
 # --- 3. tokenize: item text through the pretrained LM (offline), cached by fingerprint ---

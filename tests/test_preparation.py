@@ -76,16 +76,16 @@ def test_targets_already_in_their_input_are_counted_and_reported():
     p = prepare(events, ITEMS)
     assert p.stats["test_targets_in_input"] == 1 and p.stats["valid_targets_in_input"] == 1 and p.stats["test_cases"] == 3
 
-    from flows.cli import _repeat_note
-    from flows.retrain import repeat_target_note
+    from components.preparation import repeat_target_note
+    from flows.cli import _data_notes
 
     note = repeat_target_note(p.stats, exclude_seen=True)
     assert note.startswith("1 of 3 test targets (33.3%) are items already in the user's history") and "cannot exceed 0.667" in note
     assert "evaluate.exclude_seen=false" in note
     assert repeat_target_note(p.stats, exclude_seen=False) is None  # repeats are ranked then: nothing to warn about
     assert repeat_target_note({**p.stats, "test_targets_in_input": 0}, exclude_seen=True) is None
-    assert _repeat_note({"preparation": p.stats, "exclude_seen": True}) == "1 test target (33.3%) repeat an item of their history: misses for every ranker with evaluate.exclude_seen"
-    assert _repeat_note({"preparation": p.stats, "exclude_seen": False}) is None
+    assert _data_notes({"preparation": p.stats, "exclude_seen": True}) == ["1 of 3 test targets (33.3%) repeat an item of their history: misses for every ranker with evaluate.exclude_seen"]
+    assert _data_notes({"preparation": p.stats, "exclude_seen": False}) == []
 
 
 def test_targets_tied_with_the_step_before_are_counted_and_reported():
@@ -99,14 +99,14 @@ def test_targets_tied_with_the_step_before_are_counted_and_reported():
     assert [p.item_ids[i - 1] for i in p.sequences[0]] == ["a", "b", "d", "c"]  # ties keep the file order
     assert p.stats["test_targets_tied"] == 1 and p.stats["steps_tied_with_previous"] == 2
 
-    from flows.cli import _tied_note
-    from flows.retrain import tied_target_note
+    from components.preparation import tied_target_note
+    from flows.cli import _data_notes
 
     note = tied_target_note(p.stats)
     assert note.startswith("1 of 2 test targets (50.0%) have the same timestamp as the step before them (2 of 8 steps tie")
     assert "row order of the events file" in note
     assert tied_target_note({**p.stats, "test_targets_tied": 0}) is None
-    assert _tied_note({"preparation": p.stats}) == "1 test target (50.0%) share the timestamp of the step before: the events file's row order decides them"
+    assert _data_notes({"preparation": p.stats}) == ["1 of 2 test targets (50.0%) share the timestamp of the step before: the events file's row order decides them"]
 
 
 def test_no_user_long_enough_to_evaluate_is_one_clear_error():

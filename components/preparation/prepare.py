@@ -202,6 +202,45 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     )
 
 
+REPEAT_NOTE_SHARE = 0.01  # a run warns from this share of test targets already in their own history ...
+TIED_NOTE_SHARE = 0.05  # ... and from this share of test targets that share the timestamp of the step before
+
+
+def repeat_target_note(stats: dict, exclude_seen: bool, short: bool = False) -> str | None:
+    """A warning (`short`: the summary's line) when at least REPEAT_NOTE_SHARE of the test targets are items
+    already in their history and the evaluation ranks no history item: those cases are misses for every
+    ranker, a ceiling on HR@K."""
+    repeats, cases = stats.get("test_targets_in_input", 0), stats.get("test_cases", 0)
+    if not exclude_seen or not cases or repeats < REPEAT_NOTE_SHARE * cases:
+        return None
+    share = f"{repeats} of {cases} test targets ({repeats / cases:.1%})"
+    if short:
+        return f"{share} repeat an item of their history: misses for every ranker with evaluate.exclude_seen"
+    return (
+        f"{share} are items already in the user's history (repeat interactions): evaluate.exclude_seen ranks no "
+        f"history item, so they are misses for every ranker and HR@10 cannot exceed {1 - repeats / cases:.3f}. "
+        f"Set evaluate.exclude_seen=false to rank repeats as well"
+    )
+
+
+def tied_target_note(stats: dict, short: bool = False) -> str | None:
+    """A warning (`short`: the summary's line) when at least TIED_NOTE_SHARE of the test targets have the
+    timestamp of the step before them: which of the two is the target is then the events file's row order."""
+    tied, cases = stats.get("test_targets_tied", 0), stats.get("test_cases", 0)
+    if not cases or tied < TIED_NOTE_SHARE * cases:
+        return None
+    share = f"{tied} of {cases} test targets ({tied / cases:.1%})"
+    if short:
+        return f"{share} share the timestamp of the step before: the events file's row order decides them"
+    return (
+        f"{share} have the same timestamp as the step before them "
+        f"({stats.get('steps_tied_with_previous', 0)} of {stats.get('sequence_steps', 0)} steps tie with their predecessor): "
+        f"events with equal timestamps keep the row order of the events file, so for these users the test target is "
+        f"the row that comes last in the file, not necessarily the last thing they did. Give timestamps with seconds, "
+        f"or order each user's events in the file as they happened"
+    )
+
+
 def _targets_in_input(cases: EvalCases) -> int:
     """How many cases ask for an item their input already holds."""
     return int(sum(bool(np.any(inputs == target)) for inputs, target in zip(cases.inputs, cases.targets)))
