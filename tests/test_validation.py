@@ -120,6 +120,8 @@ def test_unparseable_timestamp_is_reported_by_its_row(broken_report):
     found = failure(broken_report, "expect_column_values_to_not_be_null", c.TIMESTAMP)
     assert (found["unexpected_count"], found["rows"]) == (1, [25])
     assert "empty or unparseable" in found["message"] and "row 25" in found["message"]
+    # What the file held there is quoted (the reader made it a null), with the forms a timestamp may take.
+    assert "Unreadable: 'yesterday' (row 25). A timestamp is epoch seconds (1704103200) or ISO-8601" in found["message"]
 
 
 def test_event_for_an_item_missing_from_the_catalog(broken_report):

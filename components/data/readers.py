@@ -22,7 +22,8 @@ from components.errors import BehaviorflowError, DataContractError
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _SUFFIXES = (".csv", ".parquet")
-_NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
+_NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"
+UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
 
 
 def load_events(path: str | Path) -> pd.DataFrame:
@@ -37,7 +38,12 @@ def load_events(path: str | Path) -> pd.DataFrame:
     for column in (c.USER_ID, c.ITEM_ID):
         frame[column] = _as_id_strings(frame[column])
     frame[c.EVENT_TYPE] = frame[c.EVENT_TYPE].astype("str").str.strip().str.lower()
-    frame[c.TIMESTAMP] = epoch_seconds(frame[c.TIMESTAMP])
+    raw = frame[c.TIMESTAMP]
+    frame[c.TIMESTAMP] = epoch_seconds(raw)
+    # Unreadable timestamps become nulls, which the events suite refuses by row; the raw text is kept for its
+    # message (what was written there is what the user has to fix), the first few only.
+    unreadable = frame[c.TIMESTAMP].isna() & raw.notna() & (raw.astype("str").str.strip() != "")
+    frame.attrs[UNREADABLE_TIMESTAMPS] = dict(zip(frame.loc[unreadable, c.ROW].head(5).tolist(), raw[unreadable].head(5).astype("str").tolist()))
     if c.VALUE in frame:
         raw = frame[c.VALUE]
         frame[c.VALUE] = pd.to_numeric(raw, errors="coerce").astype("float64")

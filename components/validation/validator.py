@@ -84,6 +84,7 @@ def validate(
     context.build_data_docs()
     if dataset_events is not None:
         _explain_unknown_items(failures, dataset_events, catalog, items_source)
+        _quote_unreadable_timestamps(failures, dataset_events)
     return ValidationReport(not failures, failures, _docs_index(context), statistics)
 
 
@@ -91,6 +92,22 @@ def _id_key(item_id: str) -> str:
     """An id as a spreadsheet or an integer column may have rewritten it: no leading zeros, no trailing '.0'."""
     key = item_id[:-2] if item_id.endswith(".0") else item_id
     return key.lstrip("0") or "0"
+
+
+def _quote_unreadable_timestamps(failures: list[dict], events: pd.DataFrame) -> None:
+    """The timestamp failure quotes what the file held in the rows the reader could not read (it made them
+    nulls: the suite alone could only give their row numbers)."""
+    from components.data.readers import UNREADABLE_TIMESTAMPS
+
+    raw = events.attrs.get(UNREADABLE_TIMESTAMPS) or {}
+    failure = next((f for f in failures if f["suite"] == "events" and f["column"] == c.TIMESTAMP and f["expectation"] == "expect_column_values_to_not_be_null"), None)
+    if failure is None or not raw:
+        return
+    quoted = ", ".join(f"{text!r} (row {row})" for row, text in list(raw.items())[:_QUOTED])
+    failure["message"] = failure["message"].rsplit(" Fix or remove these rows and re-run.", 1)[0] + (
+        f" Unreadable: {quoted}. A timestamp is epoch seconds (1704103200) or ISO-8601 (2024-01-01T10:00:00Z, "
+        f"2024-01-01 10:00:00, 2024-01-01); fix or remove these rows and re-run."
+    )
 
 
 def _explain_unknown_items(failures: list[dict], events: pd.DataFrame, catalog: list, items_source: str) -> None:
