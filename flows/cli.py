@@ -458,6 +458,8 @@ def format_summary(s: dict) -> str:
     if base:
         lift = f"text-aware vs id-only: {m['NDCG@10'] / base['NDCG@10'] - 1:+.1%} NDCG@10" if base["NDCG@10"] > 0 else "the id-only baseline scores 0"
         lines.append(f"                id-only baseline NDCG@10 {base['NDCG@10']:.4f}  HR@10 {base['HR@10']:.4f}   ({lift})")
+        if s.get("text_behind_baseline"):
+            lines.append("                the baseline is above the model's 95 % interval: the item text does not help on this data yet (see the warning)")
     if "champion" in s["metrics"]:
         c = s["metrics"]["champion"]
         lines.append(f"                champion v{s['gate']['champion_version']} NDCG@10 {c['NDCG@10']:.4f}  HR@10 {c['HR@10']:.4f}")

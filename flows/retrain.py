@@ -164,6 +164,10 @@ def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: R
                     "promoted, this version would no longer recommend them: add them to the items file if they should stay")
             report.notes.append(note)
             log.warning(note)
+    behind = report.text_behind_baseline()
+    if behind:
+        report.notes.append(behind)
+        log.warning(behind)
     log_metrics("", report.flat_metrics())  # NDCG_at_10, popularity_NDCG_at_10, cold_start_HR_at_10, ...
     log_json("evaluation.json", report.to_dict() | {"champion_version": champion.version if champion else None})
     charts = [
@@ -301,6 +305,7 @@ def retrain(config: dict | None = None) -> dict:
             "slices": report.slices,
             "cases": report.cases,
             "exclude_seen": cfg.evaluate.exclude_seen,
+            "text_behind_baseline": report.text_behind_baseline(),  # the warning the evaluate stage logged, or None
             "gate": decision.to_dict(),
             "run_dir": str(run_dir),
             "stage_s": stages.seconds,

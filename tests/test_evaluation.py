@@ -356,3 +356,28 @@ def test_slice_chart_shows_each_slice_every_ranker_has(tmp_path):
     assert heights == {"model": [0.25, 0.5], "id_only": [0.0, 0.55]}
     path = slice_bars(slices, tmp_path / "slices.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_a_baseline_above_the_models_interval_is_a_warning_and_a_summary_line():
+    from components.evaluation.evaluate import EvaluationReport
+    from flows.cli import format_summary
+
+    def report(base: float | None) -> EvaluationReport:
+        results = {"model": {"NDCG@10": 0.20, "HR@10": 0.30}, "popularity": {"NDCG@10": 0.02, "HR@10": 0.04}}
+        if base is not None:
+            results["id_only"] = {"NDCG@10": base, "HR@10": 0.30}
+        return EvaluationReport(cases=100, list_len=20, exclude_seen=True, results=results, intervals={"model": {"NDCG@10": [0.18, 0.22]}})
+
+    assert report(None).text_behind_baseline() is None  # no baseline trained
+    assert report(0.22).text_behind_baseline() is None  # inside the interval: not told apart
+    note = report(0.25).text_behind_baseline()
+    assert note.startswith("the id-only baseline (NDCG@10 0.2500) beats the text-aware model (0.2000, 95 % interval 0.1800–0.2200)")
+    assert "train.max_minutes" in note and "not with this baseline" in note
+
+    summary = {
+        "metrics": report(0.25).results, "data_fingerprint": "f", "preparation": {"users": 100, "test_cases": 100}, "cases": 100,
+        "data_docs": "d", "training": {"epochs": 1, "device": "cpu", "wall_s": 1.0, "best_epoch": 1, "stopped": "max_epochs"},
+        "gate": {"passed": True, "reasons": ["ok"]}, "run_id": "r", "tracking_uri": "sqlite:///m.db", "text_behind_baseline": note,
+    }
+    assert "the baseline is above the model's 95 % interval: the item text does not help on this data yet" in format_summary(summary)
+    assert "the item text does not help" not in format_summary(summary | {"text_behind_baseline": None})

@@ -49,6 +49,20 @@ class EvaluationReport:
             "notes": self.notes,
         }
 
+    def text_behind_baseline(self) -> str | None:
+        """A warning when the id-only baseline's NDCG@10 lies above the text-aware model's whole 95 % interval:
+        on this data the item text does not help the model (yet). None when it does not, or without a baseline."""
+        base, model = self.results.get("id_only"), self.results["model"]
+        interval = self.intervals.get("model", {}).get("NDCG@10")
+        if not base or not interval or base["NDCG@10"] <= interval[1]:
+            return None
+        return (
+            f"the id-only baseline (NDCG@10 {base['NDCG@10']:.4f}) beats the text-aware model ({model['NDCG@10']:.4f}, "
+            f"95 % interval {interval[0]:.4f}–{interval[1]:.4f}): on this data the item text does not help the model yet. "
+            f"Check what the items' text says (title, category, brand, description: does it tell items apart?) or give "
+            f"training more time (train.max_minutes); the gate compares with popularity and the champion, not with this baseline"
+        )
+
     def flat_metrics(self) -> dict[str, float]:
         """Every number under one flat name, as MLflow records them: the model's unprefixed (`NDCG@10`,
         `sampled_NDCG@10`, `cold_start_HR@10`, `cold_start_cases`), every other ranker's prefixed with its
