@@ -377,7 +377,7 @@ def set_alias_by_hand(ref: ModelRef, alias: str = settings.CHAMPION_ALIAS, reaso
     name, version = mv.name, str(mv.version)
     client = _client()
     check_usable(mv, f"promote to @{alias}")
-    if not mv.tags.get("bento_tag") or len(bento_archives(client, mv)) != 1:
+    if not has_bento(client, mv):
         raise BehaviorflowError(f"{_where(mv)} is not servable: it has no Bento (tag 'bento_tag' and one .bento archive under "
                                 f"'{BENTO_ARTIFACT}/'), so '{alias}' was not moved; pick a version that 'behaviorflow versions' lists with a Bento")
     previous = _alias_version(client, alias, name)
