@@ -72,6 +72,9 @@ class RetrainConfig:
         if self.gate.metric not in metrics:
             raise ValueError(f"gate.metric {self.gate.metric!r} is not a metric the evaluation reports with evaluate.list_len = "
                              f"{self.evaluate.list_len}; choose one of {', '.join(metrics)}")
+        if self.gate.beat_id_only and not self.evaluate.id_only_baseline:
+            raise ValueError("gate.beat_id_only compares with the id-only baseline, which evaluate.id_only_baseline = false does not "
+                             "train: set one of them differently")
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> "RetrainConfig":

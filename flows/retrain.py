@@ -179,7 +179,8 @@ def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: R
     return report, champion
 
 
-# --- 6. gate: promote only a model that beats popularity and does not regress vs the champion.
+# --- 6. gate: promote only a model that beats popularity and does not regress vs the champion
+#        (and, with gate.beat_id_only, scores at least the id-only baseline).
 #        First run: no champion, the popularity rule alone decides. A failed gate stops here. ---
 @task(name="gate", cache_policy=NONE)
 def gate(report, champion, config: RetrainConfig):
@@ -190,7 +191,8 @@ def gate(report, champion, config: RetrainConfig):
     from components.registry.tracking import log_json
 
     decision = decide(
-        report.results["model"], report.results["popularity"], report.results.get("champion"), champion.version if champion else None, config.gate
+        report.results["model"], report.results["popularity"], report.results.get("champion"), champion.version if champion else None, config.gate,
+        id_only=report.results.get("id_only"),
     )
     log_json("gate.json", decision.to_dict())
     mlflow.set_tag("gate", "passed" if decision.passed else "failed")

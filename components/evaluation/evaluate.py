@@ -60,7 +60,8 @@ class EvaluationReport:
             f"the id-only baseline (NDCG@10 {base['NDCG@10']:.4f}) beats the text-aware model ({model['NDCG@10']:.4f}, "
             f"95 % interval {interval[0]:.4f}–{interval[1]:.4f}): on this data the item text does not help the model yet. "
             f"Check what the items' text says (title, category, brand, description: does it tell items apart?) or give "
-            f"training more time (train.max_minutes); the gate compares with popularity and the champion, not with this baseline"
+            f"training more time (train.max_minutes); the gate compares with popularity and the champion, not with this baseline "
+            f"(gate.beat_id_only makes it)"
         )
 
     def flat_metrics(self) -> dict[str, float]:

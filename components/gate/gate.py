@@ -6,6 +6,9 @@ Rules (all on the same held-out test cases, full ranking):
    candidate[metric] ≥ champion[metric] × (1 − max_regression).
    First run (no champion yet): rule 2 does not apply; rule 1 alone decides, and the passing
    candidate becomes the first champion.
+3. Only with `beat_id_only` (off by default): it must score at least the id-only baseline of the same run
+   (the same model trained without item text): candidate[metric] >= id_only[metric]. For catalogs whose text
+   may not help, where serving the text model should wait until it does.
 A failed gate stops the flow before export: nothing is packaged or registered.
 """
 
@@ -19,6 +22,7 @@ class GateConfig:
     metric: str = "NDCG@10"  # the metric every rule compares
     min_lift: float = 0.0  # relative lift over popularity required (0.1 = must be 10 % better)
     max_regression: float = 0.02  # relative drop vs the champion tolerated (noise between retrains)
+    beat_id_only: bool = False  # also require at least the id-only baseline's score (needs evaluate.id_only_baseline)
 
     def __post_init__(self):
         if self.min_lift < 0:
@@ -44,7 +48,8 @@ class GateDecision:
         return ("PASSED: " if self.passed else "FAILED: ") + "; ".join(self.reasons)
 
 
-def decide(candidate: dict, popularity: dict, champion: dict | None = None, champion_version: str | None = None, config: GateConfig = GateConfig()) -> GateDecision:
+def decide(candidate: dict, popularity: dict, champion: dict | None = None, champion_version: str | None = None, config: GateConfig = GateConfig(),
+           id_only: dict | None = None) -> GateDecision:
     m = config.metric
     for name, metrics in (("candidate", candidate), ("popularity", popularity), ("champion", champion or {m: 0.0})):
         if m not in metrics:
@@ -71,4 +76,13 @@ def decide(candidate: dict, popularity: dict, champion: dict | None = None, cham
         else:
             passed = False
             reasons.append(f"{m} {cand:.4f} regresses against champion v{champion_version} {champ:.4f} by more than {config.max_regression:.0%} (floor {floor:.4f})")
+    if config.beat_id_only:
+        if id_only is None:
+            raise ValueError("gate.beat_id_only needs the id-only baseline's metrics: set evaluate.id_only_baseline to true")
+        base = id_only[m]
+        if cand >= base:
+            reasons.append(f"{m} {cand:.4f} is at least the id-only baseline's {base:.4f} (gate.beat_id_only)")
+        else:
+            passed = False
+            reasons.append(f"{m} {cand:.4f} is below the id-only baseline's {base:.4f}: the item text does not help yet (gate.beat_id_only)")
     return GateDecision(passed, m, cand, pop, champ, champion_version, reasons)
