@@ -22,8 +22,8 @@ from components.errors import BehaviorflowError, DataContractError
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _SUFFIXES = (".csv", ".parquet")
-_NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"
-UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
+_NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
+UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read
 
 
 def load_events(path: str | Path) -> pd.DataFrame:

@@ -94,17 +94,30 @@ def _id_key(item_id: str) -> str:
     return key.lstrip("0") or "0"
 
 
+_ROWS_FIX = "Fix or remove these rows and re-run."  # how a failure that names rows ends (see _failure)
+
+
+def _events_failure(failures: list[dict], column: str, expectation: str) -> dict | None:
+    """The events suite's failure of `expectation` on `column`, if it failed."""
+    return next((f for f in failures if f["suite"] == "events" and f["column"] == column and f["expectation"] == expectation), None)
+
+
+def _without_fix(message: str) -> str:
+    """A failure's message without its closing advice, for a caller that knows better advice to give."""
+    return message.rsplit(f" {_ROWS_FIX}", 1)[0]
+
+
 def _quote_unreadable_timestamps(failures: list[dict], events: pd.DataFrame) -> None:
     """The timestamp failure quotes what the file held in the rows the reader could not read (it made them
     nulls: the suite alone could only give their row numbers)."""
     from components.data.readers import UNREADABLE_TIMESTAMPS
 
     raw = events.attrs.get(UNREADABLE_TIMESTAMPS) or {}
-    failure = next((f for f in failures if f["suite"] == "events" and f["column"] == c.TIMESTAMP and f["expectation"] == "expect_column_values_to_not_be_null"), None)
+    failure = _events_failure(failures, c.TIMESTAMP, "expect_column_values_to_not_be_null")
     if failure is None or not raw:
         return
     quoted = ", ".join(f"{text!r} (row {row})" for row, text in list(raw.items())[:_QUOTED])
-    failure["message"] = failure["message"].rsplit(" Fix or remove these rows and re-run.", 1)[0] + (
+    failure["message"] = _without_fix(failure["message"]) + (
         f" Unreadable: {quoted}. A timestamp is epoch seconds (1704103200) or ISO-8601 (2024-01-01T10:00:00Z, "
         f"2024-01-01 10:00:00, 2024-01-01); fix or remove these rows and re-run."
     )
@@ -113,7 +126,7 @@ def _quote_unreadable_timestamps(failures: list[dict], events: pd.DataFrame) -> 
 def _explain_unknown_items(failures: list[dict], events: pd.DataFrame, catalog: list, items_source: str) -> None:
     """When events' item ids miss the catalog only by leading zeros or a '.0' (one file went through a
     spreadsheet or an integer column, the other did not), say so in the catalog failure's message."""
-    failure = next((f for f in failures if f["suite"] == "events" and f["column"] == c.ITEM_ID and f["expectation"] == "expect_column_values_to_be_in_set"), None)
+    failure = _events_failure(failures, c.ITEM_ID, "expect_column_values_to_be_in_set")
     if failure is None or c.ITEM_ID not in events:
         return
     known = set(catalog)
@@ -125,7 +138,7 @@ def _explain_unknown_items(failures: list[dict], events: pd.DataFrame, catalog: 
     if not matched:
         return
     shown = ", ".join(f"{event_id!r} ~ {catalog_id!r}" for event_id, catalog_id in matched[:_QUOTED])
-    failure["message"] = failure["message"].rsplit(" Fix or remove these rows and re-run.", 1)[0] + (
+    failure["message"] = _without_fix(failure["message"]) + (
         f" {len(matched)} of these {len(unknown)} unknown id(s) equal a catalog id once leading zeros and a trailing "
         f"'.0' are ignored (events ~ {items_source}: {shown}): one of the two files lost its ids' leading zeros or "
         f"turned them into numbers (a spreadsheet, an integer or float column). Write the ids as text, the same in both files, and re-run."
@@ -233,7 +246,7 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
     else:
         evidence = ""
     where = f"{source}: column '{column}'" if column else source
-    fix = "Fix or remove these rows and re-run." if rows else "Fix the file and re-run."
+    fix = _ROWS_FIX if rows else "Fix the file and re-run."
     return {
         "suite": suite,
         "source": source,
