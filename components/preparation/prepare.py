@@ -30,6 +30,7 @@ import pandas as pd
 from components import contract as C
 from components.data.readers import epoch_seconds
 from components.errors import BehaviorflowError
+from components.preparation.text_cleaning import category_text, clean_text
 
 SPLITS = ("leave_one_out", "temporal")
 
@@ -118,9 +119,17 @@ class PreparedData:
 
 
 def item_texts(catalog: pd.DataFrame) -> list[str]:
-    """'title. category. brand. description' per item, empty fields left out."""
-    fields = [catalog[f].fillna("").astype(str).str.strip() for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
+    """'title. category. brand. description' per item, each field cleaned of markup (HTML, entities, a category
+    written as a list literal, runs of whitespace, control characters: text_cleaning), empty fields left out.
+    Retrain and add-items both read items through this, so an item added later gets the text it would get in a retrain."""
+    fields = [_clean_field(catalog[f].fillna("").astype(str), f) for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
     return [". ".join(p for p in parts if p) for parts in zip(*fields)]
+
+
+def _clean_field(values: pd.Series, name: str) -> list[str]:
+    if name == C.CATEGORY:
+        values = values.map(category_text)
+    return [clean_text(value) for value in values]
 
 
 def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig()) -> PreparedData:
