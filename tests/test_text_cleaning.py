@@ -7,7 +7,7 @@ import pytest
 
 from components import contract as c
 from components.preparation.prepare import item_texts
-from components.preparation.text_cleaning import category_text, clean_text
+from components.preparation.text_cleaning import category_text, clean_text, description_text
 
 
 def test_html_is_stripped_and_entities_unescaped():
@@ -31,6 +31,17 @@ def test_list_literal_categories_read_as_names():
     items = pd.DataFrame({c.ITEM_ID: ["1", "2"], c.TITLE: ["Cable", "Novel"],
                           c.CATEGORY: ["['Electronics', 'Cables &amp; Adapters']", "[]"], c.BRAND: ["Acme", ""]})
     assert item_texts(items) == ["Cable. Electronics, Cables & Adapters. Acme", "Novel"]  # an empty list is no category
+
+
+def test_list_literal_descriptions_read_as_paragraphs():
+    # Amazon's 2018 and 2023 dumps store a description as the list of its paragraphs (often with HTML in them).
+    assert description_text("['Fits most phones.', 'Two-year warranty.']") == "Fits most phones. Two-year warranty."
+    assert description_text('["Same line.", "Same line."]') == "Same line. Same line."  # paragraphs are not de-duplicated
+    assert description_text("[]") == ""
+    for kept in ("[Region 1] DVD", "['unclosed]", "[1, 2]"):
+        assert description_text(kept) == kept
+    items = pd.DataFrame({c.ITEM_ID: ["1", "2"], c.TITLE: ["Case", "Lamp"], c.DESCRIPTION: ["['<p>Slim.</p>', 'Drop &amp; scratch proof.']", "[]"]})
+    assert item_texts(items) == ["Case. Slim. Drop & scratch proof.", "Lamp"]
 
 
 # MovieLens rows as load_movielens gives them (genres joined with ", "), with the odd characters its titles hold.

@@ -30,7 +30,7 @@ import pandas as pd
 from components import contract as C
 from components.data.readers import epoch_seconds
 from components.errors import BehaviorflowError
-from components.preparation.text_cleaning import category_text, clean_text
+from components.preparation.text_cleaning import category_text, clean_text, description_text
 
 SPLITS = ("leave_one_out", "temporal")
 
@@ -129,6 +129,8 @@ def item_texts(catalog: pd.DataFrame) -> list[str]:
 def _clean_field(values: pd.Series, name: str) -> list[str]:
     if name == C.CATEGORY:
         values = values.map(category_text)
+    elif name == C.DESCRIPTION:
+        values = values.map(description_text)
     return [clean_text(value) for value in values]
 
 

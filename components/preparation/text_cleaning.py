@@ -61,6 +61,20 @@ def category_text(text: str) -> str:
     """A category written as a list literal ("['Electronics', 'Computers & Accessories']", '["Books"]', or a list
     of category paths) as "Electronics, Computers & Accessories": each name once, in order. Text that does not
     parse as a list of strings (JSON or a Python literal) is returned unchanged."""
+    return list_text(text, ", ", unique=True)
+
+
+def description_text(text: str) -> str:
+    """A description written as a list literal of its paragraphs or bullet points (as Amazon's 2018 and 2023
+    dumps store `description` and `features`: "['Fits most phones.', 'Two-year warranty.']") as the
+    paragraphs joined by a space, in order; "[]" is empty. Text that does not parse as a list of strings is
+    returned unchanged."""
+    return list_text(text, " ", unique=False)
+
+
+def list_text(text: str, separator: str, unique: bool) -> str:
+    """The strings of `text` read as a (nested) list literal, joined by `separator` (each once when `unique`);
+    `text` itself when it is not such a literal."""
     stripped = text.strip()
     if not (stripped.startswith("[") and stripped.endswith("]")):
         return text
@@ -68,7 +82,8 @@ def category_text(text: str) -> str:
     names = _strings(value) if isinstance(value, (list, tuple)) else None
     if names is None:
         return text
-    return ", ".join(dict.fromkeys(name.strip() for name in names if name.strip()))
+    names = [name.strip() for name in names if name.strip()]
+    return separator.join(dict.fromkeys(names) if unique else names)
 
 
 def _literal(text: str):
