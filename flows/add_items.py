@@ -116,6 +116,8 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
         item_vectors = extended.item_table().numpy()
     added = len(items)
     new_flags = [i + 1 in bundle.new_item_set for i in range(len(bundle.item_ids))] + [True] * added
+    # Kept as the source's: among them its popularity list (serving.contract.POPULARITY_FIELD), which the added
+    # items, without interactions, leave as it was.
     kept = {k: v for k, v in bundle.manifest.items() if k not in ("registry_version", "run_id", "metrics", "gate")}
     manifest = kept | {
         # Not evaluated (no new interactions): /metadata must not show the source's test metrics as this version's.

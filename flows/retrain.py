@@ -205,9 +205,11 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
     log.info("[7/9] export to ONNX and check parity with ONNX Runtime")
     import torch
 
+    from components.evaluation.rankers import popularity_record
     from components.export import check_parity, export_onnx, quantize_int8, write_bundle
     from components.registry import BUNDLE_ARTIFACT
     from components.registry.tracking import log_folder, log_json
+    from serving.contract import POPULARITY_FIELD
 
     onnx_path = export_onnx(result.model, run_dir / "model.onnx", config.export)
     test_inputs, test_targets = prepared.test_split()
@@ -231,6 +233,7 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
         "precision": "int8" if served != onnx_path else "fp32",
         "quantization": quantization.reason if quantization else "not tried",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        POPULARITY_FIELD: popularity_record(prepared.train, prepared.item_ids),  # the answer for a history with no known item
     }
     with torch.no_grad():
         item_vectors = result.model.item_table().numpy()

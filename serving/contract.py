@@ -50,7 +50,11 @@ ITEMS_FILE = "items.json"      # [{"item_id": str, "title": str}, ...] in index 
 #   "new": true marks an item with no training interactions (the model scores it from its text alone);
 #   "unscorable": true an item the model cannot score (an id-only model's untrained items): never ranked
 USERS_FILE = "users.json"      # {user_id: [item_id, ...]}: the latest history of every known user
-MANIFEST_FILE = "manifest.json"  # max_len, metrics, data fingerprint, created_at, ...
+MANIFEST_FILE = "manifest.json"  # max_len, metrics, data fingerprint, created_at, popularity, ...
+POPULARITY_FIELD = "popularity"  # the manifest's answer for an empty history (Bundle.popular):
+#   {"interactions": int, "items": [{"item_id": str, "count": int}, ...]}: the MAX_K items with the most
+#   training interactions, most first, with their counts, and the training interactions in all. Bundles
+#   exported before it have none: an empty history is then refused (POPULARITY_MISSING), as it was.
 ITEM_VECTORS_FILE = "item_vectors.npy"  # optional: float32 [n_items + 1, d], the model's item table (row 0 = padding);
 #   the same vectors the graph scores with, used to explain a pick by the history items most similar to it
 
@@ -60,6 +64,12 @@ MAX_CANDIDATES = 1_000  # item ids one POST /score may ask about
 MAX_BECAUSE = 3  # history items quoted as the reason for one recommendation
 MAX_NEW_ITEM_BOOST = 100.0  # `new_item_boost` above this would only stand for "new items first"; logits rarely span 30
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full history and a full candidate list of 100-character ids (~310 kB) fit 3x
+
+# Said where a bundle without POPULARITY_FIELD meets a history with no known item (service and batch prediction).
+POPULARITY_MISSING = (
+    "this model's bundle has no popularity list to answer it with (it was exported before bundles carried one); "
+    "a version retrained since has one"
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,22 @@ class Bundle:
         load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
         self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}
         self.max_len: int = int(self.manifest["max_len"])
+        self.popular: list[tuple[int, float]] | None = self._popular()  # (index, share), most popular first; None: no list
+
+    def _popular(self) -> list[tuple[int, float]] | None:
+        """POPULARITY_FIELD as (index, share of the training interactions), most popular first; None when
+        the bundle has none (exported before it). An id not in items.json is refused, naming it."""
+        field = self.manifest.get(POPULARITY_FIELD)
+        if field is None:
+            return None
+        stray = [row["item_id"] for row in field["items"] if row["item_id"] not in self.index_of]
+        if stray:
+            raise ValueError(
+                f"model bundle {self.path}: {MANIFEST_FILE}'s {POPULARITY_FIELD} lists {len(stray)} item ids missing "
+                f"from {ITEMS_FILE} (e.g. {stray[:5]}): export both from the same catalog"
+            )
+        total = max(1, int(field["interactions"]))
+        return [(self.index_of[row["item_id"]], int(row["count"]) / total) for row in field["items"]]
 
     @property
     def model_path(self) -> Path:

@@ -45,3 +45,23 @@ def test_popularity_excludes_history_and_padding():
     assert top.tolist() == [[2, 3, 4], [1, 2, 3]]
     top = popularity_topk(train, [np.array([1])], n_items=4, k=2, exclude_seen=False)
     assert top.tolist() == [[1, 2]]
+
+
+def test_popularity_record_is_the_popularity_rankers_list_for_an_empty_history_with_counts():
+    """What export stores in the bundle for users with no known item: ids and training counts, most first,
+    ties to the lower index, items never trained on left out, at most MAX_K of them."""
+    from components.evaluation.rankers import popularity_record
+
+    train = [np.array([3, 3, 5, 1]), np.array([5, 3, 2, 2]), np.array([6])]
+    ids = ["a", "b", "c", "d", "e", "f", "g"]  # index 4 ("d") and 7 ("g") never occur
+    assert popularity_record(train, ids) == {
+        "interactions": 9,
+        "items": [{"item_id": "c", "count": 3}, {"item_id": "b", "count": 2}, {"item_id": "e", "count": 2},
+                  {"item_id": "a", "count": 1}, {"item_id": "f", "count": 1}],
+    }
+    ranker = popularity_topk(train, [np.array([], dtype=np.int64)], n_items=7, k=5, exclude_seen=False)[0]
+    assert [ids[i - 1] for i in ranker] == [row["item_id"] for row in popularity_record(train, ids)["items"]]
+    wide = [np.arange(1, 151), np.arange(1, 31)]  # 150 items, the first 30 twice
+    record = popularity_record(wide, [f"i{i}" for i in range(1, 151)])
+    assert len(record["items"]) == 100 and record["items"][29] == {"item_id": "i30", "count": 2} and record["items"][30]["count"] == 1
+    assert record["interactions"] == 180

@@ -10,6 +10,8 @@ computes a mean-of-history-embeddings recommender:
     user_vector = user
 
 and the bundle's item_vectors.npy is E itself, so score(i) = user_vector · item_vectors[i] holds exactly.
+Its "training interactions" are its users' histories: the manifest's popularity list (the answer for an
+empty history) is what export writes for them (components.evaluation.rankers.popularity_record).
 It is built with `onnx.helper` so serving can be tested before (and independently of) the torch exporter.
 The reference functions at the end recompute every answer with plain numpy, from E alone.
 """
@@ -17,6 +19,7 @@ The reference functions at the end recompute every answer with plain numpy, from
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -107,11 +110,22 @@ def _graph(table: np.ndarray) -> onnx.ModelProto:
     return model
 
 
+def tiny_users(n_items: int, seed: int) -> dict[str, list[str]]:
+    """The users.json of make_tiny_bundle(n_items=n_items, seed=seed): five users, one longer than MAX_LEN."""
+    rng = np.random.default_rng(seed + 1)
+    users = {f"u{u}": [item_id(int(i)) for i in rng.integers(1, n_items + 1, size=3 + 2 * u)]
+             for u in range(4)}
+    users["u_long"] = [item_id(1 + i % n_items) for i in range(MAX_LEN + 7)]  # longer than max_len
+    return users
+
+
 def make_tiny_bundle(
-    directory: Path, n_items: int = 30, dim: int = 8, seed: int = 0, item_vectors: bool = True, new_items: Sequence[int] = ()
+    directory: Path, n_items: int = 30, dim: int = 8, seed: int = 0, item_vectors: bool = True, new_items: Sequence[int] = (),
+    popularity: bool = True,
 ) -> Path:
     """Write model.onnx, items.json, users.json, manifest.json (and item_vectors.npy) into `directory`;
-    the indices in `new_items` are marked new (no training interactions) in items.json."""
+    the indices in `new_items` are marked new (no training interactions) in items.json. `popularity`
+    False: a bundle exported before the manifest had its popularity list."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     table = embeddings(n_items, dim, seed)
@@ -119,10 +133,7 @@ def make_tiny_bundle(
     if item_vectors:
         np.save(directory / contract.ITEM_VECTORS_FILE, table)
     items = [{"item_id": item_id(i), "title": f"Item {i}"} | ({"new": True} if i in new_items else {}) for i in range(1, n_items + 1)]
-    rng = np.random.default_rng(seed + 1)
-    users = {f"u{u}": [item_id(int(i)) for i in rng.integers(1, n_items + 1, size=3 + 2 * u)]
-             for u in range(4)}
-    users["u_long"] = [item_id(1 + i % n_items) for i in range(MAX_LEN + 7)]  # longer than max_len
+    users = tiny_users(n_items, seed)
     manifest = {
         "model_name": MODEL_NAME,
         "max_len": MAX_LEN,
@@ -135,6 +146,11 @@ def make_tiny_bundle(
         "seed": seed,
         "model": "tiny_mean_recommender (tests/tiny_bundle.py)",
     }
+    if popularity:
+        from components.evaluation.rankers import popularity_record
+
+        train = [np.array([int(i[1:]) for i in history]) for history in users.values()]
+        manifest[contract.POPULARITY_FIELD] = popularity_record(train, [item_id(i) for i in range(1, n_items + 1)])
     (directory / contract.ITEMS_FILE).write_text(json.dumps(items))
     (directory / contract.USERS_FILE).write_text(json.dumps(users))
     (directory / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -159,6 +175,14 @@ def reference_top_k(
     order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in banned]
     top = order[: min(k, contract.MAX_K)]
     return top, scores[top]
+
+
+def reference_popular(users: dict[str, list[str]], k: int) -> tuple[list[str], list[float]]:
+    """The k items most frequent in `users`' histories (the tiny bundle's training interactions), most
+    first, ties to the lower index, and each one's share of all of them: counted with collections.Counter."""
+    counts = Counter(item for history in users.values() for item in history)
+    top = sorted(counts, key=lambda item: (-counts[item], int(item[1:])))[: min(k, contract.MAX_K)]
+    return top, [counts[item] / sum(counts.values()) for item in top]
 
 
 def _user(table: np.ndarray, history: Sequence[int], max_len: int) -> np.ndarray:

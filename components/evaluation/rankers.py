@@ -14,12 +14,14 @@ def item_counts(train: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     return np.bincount(np.concatenate(steps or [np.zeros(0, np.int64)]), minlength=n_items + 1)
 
 
+def popularity_order(counts: np.ndarray) -> np.ndarray:
+    """Item indices by training count (item_counts), most frequent first, ties to the lower index; padding left out."""
+    return np.argsort(-counts[1:], kind="stable") + 1
+
+
 def popularity_topk(train: Sequence[np.ndarray], histories: Sequence[np.ndarray], n_items: int, k: int, exclude_seen: bool = True) -> np.ndarray:
     """Most frequent training items first (ties by lower index), skipping each history's items if asked."""
-    counts = item_counts(train, n_items)
-    counts[0] = -1  # padding is never recommended
-    order = np.argsort(-counts, kind="stable")
-    order = order[order != 0]
+    order = popularity_order(item_counts(train, n_items))
     k = min(k, n_items)
     out = np.zeros((len(histories), k), dtype=np.int64)
     for row, history in enumerate(histories):
@@ -30,6 +32,18 @@ def popularity_topk(train: Sequence[np.ndarray], histories: Sequence[np.ndarray]
             picked = order[:k]
         out[row, : len(picked)] = picked
     return out
+
+
+def popularity_record(train: Sequence[np.ndarray], item_ids: Sequence[str]) -> dict:
+    """The bundle's popularity list (serving.contract.POPULARITY_FIELD): the popularity ranker's top
+    MAX_K items for an empty history, as item ids with their training counts, most frequent first (ties to
+    the lower index), items never in training left out; and the training interactions they are shares of.
+    The service and batch prediction answer a history with no known item with it."""
+    from serving.contract import MAX_K
+
+    counts = item_counts(train, len(item_ids))
+    top = [int(i) for i in popularity_order(counts)[:MAX_K] if counts[i] > 0]
+    return {"interactions": int(counts[1:].sum()), "items": [{"item_id": item_ids[i - 1], "count": int(counts[i])} for i in top]}
 
 
 def popularity_scores(train: Sequence[np.ndarray], histories: Sequence[np.ndarray], n_items: int, exclude_seen: bool = True, batch_size: int = 256) -> Iterator[np.ndarray]:
