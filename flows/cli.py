@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Rank every history in a file with a registered model's bundle, exactly as the service would "
         "(ONNX Runtime, the model's last max_len items, seen items excluded). Input lines: "
         "user_id<TAB>item_id item_id … (oldest first); output lines: user_id<TAB>top-K item ids, best first. "
-        "Unknown item ids are skipped and counted; a user with no known item gets an empty list."))
+        "Unknown item ids are skipped and counted; a user with no known item gets the model's most popular "
+        "training items (as `history: []` does in the service), and is counted."))
     predict.add_argument("--model", required=True, metavar="NAME@ALIAS|NAME/VERSION",
                          help=f"registered model version, e.g. {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS} or {settings.REGISTERED_MODEL_NAME}/3")
     predict.add_argument("--histories", required=True, metavar="FILE", help="user_id<TAB>space-separated item ids, one user per line")

@@ -67,8 +67,8 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full history and a full candidate list of 1
 
 # Said where a bundle without POPULARITY_FIELD meets a history with no known item (service and batch prediction).
 POPULARITY_MISSING = (
-    "this model's bundle has no popularity list to answer it with (it was exported before bundles carried one); "
-    "a version retrained since has one"
+    "this model's bundle has no list of its most popular items (it was exported before bundles carried one; "
+    "a version retrained since has it)"
 )
 
 

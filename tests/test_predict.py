@@ -9,7 +9,10 @@ import re
 import subprocess
 import sys
 
+import json
+
 import mlflow
+import numpy as np
 import pytest
 
 from components import registry
@@ -17,8 +20,9 @@ from components.errors import BehaviorflowError
 from components.prediction import PredictConfig, predict_file, read_histories
 from components.registry.tracking import log_folder, log_onnx_model
 from flows.cli import main
+from serving import contract
 from tests.helpers import ROOT
-from tests.tiny_bundle import MAX_LEN, embeddings, item_id, make_tiny_bundle, reference_top_k
+from tests.tiny_bundle import MAX_LEN, embeddings, item_id, make_tiny_bundle, reference_popular, reference_top_k, tiny_users
 
 NAME = "predict-test-model"
 N_ITEMS, DIM = 30, 8
@@ -29,19 +33,22 @@ HISTORIES = "\n".join([
     "alice\ti001 i005 i009",
     "bob\ti002 zz1 i003 zz2",  # two unknown ids: skipped
     "carol\t" + " ".join(LONG),
-    "dave\tzz3",  # nothing known: an empty answer
+    "dave\tzz3",  # nothing known: the most popular items
     "",  # blank lines are skipped
     "erin\ti010",
 ]) + "\n"
 KNOWN = {"alice": ["i001", "i005", "i009"], "bob": ["i002", "i003"], "carol": LONG, "dave": [], "erin": ["i010"]}
 
 
-def expected(seed: int, k: int, exclude_seen: bool = True) -> list[str]:
+def expected(seed: int, k: int, exclude_seen: bool = True, popularity: bool = True) -> list[str]:
+    """The output lines for HISTORIES: the model's top k, or for a user with no known item the tiny
+    bundle's k most popular training items (nothing, from a bundle without them)."""
     table = embeddings(N_ITEMS, DIM, seed)
+    popular = reference_popular(tiny_users(N_ITEMS, seed), k)[0] if popularity else []
     lines = []
     for user, history in KNOWN.items():
-        top = reference_top_k(table, [int(i[1:]) for i in history], k, exclude_seen)[0] if history else []
-        lines.append(f"{user}\t{' '.join(item_id(i) for i in top)}")
+        top = [item_id(i) for i in reference_top_k(table, [int(i[1:]) for i in history], k, exclude_seen)[0]] if history else popular
+        lines.append(f"{user}\t{' '.join(top)}")
     return lines
 
 
@@ -78,15 +85,56 @@ def test_cli_predicts_what_the_model_computes(store, model, seed):
     version = "1" if seed == 0 else "2"
     assert done.stdout.strip() == (
         f"{model} (version {version}): 5 users, 3 unknown item ids skipped in 2 lines (e.g. 'zz1', 'zz2', 'zz3'); "
-        f"1 user had no known item and got no recommendations; "
+        f"1 user had no known item and got the most popular items; "
         f"1 user got fewer than k items (too few left once the items they have seen are left out); wrote {out}"
     )
-    assert len(dict(line.split("\t") for line in expected(seed, 7))["carol"].split()) < 7  # carol has seen most of the catalog
+    lines = dict(line.split("\t") for line in expected(seed, 7))
+    assert len(lines["carol"].split()) < 7  # carol has seen most of the catalog
+    assert len(lines["dave"].split()) == 7  # dave knows nothing: the 7 most popular items
 
 
 def test_the_versions_really_differ():
     """Guards the test above: were both versions alike, resolving the wrong one would go unnoticed."""
     assert expected(0, 7) != expected(5, 7)
+    assert expected(0, 7)[3] != expected(5, 7)[3]  # their popular items too (dave's line)
+
+
+def test_users_with_no_known_item_get_the_training_popularity_order(tmp_path):
+    """The popularity list export stores (rankers.popularity_record, from the training sequences), written
+    for every user with no known item, whatever --keep-seen and --new-items say; the rest as before."""
+    from components.evaluation.rankers import popularity_record, popularity_topk
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0, new_items=[4, 9])
+    train = [np.array([12, 3, 12, 7]), np.array([7, 12, 30, 3]), np.array([25, 3])]  # 12 and 3 three times, 7 twice, 25 and 30 once
+    manifest = json.loads((bundle / contract.MANIFEST_FILE).read_text())
+    manifest[contract.POPULARITY_FIELD] = popularity_record(train, [item_id(i) for i in range(1, N_ITEMS + 1)])
+    (bundle / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+    source = tmp_path / "h.tsv"
+    source.write_text("new1\tzz9\nalice\ti001 i005 i009\nnew2\t\nnew3\ti999 zz9\n")
+    want = ["i003", "i012", "i007", "i025"]  # most first, ties to the lower index
+    assert [item_id(i) for i in popularity_topk(train, [np.array([], dtype=np.int64)], N_ITEMS, 4, exclude_seen=False)[0]] == want
+    for config in (PredictConfig(k=4), PredictConfig(k=4, exclude_seen=False, new_items=2, batch_size=1)):
+        summary = predict_file(bundle, source, tmp_path / "o.tsv", config)
+        lines = dict(line.split("\t") for line in (tmp_path / "o.tsv").read_text().splitlines())
+        assert lines["new1"].split() == lines["new2"].split() == lines["new3"].split() == want
+        assert lines["alice"].split() != want and len(lines["alice"].split()) == 4
+        assert summary.no_known_items == 3 and summary.short_lists == 0
+        assert "; 3 users had no known item and got the most popular items" in summary.line()
+    predict_file(bundle, source, tmp_path / "o.tsv", PredictConfig(k=10))  # more than the 5 items ever trained on
+    assert (tmp_path / "o.tsv").read_text().splitlines()[0] == "new1\t" + " ".join(want + ["i030"])
+
+
+def test_a_bundle_from_before_the_popularity_list_leaves_those_users_empty_and_says_why(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0, popularity=False)
+    source = tmp_path / "h.tsv"
+    source.write_text(HISTORIES)
+    summary = predict_file(bundle, source, tmp_path / "o.tsv", PredictConfig(k=7))
+    assert (tmp_path / "o.tsv").read_text().splitlines() == expected(0, 7, popularity=False)
+    assert dict(line.split("\t") for line in expected(0, 7, popularity=False))["dave"] == ""
+    assert summary.line() == (
+        "5 users, 3 unknown item ids skipped in 2 lines (e.g. 'zz1', 'zz2', 'zz3'); 1 user had no known item and got no "
+        f"recommendations: {contract.POPULARITY_MISSING}; 1 user got fewer than k items (too few left once the items they have seen are left out)"
+    )
 
 
 def test_keep_seen_and_the_whole_history_is_excluded_by_default(tmp_path):
@@ -113,7 +161,10 @@ def test_new_items_keep_their_places_as_in_the_service(tmp_path):
     table, checked = embeddings(N_ITEMS, DIM, 0), 0
     for line in out.read_text().splitlines():
         user, _, items = line.partition("\t")
-        ranking = reference_top_k(table, [int(i[1:]) for i in KNOWN[user]], N_ITEMS, True)[0] if KNOWN[user] else []
+        if not KNOWN[user]:  # the most popular items, places for new items or not (none is popular: no interactions)
+            assert items.split() == reference_popular(tiny_users(N_ITEMS, 0), 6)[0], user
+            continue
+        ranking = reference_top_k(table, [int(i[1:]) for i in KNOWN[user]], N_ITEMS, True)[0]
         best_new = [i for i in ranking if i in new][: max(3, sum(i in new for i in ranking[:6]))]
         best_other = [i for i in ranking if i not in new][: 6 - len(best_new)]
         assert items.split() == [item_id(i) for i in ranking if i in best_new + best_other], user
@@ -136,9 +187,9 @@ def test_new_item_boost_ranks_as_in_the_service(tmp_path):
         for line in out.read_text().splitlines():
             user, _, items = line.partition("\t")
             history = [int(i[1:]) for i in KNOWN[user]]
-            want = reference_top_k(table, history, 6, True, new=new, boost=boost)[0] if history else []
-            assert items.split() == [item_id(i) for i in want], (user, boost)
-            changed += bool(history) and want != reference_top_k(table, history, 6, True)[0]
+            want = [item_id(i) for i in reference_top_k(table, history, 6, True, new=new, boost=boost)[0]] if history else reference_popular(tiny_users(N_ITEMS, 0), 6)[0]
+            assert items.split() == want, (user, boost)
+            changed += bool(history) and want != [item_id(i) for i in reference_top_k(table, history, 6, True)[0]]
     assert changed >= 1  # the boost moved a new item up for at least one user
     for bad in (-0.5, float("nan")):
         with pytest.raises(BehaviorflowError, match=r"new_item_boost \((-0.5|nan)\) must be between 0 and 100"):

@@ -5,11 +5,15 @@ model's bundle through ONNX Runtime — the graph, item table and exclusion rule
 Input, one user per line (UTF-8):   user_id<TAB>item_id item_id …      (oldest first)
 Output, one line per input line:    user_id<TAB>item_id item_id …      (best first, at most K)
 
-Item ids the model does not know are skipped and counted; a user left with no known item gets an
-empty list. The service instead refuses a history with an unknown id (400, listing it): online, a
-client learns of its stale ids; in a backfill, one retired item must not cost a user their answer. Blank lines are skipped. A line without a tab
-or with an empty user id stops the run, naming the file and line; the output file appears only when
-every line was written (it is written next to its final name and renamed).
+Item ids the model does not know are skipped and counted; a user left with no known item (a new
+visitor, or one whose items all left the catalog) gets the model's most popular training items, as
+`history: []` does in the service (the bundle's popularity list; the same K for all of them, whatever
+--keep-seen, --new-items and --new-item-boost say), and is counted. A bundle exported before it had
+that list leaves them an empty line, as before, and the summary says why. The service instead refuses
+a history with an unknown id (400, listing it): online, a client learns of its stale ids; in a
+backfill, one retired item must not cost a user their answer. Blank lines are skipped. A line without
+a tab or with an empty user id stops the run, naming the file and line; the output file appears only
+when every line was written (it is written next to its final name and renamed).
 
     behaviorflow predict --model behaviorflow-recommender@champion --histories h.tsv --k 10 --out top10.tsv
 """
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components.errors import BehaviorflowError, ConfigFieldError
-from serving.contract import MAX_K, NewItemPolicy
+from serving.contract import MAX_K, POPULARITY_MISSING, NewItemPolicy
 
 _EXAMPLES = 3  # unknown item ids quoted in the summary line
 
@@ -54,7 +58,8 @@ class PredictionSummary:
     users: int = 0  # histories read (non-blank lines)
     unknown_items: int = 0  # item ids not in the model's catalog, skipped (every occurrence counts)
     lines_with_unknown: int = 0  # lines that held at least one of them
-    no_known_items: int = 0  # users whose history had no known item: written with an empty list
+    no_known_items: int = 0  # users whose history had no known item: written with the most popular items
+    popular_fallback: bool = True  # False: the bundle has no popularity list, so those users got an empty list
     unknown_examples: list[str] = field(default_factory=list)  # the first few unknown ids, for the summary
     short_lists: int = 0  # users with known items who got fewer than k (too few items left once the seen ones are out)
     repeated_users: int = 0  # lines whose user id an earlier line had (each line gets its own answer)
@@ -64,8 +69,10 @@ class PredictionSummary:
         text = f"{_n(self.users, 'user')}, {_n(self.unknown_items, 'unknown item id')} skipped in {_n(self.lines_with_unknown, 'line')}"
         if self.unknown_examples:
             text += f" (e.g. {', '.join(map(repr, self.unknown_examples))})"
-        if self.no_known_items:
-            text += f"; {_n(self.no_known_items, 'user')} had no known item and got no recommendations"
+        if self.no_known_items and self.popular_fallback:
+            text += f"; {_n(self.no_known_items, 'user')} had no known item and got the most popular items"
+        elif self.no_known_items:
+            text += f"; {_n(self.no_known_items, 'user')} had no known item and got no recommendations: {POPULARITY_MISSING}"
         if self.short_lists:
             text += f"; {_n(self.short_lists, 'user')} got fewer than k items (too few left once the items they have seen are left out)"
         if self.repeated_users:
@@ -120,7 +127,7 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
     check_out(out, histories)
     ranker = BundleRanker(bundle_dir)
     known = ranker.bundle.index_of
-    summary = PredictionSummary()
+    summary = PredictionSummary(popular_fallback=ranker.bundle.popular is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     try:
@@ -156,11 +163,14 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
 
 
 def _write(sink, batch: list[tuple[str, list[str]]], ranker, config: PredictConfig) -> int:
-    """Write the batch's lines; returns how many users with known items got fewer than k."""
+    """Write the batch's lines; returns how many users with known items got fewer than k. A user with no
+    known item gets the bundle's most popular items (none from a bundle without them)."""
     ranked = iter(ranker.topk([h for _, h in batch if h], config.k, config.exclude_seen, config.batch_size, config.new_item_policy))
+    bundle = ranker.bundle
+    popular = [bundle.item_ids[i - 1] for i, _ in (bundle.popular or [])[: config.k]]
     short = 0
     for user, history in batch:
-        items = next(ranked) if history else []
+        items = next(ranked) if history else popular
         short += bool(history) and len(items) < config.k
         sink.write(f"{user}\t{' '.join(items)}\n")
     return short
