@@ -13,6 +13,10 @@ The ONNX graph maps a batch of histories to the top-K items:
 
 Item index i (1-based) is `items[i - 1]` of the bundle's `items.json`; index 0 is padding.
 
+A history with no item the model knows (a new visitor; a user whose items all left the catalog) gets no
+model answer: the service (`history: []`) and batch prediction answer it with the training's most
+popular items, the manifest's POPULARITY_FIELD, and say so (RecommendResponse.source).
+
 The HTTP API (serving/service.py) takes the request models below; its limits are the constants under
 "Request limits", so clients, tests and the service read them from one place.
 """
@@ -23,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
@@ -243,7 +247,11 @@ class RecommendRequest(BaseModel):
     history: list[str] | None = Field(
         default=None,
         max_length=MAX_HISTORY,
-        description=f"item ids, oldest first (at most {MAX_HISTORY}; the model reads the most recent max_len)",
+        description=(
+            f"item ids, oldest first (at most {MAX_HISTORY}; the model reads the most recent max_len). [] (a new "
+            "user) = the items with the most training interactions, answered with source 'popularity'; "
+            "new_items and new_item_boost do not apply to it (new items have no interactions)"
+        ),
     )
     k: StrictInt = Field(default=10, ge=1, le=MAX_K, description=f"how many items to return (1..{MAX_K})")
     exclude_seen: StrictBool = Field(default=True, description="never recommend items of the history")
@@ -273,8 +281,6 @@ class RecommendRequest(BaseModel):
     def _one_source(self) -> "RecommendRequest":
         if (self.user_id is None) == (self.history is None):
             raise ValueError("give exactly one of 'user_id' or 'history'")
-        if self.history is not None and len(self.history) == 0:
-            raise ValueError("'history' is empty: give at least one item id")
         problem = NewItemPolicy.of(self).problem(self.k)  # the ranges are the fields' own checks; this adds k
         if problem:
             raise ValueError(problem[1])
@@ -284,7 +290,12 @@ class RecommendRequest(BaseModel):
 class Recommendation(BaseModel):
     item_id: str
     title: str
-    score: float = Field(description="the model's score (logit) of the item, higher is better")
+    score: float = Field(
+        description=(
+            "higher is better. source 'model': the model's score (logit) of the item; source 'popularity': the "
+            "item's share of the training interactions (0..1), not a model score"
+        )
+    )
     new: bool = Field(default=False, description="a new item: no training interactions, scored from its text")
     because: list[str] = Field(
         default_factory=list,
@@ -292,7 +303,7 @@ class Recommendation(BaseModel):
             f"up to {MAX_BECAUSE} item ids of the history that most drove this pick: the distinct items of the "
             "history the model read (its most recent max_len) ranked by the dot product of their vector with "
             "this item's vector in the bundle's item table (the vectors the model scores with), highest "
-            "first, ties to the more recent; empty when the bundle has no item table"
+            "first, ties to the more recent; empty when the bundle has no item table, and in a popularity answer"
         ),
     )
 
@@ -300,6 +311,13 @@ class Recommendation(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[Recommendation]
     model_version: str | None = Field(default=None, description="the model's version in the registry")
+    source: Literal["model", "popularity"] = Field(
+        default="model",
+        description=(
+            "what ranked the items: 'model' (the history through the model), or 'popularity' for an empty "
+            "history (`history: []`): the items with the most training interactions, the same for everyone"
+        ),
+    )
 
 
 class ScoreRequest(BaseModel):
@@ -355,6 +373,8 @@ class ServiceMetadata(BaseModel):
     max_len: int = Field(description="how many of the most recent history items the model reads")
     can_score: bool = Field(description="POST /score and `because` work (the bundle has item vectors)")
     n_new_items: int = Field(default=0, description="items with no training interactions (what `new_items` reserves places for)")
+    n_popular_items: int = Field(default=0, description="the most popular items `history: []` can be answered with "
+                                 "(at most k of them); 0: the bundle has no popularity list and an empty history is a 400")
     limits: dict[str, int]
     shadow: dict | None = Field(default=None, description="shadow mode (`serve --shadow`): the challenger's bundle, the log, and how many "
                                 "requests were recorded, dropped (queue full), failed or are queued; null when off")

@@ -36,12 +36,15 @@ Shadow mode (serving/shadow.py): with BEHAVIORFLOW_SHADOW_BUNDLE and BEHAVIORFLO
 `behaviorflow serve --shadow challenger` does), every /recommend answer is also ranked by the challenger's
 bundle in a background thread and both lists are appended to the JSONL log, off the response path.
 
-Status codes: a malformed body (types, k out of 1..100, both or neither of user_id/history, an empty or
-too long history, too many candidates) is a 400 from the request model's validation, naming the field;
-unknown item ids are a 400 listing them; an unknown user is a 404 (see `_history_of`); a body over
-MAX_BODY_BYTES is a 413; POST /score on a bundle without item vectors is a 501. Nothing a client sends
-causes another 5xx; a 503 means the ranker is overloaded (a request waited longer than
-BATCH_MAX_LATENCY_MS).
+An empty `history` (a new user) is answered with the training's most popular items (the bundle's
+popularity list), `source: "popularity"`, without asking the model.
+
+Status codes: a malformed body (types, k out of 1..100, both or neither of user_id/history, a too long
+history, too many candidates) is a 400 from the request model's validation, naming the field; unknown
+item ids are a 400 listing them; an empty history is a 400 only for a bundle without a popularity list
+(exported before it); an unknown user is a 404 (see `_history_of`); a body over MAX_BODY_BYTES is a
+413; POST /score on a bundle without item vectors is a 501. Nothing a client sends causes another 5xx;
+a 503 means the ranker is overloaded (a request waited longer than BATCH_MAX_LATENCY_MS).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ from serving.contract import (
     MAX_K,
     MODEL_ALIAS_ENV,
     MODEL_TAG_ENV,
+    POPULARITY_MISSING,
     NewItemPolicy,
     OUTPUT_ITEMS,
     OUTPUT_SCORES,
@@ -382,6 +386,8 @@ class Recommender:
         # Over HTTP BentoML has validated the body already; validating here gives in-process callers
         # (tests, batch jobs) the same checks and the same messages.
         request = RecommendRequest(**fields)
+        if request.history == []:
+            return self._most_popular(request.k)
         history = self._history_of(request)
         window = history[-self.bundle.max_len :]
         ranked = self._rank(RankQuery(window=window, exclude_seen=request.exclude_seen))
@@ -406,6 +412,21 @@ class Recommender:
                 for (i, s), why in zip(picks, because)
             ],
             model_version=self._model_version(),
+        )
+
+    def _most_popular(self, k: int) -> RecommendResponse:
+        """The answer to an empty history: the bundle's k most popular training items, scored by their share
+        of the training interactions, `because` empty, `source` "popularity". Not ranked by the model, so not
+        shadowed either: there is no challenger ranking to compare it with."""
+        if self.bundle.popular is None:
+            raise InvalidArgument(f"history: empty, and {POPULARITY_MISSING}; give at least one item id")
+        return RecommendResponse(
+            items=[
+                Recommendation(item_id=self.bundle.item_ids[i - 1], title=self.bundle.titles[i - 1], score=share, new=i in self.bundle.new_item_set)
+                for i, share in self.bundle.popular[:k]
+            ],
+            model_version=self._model_version(),
+            source="popularity",
         )
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
@@ -458,6 +479,7 @@ class Recommender:
             max_len=self.bundle.max_len,
             can_score=self.item_vectors is not None,
             n_new_items=len(self.bundle.new_items),
+            n_popular_items=len(self.bundle.popular or ()),
             limits={
                 "k": MAX_K,
                 "history": MAX_HISTORY,
@@ -492,10 +514,13 @@ class Recommender:
                 # 404, not 400: the request is well-formed, the user is simply not in this model (new
                 # since the last export). Clients branch on the status to fall back to sending the
                 # user's `history`, without parsing messages; 400 stays reserved for client bugs.
+                # Not the popular items: an id the model never saw is more often a client's bug (a wrong
+                # id, the wrong model) than a new user, so the client is told, and told how to ask for them.
                 user = request.user_id if len(request.user_id) <= _MAX_ID_CHARS else request.user_id[:_MAX_ID_CHARS] + "..."
+                popular = ", or 'history': [] for the most popular items (a new user)" if self.bundle.popular is not None else ""
                 raise NotFound(
                     f"user_id: unknown user {user!r} (the model knows {len(self.bundle.users)} "
-                    "users); send the user's 'history' of item ids instead"
+                    f"users); send the user's 'history' of item ids instead{popular}"
                 )
             return [self.bundle.index_of[item] for item in history]  # checked at start-up
         if message := self._unknown("history", request.history):

@@ -45,6 +45,7 @@ from tests.tiny_bundle import (
     item_id,
     make_tiny_bundle,
     reference_because,
+    reference_popular,
     reference_probabilities,
     reference_top_k,
 )
@@ -112,7 +113,18 @@ def assert_matches(response: dict, table, history_ids: list[str], k: int, exclud
     assert [row["title"] for row in response["items"]] == [f"Item {int(i[1:])}" for i in want_ids]
     want_because = reference_because(table, indices(history_ids), indices(want_ids))
     assert [indices(row["because"]) for row in response["items"]] == want_because
-    assert response["model_version"] == REGISTRY_VERSION
+    assert response["model_version"] == REGISTRY_VERSION and response["source"] == "model"
+
+
+def assert_popular(response: dict, users: dict[str, list[str]], k: int) -> None:
+    """The answer to an empty history: the k items most frequent in the tiny bundle's training histories
+    (its users'), each scored by its share of them, nothing in `because`, marked as popularity."""
+    want, shares = reference_popular(users, k)
+    assert [row["item_id"] for row in response["items"]] == want
+    np.testing.assert_allclose([row["score"] for row in response["items"]], shares, rtol=1e-12)
+    assert [row["title"] for row in response["items"]] == [f"Item {int(i[1:])}" for i in want]
+    assert all(row["because"] == [] and row["new"] is False for row in response["items"])
+    assert response["source"] == "popularity" and response["model_version"] == REGISTRY_VERSION
 
 
 def assert_probabilities(response: dict, table, history: list[str], candidates: list[str]) -> None:
@@ -232,10 +244,25 @@ def test_unknown_items_are_listed(service):
         service.recommend(history=["y" * 5000])  # a long id is quoted cut short
 
 
+def test_an_empty_history_gets_the_most_popular_items_and_says_so(service, users):
+    """A new user (`history: []`): the bundle's most popular training items, not a model ranking; nothing
+    to exclude, and new_items / new_item_boost do not apply (new items have no interactions)."""
+    answer = service.recommend(history=[], k=5).model_dump()
+    assert_popular(answer, users, 5)
+    assert service.recommend(history=[], k=5, exclude_seen=False, new_items=2, new_item_boost=1.0).model_dump() == answer
+    assert_popular(service.recommend(history=[]).model_dump(), users, contract.RecommendRequest.model_fields["k"].default)
+    everything = service.recommend(history=[], k=contract.MAX_K).model_dump()  # every item trained on, no more
+    assert_popular(everything, users, contract.MAX_K)
+    assert len(everything["items"]) == len({i for h in users.values() for i in h}) < contract.MAX_K
+    assert service.recommend(history=["i001"]).source == service.recommend(user_id="u0").source == "model"
+
+
 def test_unknown_user_is_not_found(service):
     with pytest.raises(NotFound, match="unknown user 'ghost'") as err:
         service.recommend(user_id="ghost")
     assert err.value.error_code == 404
+    assert str(err.value) == ("user_id: unknown user 'ghost' (the model knows 5 users); send the user's 'history' of item ids "
+                              "instead, or 'history': [] for the most popular items (a new user)")
     with pytest.raises(NotFound, match=r"unknown user '" + "u" * 80 + r"\.\.\.' \(the model knows"):
         service.recommend(user_id="u" * 5000)  # quoted cut short, as unknown item ids are
 
@@ -331,6 +358,7 @@ def test_metadata(service, model_tag):
     assert meta["metrics"] == {"HR@10": 0.5, "NDCG@10": 0.25} and meta["data_fingerprint"] == "abc"
     assert meta["created_at"] == CREATED_AT
     assert (meta["n_items"], meta["n_users"], meta["max_len"], meta["can_score"]) == (N_ITEMS, 5, MAX_LEN, True)
+    assert meta["n_popular_items"] == len(service.recommend(history=[], k=contract.MAX_K).items) > 10
     assert meta["limits"] == {"k": 100, "history": 2000, "candidates": 1000, "because": 3, "body_bytes": 1 << 20}
     assert meta["manifest"]["max_len"] == MAX_LEN and meta["manifest"]["data_fingerprint"] == "abc"
 
@@ -354,9 +382,28 @@ def test_bundle_without_item_vectors(tmp_path, table):
 
 
 def test_older_clients_still_parse_recommendations():
-    """`because` is new: a response without it (an older server) still parses, with an empty list."""
+    """`because` and `source` are new: a response without them (an older server) still parses, with an
+    empty list and the model as its source."""
     old = {"items": [{"item_id": "i001", "title": "Item 1", "score": 1.5}], "model_version": "3"}
-    assert contract.RecommendResponse.model_validate(old).items[0].because == []
+    parsed = contract.RecommendResponse.model_validate(old)
+    assert parsed.items[0].because == [] and parsed.source == "model"
+
+
+def test_a_bundle_from_before_the_popularity_list_serves_as_before(tmp_path, table):
+    """No popularity list in the manifest: recommendations as before; an empty history is still a 400,
+    which now says why; the unknown-user message does not offer what the bundle cannot give."""
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED, popularity=False)
+    assert contract.POPULARITY_FIELD not in json.loads((bundle / contract.MANIFEST_FILE).read_text())
+    service = load_service(save_bundle_to_store(bundle))
+    assert_matches(service.recommend(history=["i003", "i005"], k=5).model_dump(), table, ["i003", "i005"], 5, True)
+    with pytest.raises(InvalidArgument) as err:
+        service.recommend(history=[])
+    assert err.value.error_code == 400
+    assert str(err.value) == f"history: empty, and {contract.POPULARITY_MISSING}; give at least one item id"
+    with pytest.raises(NotFound) as err:
+        service.recommend(user_id="ghost")
+    assert str(err.value).endswith("send the user's 'history' of item ids instead")
+    assert service.metadata().n_popular_items == 0
 
 
 def test_keep_new_items_by_hand():
@@ -608,11 +655,20 @@ def test_sample_request_is_valid_for_the_sample_model(service):
     ],
 )
 def test_inconsistent_bundle_fails_at_start_up(tmp_path, keep_items, users, message):
-    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED, popularity=False)
     items = json.loads((bundle / contract.ITEMS_FILE).read_text())
     (bundle / contract.ITEMS_FILE).write_text(json.dumps(items[:keep_items]))
     (bundle / contract.USERS_FILE).write_text(json.dumps(users))
     with pytest.raises(ValueError, match=message):
+        load_service(save_bundle_to_store(bundle))
+
+
+def test_a_popularity_list_naming_items_the_catalog_lacks_fails_at_start_up(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    manifest = json.loads((bundle / contract.MANIFEST_FILE).read_text())
+    manifest[contract.POPULARITY_FIELD]["items"].insert(1, {"item_id": "gone", "count": 4})
+    (bundle / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"manifest.json's popularity lists 1 item ids missing from items.json \(e.g. \['gone'\]\)"):
         load_service(save_bundle_to_store(bundle))
 
 
@@ -795,15 +851,20 @@ def test_server_with_bentoml_client(server, table, users):
         by_history = client.recommend(history=["i003", "i005", "i007"], k=10, exclude_seen=True)
         by_user = client.recommend(user_id="u2", k=4)
         scored = client.score(history=["i003", "i005"], candidates=["i007", "i003", "i020"])
+        popular = client.recommend(history=[], k=4)
         with pytest.raises(BentoMLException, match=r"unknown item ids \['nope'\]") as err:
             client.recommend(history=["nope"])
     assert_matches(by_history, table, ["i003", "i005", "i007"], 10, True)
+    assert_popular(popular, users, 4)
     assert_matches(by_user, table, users["u2"], 4, True)
     assert_probabilities(scored, table, ["i003", "i005"], ["i007", "i003", "i020"])
     assert err.value.error_code == 400
 
 
-def test_server_with_raw_http(server, table, model_tag):
+def test_server_with_raw_http(server, table, users):
+    popular = httpx.post(f"{server}/recommend", json={"history": [], "k": 6})
+    assert popular.status_code == 200, popular.text
+    assert_popular(popular.json(), users, 6)
     history = [item_id(i) for i in np.random.default_rng(3).integers(1, N_ITEMS + 1, size=500)]
     response = httpx.post(f"{server}/recommend", json={"history": history, "k": 3, "exclude_seen": False})
     assert response.status_code == 200, response.text
@@ -879,7 +940,6 @@ def test_server_batches_concurrent_requests_and_stays_exact(server, table, reque
         ("/recommend", {"history": ["i001"], "k": "ten"}, 400, ["k: Input should be a valid integer"]),
         ("/recommend", {"user_id": "u0", "history": ["i001"]}, 400, ["exactly one of 'user_id' or 'history'"]),
         ("/recommend", {}, 400, ["exactly one of 'user_id' or 'history'"]),
-        ("/recommend", {"history": []}, 400, ["'history' is empty"]),
         ("/recommend", {"history": "i001"}, 400, ["history: Input should be a valid array"]),
         ("/recommend", {"history": [1, 2]}, 400, ["history.0: Input should be a valid string; history.1: Input should be a valid string"]),
         ("/recommend", {"user_id": "u0", "exclude_seen": "maybe"}, 400, ["exclude_seen: Input should be a valid boolean"]),
@@ -930,7 +990,7 @@ def test_every_client_error_is_one_json_object_and_one_info_log_line(server):
     bodies = [a.json() for a in answers]
     assert all(isinstance(b, dict) and isinstance(b["error"], str) for b in bodies), bodies
     assert bodies[0]["error"].startswith("history: unknown item ids ['nope']")
-    assert bodies[1]["error"].startswith("user_id: unknown user 'ghost'")
+    assert bodies[1]["error"].startswith("user_id: unknown user 'ghost'") and "'history': [] for the most popular items" in bodies[1]["error"]
     assert bodies[2]["error"] == "k: Input should be greater than or equal to 1" and bodies[2]["detail"][0]["loc"] == ["k"]
     assert bodies[4] == {"error": "Content-Type: 'application/x-www-form-urlencoded'; /score takes a JSON body: send it with "
                                   "the header 'Content-Type: application/json' (curl: -H 'content-type: application/json')"}
@@ -1039,12 +1099,13 @@ def test_shadow_mode_records_the_challenger_off_the_response_path(model_tag, tab
     service = load_service(model_tag)
     history = ["i003", "i005", "i007"]
     answer = service.recommend(history=history, k=5)
+    service.recommend(history=[], k=5)  # the most popular items: no model ranked them, nothing to compare
     service.shadow.flush()
     record = json.loads(log.read_text().splitlines()[0])
     assert record["champion"] == [r.item_id for r in answer.items]  # what the client got
     want, _ = reference_top_k(embeddings(N_ITEMS, DIM, SEED + 5), indices(history), 5, True)
     assert record["challenger"] == [f"i{i:03d}" for i in want]  # what the challenger would have said
-    assert record["history"] == history and record["k"] == 5
+    assert record["history"] == history and record["k"] == 5 and len(log.read_text().splitlines()) == 1
     report = compare_shadow_log(log)
     assert report.requests == 1 and 0.0 <= report.mean_overlap_at_k <= 1.0
     service.shutdown()  # what BentoML calls when the server stops: the recorder says what it wrote
