@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -23,6 +24,7 @@ from components.data.sample import SampleConfig, write_sample
 from components.data import load_dataset
 from components.errors import GateFailed, ValidationFailed
 from components.evaluation.bundle import bundle_topk
+from components.evaluation.rankers import item_counts, popularity_topk
 from serving.ranking import BundleRanker
 from flows.cli import format_summary
 from components.preparation.prepare import prepare
@@ -161,6 +163,16 @@ def test_first_run_registers_a_champion_and_serves_it(world):
         assert by_user.status_code == 200 and len(by_user.json()["items"]) == 5
         bad = httpx.post(f"{url}/recommend", json={"history": ["no-such-item"], "k": 5})
         assert bad.status_code == 400 and "no-such-item" in bad.text
+        # A new user (`history: []`): the popularity ranker's top 10 over the training sequences, each scored by
+        # its share of the training interactions, marked as such.
+        dataset = load_dataset(events=world["events"], items=world["items"])
+        prepared = prepare(dataset.events, dataset.items)
+        popular = httpx.post(f"{url}/recommend", json={"history": [], "k": 10}).json()
+        want = popularity_topk(prepared.train, [np.zeros(0, np.int64)], prepared.n_items, 10, exclude_seen=False)[0]
+        assert popular["source"] == "popularity" and [r["item_id"] for r in popular["items"]] == [prepared.item_ids[i - 1] for i in want]
+        counts = item_counts(prepared.train, prepared.n_items)
+        assert [r["score"] for r in popular["items"]] == pytest.approx((counts[want] / counts.sum()).tolist(), rel=1e-12)
+        assert meta["n_popular_items"] == 100 and all(r["because"] == [] for r in popular["items"])
 
         # New items (no training interactions) are marked in the bundle, among them every catalog item that
         # occurs in no event; a request can keep places for them.
@@ -311,6 +323,8 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert manifest["metrics"] == {} and manifest["source_metrics"] == source_manifest["metrics"]  # not evaluated: /metadata shows no metrics
     assert manifest["gate"] == f"not re-evaluated: 3 items added to version {NAME}/2 (source_metrics are its test metrics)"
     assert manifest["precision"] == json.loads((v2 / "bundle" / "manifest.json").read_text())["precision"] == "int8"
+    # The source's popularity list, as it was: the added items have no interactions.
+    assert manifest["popularity"] == source_manifest["popularity"] and len(manifest["popularity"]["items"]) == 100
     assert mv.tags["gate"].endswith(f"; served in {summary['precision']['reason']}")
     # Its checkpoint reads the new items' tokens too (token embeddings), so items can be added to it in turn.
     from components.catalog import CHECKPOINT_FILE, load_checkpoint
@@ -344,6 +358,8 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
         assert [r["item_id"] for r in reply["items"]] == BundleRanker(v3 / "bundle").topk([user_history], k)[0]
         picked = reply["items"][position]
         assert picked["item_id"] in added and picked["new"] and picked["title"].endswith("(new edition)")
+        popular = httpx.post(f"{url}/recommend", json={"history": [], "k": 5}).json()
+        assert [r["item_id"] for r in popular["items"]] == [r["item_id"] for r in source_manifest["popularity"]["items"][:5]]
 
 
 def test_add_items_refuses_known_ids_and_bad_rows_and_registers_nothing(world):
