@@ -254,7 +254,13 @@ def cmd_serve(args) -> int:
     if shadow_note:
         print(shadow_note, flush=True)
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    os.execvpe(bentoml, [bentoml, "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)], env)
+    # `bentoml serve` runs as the child of a small supervisor that replaces this process (same pid, a fraction of
+    # its memory): the server and its workers stop when this pid dies, even by kill -9 (components/lifetime.py).
+    # Run as a file in isolated mode (-I): from any working folder, whatever it holds (a folder named components, say).
+    from components import lifetime
+
+    supervised = [sys.executable, "-I", lifetime.__file__, bentoml, "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)]
+    os.execve(sys.executable, supervised, env)
     return 0  # not reached
 
 

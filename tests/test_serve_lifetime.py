@@ -1,0 +1,119 @@
+"""`behaviorflow serve` and the processes it starts (bentoml's arbiter, its service workers) end together:
+whatever signal ends the pid a user started — kill -9 included — no server process is left holding the port.
+Real processes: a tiny model registered in the session's MLflow SQLite store, its Bento in the local store,
+and `behaviorflow serve` on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import mlflow
+import psutil
+import pytest
+
+from components import lifetime, registry
+from components.packaging import build_bento, save_bundle_to_store
+from components.registry.tracking import log_folder, log_onnx_model
+from tests.helpers import ROOT, free_port
+from tests.tiny_bundle import make_tiny_bundle
+
+MODEL = "behaviorflow-lifetime-test"  # its own registered model: other tests of the session move the default one's aliases
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory) -> str:
+    """A tiny bundle → Bento (local store) → a registered version @champion of MODEL."""
+    work = tmp_path_factory.mktemp("lifetime")
+    bundle = make_tiny_bundle(work / "bundle", n_items=30, dim=8, seed=5)
+    model_tag = save_bundle_to_store(bundle)
+    bento_tag = build_bento(model_tag)
+    registry.configure(experiment="lifetime-test")
+    with mlflow.start_run() as active:
+        log_folder(bundle, "bundle")
+        uri = log_onnx_model(bundle / "model.onnx", {})
+        with registry.pending_version(uri, active.info.run_id, name=MODEL) as version:
+            registry.finalize_version(version, {"bento_tag": bento_tag, "bento_model_tag": model_tag}, promote=True, name=MODEL)
+    return bento_tag
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT do not count
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _serve(port: int, log) -> subprocess.Popen:
+    command = [sys.executable, "-m", "flows.cli", "serve", "--model", MODEL, "--alias", "champion", "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"behaviorflow serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("behaviorflow serve not ready after 120 s")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "SIGTERM", "SIGINT"])
+def test_serve_leaves_no_server_behind_whatever_ends_it(registered, tmp_path, signum):
+    port = free_port()
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = _serve(port, log)
+    tree = psutil.Process(proc.pid).children(recursive=True)  # bentoml's arbiter and its workers
+    try:
+        assert tree, "behaviorflow serve started no process"
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while (left := [p.pid for p in tree if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert left == [], f"after {signum.name} of behaviorflow serve (pid {proc.pid}) these still run: {left}\n{(tmp_path / 'serve.log').read_text()[-2000:]}"
+        assert _port_free(port), f"port {port} is still held after {signum.name} of behaviorflow serve"
+    finally:
+        for process in tree:  # what a failure left, so that it does not outlive the test
+            if _alive(process):
+                process.kill()
+
+
+def test_the_child_of_lifetime_gets_sigterm_when_it_is_killed(tmp_path):
+    """components.lifetime on its own: kill -9 of it ends its child, which would otherwise sleep on."""
+    script = "import time; print('up', flush=True); time.sleep(300)"
+    proc = subprocess.Popen([sys.executable, "-I", lifetime.__file__, sys.executable, "-c", script], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline() == "up\n"
+    (child,) = psutil.Process(proc.pid).children()
+    try:
+        proc.kill()
+        proc.wait(timeout=10)
+        child.wait(timeout=10)  # raises psutil.TimeoutExpired while it sleeps on
+    finally:
+        if _alive(child):
+            child.kill()
+
+
+def test_lifetime_exits_with_the_status_of_its_command():
+    assert lifetime.run([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert lifetime.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]) == 128 + signal.SIGTERM
