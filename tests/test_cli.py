@@ -239,6 +239,29 @@ def test_add_items_refuses_an_unreadable_file_before_any_server_starts(tmp_path,
     assert "missing required column(s) ['title']" in capsys.readouterr().err
 
 
+def test_a_log_leave_one_out_cannot_split_fails_before_any_server_starts(tmp_path):
+    """No user with prepare.min_sequence_length steps: the prepare stage's error, from a read of the files before
+    the Prefect server and the MLflow store start (before: the same line, 33 s later on 2 cores, after both had)."""
+    import os
+
+    from components.data import load_dataset
+    from components.preparation import PrepareConfig, prepare
+
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"I{i},item {i}\n" for i in range(10)))
+    rows = [f"u{u},I{(u + step) % 10},view,{1_700_000_000 + 100 * u + step}\n" for u in range(20) for step in range(2)]
+    (tmp_path / "events.csv").write_text("user_id,item_id,event_type,timestamp\n" + "".join(rows))
+    home = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "BENTOML_HOME")} | {"BEHAVIORFLOW_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--events", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    dataset = load_dataset(tmp_path / "events.csv", tmp_path / "items.csv")
+    with pytest.raises(BehaviorflowError) as stage:
+        prepare(dataset.events, dataset.items, PrepareConfig())
+    assert out.returncode == 2 and out.stderr == f"error: {stage.value}\n"
+    assert "20 users, the longest with 2 steps" in out.stderr
+    assert not (home / "mlflow.db").exists() and not (home / "prefect").exists()  # no MLflow store opened, no Prefect server started
+
+
 def test_out_of_space_is_found_in_whatever_wraps_it():
     import errno
     import sqlite3

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from components.errors import BehaviorflowError
-from components.preparation import PrepareConfig, prepare
+from components.preparation import PrepareConfig, check_leave_one_out, prepare
 
 
 def frame(rows):
@@ -116,3 +116,28 @@ def test_no_user_long_enough_to_evaluate_is_one_clear_error():
     with pytest.raises(BehaviorflowError, match=r"^no user has 3 or more steps \(prepare.min_sequence_length\), so there is no validation or test "
                                                 r"case: 3 users, the longest with 2 steps after de-duplication and collapsing repeats\. .*prepare.split=temporal$"):
         prepare(events, ITEMS)
+
+
+@pytest.mark.parametrize("config", [
+    PrepareConfig(),  # u1: a(view)+a(click) collapse: 2 steps
+    PrepareConfig(collapse_repeats=False),  # 3 steps
+    PrepareConfig(event_types=("view",)),  # a, b: 2 steps
+    PrepareConfig(min_sequence_length=2),
+    PrepareConfig(split="temporal"),  # its own checks, in prepare
+], ids=["collapsed", "not-collapsed", "views-only", "min-2", "temporal"])
+def test_the_early_check_from_the_events_alone_agrees_with_prepare(config):
+    """check_leave_one_out (the CLI runs it before any server starts) refuses exactly what prepare refuses for
+    short histories, with the same message; it needs no catalog."""
+    events = frame([("u1", "a", "view", 1), ("u1", "a", "click", 2), ("u1", "b", "view", 3), ("u1", "b", "view", 3), ("u2", "c", "view", 1)])
+    try:
+        prepare(events, ITEMS, config)
+        expected = None
+    except BehaviorflowError as exc:
+        expected = str(exc)
+    try:
+        check_leave_one_out(events, config)
+        found = None
+    except BehaviorflowError as exc:
+        found = str(exc)
+    assert found == (expected if config.split == "leave_one_out" else None)
+    assert (found is None) == (config.collapse_repeats is False or config.min_sequence_length == 2 or config.split == "temporal")

@@ -134,8 +134,23 @@ def _clean_field(values: pd.Series, name: str) -> list[str]:
     return [clean_text(value) for value in values]
 
 
-def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig()) -> PreparedData:
-    stats: dict[str, object] = {"event_rows_in": len(events), "items_in_catalog": len(items)}
+def check_leave_one_out(events: pd.DataFrame, config: PrepareConfig) -> None:
+    """Raise the error `prepare` raises for a log in which no user has `min_sequence_length` steps (leave-one-out
+    has no validation or test case), from the events alone: a command checks it in a second, before it starts
+    any server, instead of when the flow reaches its prepare stage. Any other problem is left to validation and
+    `prepare`, which report it in their words."""
+    if config.split != "leave_one_out" or events.empty or not set(C.EVENT_REQUIRED) <= set(events.columns):
+        return
+    frame = _behaviour(events, config, {})
+    if frame.empty:
+        return
+    # Item ids stand for the item indices `prepare` compares: the same steps collapse (for the catalog's ids).
+    _, lengths = _chronological_steps(frame, C.ITEM_ID, config, {})
+    _require_long_enough(lengths, config)
+
+
+def _behaviour(events: pd.DataFrame, config: PrepareConfig, stats: dict) -> pd.DataFrame:
+    """The contract columns of `events`, without duplicate rows and behaviours outside `config.event_types`."""
     columns = [c for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.TIMESTAMP, C.VALUE) if c in events.columns]
     frame = events[columns]
     before = len(frame)
@@ -145,6 +160,42 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
         kept = frame[C.EVENT_TYPE].isin(config.event_types)
         stats["rows_of_other_event_types"] = int((~kept).sum())
         frame = frame[kept]
+    return frame
+
+
+def _chronological_steps(frame: pd.DataFrame, item: str, config: PrepareConfig, stats: dict) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """(users, steps, step times) in per-user chronological order, repeats collapsed when `config` says so
+    (`item` is the column that tells items apart), and the number of steps of each user in that order."""
+    # Stable chronological order per user; ties keep the file order (mergesort is stable).
+    frame = frame.sort_values([C.USER_ID, C.TIMESTAMP], kind="mergesort")
+    users = frame[C.USER_ID].to_numpy()
+    steps = frame[item].to_numpy()
+    times = epoch_seconds(frame[C.TIMESTAMP]).to_numpy(dtype="float64", na_value=np.nan)
+    if config.collapse_repeats:
+        same = np.zeros(len(steps), dtype=bool)
+        same[1:] = (steps[1:] == steps[:-1]) & (users[1:] == users[:-1])
+        stats["repeat_steps_collapsed"] = int(same.sum())
+        users, steps, times = users[~same], steps[~same], times[~same]  # a step keeps its first event's time
+    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
+    return (users, steps, times), np.diff(np.r_[starts, len(users)])
+
+
+def _require_long_enough(lengths: np.ndarray, config: PrepareConfig) -> None:
+    """Leave-one-out needs at least one user with `min_sequence_length` steps (`lengths`: steps per user)."""
+    if (lengths >= config.min_sequence_length).any():
+        return
+    longest = int(lengths.max())
+    raise BehaviorflowError(
+        f"no user has {config.min_sequence_length} or more steps (prepare.min_sequence_length), so there is no "
+        f"validation or test case: {len(lengths)} users, the longest with {longest} step{'s' if longest != 1 else ''} "
+        f"after de-duplication and collapsing repeats. Leave-one-out holds out each user's last two steps; give users "
+        f"longer histories (more events per user_id), or use prepare.split=temporal"
+    )
+
+
+def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig()) -> PreparedData:
+    stats: dict[str, object] = {"event_rows_in": len(events), "items_in_catalog": len(items)}
+    frame = _behaviour(events, config, stats)
     if frame.empty:
         raise BehaviorflowError(
             f"no events left after de-duplication and the event-type filter {config.event_types}: "
@@ -163,17 +214,9 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
             "add them to the items file or remove those events"
         )
 
-    # Stable chronological order per user; ties keep the file order (mergesort is stable).
-    frame = frame.sort_values([C.USER_ID, C.TIMESTAMP], kind="mergesort")
-    users = frame[C.USER_ID].to_numpy()
-    steps = frame["_item"].to_numpy(dtype=np.int64)
-    times = epoch_seconds(frame[C.TIMESTAMP]).to_numpy(dtype="float64", na_value=np.nan)
-    event_times = times
-    if config.collapse_repeats:
-        same = np.zeros(len(steps), dtype=bool)
-        same[1:] = (steps[1:] == steps[:-1]) & (users[1:] == users[:-1])
-        stats["repeat_steps_collapsed"] = int(same.sum())
-        users, steps, times = users[~same], steps[~same], times[~same]  # a step keeps its first event's time
+    frame = frame.assign(_item=frame["_item"].astype(np.int64))
+    event_times = epoch_seconds(frame[C.TIMESTAMP]).to_numpy(dtype="float64", na_value=np.nan)
+    (users, steps, times), _ = _chronological_steps(frame, "_item", config, stats)
 
     boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
     user_ids = [str(u) for u in users[np.r_[0, boundaries]]]
@@ -264,15 +307,9 @@ def _targets_tied(cases: EvalCases, step_times: list[np.ndarray]) -> int:
 
 def _leave_one_out_split(sequences: list[np.ndarray], config: PrepareConfig, stats: dict) -> tuple[list[np.ndarray], EvalCases, EvalCases]:
     """Train on s_1..s_{n-2}; validate on s_{n-1}; test on s_n. Short users train only."""
+    # Nothing to validate or test on: say so here, not as a traceback from training (check_leave_one_out says it earlier).
+    _require_long_enough(np.array([len(s) for s in sequences], dtype=np.int64), config)
     long_enough = np.array([len(s) >= config.min_sequence_length for s in sequences], dtype=bool)
-    if not long_enough.any():  # nothing to validate or test on: say so here, not as a traceback from training
-        longest = max(map(len, sequences))
-        raise BehaviorflowError(
-            f"no user has {config.min_sequence_length} or more steps (prepare.min_sequence_length), so there is no "
-            f"validation or test case: {len(sequences)} users, the longest with {longest} step{'s' if longest != 1 else ''} "
-            f"after de-duplication and collapsing repeats. Leave-one-out holds out each user's last two steps; give users "
-            f"longer histories (more events per user_id), or use prepare.split=temporal"
-        )
     train = [s[:-2] if ok else s for s, ok in zip(sequences, long_enough)]
     users = np.flatnonzero(long_enough)
     lengths = np.array([len(sequences[u]) for u in users], dtype=np.int64)
