@@ -91,7 +91,7 @@ def test_sample_passes(sample, sample_report):
     assert sample_report.statistics["items"] == {
         "source": sample.items_source, "rows": len(sample.items), "expectations": 8, "failed": 0
     }
-    assert sample_report.statistics["events"]["expectations"] == 9
+    assert sample_report.statistics["events"]["expectations"] == 10
     raise_for_failures(sample_report)  # no-op on success
 
 
@@ -150,6 +150,23 @@ def test_an_item_id_with_spaces_is_refused(broken, broken_report):
                                  f"by spaces) — e.g. ' P9002' (row {line}). Fix or remove these rows and re-run.")
 
 
+def test_a_user_id_with_whitespace_is_refused(tmp_path, sample, gx_root):
+    """As an item id: ' u1' beside 'u1' would silently be two users, and a tab inside a user id breaks
+    predict's user_id<TAB>item ids lines."""
+    events = pd.read_csv(sample.events_source, dtype=str, keep_default_na=False)
+    events.loc[3, c.USER_ID] = " " + events.loc[3, c.USER_ID]  # data row 3 = line 5
+    events.loc[7, c.USER_ID] += "\tx"
+    events.loc[11, c.USER_ID] = "u 4"
+    events.to_csv(tmp_path / "events.csv", index=False)
+    dataset = load_dataset(tmp_path / "events.csv", sample.items_source)
+    report = run(dataset, gx_root)
+    spaced = failure(report, "expect_column_values_to_match_regex", c.USER_ID)
+    shown = ", ".join(f"{events.loc[i, c.USER_ID]!r} (row {i + 2})" for i in (3, 7, 11))
+    assert spaced["message"] == (f"{dataset.events_source}: column 'user_id': 3 rows with spaces in or around the id (' u1' would be a second "
+                                 f"user beside 'u1', and predict's lines are user_id<TAB>item ids) — e.g. {shown}. Fix or remove these rows and re-run.")
+    assert [f["column"] for f in report.failures] == [c.USER_ID]
+
+
 def test_nothing_else_fails(broken_report):
     assert len(broken_report.failures) == 7
     assert broken_report.statistics["events"]["failed"] == 3
@@ -183,7 +200,7 @@ def test_any_number_in_the_optional_value_column_passes(sample):
 def test_optional_value_column_may_be_absent_and_gx_root_defaults_to_settings(sample):
     events = sample.events.drop(columns=c.VALUE)
     report = validate(events, sample.items, events_source="e.csv", items_source="i.csv")
-    assert report.success and report.statistics["events"]["expectations"] == 9
+    assert report.success and report.statistics["events"]["expectations"] == 10
     assert report.data_docs.is_relative_to(settings.gx_root())
 
 

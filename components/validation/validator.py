@@ -259,6 +259,13 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
     }
 
 
+# Why an id may hold no whitespace (the suites' "^\S+$" expectations), per id column.
+_WHITESPACE_IN_ID = {
+    c.ITEM_ID: "histories separate item ids by spaces",
+    c.USER_ID: "' u1' would be a second user beside 'u1', and predict's lines are user_id<TAB>item ids",
+}
+
+
 def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_source: str) -> str:
     """What is wrong, in words, for the expectation types the suites use (a generic line for others)."""
     count = details.get("unexpected_count")
@@ -289,7 +296,8 @@ def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_sou
         if kwargs.get("regex") == r"\S":
             return f"{n_rows} blank (only spaces)"
         if kwargs.get("regex") == r"^\S+$":
-            return f"{n_rows} with spaces in or around the id (histories separate item ids by spaces)"
+            why = _WHITESPACE_IN_ID.get(kwargs["column"], "")
+            return f"{n_rows} with spaces in or around the id" + (f" ({why})" if why else "")
         return f"{n_rows} not matching {kwargs.get('regex')!r}"
     if kind == "expect_column_value_lengths_to_be_between":
         if (low, high) == (1, None):
