@@ -167,6 +167,21 @@ def test_a_user_id_with_whitespace_is_refused(tmp_path, sample, gx_root):
     assert [f["column"] for f in report.failures] == [c.USER_ID]
 
 
+def test_an_id_ending_in_a_line_break_is_refused(tmp_path, sample, gx_root):
+    """'P0001\\n' beside 'P0001' would be a second item (and '00175\\n' a second user): a quoted CSV field or a
+    parquet string can end in a line break, which the regex's $ used to let through."""
+    events = pd.read_csv(sample.events_source, dtype=str, keep_default_na=False).drop(columns=[c.VALUE])  # '' is no number
+    items = pd.read_csv(sample.items_source, dtype=str, keep_default_na=False)
+    events.loc[3, c.USER_ID] += "\n"
+    items = pd.concat([items, items.iloc[[0]].assign(**{c.ITEM_ID: items.loc[0, c.ITEM_ID] + "\n"})], ignore_index=True)
+    events.to_parquet(tmp_path / "events.parquet")  # parquet rows are numbered from 1
+    items.to_parquet(tmp_path / "items.parquet")
+    report = run(load_dataset(tmp_path / "events.parquet", tmp_path / "items.parquet"), gx_root)
+    for column, value, row in ((c.USER_ID, events.loc[3, c.USER_ID], 4), (c.ITEM_ID, items[c.ITEM_ID].iloc[-1], len(items))):
+        message = failure(report, "expect_column_values_to_match_regex", column)["message"]
+        assert "1 row with spaces in or around the id" in message and f"e.g. {value!r} (row {row})" in message
+
+
 def test_nothing_else_fails(broken_report):
     assert len(broken_report.failures) == 7
     assert broken_report.statistics["events"]["failed"] == 3

@@ -259,7 +259,7 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
     }
 
 
-# Why an id may hold no whitespace (the suites' "^\S+$" expectations), per id column.
+# Why an id may hold no whitespace (the suites' "^\S+\Z" expectations), per id column.
 _WHITESPACE_IN_ID = {
     c.ITEM_ID: "histories separate item ids by spaces",
     c.USER_ID: "' u1' would be a second user beside 'u1', and predict's lines are user_id<TAB>item ids",
@@ -295,7 +295,7 @@ def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_sou
     if kind == "expect_column_values_to_match_regex":
         if kwargs.get("regex") == r"\S":
             return f"{n_rows} blank (only spaces)"
-        if kwargs.get("regex") == r"^\S+$":
+        if kwargs.get("regex") == r"^\S+\Z":
             why = _WHITESPACE_IN_ID.get(kwargs["column"], "")
             return f"{n_rows} with spaces in or around the id" + (f" ({why})" if why else "")
         return f"{n_rows} not matching {kwargs.get('regex')!r}"
