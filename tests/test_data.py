@@ -1,8 +1,10 @@
-"""Readers (CSV, parquet, MovieLens-1M), the dataset fingerprint and the synthetic sample."""
+"""Readers (CSV plain and compressed, parquet, MovieLens-1M), the dataset fingerprint and the synthetic sample."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import subprocess
 import sys
 import time
@@ -199,6 +201,87 @@ def test_unsupported_suffix_and_missing_file(tmp_path):
         load_events(write(tmp_path / "events.json", "{}"))
     with pytest.raises(DataContractError, match=r"nope\.csv: file not found"):
         load_items(tmp_path / "nope.csv")
+
+
+# --- compressed CSV ------------------------------------------------------------------------------
+
+COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+def compressed(path: Path, suffix: str, data: bytes | None = None) -> Path:
+    """`path` (or `data`) compressed into `path` + `suffix`."""
+    out = path.with_name(path.name + suffix)
+    out.write_bytes(COMPRESSORS[suffix](path.read_bytes() if data is None else data))
+    return out
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+def test_compressed_csv_reads_as_the_plain_file(tmp_path, sample_dir, suffix):
+    for load, name in ((load_events, "events.csv"), (load_items, "items.csv")):
+        plain = load(sample_dir / name)
+        from_compressed = load(compressed(sample_dir / name, suffix))
+        pd.testing.assert_frame_equal(from_compressed, plain)  # `_row` included: the same line numbers
+    events = load_events(compressed(write(tmp_path / "events.csv", EVENTS_CSV, encoding="utf-8-sig"), suffix))
+    assert events[c.USER_ID].tolist() == ["007", "007", "007", "010", "010"] and events[c.ROW].tolist() == [2, 3, 4, 5, 6]
+    long = "word " * 60_000  # past the csv module's default field limit, as for a plain file
+    items = load_items(compressed(write(tmp_path / "items.csv", f'item_id,title,description\n1,Tent,"{long}"\n\n2,B,"two\nlines"\n'), suffix))
+    assert len(items.loc[0, "description"]) == len(long) and items[c.ROW].tolist() == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"item_id,title\n1,Tent\n2,Boot, tall\n", r"items\.csv\.gz: line 3 has 3 fields but the header has 2"),
+        ("item_id,title\n1,Tent\n\n2,Caf\u00e9 chair\n".encode("latin-1"), r"items\.csv\.gz: line 4 is not UTF-8 text \(byte b'\\xe9'\)"),
+        (b"item_id,title,item_id\n1,Tent,1\n", r"items\.csv\.gz: the header names column\(s\) \['item_id'\] more than once"),
+        (b"item_id;title\n1;Tent\n", r"items\.csv\.gz: the header is one column, 'item_id;title': the file is separated by ';'"),
+        (b"", r"items\.csv\.gz: no header: the file is empty"),
+    ],
+    ids=["ragged", "latin-1", "repeated-column", "semicolons", "empty"],
+)
+def test_compressed_csv_faults_are_named_with_file_and_line(tmp_path, content, message):
+    with pytest.raises(DataContractError, match=message):
+        load_items(compressed(tmp_path / "items.csv", ".gz", content))
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+def test_a_truncated_compressed_file_is_refused_as_incomplete_not_read_short(tmp_path, sample_dir, suffix):
+    whole = compressed(sample_dir / "events.csv", suffix).read_bytes()
+    # Cut in the header, in the middle, and just before the end (a gzip member's last 8 bytes are its CRC and size).
+    for keep in (6, len(whole) // 2, len(whole) - 4):
+        cut = tmp_path / f"events.csv{suffix}"
+        cut.write_bytes(whole[:keep])
+        with pytest.raises(DataContractError) as error:
+            load_events(cut)
+        assert str(error.value) == (f"{cut}: incomplete: the {suffix} data stops before its end (a download or copy cut short). "
+                                    "Fetch or copy the whole file again and re-run."), keep
+
+
+def test_a_file_that_is_not_what_its_compression_suffix_says_is_named(tmp_path, sample_dir):
+    fake = tmp_path / "events.csv.gz"
+    fake.write_bytes((sample_dir / "events.csv").read_bytes())  # plain CSV named .gz
+    with pytest.raises(DataContractError, match=r"events\.csv\.gz: not readable as \.gz compressed data \(Not a gzipped file"):
+        load_events(fake)
+    damaged = bytearray(compressed(sample_dir / "events.csv", ".gz").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    fake.write_bytes(bytes(damaged))
+    with pytest.raises(DataContractError, match=r"events\.csv\.gz: not readable as \.gz compressed data"):
+        load_events(fake)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("events.csv.zst", r"'\.zst' compression is not read \(Python's standard library has no decompressor for it\)\. Decompress it"),
+        ("events.zip", r"events\.zip: an archive\. Unpack it and give the file inside"),
+        ("events.parquet.gz", r"events\.parquet\.gz: a compressed parquet file\. Parquet compresses its columns itself"),
+        ("events.gz", r"events\.gz: \.gz compressed, but the name does not say what is inside\. Name it like events\.csv\.gz"),
+        ("events.xlsx", r"events\.xlsx: unsupported file type '\.xlsx'\. Convert it to \.csv"),
+    ],
+)
+def test_file_types_that_are_not_read_say_what_to_do(tmp_path, name, message):
+    with pytest.raises(DataContractError, match=message):
+        load_events(write(tmp_path / name, "user_id,item_id,event_type,timestamp\n"))
 
 
 # --- MovieLens-1M ----------------------------------------------------------------------------------

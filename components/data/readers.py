@@ -5,14 +5,24 @@ seconds, and a timestamp that cannot be parsed becomes NA so that validation rep
 (column `_row`: the line number in a CSV file, the 1-based row in a parquet file). A file that cannot be
 read as a table (not UTF-8, a header naming a column twice, a damaged parquet file, a ragged line) or an
 optional `value` that is not a number is refused here, naming the file and the line.
+
+CSV files may be compressed (`.csv.gz`, `.csv.bz2`, `.csv.xz`: what the standard library decompresses); they
+are read as they stream through the decompressor, with the same line numbers as the plain file. A compressed
+file that stops before its end (a download cut short) is refused as incomplete, never read as fewer rows.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
+import io
+import lzma
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -21,7 +31,10 @@ from components import contract as c
 from components.errors import BehaviorflowError, DataContractError
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
-_SUFFIXES = (".csv", ".parquet")
+_FORMATS = {".csv": "csv", ".parquet": "parquet"}  # file suffix → how the file is read
+# Compression suffix → how to open it for reading (the standard library's; .zst would need a new package).
+_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_SUPPORTED = ".csv or .parquet (CSV may be compressed: .csv.gz, .csv.bz2, .csv.xz)"
 _NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
 UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read
 
@@ -155,13 +168,10 @@ def epoch_seconds(raw: pd.Series) -> pd.Series:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() not in _SUFFIXES:
-        raise DataContractError(
-            f"{path}: unsupported file type '{path.suffix}'. Convert it to .csv or .parquet and re-run."
-        )
+    kind, compression = _file_type(path)
     if not path.is_file():
         raise DataContractError(f"{path}: file not found. Check the path and re-run.")
-    if path.suffix.lower() == ".parquet":
+    if kind == "parquet":
         try:
             frame = pd.read_parquet(path)
         except Exception as exc:  # pyarrow's ArrowInvalid, OSError, …: a file that is not (whole) parquet
@@ -171,21 +181,77 @@ def _read_table(path: Path) -> pd.DataFrame:
             ) from exc
         frame[c.ROW] = np.arange(1, len(frame) + 1)
         return frame
-    return _read_csv(path)
+    try:
+        try:
+            return _read_csv(path, compression)
+        except DataContractError:
+            if compression:  # damaged compressed data can decode to garbage lines before the checksum at its end is
+                _read_to_the_end(path, compression)  # read: report the damage, not a line of that garbage
+            raise
+    except EOFError:  # gzip, bz2 and lzma alike: the stream ended before its end-of-stream marker
+        raise DataContractError(
+            f"{path}: incomplete: the {compression} data stops before its end (a download or copy cut short). "
+            f"Fetch or copy the whole file again and re-run."
+        ) from None
+    except (OSError, zlib.error, lzma.LZMAError) as exc:
+        if compression is None or (isinstance(exc, OSError) and exc.errno is not None):
+            raise  # an operating-system error (permissions, I/O), not the content of the file
+        raise DataContractError(
+            f"{path}: not readable as {compression} compressed data ({exc}). Check that the file is what its name "
+            f"says (e.g. gzip -t for .gz) and re-run."
+        ) from None
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _file_type(path: Path) -> tuple[str, str | None]:
+    """(how the file is read, its compression suffix or None), from its name; refuses what is not read."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in _DECOMPRESSORS else None
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix == ".parquet" and compression:
+        raise DataContractError(
+            f"{path}: a compressed parquet file. Parquet compresses its columns itself: decompress the file "
+            f"(e.g. gunzip) or write it again without the {compression}, and re-run."
+        )
+    if suffix in _FORMATS:
+        return _FORMATS[suffix], compression
+    last = path.suffix.lower()
+    if last in (".zst", ".zstd", ".lz4", ".sz", ".snappy"):
+        raise DataContractError(
+            f"{path}: '{path.suffix}' compression is not read (Python's standard library has no decompressor for it). "
+            f"Decompress it (e.g. zstd -d) or compress it with gzip instead, and re-run with {_SUPPORTED}."
+        )
+    if last in (".zip", ".tar", ".tgz", ".7z"):
+        raise DataContractError(f"{path}: an archive. Unpack it and give the file inside: {_SUPPORTED}.")
+    if compression and not suffix:
+        raise DataContractError(
+            f"{path}: {compression} compressed, but the name does not say what is inside. Name it "
+            f"like events.csv{compression} and re-run ({_SUPPORTED})."
+        )
+    raise DataContractError(f"{path}: unsupported file type '{suffix}{compression or ''}'. Convert it to {_SUPPORTED} and re-run.")
+
+
+def _open_binary(path: Path, compression: str | None) -> BinaryIO:
+    """The bytes of `path`, decompressed when its name ends in a compression suffix."""
+    return _DECOMPRESSORS[compression](path, "rb") if compression else path.open("rb")
+
+
+def _read_to_the_end(path: Path, compression: str) -> None:
+    with _open_binary(path, compression) as handle:
+        while handle.read(1 << 20):
+            pass
+
+
+def _read_csv(path: Path, compression: str | None) -> pd.DataFrame:
     """Every field as a string ("" → NA), with `_row` = the line where the record starts.
 
     The csv module is used instead of pandas because it knows line numbers: a quoted field that spans
     lines or a blank line would otherwise shift every reported row after it.
     """
-    # utf-8-sig: a byte-order mark (Excel writes one) must not end up in the first column's name.
     try:
-        records, lines, header = _csv_records(path)
+        records, lines, header = _csv_records(path, compression)
     except UnicodeDecodeError as exc:
         raise DataContractError(
-            f"{path}: line {_first_non_utf8_line(path)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). "
+            f"{path}: line {_first_non_utf8_line(path, compression)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). "
             f"Save the file as UTF-8 (e.g. re-export it, or iconv -f latin1 -t utf-8) and re-run."
         ) from exc
     frame = pd.DataFrame(records, columns=header, dtype="str")
@@ -194,8 +260,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _first_non_utf8_line(path: Path) -> int:
-    with path.open("rb") as handle:
+def _first_non_utf8_line(path: Path, compression: str | None) -> int:
+    with _open_binary(path, compression) as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
@@ -204,11 +270,12 @@ def _first_non_utf8_line(path: Path) -> int:
     return 0
 
 
-def _csv_records(path: Path) -> tuple[list[list[str]], list[int], list[str]]:
+def _csv_records(path: Path, compression: str | None) -> tuple[list[list[str]], list[int], list[str]]:
     # A long description is text like any other (the tokenizer reads its first text.max_tokens tokens), as it
     # is in parquet: the csv module's 128 KiB field limit is lifted, and what csv still refuses is one line.
     csv.field_size_limit(2**31 - 1)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    # utf-8-sig: a byte-order mark (Excel writes one) must not end up in the first column's name.
+    with io.TextIOWrapper(_open_binary(path, compression), newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
             return _csv_rows(path, reader)
