@@ -33,6 +33,7 @@ EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
 MIN_TIMESTAMP = 631_152_000
 MAX_TIMESTAMP = 4_102_444_800
 
-# Validation adds this column: the 1-based data row in the source file (header = line 1, first row = 2
-# for CSV) so that every failing value can be reported with its row.
+# The readers add this column: where each row is in the source file, so that every failing value can be
+# reported with its row. CSV and JSON Lines: the line number (a CSV header is line 1, its first row line 2; a
+# JSON Lines file's first object is line 1); parquet: the 1-based row.
 ROW = "_row"

@@ -1,9 +1,10 @@
-"""Readers (CSV plain and compressed, parquet, MovieLens-1M), the dataset fingerprint and the synthetic sample."""
+"""Readers (CSV and JSON Lines, plain and compressed; parquet; MovieLens-1M), the dataset fingerprint and the synthetic sample."""
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import subprocess
 import sys
@@ -49,6 +50,22 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 def sample_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     write_sample(out)
+    return out
+
+
+def to_json_lines(csv_path: Path, out: Path) -> Path:
+    """A sample CSV as an event pipeline or a product dump writes it: one object per line, numbers as JSON
+    numbers (timestamps, prices), ids as strings, null for an empty field."""
+    frame = pd.read_csv(csv_path, dtype={c.USER_ID: "str", c.ITEM_ID: "str"})
+    out.write_text(frame.to_json(orient="records", lines=True, force_ascii=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample_json_dir(tmp_path_factory, sample_dir) -> Path:
+    out = tmp_path_factory.mktemp("sample_json")
+    for name in ("events", "items"):
+        to_json_lines(sample_dir / f"{name}.csv", out / f"{name}.jsonl")
     return out
 
 
@@ -197,8 +214,8 @@ def test_a_value_that_is_not_a_number_is_reported_not_dropped(tmp_path):
 
 
 def test_unsupported_suffix_and_missing_file(tmp_path):
-    with pytest.raises(DataContractError, match=r"events\.json: unsupported file type '\.json'"):
-        load_events(write(tmp_path / "events.json", "{}"))
+    with pytest.raises(DataContractError, match=r"events\.txt: unsupported file type '\.txt'\. Convert it to \.csv, \.jsonl"):
+        load_events(write(tmp_path / "events.txt", "{}"))
     with pytest.raises(DataContractError, match=r"nope\.csv: file not found"):
         load_items(tmp_path / "nope.csv")
 
@@ -245,11 +262,12 @@ def test_compressed_csv_faults_are_named_with_file_and_line(tmp_path, content, m
 
 
 @pytest.mark.parametrize("suffix", list(COMPRESSORS))
-def test_a_truncated_compressed_file_is_refused_as_incomplete_not_read_short(tmp_path, sample_dir, suffix):
-    whole = compressed(sample_dir / "events.csv", suffix).read_bytes()
+@pytest.mark.parametrize("name", ["events.csv", "events.jsonl"])
+def test_a_truncated_compressed_file_is_refused_as_incomplete_not_read_short(tmp_path, sample_dir, sample_json_dir, suffix, name):
+    whole = compressed((sample_dir if name.endswith(".csv") else sample_json_dir) / name, suffix).read_bytes()
     # Cut in the header, in the middle, and just before the end (a gzip member's last 8 bytes are its CRC and size).
     for keep in (6, len(whole) // 2, len(whole) - 4):
-        cut = tmp_path / f"events.csv{suffix}"
+        cut = tmp_path / f"{name}{suffix}"
         cut.write_bytes(whole[:keep])
         with pytest.raises(DataContractError) as error:
             load_events(cut)
@@ -282,6 +300,107 @@ def test_a_file_that_is_not_what_its_compression_suffix_says_is_named(tmp_path, 
 def test_file_types_that_are_not_read_say_what_to_do(tmp_path, name, message):
     with pytest.raises(DataContractError, match=message):
         load_events(write(tmp_path / name, "user_id,item_id,event_type,timestamp\n"))
+
+
+# --- JSON Lines ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["{}.jsonl", "{}.jsonl.gz", "{}.ndjson", "{}.json", "{}.json.bz2"])
+def test_json_lines_read_as_the_csv_file(tmp_path, sample_dir, sample_json_dir, name):
+    for load, kind in ((load_events, "events"), (load_items, "items")):
+        source = sample_json_dir / f"{kind}.jsonl"
+        path = tmp_path / name.format(kind)
+        suffix = path.suffix if path.suffix in COMPRESSORS else None
+        path.write_bytes(COMPRESSORS[suffix](source.read_bytes()) if suffix else source.read_bytes())
+        from_csv, from_json = load(sample_dir / f"{kind}.csv"), load(path)
+        # The same line of text: line n + 1 of the CSV (its header is line 1) is line n of the JSON Lines file.
+        assert from_json[c.ROW].tolist() == (from_csv[c.ROW] - 1).tolist() == list(range(1, len(from_csv) + 1))
+        pd.testing.assert_frame_equal(from_json.drop(columns=c.ROW), from_csv.drop(columns=c.ROW))
+
+
+def test_json_ids_stay_strings_and_timestamps_read_as_in_csv(tmp_path):
+    lines = [
+        {"user_id": "007", "item_id": "0042", "event_type": " Click ", "timestamp": "2024-01-01T02:00:00+02:00", "value": None},
+        {"user_id": 12345678901234567890, "item_id": 42, "event_type": "cart", "timestamp": JAN_1_2024, "value": 19.9},
+        None,  # a blank line
+        {"user_id": "2024-01-01", "item_id": 5.0, "event_type": "view", "timestamp": float(JAN_1_2024)},  # no value key
+        {"timestamp": "2024-01-01 00:00:00 UTC", "event_type": "view", "item_id": "1e3", "user_id": "0x1F", "value": "7"},
+    ]
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress("".join("\n" if line is None else json.dumps(line) + "\n" for line in lines).encode()))
+    events = load_events(path)
+
+    # A JSON number id is its decimal text (5.0 as "5", as a parquet float id reads); strings, dates and hex stay as written.
+    assert events[c.USER_ID].tolist() == ["007", "12345678901234567890", "2024-01-01", "0x1F"]
+    assert events[c.ITEM_ID].tolist() == ["0042", "42", "5", "1e3"]
+    assert events[c.EVENT_TYPE].tolist() == ["click", "cart", "view", "view"]
+    assert events[c.TIMESTAMP].tolist() == [JAN_1_2024] * 4  # ISO text with an offset or a named UTC, seconds as int or float
+    assert events[c.VALUE].isna().tolist() == [True, False, True, False] and events[c.VALUE].iloc[1] == pytest.approx(19.9)
+    assert events[c.ROW].tolist() == [1, 2, 4, 5]  # line numbers: the blank line 3 is counted, not read
+
+
+def test_json_lists_and_objects_become_json_text_the_item_text_cleaning_reads(tmp_path):
+    from components.preparation.text_cleaning import category_text, description_text
+
+    lines = [  # as Amazon's 2018/2023 dumps write items: lists of categories and of description paragraphs
+        {"item_id": "B0001", "title": "Tent \u00e9t\u00e9", "category": ["Sports", "Camping", "Tents"],
+         "description": ["Two people.", "<b>Storm</b>-proof."], "details": {"Gr\u00f6\u00dfe": "XL", "kg": 2.5}, "brand": None},
+        {"item_id": "B0002", "title": "Boot"},  # no optional keys: empty fields
+    ]
+    path = write(tmp_path / "items.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    items = load_items(path)
+    assert items[c.CATEGORY].tolist() == ['["Sports", "Camping", "Tents"]', ""]
+    assert category_text(items[c.CATEGORY].iloc[0]) == "Sports, Camping, Tents"
+    assert description_text(items[c.DESCRIPTION].iloc[0]) == "Two people. <b>Storm</b>-proof."
+    assert items["details"].iloc[0] == '{"Größe": "XL", "kg": 2.5}' and pd.isna(items["details"].iloc[1])
+    assert items[c.BRAND].tolist() == ["", ""] and items[c.TITLE].tolist() == ["Tent été", "Boot"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"item_id": "3", "title": "Boot"', "line 3 is not JSON (Expecting ',' delimiter: column 33): '{\"item_id\": \"3\", \"title\": \"Boot\"'. "
+                                              'Each line must hold one object, {"name": value, ...}: fix that line and re-run.'),
+        ('item_id,title', "line 3 is not JSON (Expecting value: column 1): 'item_id,title'. Each line must hold one object"),
+        ('["3", "Boot"]', "line 3 is an array, not a JSON object: '[\"3\", \"Boot\"]'. Each row must be one object"),
+        ('42', "line 3 is a number, not a JSON object: '42'. Each row must be one object"),
+        ('{"item_id": "3", "title": "Boot", "title": "Shoe"}', "line 3 names the key 'title' more than once: '{\"item_id\""),
+        ('{"item_id": "3", "title": "' + "x" * 100, "line 3 is not JSON (Unterminated string starting at: column 27): '{\"item_id\": \"3\", \"title\": \"xxx"),
+    ],
+    ids=["unclosed", "csv-line", "array", "number", "repeated-key", "long-line"],
+)
+def test_a_line_that_is_not_a_json_object_is_named_with_file_line_and_its_start(tmp_path, line, message):
+    text = '{"item_id": "1", "title": "Tent"}\n{"item_id": "2", "title": "Mat"}\n' + line + '\n{"item_id": "4", "title": "Cap"}\n'
+    path = tmp_path / "items.jsonl.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(DataContractError) as error:
+        load_items(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert len(str(error.value).removeprefix(str(path))) < 250  # the start of a long line is quoted, not all of it
+
+
+def test_json_files_that_are_not_utf8_empty_or_one_pretty_object_are_named(tmp_path):
+    latin = tmp_path / "items.jsonl"
+    latin.write_bytes('{"item_id": "1", "title": "Tent"}\n{"item_id": "2", "title": "Caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(DataContractError, match=r"items\.jsonl: line 2 is not UTF-8 text \(byte b'\\xe9'\)\. JSON is UTF-8"):
+        load_items(latin)
+    with pytest.raises(DataContractError, match=r"items\.jsonl: no JSON objects in the file\."):
+        load_items(write(tmp_path / "items.jsonl", "\n\n"))
+    with pytest.raises(DataContractError, match=r"items\.json: line 1 is not JSON \(.*\): '\{'\. A \.json file must hold one JSON object per line, or be one array"):
+        load_items(write(tmp_path / "items.json", '{\n  "item_id": "1",\n  "title": "Tent"\n}\n'))
+    with pytest.raises(DataContractError, match=r"items\.jsonl: missing required column\(s\) \['title'\]; found \['item_id', 'name'\]"):
+        load_items(write(tmp_path / "items.jsonl", '{"item_id": "1", "name": "Tent"}\n'))
+
+
+def test_a_json_file_that_is_one_array_is_read_with_the_line_each_object_starts_on(tmp_path):
+    text = '\n[\n  {"item_id": 1, "title": "Tent"},\n  {"item_id": "02",\n   "title": "Boot"}, {"item_id": 3, "title": "Mat"}\n]\n'
+    items = load_items(write(tmp_path / "items.json", text))
+    assert items[c.ITEM_ID].tolist() == ["1", "02", "3"] and items[c.TITLE].tolist() == ["Tent", "Boot", "Mat"]
+    assert items[c.ROW].tolist() == [3, 4, 5]
+    with pytest.raises(DataContractError, match=r"items\.json: line 4 is not JSON \(Expecting ',' delimiter: column 20\): '\{\"item_id\": \"02\" \"title\""):
+        load_items(write(tmp_path / "items.json", '[\n  {"item_id": 1, "title": "Tent"},\n\n  {"item_id": "02" "title": "Boot"}\n]'))
+    with pytest.raises(DataContractError, match=r"items\.json: line 3 is an array, not a JSON object: '\[\"02\", \"Boot\"\]'"):
+        load_items(write(tmp_path / "items.json", '[\n  {"item_id": 1, "title": "Tent"},\n  ["02", "Boot"]\n]'))
 
 
 # --- MovieLens-1M ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -180,6 +181,24 @@ def test_an_id_ending_in_a_line_break_is_refused(tmp_path, sample, gx_root):
     for column, value, row in ((c.USER_ID, events.loc[3, c.USER_ID], 4), (c.ITEM_ID, items[c.ITEM_ID].iloc[-1], len(items))):
         message = failure(report, "expect_column_values_to_match_regex", column)["message"]
         assert "1 row with spaces in or around the id" in message and f"e.g. {value!r} (row {row})" in message
+
+
+def test_rows_are_line_numbers_in_csv_and_json_lines_alike(tmp_path, sample, gx_root):
+    """'row 7' means line 7 of the file the user opens, whatever its format: in CSV that is the 6th event (the
+    header is line 1), in JSON Lines the 7th object; compressed files are numbered as their text."""
+    events = pd.read_csv(sample.events_source, dtype={c.USER_ID: "str", c.ITEM_ID: "str"})
+    as_csv, as_json = events.copy(), events.copy()
+    as_csv.loc[5, c.EVENT_TYPE] = "viewd"  # 6th event = line 7 under the header
+    as_json.loc[6, c.EVENT_TYPE] = "viewd"  # 7th object = line 7
+    (tmp_path / "events.csv.gz").write_bytes(gzip.compress(as_csv.to_csv(index=False).encode()))
+    (tmp_path / "events.jsonl.gz").write_bytes(gzip.compress(as_json.to_json(orient="records", lines=True).encode()))
+    for name in ("events.csv.gz", "events.jsonl.gz"):
+        dataset = load_dataset(tmp_path / name, sample.items_source)
+        report = run(dataset, gx_root)
+        assert [f["column"] for f in report.failures] == [c.EVENT_TYPE], name
+        found = failure(report, "expect_column_values_to_be_in_set", c.EVENT_TYPE)
+        assert found["rows"] == [7] and found["examples"] == ["viewd"], name
+        assert found["message"].startswith(f"{tmp_path / name}: column 'event_type': 1 row not in the allowed set") and "'viewd' (row 7)" in found["message"]
 
 
 def test_nothing_else_fails(broken_report):
