@@ -29,8 +29,8 @@ from components.training import TrainConfig
 
 @dataclass(frozen=True)
 class DataConfig:
-    events: str | None = None  # events file (.csv / .parquet); with `items`
-    items: str | None = None  # item catalog file (.csv / .parquet)
+    events: str | None = None  # events file (.csv / .jsonl / .parquet, CSV and JSON Lines also .gz/.bz2/.xz); with `items`
+    items: str | None = None  # item catalog file (same formats as events)
     movielens: str | None = None  # or: a MovieLens-1M style folder (ratings.dat, movies.dat)
     # With none of them, the bundled synthetic sample is generated (deterministically) and used.
 

@@ -47,8 +47,8 @@ SERVE_ENDPOINTS = ("POST /recommend, POST /score; GET /metadata, /healthz and /l
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the bundled synthetic sample)")
-    group.add_argument("--events", help="events file (.csv or .parquet): user_id, item_id, event_type, timestamp[, value]")
-    group.add_argument("--items", help="item catalog (.csv or .parquet): item_id, title[, category, brand, description]")
+    group.add_argument("--events", help="events file (.csv, .jsonl or .parquet; .csv.gz, .jsonl.gz …): user_id, item_id, event_type, timestamp[, value]")
+    group.add_argument("--items", help="item catalog (.csv, .jsonl or .parquet; .csv.gz, .jsonl.gz …): item_id, title[, category, brand, description]")
     group.add_argument("--movielens", metavar="DIR", help="a MovieLens-1M style folder (ratings.dat, movies.dat)")
 
 
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "contract (item_id, title[, category, brand, description]) and is checked by the Great Expectations items "
         "suite; ids already in the catalog are refused. The new version gets the alias challenger (and champion "
         "with --promote) and its own Bento. Exit codes: 0 registered, 2 bad input."))
-    add.add_argument("--items", required=True, metavar="FILE", help="the new items (.csv or .parquet)")
+    add.add_argument("--items", required=True, metavar="FILE", help="the new items (.csv, .jsonl or .parquet; also .gz compressed)")
     add.add_argument("--model", default=f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", metavar="NAME@ALIAS|NAME/VERSION",
                      help=f"the version to add them to (default: {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS})")
     add.add_argument("--promote", action="store_true", help="also move the champion alias to the new version (default: challenger only)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
 import sys
@@ -91,6 +92,16 @@ def test_sample_data_and_validate(tmp_path):
     out = cli("validate", "--events", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "column 'event_type'" in out.stderr and "'viewed' (row 11)" in out.stderr
+
+
+def test_validate_reads_json_lines_compressed_or_not(tmp_path):
+    assert cli("sample-data", "--out", str(tmp_path)).returncode == 0
+    events = pd.read_csv(tmp_path / "events.csv", dtype={"user_id": str, "item_id": str})
+    (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress(events.to_json(orient="records", lines=True).encode()))
+    pd.read_csv(tmp_path / "items.csv", dtype=str).to_json(tmp_path / "y.jsonl", orient="records", lines=True)
+    out = cli("validate", "--events", str(tmp_path / "x.jsonl.gz"), "--items", str(tmp_path / "y.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert f"'rows': {len(events)}" in out.stdout and "validation passed" in out.stdout
 
 
 def test_print_config_is_commented_yaml_that_reads_back(tmp_path):

@@ -1,4 +1,5 @@
-"""Input data: readers for events and items (CSV, parquet, MovieLens-1M) and the bundled synthetic sample."""
+"""Input data: readers for events and items (CSV and JSON Lines, plain or compressed; parquet; MovieLens-1M) and the
+bundled synthetic sample."""
 
 from components.data.readers import (
     Dataset,

@@ -51,7 +51,7 @@ UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row
 
 
 def load_events(path: str | Path) -> pd.DataFrame:
-    """Events (`user_id, item_id, event_type, timestamp` [+ `value`]) from a .csv or .parquet file.
+    """Events (`user_id, item_id, event_type, timestamp` [+ `value`]) from a CSV, JSON Lines or parquet file.
 
     `timestamp` becomes nullable Int64 epoch seconds: numbers are taken as seconds, strings are parsed
     as ISO-8601 (UTC when they carry no zone). `event_type` is stripped and lower-cased.
@@ -82,7 +82,7 @@ def load_events(path: str | Path) -> pd.DataFrame:
 
 
 def load_items(path: str | Path) -> pd.DataFrame:
-    """The item catalog (`item_id, title` [+ `category, brand, description`]) from a .csv or .parquet file.
+    """The item catalog (`item_id, title` [+ `category, brand, description`]) from a CSV, JSON Lines or parquet file.
 
     Optional text columns stay absent when the file lacks them; present ones have missing values filled
     with "" (an item without a brand is fine). A missing title stays NA: validation rejects it.
@@ -188,7 +188,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         except Exception as exc:  # pyarrow's ArrowInvalid, OSError, …: a file that is not (whole) parquet
             raise DataContractError(
                 f"{path}: not a readable parquet file ({' '.join(str(exc).split())[:200]}). Write it again (e.g. "
-                f"pandas' to_parquet) or give a .csv, and re-run."
+                f"pandas' to_parquet) or give a .csv or .jsonl, and re-run."
             ) from exc
         frame[c.ROW] = np.arange(1, len(frame) + 1)
         return frame
@@ -470,9 +470,10 @@ def _require_columns(
                 f"{path}: the header is one column, {found[0]!r}: the file is separated by {separator!r}, not by commas. "
                 f"Save it as comma-separated CSV (or as parquet) and re-run."
             )
+        names = "the keys of its objects" if _file_type(path)[0] in ("jsonl", "json") else "the columns in its header"
         raise DataContractError(
             f"{path}: missing required column(s) {missing}; found {found}. An {kind} file needs "
-            f"{list(required)} (optional: {list(optional)}): rename the columns in its header and re-run."
+            f"{list(required)} (optional: {list(optional)}): rename {names} and re-run."
         )
 
 
