@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.data.config import DataConfig
 from components.errors import BehaviorflowError
 from components.export import ExportConfig
 from components.gate import GateConfig
@@ -25,14 +26,6 @@ from components.models.text_sasrec import TextSASRecConfig
 from components.preparation import PrepareConfig
 from components.tokenization import TextEncoderConfig
 from components.training import TrainConfig
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    events: str | None = None  # events file (.csv / .jsonl / .parquet, CSV and JSON Lines also .gz/.bz2/.xz); with `items`
-    items: str | None = None  # item catalog file (same formats as events)
-    movielens: str | None = None  # or: a MovieLens-1M style folder (ratings.dat, movies.dat)
-    # With none of them, the bundled synthetic sample is generated (deterministically) and used.
 
 
 @dataclass(frozen=True)
@@ -210,6 +203,11 @@ def _coerce(hint, value, where: str):
             except BehaviorflowError:
                 continue
         return value  # none does: the dataclass's own check names what the field takes (max_len: a number or "auto")
+    if origin is dict:  # a mapping of names (data.event_columns): YAML's {a: b}, or --set data.event_columns.a=b
+        if not isinstance(value, dict):
+            raise BehaviorflowError(f"{where}: expected a mapping, e.g. {{item_id: parent_asin}}, got {value!r}")
+        key_hint, value_hint = args
+        return {_coerce(key_hint, key, f"{where} key {key!r}"): _coerce(value_hint, item, f"{where}.{key}") for key, item in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise BehaviorflowError(f"{where}: expected a list, got {value!r}")

@@ -44,7 +44,7 @@ def load_data(data: DataConfig):
     if not (data.events or data.items or data.movielens):
         events, items = write_sample(settings.home() / "sample", SampleConfig())
         data = replace(data, events=str(events), items=str(items))
-    return load_dataset(events=data.events, items=data.items, movielens=data.movielens)
+    return load_dataset(events=data.events, items=data.items, movielens=data.movielens, data=data)
 
 
 @task(name="validate", cache_policy=NONE)

@@ -77,3 +77,40 @@ def bentoml_serve(model_tag: str, log: Path, target: str = SERVICE, timeout: flo
     with running_server(command, {**os.environ, MODEL_TAG_ENV: model_tag, **(env or {})}, log, url, timeout=timeout) as seconds:
         print(f"bentoml serve ready in {seconds:.1f} s (log: {log})")
         yield url
+
+
+# An Amazon Reviews 2023 dump as it comes (reviews: parent_asin, rating, timestamps in milliseconds, no event type;
+# metadata: parent_asin, categories as a list, store), and the settings that read it without rewriting it.
+AMAZON_EVENT_COLUMNS = {"item_id": "parent_asin", "value": "rating"}
+AMAZON_ITEM_COLUMNS = {"item_id": "parent_asin", "category": "categories", "brand": "store"}
+AMAZON_SETS = ("data.event_columns={item_id: parent_asin, value: rating}", "data.event_type=rating",
+               "data.item_columns={item_id: parent_asin, category: categories, brand: store}")
+
+
+def write_amazon_like(events, items, out: Path) -> dict[str, Path]:
+    """`events` and `items` (contract frames, e.g. the sample) written as an Amazon-2023-like pair, reviews.jsonl and
+    meta.jsonl, and as its contract-named equivalent, events.jsonl and items.jsonl: the same objects with the keys
+    renamed, `event_type: rating` added and the timestamps in seconds. Returns the four paths by those names."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    reviews, contract_events, meta, contract_items = [], [], [], []
+    for i, row in enumerate(events.itertuples(index=False)):
+        stars = float(1 + i % 5)
+        review = {"rating": stars, "title": "Works as described", "text": f"review {i}", "asin": f"{row.item_id}-V{i % 3}",
+                  "parent_asin": row.item_id, "user_id": row.user_id, "timestamp": int(row.timestamp) * 1000 + (37 * i) % 1000,
+                  "helpful_vote": i % 4, "verified_purchase": i % 2 == 0}
+        reviews.append(review)
+        contract_events.append({("item_id" if k == "parent_asin" else "value" if k == "rating" else k): v for k, v in review.items()}
+                               | {"timestamp": int(row.timestamp), "event_type": "rating"})
+    for row in items.itertuples(index=False):
+        record = {"main_category": "Sports & Outdoors", "title": row.title, "categories": ["Sports & Outdoors", row.category],
+                  "store": row.brand, "description": [row.description], "features": ["light", "sturdy"],
+                  "details": {"Weight": "1 kg"}, "parent_asin": row.item_id}
+        meta.append(record)
+        names = {"parent_asin": "item_id", "categories": "category", "store": "brand"}
+        contract_items.append({names.get(k, k): v for k, v in record.items()})
+    paths = {name: out / f"{name}.jsonl" for name in ("reviews", "meta", "events", "items")}
+    for name, records in zip(paths, (reviews, meta, contract_events, contract_items)):
+        paths[name].write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return paths

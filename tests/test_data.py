@@ -18,6 +18,7 @@ import pytest
 
 from components import contract as c
 from components.data import (
+    DataConfig,
     SampleConfig,
     generate_sample,
     load_dataset,
@@ -27,6 +28,7 @@ from components.data import (
     write_sample,
 )
 from components.errors import BehaviorflowError, DataContractError
+from tests.helpers import AMAZON_EVENT_COLUMNS, AMAZON_ITEM_COLUMNS, write_amazon_like
 
 ROOT = Path(__file__).resolve().parents[1]
 JAN_1_2024 = 1_704_067_200
@@ -592,3 +594,116 @@ def test_launched_items_are_only_last_visits_of_users_who_saw_the_part_before():
             series, part = title[seq[-1]].rsplit(" ", 1)
             assert by_title[f"{series} {int(part) - 1}"] in seq[:-1]  # they saw the part before it
     assert returning >= 50
+
+
+# --- A file that names the contract's columns differently (data.event_columns / item_columns / event_type / timestamp_unit) ---
+
+AMAZON_READING = DataConfig(event_columns=AMAZON_EVENT_COLUMNS, item_columns=AMAZON_ITEM_COLUMNS, event_type="rating")
+
+
+@pytest.fixture(scope="module")
+def amazon(tmp_path_factory) -> dict[str, Path]:
+    events, items = generate_sample(SampleConfig(n_users=40, series_per_category=1))
+    return write_amazon_like(events, items, tmp_path_factory.mktemp("amazon"))
+
+
+def test_an_amazon_2023_dump_reads_through_the_mapping_to_the_frames_of_its_contract_named_equivalent(amazon, caplog):
+    with caplog.at_level("INFO", logger="components.data.readers"):
+        mapped = load_dataset(amazon["reviews"], amazon["meta"], data=AMAZON_READING)
+    named = load_dataset(amazon["events"], amazon["items"])
+    for got, expected in ((mapped.events, named.events), (mapped.items, named.items)):
+        assert sorted(got.columns) == sorted(expected.columns)
+        pd.testing.assert_frame_equal(got[sorted(got.columns)], expected[sorted(expected.columns)])
+    assert mapped.fingerprint() == named.fingerprint()  # the same data: the same cache key, whatever the file called its columns
+    assert set(mapped.events[c.EVENT_TYPE]) == {"rating"} and mapped.events[c.VALUE].between(1, 5).all()
+    assert mapped.items[c.CATEGORY].iloc[0].startswith('["Sports & Outdoors", ') and mapped.items[c.BRAND].iloc[0] != ""
+    # Where the file's names are kept, for messages; the unit the timestamps were read in, and the one line that says so.
+    assert mapped.events.attrs["source_columns"] == {"item_id": "parent_asin", "value": "rating"}
+    assert mapped.items.attrs["source_columns"] == {"item_id": "parent_asin", "category": "categories", "brand": "store"}
+    assert mapped.events.attrs["timestamp_unit"] == {"unit": "ms", "setting": "auto"}
+    assert named.events.attrs["timestamp_unit"] == {"unit": "s", "setting": "auto"} and "source_columns" not in named.events.attrs
+    said = [r.getMessage() for r in caplog.records if "milliseconds" in r.getMessage()]
+    assert said == [f"{amazon['reviews']}: column 'timestamp': every numeric timestamp is >= 1e+11, so they are read as epoch milliseconds "
+                    "(data.timestamp_unit: auto; set s or ms to force the unit)"]
+
+
+def test_a_mapped_column_the_file_lacks_is_refused_naming_the_file_the_column_the_field_and_what_the_file_has(amazon):
+    reading = DataConfig(event_columns={"item_id": "parent_ASIN", "value": "rating"}, event_type="rating")
+    with pytest.raises(DataContractError) as refused:
+        load_events(amazon["reviews"], reading)
+    assert str(refused.value) == (
+        f"{amazon['reviews']}: no column 'parent_ASIN' (for item_id, data.event_columns.item_id); the file has ['rating', 'title', 'text', "
+        "'asin', 'parent_asin', 'user_id', 'timestamp', 'helpful_vote', 'verified_purchase']. Correct the name in data.event_columns "
+        "(names are case-sensitive) and re-run.")
+    with pytest.raises(DataContractError, match=r"meta\.jsonl: no column 'brand_name' \(for brand, data\.item_columns\.brand\); the file has \['main_category', "):
+        load_items(amazon["meta"], DataConfig(item_columns={"item_id": "parent_asin", "brand": "brand_name"}))
+
+
+def test_without_the_mapping_the_missing_columns_are_named_with_the_settings_that_would_read_them(amazon):
+    with pytest.raises(DataContractError) as refused:
+        load_events(amazon["reviews"])
+    assert str(refused.value).endswith(
+        "(optional: ['value']): rename the keys of its objects, or name the file's columns for them in data.event_columns "
+        "(e.g. --set data.event_columns.item_id=<the file's name for it>), and re-run.")
+    with pytest.raises(DataContractError) as refused:
+        load_events(amazon["reviews"], DataConfig(event_columns=AMAZON_EVENT_COLUMNS))
+    assert "missing required column(s) ['event_type']" in str(refused.value)
+    assert "or give every row one type with data.event_type (e.g. --set data.event_type=rating)" in str(refused.value)
+
+
+def test_a_constant_event_type_is_refused_when_the_file_has_an_event_type_column(amazon):
+    with pytest.raises(DataContractError) as refused:
+        load_events(amazon["events"], DataConfig(event_type="rating"))
+    assert str(refused.value) == (
+        f"{amazon['events']}: has an event_type column (column 'event_type'), and data.event_type = 'rating' would replace it for every row. "
+        "Use one of the two: leave data.event_type unset to read the file's column, or drop that column.")
+
+
+def test_a_contract_named_column_beside_the_column_mapped_to_that_name_is_refused(amazon):
+    # events.jsonl has item_id (and asin): reading asin as item_id would leave the reader to guess which is meant.
+    with pytest.raises(DataContractError) as refused:
+        load_events(amazon["events"], DataConfig(event_columns={"item_id": "asin"}))
+    assert str(refused.value) == (
+        f"{amazon['events']}: data.event_columns reads the column 'asin' as item_id, but the file has a column 'item_id' too. Keep one: "
+        "remove item_id from data.event_columns to read the file's 'item_id', or drop or rename that column, and re-run.")
+    # Swapping two columns is no clash: each contract name is read from the column mapped to it.
+    (swapped := amazon["items"].with_name("swapped.csv")).write_text("item_id,title,description\nP1,the description,the title\n")
+    frame = load_items(swapped, DataConfig(item_columns={"title": "description", "description": "title"}))
+    assert frame[c.TITLE].tolist() == ["the title"] and frame[c.DESCRIPTION].tolist() == ["the description"]
+
+
+def test_a_value_that_is_no_number_is_named_by_the_files_column(tmp_path):
+    (tmp_path / "r.csv").write_text("user_id,parent_asin,rating,timestamp\nu1,P1,five,1704067200\n")
+    with pytest.raises(DataContractError, match=r"r\.csv: column 'rating' \(value\): 1 row\(s\) not a number — e.g\. 'five' \(row 2\)"):
+        load_events(tmp_path / "r.csv", DataConfig(event_columns=AMAZON_EVENT_COLUMNS, event_type="rating"))
+
+
+@pytest.mark.parametrize(
+    "written, unit, expected",
+    [
+        # auto: milliseconds only when every numeric value is >= 1e11; ISO text is read as it is, in any unit.
+        (["1704067200", "1704067201"], "auto", [JAN_1_2024, JAN_1_2024 + 1]),
+        (["1704067200123", "1704067201999", "2024-01-01T00:00:00Z"], "auto", [JAN_1_2024, JAN_1_2024 + 1, JAN_1_2024]),
+        (["1704067200123", "1704067200"], "auto", [1_704_067_200_123, JAN_1_2024]),  # mixed: seconds; validation names the big one
+        (["99999999999", "100000000000"], "auto", [99_999_999_999, 100_000_000_000]),  # one below 1e11: seconds
+        # forced: s reads milliseconds as (far-future) seconds, ms reads seconds as 1970 (validation refuses both)
+        (["1704067200123"], "s", [1_704_067_200_123]),
+        (["1704067200", "1704067200999", "2024-01-01T00:00:00Z"], "ms", [1_704_067, JAN_1_2024, JAN_1_2024]),
+        (["-1500"], "ms", [-2]),  # floor, as for seconds: 1.5 s before the epoch is in its second -2
+    ],
+)
+def test_timestamp_units(tmp_path, written, unit, expected):
+    (tmp_path / "e.csv").write_text("user_id,item_id,event_type,timestamp\n" + "".join(f"u1,I1,view,{stamp}\n" for stamp in written))
+    frame = load_events(tmp_path / "e.csv", DataConfig(timestamp_unit=unit))
+    assert frame[c.TIMESTAMP].tolist() == expected
+    numbers = [float(stamp) for stamp in written if stamp.lstrip("-").isdigit()]
+    read_as = unit if unit != "auto" else "ms" if all(n >= 1e11 for n in numbers) else "s"
+    assert frame.attrs["timestamp_unit"] == {"unit": read_as, "setting": unit}
+
+
+def test_parquet_millisecond_integers_and_datetimes(tmp_path):
+    stamps = pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["I1", "I2"], "event_type": ["view", "view"]})
+    stamps.assign(timestamp=np.array([1704067200123, 1704067201000], dtype="int64")).to_parquet(tmp_path / "ms.parquet")
+    assert load_events(tmp_path / "ms.parquet")[c.TIMESTAMP].tolist() == [JAN_1_2024, JAN_1_2024 + 1]
+    stamps.assign(timestamp=pd.to_datetime(["2024-01-01 00:00:00", "2024-01-01 00:00:01"])).to_parquet(tmp_path / "dt.parquet")
+    assert load_events(tmp_path / "dt.parquet", DataConfig(timestamp_unit="ms"))[c.TIMESTAMP].tolist() == [JAN_1_2024, JAN_1_2024 + 1]

@@ -1,6 +1,7 @@
 """Input data: readers for events and items (CSV and JSON Lines, plain or compressed; parquet; MovieLens-1M) and the
 bundled synthetic sample."""
 
+from components.data.config import DataConfig
 from components.data.readers import (
     Dataset,
     epoch_seconds,
@@ -12,6 +13,7 @@ from components.data.readers import (
 from components.data.sample import SampleConfig, generate_sample, write_sample
 
 __all__ = [
+    "DataConfig",
     "Dataset",
     "SampleConfig",
     "epoch_seconds",

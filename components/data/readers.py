@@ -16,6 +16,12 @@ written (an id 123 is "123", never a float), lists and objects as JSON text (a `
 CSV and JSON Lines may be compressed (`.gz`, `.bz2`, `.xz`: what the standard library decompresses); they are
 read as they stream through the decompressor, with the same line numbers as the plain file. A compressed
 file that stops before its end (a download cut short) is refused as incomplete, never read as fewer rows.
+
+A file that names the contract's columns differently is read through `DataConfig` (components.data.config):
+`event_columns` / `item_columns` rename the file's columns to the contract's (the frame keeps the file's names in
+its attrs, SOURCE_COLUMNS, so that messages can name the column the user sees), `event_type` adds a constant
+event type, and `timestamp_unit` says whether numeric timestamps are seconds or milliseconds (`auto`: milliseconds
+when every numeric value is >= 1e11; the unit read is in the frame's attrs, TIMESTAMP_UNIT).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import lzma
 import re
 import zlib
@@ -38,7 +45,10 @@ import numpy as np
 import pandas as pd
 
 from components import contract as c
+from components.data.config import DataConfig
 from components.errors import BehaviorflowError, DataContractError
+
+log = logging.getLogger(__name__)
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 # File suffix → how the file is read. A .json file is JSON Lines, or one array of objects when it starts with '['.
@@ -48,22 +58,41 @@ _DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _SUPPORTED = ".csv, .jsonl (JSON Lines; also .ndjson, .json) or .parquet (CSV and JSON Lines may be compressed: .gz, .bz2, .xz)"
 _NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
 UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read
+SOURCE_COLUMNS = "source_columns"  # frame attrs: {contract name: the file's column name} for the columns read under another name
+TIMESTAMP_UNIT = "timestamp_unit"  # events frame attrs: the unit numeric timestamps were read in ("s"/"ms") and why
+# auto: numeric timestamps are milliseconds when every one is at least this. Epoch seconds reach it in 5138 (far past
+# the contract's 2100); epoch milliseconds passed it in 1973.
+MILLISECONDS_FROM = 1e11
 
 
-def load_events(path: str | Path) -> pd.DataFrame:
+def load_events(path: str | Path, data: DataConfig | None = None) -> pd.DataFrame:
     """Events (`user_id, item_id, event_type, timestamp` [+ `value`]) from a CSV, JSON Lines or parquet file.
 
-    `timestamp` becomes nullable Int64 epoch seconds: numbers are taken as seconds, strings are parsed
-    as ISO-8601 (UTC when they carry no zone). `event_type` is stripped and lower-cased.
+    `timestamp` becomes nullable Int64 epoch seconds: numbers are taken as seconds or milliseconds (see
+    `data.timestamp_unit`), strings are parsed as ISO-8601 (UTC when they carry no zone). `event_type` is
+    stripped and lower-cased. `data` (default: the contract's names, no constant event type, unit auto) says
+    how the file's columns map to the contract's.
     """
     path = Path(path)
-    frame = _read_table(path)
+    data = data or DataConfig()
+    frame = _map_columns(_read_table(path), data.event_columns, "event_columns", path)
+    if data.event_type is not None:
+        if c.EVENT_TYPE in frame:
+            raise DataContractError(
+                f"{path}: has an event_type column ({_label(frame, c.EVENT_TYPE)}), and data.event_type = {data.event_type!r} would "
+                f"replace it for every row. Use one of the two: leave data.event_type unset to read the file's column, or drop that column."
+            )
+        frame[c.EVENT_TYPE] = data.event_type
     _require_columns(frame, c.EVENT_REQUIRED, c.EVENT_OPTIONAL, path, "events")
     for column in (c.USER_ID, c.ITEM_ID):
         frame[column] = _as_id_strings(frame[column])
     frame[c.EVENT_TYPE] = frame[c.EVENT_TYPE].astype("str").str.strip().str.lower()
     raw = frame[c.TIMESTAMP]
-    frame[c.TIMESTAMP] = epoch_seconds(raw)
+    frame[c.TIMESTAMP], unit = _epoch_seconds(raw, data.timestamp_unit)
+    frame.attrs[TIMESTAMP_UNIT] = {"unit": unit, "setting": data.timestamp_unit}
+    if data.timestamp_unit == "auto" and unit == "ms":
+        log.info("%s: %s: every numeric timestamp is >= %.0e, so they are read as epoch milliseconds (data.timestamp_unit: auto; "
+                 "set s or ms to force the unit)", path, _label(frame, c.TIMESTAMP), MILLISECONDS_FROM)
     # Unreadable timestamps become nulls, which the events suite refuses by row; the raw text is kept for its
     # message (what was written there is what the user has to fix), the first few only.
     unreadable = frame[c.TIMESTAMP].isna() & raw.notna() & (raw.astype("str").str.strip() != "")
@@ -75,20 +104,21 @@ def load_events(path: str | Path) -> pd.DataFrame:
         if unreadable.any():  # an empty value is fine (it is optional); text where a number belongs is not
             shown = ", ".join(f"{value!r} (row {row})" for value, row in zip(raw[unreadable].head(3), frame.loc[unreadable, c.ROW].head(3)))
             raise DataContractError(
-                f"{path}: column 'value': {int(unreadable.sum())} row(s) not a number — e.g. {shown}. 'value' is optional: "
+                f"{path}: {_label(frame, c.VALUE)}: {int(unreadable.sum())} row(s) not a number — e.g. {shown}. 'value' is optional: "
                 f"a number (a rating, a price) or empty. Fix or empty these fields and re-run."
             )
     return frame
 
 
-def load_items(path: str | Path) -> pd.DataFrame:
+def load_items(path: str | Path, data: DataConfig | None = None) -> pd.DataFrame:
     """The item catalog (`item_id, title` [+ `category, brand, description`]) from a CSV, JSON Lines or parquet file.
 
     Optional text columns stay absent when the file lacks them; present ones have missing values filled
     with "" (an item without a brand is fine). A missing title stays NA: validation rejects it.
+    `data.item_columns` maps the file's column names to the contract's.
     """
     path = Path(path)
-    frame = _read_table(path)
+    frame = _map_columns(_read_table(path), (data or DataConfig()).item_columns, "item_columns", path)
     _require_columns(frame, c.ITEM_REQUIRED, c.ITEM_OPTIONAL, path, "items")
     frame[c.ITEM_ID] = _as_id_strings(frame[c.ITEM_ID])
     frame[c.TITLE] = frame[c.TITLE].astype("str")
@@ -140,29 +170,42 @@ def load_dataset(
     events: str | Path | None = None,
     items: str | Path | None = None,
     movielens: str | Path | None = None,
+    data: DataConfig | None = None,
 ) -> Dataset:
-    """Load either an events file plus an items file, or a MovieLens-1M folder (exactly one of the two)."""
+    """Load either an events file plus an items file, or a MovieLens-1M folder (exactly one of the two);
+    `data` says how the files' columns and timestamps are read (not used for MovieLens)."""
     if movielens is not None and events is None and items is None:
         events_frame, items_frame = load_movielens(movielens)
         folder = Path(movielens)
         return Dataset(events_frame, items_frame, str(_find_ratings(folder)), str(folder / "movies.dat"))
     if movielens is None and events is not None and items is not None:
-        return Dataset(load_events(events), load_items(items), str(Path(events)), str(Path(items)))
+        return Dataset(load_events(events, data), load_items(items, data), str(Path(events)), str(Path(items)))
     raise BehaviorflowError(
         f"Give either an events file and an items file, or a MovieLens folder — got events={events!r}, "
         f"items={items!r}, movielens={movielens!r}."
     )
 
 
-def epoch_seconds(raw: pd.Series) -> pd.Series:
-    """Nullable Int64 epoch seconds from numbers (seconds), ISO-8601 strings or datetimes.
+def epoch_seconds(raw: pd.Series, unit: str = "s") -> pd.Series:
+    """Nullable Int64 epoch seconds from numbers (seconds, or milliseconds with unit "ms"; "auto" decides as
+    DataConfig.timestamp_unit says), ISO-8601 strings or datetimes.
 
     What cannot be parsed becomes NA: validation reports it with its row instead of it vanishing here.
     """
+    return _epoch_seconds(raw, unit)[0]
+
+
+def _epoch_seconds(raw: pd.Series, unit: str) -> tuple[pd.Series, str]:
+    """epoch_seconds, and the unit its numbers were read in ("s" or "ms"; `unit` resolved when "auto")."""
     if pd.api.types.is_datetime64_any_dtype(raw):
         stamps = raw if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
-        return ((stamps - _EPOCH) // pd.Timedelta(seconds=1)).astype("Int64")
+        return ((stamps - _EPOCH) // pd.Timedelta(seconds=1)).astype("Int64"), "s"
     seconds = pd.to_numeric(raw, errors="coerce").astype("float64")
+    if unit == "auto":
+        numbers = seconds.dropna()
+        unit = "ms" if len(numbers) and bool((numbers >= MILLISECONDS_FROM).all()) else "s"
+    if unit == "ms":
+        seconds = seconds // 1000
     if not pd.api.types.is_numeric_dtype(raw):
         text = raw[seconds.isna() & raw.notna()]
         if len(text):
@@ -175,7 +218,44 @@ def epoch_seconds(raw: pd.Series) -> pd.Series:
                 stamps[named_utc] = pd.to_datetime(words[named_utc].str.replace(_NAMED_UTC, "", regex=True), format="ISO8601", utc=True, errors="coerce")
             seconds.loc[text.index] = (stamps - _EPOCH) // pd.Timedelta(seconds=1)
     # "inf" or 1e20 are numbers but no timestamp, and Int64 cannot hold them: treat them as unparseable.
-    return np.floor(seconds.where(seconds.abs() < 2**53)).astype("Int64")
+    return np.floor(seconds.where(seconds.abs() < 2**53)).astype("Int64"), unit
+
+
+def _map_columns(frame: pd.DataFrame, mapping: dict[str, str], setting: str, path: Path) -> pd.DataFrame:
+    """The file's columns renamed to the contract's as data.<setting> says ({contract name: file's name});
+    the file's names are kept in attrs[SOURCE_COLUMNS] for messages."""
+    renamed = {column: name for name, column in mapping.items() if column != name}
+    if not mapping:
+        return frame
+    found = [column for column in frame.columns if column != c.ROW]
+    missing = [(name, column) for name, column in mapping.items() if column not in found]
+    if missing:
+        listed = ", ".join(f"{column!r} (for {name}, data.{setting}.{name})" for name, column in missing)
+        raise DataContractError(
+            f"{path}: no column {listed}; the file has {found}. Correct the name in data.{setting} (names are case-sensitive) and re-run."
+        )
+    # A contract-named column beside the one mapped to that name: which one was meant is not for the reader to guess.
+    shadowed = [(name, column) for column, name in renamed.items() if name in found and name not in renamed]
+    if shadowed:
+        name, column = shadowed[0]
+        raise DataContractError(
+            f"{path}: data.{setting} reads the column {column!r} as {name}, but the file has a column {name!r} too. "
+            f"Keep one: remove {name} from data.{setting} to read the file's {name!r}, or drop or rename that column, and re-run."
+        )
+    frame = frame.rename(columns=renamed)
+    frame.attrs[SOURCE_COLUMNS] = {name: column for column, name in renamed.items()}
+    return frame
+
+
+def column_label(name: str, source_columns: dict[str, str]) -> str:
+    """How a message names a contract column: "column 'parent_asin' (item_id)" when the file calls it
+    parent_asin (data.event_columns / data.item_columns), else "column 'item_id'"."""
+    column = source_columns.get(name)
+    return f"column {column!r} ({name})" if column else f"column {name!r}"
+
+
+def _label(frame: pd.DataFrame, name: str) -> str:
+    return column_label(name, frame.attrs.get(SOURCE_COLUMNS) or {})
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -471,9 +551,13 @@ def _require_columns(
                 f"Save it as comma-separated CSV (or as parquet) and re-run."
             )
         names = "the keys of its objects" if _file_type(path)[0] in ("jsonl", "json") else "the columns in its header"
+        setting = "event_columns" if kind == "events" else "item_columns"
+        hint = f"data.{setting} (e.g. --set data.{setting}.{missing[0]}=<the file's name for it>)"
+        if missing == [c.EVENT_TYPE]:
+            hint += f", or give every row one type with data.event_type (e.g. --set data.event_type=rating)"
         raise DataContractError(
             f"{path}: missing required column(s) {missing}; found {found}. An {kind} file needs "
-            f"{list(required)} (optional: {list(optional)}): rename {names} and re-run."
+            f"{list(required)} (optional: {list(optional)}): rename {names}, or name the file's columns for them in {hint}, and re-run."
         )
 
 
