@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -286,3 +287,36 @@ def test_item_ids_that_lost_their_leading_zeros_are_explained(tmp_path):
     # Ids that are simply unknown keep the plain message.
     report = validate(events.iloc[2:], items, events_source="e.csv", items_source="i.csv", gx_root=tmp_path / "gx")
     assert report.failures[0]["message"].endswith("e.g. 'zz' (row 1). Fix or remove these rows and re-run.")  # rows of a frame built in code count from 1
+
+
+def test_failures_on_mapped_columns_name_the_files_column_and_timestamps_point_at_timestamp_unit(tmp_path, gx_root):
+    """A dump read through data.event_columns / item_columns: a message names the column the user finds in the file,
+    "column 'parent_asin' (item_id)"; timestamps read in the wrong unit point at data.timestamp_unit."""
+    from components.data import DataConfig, generate_sample
+    from components.data.sample import SampleConfig
+    from tests.helpers import AMAZON_EVENT_COLUMNS, AMAZON_ITEM_COLUMNS, write_amazon_like
+
+    paths = write_amazon_like(*generate_sample(SampleConfig(n_users=40, series_per_category=1)), tmp_path)
+    reading = DataConfig(event_columns=AMAZON_EVENT_COLUMNS, item_columns=AMAZON_ITEM_COLUMNS, event_type="rating")
+    passed = run(load_dataset(paths["reviews"], paths["meta"], data=reading), gx_root)
+    assert passed.success, [f["message"] for f in passed.failures]
+    assert passed.statistics["events"]["timestamp_unit"] == "ms (detected: every numeric value >= 1e11)"
+    assert passed.statistics["events"]["columns"] == AMAZON_EVENT_COLUMNS and passed.statistics["items"]["columns"] == AMAZON_ITEM_COLUMNS
+
+    meta = paths["meta"].read_text().splitlines()
+    meta.append(meta[0])  # a second object with the first one's parent_asin, on the last line
+    paths["meta"].write_text("\n".join(meta) + "\n")
+    forced = run(load_dataset(paths["reviews"], paths["meta"], data=replace(reading, timestamp_unit="s")), gx_root)
+    duplicate = failure(forced, "expect_column_values_to_be_unique", c.ITEM_ID)
+    first = json.loads(meta[0])["parent_asin"]
+    assert duplicate["message"] == (f"{paths['meta']}: column 'parent_asin' (item_id): 2 rows with a duplicated value (must be unique) — "
+                                    f"e.g. {first!r} (row 1), {first!r} (row {len(meta)}). Fix or remove these rows and re-run.")
+    stamps = failure(forced, "expect_column_values_to_be_between", c.TIMESTAMP)["message"]
+    assert stamps.startswith(f"{paths['reviews']}: column 'timestamp': ")
+    assert " rows outside [631152000, 4102444800] epoch seconds (1990-01-01 to 2100-01-01; milliseconds? set data.timestamp_unit: ms) — e.g. " in stamps
+    assert "timestamp_unit" not in forced.statistics["events"]  # read as seconds, as the contract says
+
+    seconds = run(load_dataset(paths["events"], paths["items"], data=DataConfig(timestamp_unit="ms")), gx_root)
+    assert "epoch seconds (1990-01-01 to 2100-01-01) once read as epoch milliseconds (seconds? set data.timestamp_unit: s) — e.g. " in (
+        failure(seconds, "expect_column_values_to_be_between", c.TIMESTAMP)["message"])
+    assert seconds.statistics["events"]["timestamp_unit"] == "ms (data.timestamp_unit)"

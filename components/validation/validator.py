@@ -80,12 +80,27 @@ def validate(
         failures += found
         statistics[name] = {
             "source": source, "rows": len(frame), "expectations": evaluated, "failed": len(found)
-        }
+        } | _reading(frame)
     context.build_data_docs()
     if dataset_events is not None:
         _explain_unknown_items(failures, dataset_events, catalog, items_source)
         _quote_unreadable_timestamps(failures, dataset_events)
     return ValidationReport(not failures, failures, _docs_index(context), statistics)
+
+
+def _reading(frame: pd.DataFrame) -> dict:
+    """How the reader read the file, where it was not as the contract names it: the file's column names, the
+    unit of numeric timestamps when they were milliseconds (recorded with the run's validation statistics)."""
+    from components.data.readers import SOURCE_COLUMNS, TIMESTAMP_UNIT
+
+    reading = {}
+    if frame.attrs.get(SOURCE_COLUMNS):
+        reading["columns"] = dict(frame.attrs[SOURCE_COLUMNS])
+    unit = frame.attrs.get(TIMESTAMP_UNIT) or {}
+    if unit.get("unit") == "ms":
+        how = "detected: every numeric value >= 1e11" if unit.get("setting") == "auto" else "data.timestamp_unit"
+        reading["timestamp_unit"] = f"ms ({how})"
+    return reading
 
 
 def _id_key(item_id: str) -> str:
@@ -187,7 +202,7 @@ def _run_suite(
     # Results carry the parameters substituted; the suite file's own kwargs say which parameter it was.
     raw_kwargs = {e.id: raw["kwargs"] for e, raw in zip(suite.expectations, raw_suite["expectations"])}
     failures = [
-        _failure(name, source, items_source, result, raw_kwargs[result.expectation_config.id])
+        _failure(name, source, items_source, result, raw_kwargs[result.expectation_config.id], frame.attrs)
         for run in outcome.run_results.values()
         for result in run.results
         if not result.success
@@ -219,8 +234,12 @@ def _docs_index(context) -> Path:
     return Path(url2pathname(urlparse(url).path))
 
 
-def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dict) -> dict:
-    """A failing expectation as a plain dict, with the line a user reads."""
+def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dict, attrs: dict | None = None) -> dict:
+    """A failing expectation as a plain dict, with the line a user reads. `attrs`: the frame's, from the reader:
+    a column the file names differently is named as the file does, "column 'parent_asin' (item_id)"."""
+    from components.data.readers import SOURCE_COLUMNS, TIMESTAMP_UNIT, column_label
+
+    attrs = attrs or {}
     kind, kwargs = result.expectation_config.type, result.expectation_config.kwargs
     details = result.result or {}
     column = kwargs.get("column")
@@ -234,7 +253,7 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
     if error:
         problem = f"{kind} could not be evaluated: {error}"
     else:
-        problem = _problem(kind, kwargs, raw_kwargs, details, items_source)
+        problem = _problem(kind, kwargs, raw_kwargs, details, items_source, (attrs.get(TIMESTAMP_UNIT) or {}).get("unit", "s"))
 
     if rows and all(value in (None, "") for value in examples):  # empty values: the rows say it all
         shown = rows[:_QUOTED_ROWS]
@@ -245,7 +264,7 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
         evidence = " — e.g. " + ", ".join(f"{value!r} (row {row})" for value, row in quoted)
     else:
         evidence = ""
-    where = f"{source}: column '{column}'" if column else source
+    where = f"{source}: {column_label(column, attrs.get(SOURCE_COLUMNS) or {})}" if column else source
     fix = _ROWS_FIX if rows else "Fix the file and re-run."
     return {
         "suite": suite,
@@ -266,8 +285,9 @@ _WHITESPACE_IN_ID = {
 }
 
 
-def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_source: str) -> str:
-    """What is wrong, in words, for the expectation types the suites use (a generic line for others)."""
+def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_source: str, unit: str = "s") -> str:
+    """What is wrong, in words, for the expectation types the suites use (a generic line for others).
+    `unit`: what the reader took numeric timestamps for ("s" or "ms")."""
     count = details.get("unexpected_count")
     n_rows = f"{count} row{'s' if count != 1 else ''}"
     low, high = _plain(kwargs.get("min_value")), _plain(kwargs.get("max_value"))
@@ -288,7 +308,10 @@ def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_sou
     if kind == "expect_column_values_to_be_between":
         if kwargs["column"] == c.TIMESTAMP:
             span = f"{_date(low)} to {_date(high)}"
-            return f"{n_rows} outside [{low}, {high}] epoch seconds ({span}; milliseconds?)"
+            if unit == "ms":
+                return (f"{n_rows} outside [{low}, {high}] epoch seconds ({span}) once read as epoch milliseconds "
+                        f"(seconds? set data.timestamp_unit: s)")
+            return f"{n_rows} outside [{low}, {high}] epoch seconds ({span}; milliseconds? set data.timestamp_unit: ms)"
         return f"{n_rows} outside [{low}, {high}]"
     if kind == "expect_column_values_to_be_unique":
         return f"{n_rows} with a duplicated value (must be unique)"
