@@ -11,6 +11,7 @@ only change for users is that new items can now compete for their top K. The sta
 
     behaviorflow add-items --items new_items.csv                       # onto the champion, as challenger
     behaviorflow add-items --model behaviorflow-recommender/3 --items new.parquet --promote
+    behaviorflow add-items --items new_meta.jsonl --set data.item_columns='{item_id: parent_asin, brand: store}'
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ def resolve(model: str, scratch: Path):
 
 
 @task(name="validate new items", cache_policy=NONE)
-def validate_new_items(items_path: str, bundle, version: str):
+def validate_new_items(items_path: str, bundle, version: str, item_columns: dict[str, str]):
     log.info("[2/6] validate the new items (Great Expectations items suite)")
     from components import contract as c
-    from components.data import load_items
+    from components.data import DataConfig, load_items
     from components.registry.tracking import log_json
     from components.validation import raise_for_failures, validate
 
-    items = load_items(items_path)
+    items = load_items(items_path, DataConfig(item_columns=item_columns))
     report = validate(None, items, events_source="", items_source=str(items_path))
     log_json("validation.json", report.to_dict())
     raise_for_failures(report)
@@ -148,9 +149,11 @@ def publish(bundle_dir: Path, run_dir: Path, fingerprint: str, tags: dict, promo
 
 
 @flow(name="behaviorflow-add-items", log_prints=True)
-def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", promote: bool = False) -> dict:
+def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", promote: bool = False,
+              item_columns: dict[str, str] | None = None) -> dict:
     """Register a new version of `model` (NAME@ALIAS or NAME/VERSION) whose catalog also holds the items of
-    the file `items` (the items contract: item_id, title[, category, brand, description])."""
+    the file `items` (the items contract: item_id, title[, category, brand, description]; `item_columns`: the
+    file's names for them, as data.item_columns says)."""
     settings.apply_environment()
     reporting.send_logs_to_prefect()
     from components import registry
@@ -164,7 +167,7 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
     with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch:
         # A version that does not exist, or has no checkpoint, fails here: before any MLflow run is opened.
         version, bundle_dir, checkpoint = resolve(model, Path(scratch))
-        summary = _add(items, version, bundle_dir, checkpoint, promote)
+        summary = _add(items, version, bundle_dir, checkpoint, promote, dict(item_columns or {}))
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     reporting.publish(reporting.ADD_ITEMS_ARTIFACT_KEY, reporting.add_items_markdown(summary), "what this add-items run registered")
     return summary
@@ -190,7 +193,7 @@ def _items_it_would_drop(catalog: set[str], source: str, promote: bool, name: st
     return notes
 
 
-def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool) -> dict:
+def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool, item_columns: dict[str, str]) -> dict:
     import mlflow
     import numpy as np
 
@@ -207,7 +210,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         source = f"{version.name}/{version.version}"
         mlflow.set_tags({"flow": "add-items", "source_version": source, "items_source": str(items)})
         bundle = Bundle(bundle_dir)
-        new = validate_new_items(items, bundle, str(version.version))
+        new = validate_new_items(items, bundle, str(version.version), item_columns)
         old_model, text_config = load_checkpoint(checkpoint)
         embeddings, tokens = embed(new, text_config, old_model.token_emb is not None)
         # Probe histories: the known users' (as the service reads them), else each item alone.
@@ -217,7 +220,8 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool)
         extended, moved = extend(old_model, embeddings, tokens, probes, source)
         fingerprint = str(bundle.manifest.get("data_fingerprint", ""))
         extra = {"added_items": {"from_version": source, "count": len(new), "items_source": str(items)}}
-        mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new)})
+        mlflow.log_params({"source_version": source, "added_items": len(new), "catalog_items": len(bundle.item_ids) + len(new),
+                           "data.item_columns": item_columns})  # as retrain records it (its config's flat params)
         out, parity, precision = export(extended, bundle, new, probes, extra, text_config, run_dir, source)
         notes = _items_it_would_drop(set(bundle.item_ids) | set(new[c.ITEM_ID]), str(version.version), promote, version.name, run_dir / "replaced")
         check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"

@@ -28,6 +28,8 @@ EPILOG = """examples:
   behaviorflow retrain --events events.parquet --items items.csv --set train.max_minutes=30
   behaviorflow retrain --movielens ~/data/ml-1m --config my.yaml
   behaviorflow validate --events events.csv --items items.csv
+  behaviorflow validate --events reviews.jsonl --items meta.jsonl --set data.event_type=rating \
+      --set data.event_columns.item_id=parent_asin --set data.item_columns.item_id=parent_asin   # a dump as it comes
   behaviorflow serve --alias champion --port 3000        # pulls the Bento from MLflow if it is not local
   behaviorflow bento pull --alias champion
   behaviorflow bento containerize --alias champion --context-only build/ctx
@@ -47,9 +49,16 @@ SERVE_ENDPOINTS = ("POST /recommend, POST /score; GET /metadata, /healthz and /l
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the bundled synthetic sample)")
-    group.add_argument("--events", help="events file (.csv, .jsonl or .parquet; .csv.gz, .jsonl.gz …): user_id, item_id, event_type, timestamp[, value]")
-    group.add_argument("--items", help="item catalog (.csv, .jsonl or .parquet; .csv.gz, .jsonl.gz …): item_id, title[, category, brand, description]")
+    group.add_argument("--events", help="events file (.csv, .jsonl or .parquet; .csv.gz, .jsonl.gz …): user_id, item_id, event_type, timestamp[, value]; "
+                       "other names: --set data.event_columns, data.event_type, data.timestamp_unit")
+    group.add_argument("--items", help="item catalog (.csv, .jsonl or .parquet; .csv.gz, .jsonl.gz …): item_id, title[, category, brand, description]; "
+                       "other names: --set data.item_columns")
     group.add_argument("--movielens", metavar="DIR", help="a MovieLens-1M style folder (ratings.dat, movies.dat)")
+
+
+def _config_args(parser: argparse.ArgumentParser, set_help: str, uses: str = "") -> None:
+    parser.add_argument("--config", metavar="YAML", help=f"a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export){uses}")
+    parser.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help=set_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"Exit codes: 0 registered, {EXIT_USER_ERROR} bad input or config, {EXIT_GATE_FAILED} gate failed (nothing registered), "
         f"{EXIT_OUT_OF_SPACE} out of disk space."))
     _data_args(retrain)
-    retrain.add_argument("--config", metavar="YAML", help="a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export)")
-    retrain.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help="override one config field, e.g. train.max_epochs=5 (repeatable)")
+    _config_args(retrain, "override one config field, e.g. train.max_epochs=5 (repeatable)")
     retrain.add_argument("--json", action="store_true", help="print the run summary as JSON instead of text")
     retrain.add_argument("--print-config", action="store_true", help="print the configuration this command would run with (defaults, --config and --set applied) as commented YAML, and exit; a starting point for --config")
 
@@ -78,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         "before anything else, and write the Data Docs. Each failed expectation is named with its file, column "
         f"and example rows. Exit codes: 0 passed, {EXIT_USER_ERROR} a check failed or the input cannot be read."))
     _data_args(validate)
+    _config_args(validate, "override one config field; the data section says how the files are read, e.g. "
+                 "data.event_columns.item_id=parent_asin, data.event_type=rating, data.timestamp_unit=ms (repeatable)",
+                 "; validate reads its data section")
 
     serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)", description=(
         "Resolve a registry alias to its version, import that version's Bento from MLflow into the local "
@@ -119,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--model", default=f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", metavar="NAME@ALIAS|NAME/VERSION",
                      help=f"the version to add them to (default: {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS})")
     add.add_argument("--promote", action="store_true", help="also move the champion alias to the new version (default: challenger only)")
+    _config_args(add, "read the items file with the config's data.item_columns, e.g. data.item_columns.item_id=parent_asin "
+                 "(repeatable; the other fields do not apply to add-items)", "; add-items reads only its data.item_columns")
     add.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     versions = sub.add_parser("versions", help="list a registered model's versions: aliases, test metrics, gate or add-items record, Bento", description=(
@@ -173,9 +186,10 @@ def _config_dict(args) -> dict:
     raw: dict = {}
     if args.config:
         raw = RetrainConfig.from_yaml(args.config).to_dict()
-    data = {k: v for k, v in (("events", args.events), ("items", args.items), ("movielens", args.movielens)) if v}
-    if data:
-        raw["data"] = data
+    files = {k: getattr(args, k, None) for k in ("events", "items", "movielens")}
+    data = {k: v for k, v in files.items() if v}
+    if data and "events" in args:  # files on the command line replace the config's files; how to read them stays
+        raw["data"] = {k: v for k, v in (raw.get("data") or {}).items() if k not in files} | data
     raw = merge_overrides(raw, args.set)
     RetrainConfig.from_dict(raw)  # fail here, before any server starts, on a bad field
     return raw
@@ -222,24 +236,29 @@ def _check_histories(raw: dict) -> None:
 
     config = RetrainConfig.from_dict(raw)
     if config.prepare.split == "leave_one_out":
-        check_leave_one_out(_dataset(config.data.events, config.data.items, config.data.movielens).events, config.prepare)
+        check_leave_one_out(_dataset(config.data).events, config.prepare)
 
 
-def _dataset(events: str | None, items: str | None, movielens: str | None):
-    """The dataset the paths name, or the bundled sample (written under $BEHAVIORFLOW_HOME) when they name none, as retrain takes it."""
+def _dataset(data):
+    """The dataset `data` (a DataConfig) names, read as it says, or the bundled sample (written under
+    $BEHAVIORFLOW_HOME) when it names no files, as retrain takes it."""
+    from dataclasses import replace
+
     from components.data import load_dataset
     from components.data.sample import SampleConfig, write_sample
 
-    if not (events or items or movielens):
+    if not (data.events or data.items or data.movielens):
         events, items = write_sample(settings.home() / "sample", SampleConfig())
-    return load_dataset(events=events, items=items, movielens=movielens)
+        data = replace(data, events=str(events), items=str(items))
+    return load_dataset(events=data.events, items=data.items, movielens=data.movielens, data=data)
 
 
 def cmd_validate(args) -> int:
     _check_data_args(args)
+    from components.config import RetrainConfig
     from components.validation import raise_for_failures, validate
 
-    dataset = _dataset(args.events, args.items, args.movielens)
+    dataset = _dataset(RetrainConfig.from_dict(_config_dict(args)).data)
     report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
     raise_for_failures(report)
     print(f"validation passed: {report.statistics}\nData Docs: {report.data_docs}")
@@ -329,16 +348,19 @@ def cmd_add_items(args) -> int:
     ModelRef.parse(args.model)  # a malformed reference fails before any server starts
     if not Path(args.items).is_file():
         raise BehaviorflowError(f"--items {args.items}: no such file")
-    from components.data import load_items
+    from components.config import RetrainConfig
+    from components.data import DataConfig, load_items
 
-    load_items(args.items)  # an unreadable file or a missing column fails in a second, before any server starts
+    # Only how the items file is read applies here; the same --config file as retrain's can be given.
+    item_columns = RetrainConfig.from_dict(_config_dict(args)).data.item_columns
+    load_items(args.items, DataConfig(item_columns=item_columns))  # an unreadable file or a missing column fails in a second, before any server starts
     from components import registry
 
     registry.check_usable(registry.resolve_version(ModelRef.parse(args.model)), "add-items", warn=False)  # so does a version that cannot be used
     from flows.add_items import add_items
 
     _announce_servers()
-    s = add_items(items=args.items, model=args.model, promote=args.promote)
+    s = add_items(items=args.items, model=args.model, promote=args.promote, item_columns=item_columns)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
         return 0

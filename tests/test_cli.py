@@ -316,3 +316,77 @@ def test_a_full_disk_is_one_line_with_what_to_do_and_leaves_no_half_file(tmp_pat
                                  "Free space where behaviorflow writes")
     assert "set BEHAVIORFLOW_HOME (and TMPDIR) to a larger disk" in out.stderr
     assert list((tmp_path / "s").iterdir()) == []  # the sample is written next to its name and renamed: no partial file left
+
+
+# --- A dump read as it is: data.event_columns / item_columns / event_type / timestamp_unit, from --set and from YAML ---
+
+@pytest.mark.parametrize("override, message", [
+    ("data.event_columns={itemid: parent_asin}", "config.data: event_columns: unknown contract field(s) ['itemid']; valid ones are "
+     "['user_id', 'item_id', 'event_type', 'timestamp', 'value'] (contract name: the file's column name)"),
+    ("data.item_columns.store=store", "config.data: item_columns: unknown contract field(s) ['store']; valid ones are "
+     "['item_id', 'title', 'category', 'brand', 'description'] (contract name: the file's column name)"),
+    ("data.item_columns={title: name, description: name}", "config.data: item_columns: the file's column 'name' is mapped to 2 contract "
+     "fields (title, description); a column stands for one field: map each field to its own column"),
+    ("data.event_columns=parent_asin", "config.data.event_columns: expected a mapping, e.g. {item_id: parent_asin}, got 'parent_asin'"),
+    ("data.event_columns.item_id=", "config.data.event_columns.item_id: must not be empty"),
+    ("data.event_type=review", "config.data: event_type 'review' is not one of the contract's event types ['view', 'click', 'cart', 'purchase', 'rating']"),
+    ("data.timestamp_unit=us", "config.data: timestamp_unit 'us': choose one of auto, s, ms"),
+])
+def test_reading_options_that_cannot_work_are_refused_before_anything_runs(override, message):
+    with pytest.raises(BehaviorflowError) as caught:
+        RetrainConfig.from_dict(merge_overrides({}, [override]))
+    assert str(caught.value) == message
+
+
+def test_a_constant_event_type_beside_a_mapped_event_type_column_or_a_movielens_folder_is_refused():
+    with pytest.raises(BehaviorflowError) as caught:
+        RetrainConfig.from_dict(merge_overrides({}, ["data.event_type=rating", "data.event_columns.event_type=kind"]))
+    assert str(caught.value) == ("config.data: event_type 'rating' gives every row one type, and event_columns maps event_type to the "
+                                 "file's column 'kind': keep one of the two")
+    with pytest.raises(BehaviorflowError, match="a MovieLens folder is read in its own fixed format"):
+        RetrainConfig.from_dict({"data": {"movielens": "ml-1m", "timestamp_unit": "ms"}})
+
+
+def test_validate_reads_an_amazon_2023_dump_with_set_or_config_and_without_them_says_what_to_set(tmp_path):
+    from tests.helpers import AMAZON_SETS, write_amazon_like
+
+    assert cli("sample-data", "--out", str(tmp_path)).returncode == 0
+    events = pd.read_csv(tmp_path / "events.csv", dtype={"user_id": str, "item_id": str})
+    paths = write_amazon_like(events, pd.read_csv(tmp_path / "items.csv", dtype=str, keep_default_na=False), tmp_path / "amazon")
+    files = ("--events", str(paths["reviews"]), "--items", str(paths["meta"]))
+    out = cli("validate", *files, *(arg for line in AMAZON_SETS for arg in ("--set", line)))
+    assert out.returncode == 0, out.stderr
+    assert f"'rows': {len(events)}" in out.stdout and "'timestamp_unit': 'ms (detected: every numeric value >= 1e11)'" in out.stdout
+    assert "every numeric timestamp is >= 1e+11, so they are read as epoch milliseconds" in out.stderr  # the one line that says so
+    # The same from a YAML file, the files still on the command line: they replace the config's files, not how to read them.
+    (config := tmp_path / "amazon.yaml").write_text(
+        "data:\n  events: elsewhere.csv\n  event_columns: {item_id: parent_asin, value: rating}\n  event_type: rating\n"
+        "  timestamp_unit: ms\n  item_columns:\n    item_id: parent_asin\n    category: categories\n    brand: store\n")
+    out = cli("validate", *files, "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "'timestamp_unit': 'ms (data.timestamp_unit)'" in out.stdout and "read as epoch milliseconds" not in out.stderr
+    out = cli("validate", *files)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: {paths['reviews']}: missing required column(s) ['item_id', 'event_type']; found ['rating', ")
+    assert "name the file's columns for them in data.event_columns (e.g. --set data.event_columns.item_id=<the file's name for it>)" in out.stderr
+
+
+def test_add_items_reads_its_file_with_data_item_columns_from_set(tmp_path, capsys, monkeypatch):
+    import flows.cli
+    from flows.cli import main
+
+    def no_server():
+        raise AssertionError("the Prefect server would start")
+
+    monkeypatch.setattr(flows.cli, "_announce_servers", no_server)
+    (tmp_path / "meta.jsonl").write_text('{"parent_asin": "N1", "title": "Tent", "store": "Alpenrock"}\n')
+    mapping = ["--set", "data.item_columns={item_id: parent_asin, brand: store}"]
+    assert main(["add-items", "--items", str(tmp_path / "meta.jsonl")]) == 2
+    assert "missing required column(s) ['item_id']" in capsys.readouterr().err
+    assert main(["add-items", "--items", str(tmp_path / "meta.jsonl"), "--set", "data.item_columns.item_id=asin"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'meta.jsonl'}: no column 'asin' (for item_id, data.item_columns.item_id); the file has "
+                                       "['parent_asin', 'title', 'store']. Correct the name in data.item_columns (names are case-sensitive) and re-run.\n")
+    # Read: the next check is the model's (none is registered in this test's store), before any server starts.
+    assert main(["add-items", "--items", str(tmp_path / "meta.jsonl"), *mapping]) == 2
+    err = capsys.readouterr().err
+    assert "behaviorflow-recommender" in err and "parent_asin" not in err and "column" not in err
