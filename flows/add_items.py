@@ -200,6 +200,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
     from components import contract as c
     from components import registry
     from components.catalog import load_checkpoint
+    from components.data.config import differs_from_recorded
     from components.export.onnx_export import probe_histories
     from serving.contract import Bundle
 
@@ -224,6 +225,10 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
                            "data.item_columns": item_columns})  # as retrain records it (its config's flat params)
         out, parity, precision = export(extended, bundle, new, probes, extra, text_config, run_dir, source)
         notes = _items_it_would_drop(set(bundle.item_ids) | set(new[c.ITEM_ID]), str(version.version), promote, version.name, run_dir / "replaced")
+        recorded = mlflow.get_run(version.run_id).data.params.get("data.item_columns") if version.run_id else None
+        if (note := differs_from_recorded("item_columns", recorded, item_columns)) is not None:
+            log.warning(note)
+            notes.insert(0, note)
         check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"
         record = f"{check}; served in {precision.reason}"
         registered = publish(out, run_dir, fingerprint, {"gate": record, "added_items_to": source}, promote, version.name)

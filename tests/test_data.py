@@ -707,3 +707,15 @@ def test_parquet_millisecond_integers_and_datetimes(tmp_path):
     assert load_events(tmp_path / "ms.parquet")[c.TIMESTAMP].tolist() == [JAN_1_2024, JAN_1_2024 + 1]
     stamps.assign(timestamp=pd.to_datetime(["2024-01-01 00:00:00", "2024-01-01 00:00:01"])).to_parquet(tmp_path / "dt.parquet")
     assert load_events(tmp_path / "dt.parquet", DataConfig(timestamp_unit="ms"))[c.TIMESTAMP].tolist() == [JAN_1_2024, JAN_1_2024 + 1]
+
+
+def test_a_mapping_that_differs_from_the_recorded_one_is_noted():
+    from components.data.config import differs_from_recorded
+
+    recorded = str(AMAZON_ITEM_COLUMNS)  # as MLflow keeps the param data.item_columns
+    assert differs_from_recorded("item_columns", recorded, dict(reversed(AMAZON_ITEM_COLUMNS.items()))) is None  # order does not matter
+    assert differs_from_recorded("item_columns", None, {}) is None and differs_from_recorded("item_columns", "{}", {}) is None
+    note = differs_from_recorded("item_columns", recorded, {"item_id": "parent_asin"})
+    assert note.startswith("data.item_columns is {'item_id': 'parent_asin'} here, but the source version's catalog was read with "
+                           "{'item_id': 'parent_asin', 'category': 'categories', 'brand': 'store'}: ")
+    assert differs_from_recorded("item_columns", "{}", {"item_id": "parent_asin"}).startswith("data.item_columns is {'item_id': 'parent_asin'} here, but the source version's catalog was read with {}")

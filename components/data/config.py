@@ -69,3 +69,22 @@ def _check_columns(name: str, mapping: dict[str, str], contract: tuple[str, ...]
         column, keys = next(iter(twice.items()))
         raise ValueError(f"{name}: the file's column {column!r} is mapped to {len(keys)} contract fields ({', '.join(keys)}); a column "
                          f"stands for one field: map each field to its own column")
+
+
+def differs_from_recorded(setting: str, recorded: str | None, given: dict[str, str]) -> str | None:
+    """A note when a mapping differs from the one a run recorded (`recorded`: its MLflow param, the str of a dict;
+    None where the run did not record one), e.g. add-items reading new items otherwise than their model's catalog was
+    read: a categories column the model read as category would be left out of the new items' text."""
+    import ast
+
+    if recorded is None:
+        return None
+    try:
+        before = ast.literal_eval(recorded)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(before, dict) or before == given:
+        return None
+    return (f"data.{setting} is {given or '{}'} here, but the source version's catalog was read with {before or '{}'}: "
+            f"a column it read (e.g. categories as category) may be missing from the new items' text; pass the same "
+            f"--set data.{setting}=... (or --config) if the new items come from the same kind of file")
