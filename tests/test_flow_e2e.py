@@ -401,3 +401,28 @@ def test_versions_lists_aliases_metrics_and_what_each_version_is(world, capsys):
     assert main(["versions", "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no registered model 'no-such-model' in ") and err.rstrip().endswith(f"registered models: {NAME}")
+
+
+def test_retrain_reads_an_amazon_2023_dump_through_the_data_settings(world, monkeypatch):
+    """The sample as an Amazon Reviews 2023 pair (parent_asin, rating, millisecond timestamps, no event type; metadata with
+    a categories list and store), retrained without rewriting it: the data settings do the reading. Its own MLflow store,
+    so that it registers a first champion whatever the tests before it left (and runs alone with -k)."""
+    from tests.helpers import AMAZON_EVENT_COLUMNS, AMAZON_ITEM_COLUMNS, write_amazon_like
+
+    root = world["root"] / "amazon"
+    paths = write_amazon_like(pd.read_csv(world["events"], dtype={"user_id": str, "item_id": str}),
+                              pd.read_csv(world["items"], dtype=str, keep_default_na=False), root / "data")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    reading = {"event_columns": AMAZON_EVENT_COLUMNS, "item_columns": AMAZON_ITEM_COLUMNS, "event_type": "rating"}
+    config = world["config"] | {"data": {"events": str(paths["reviews"]), "items": str(paths["meta"]), **reading},
+                                "evaluate": {"id_only_baseline": False}}
+    summary = retrain(config=config)
+    assert summary["registry"]["version"] == "1" and "champion" in summary["registry"]["aliases"]
+    # The same data as its contract-named equivalent: the same fingerprint (the cache key of everything computed from it).
+    assert summary["data_fingerprint"] == load_dataset(paths["events"], paths["items"]).fingerprint()
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(summary["run_id"])
+    assert run.data.params["data.item_columns"] == str(AMAZON_ITEM_COLUMNS) and run.data.params["data.event_type"] == "rating"
+    import mlflow
+
+    validation = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/validation.json")
+    assert validation["statistics"]["events"]["timestamp_unit"] == "ms (detected: every numeric value >= 1e11)"
