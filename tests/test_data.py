@@ -644,11 +644,12 @@ def test_without_the_mapping_the_missing_columns_are_named_with_the_settings_tha
         load_events(amazon["reviews"])
     assert str(refused.value).endswith(
         "(optional: ['value']): rename the keys of its objects, or name the file's columns for them in data.event_columns "
-        "(e.g. --set data.event_columns.item_id=<the file's name for it>), and re-run.")
+        "(e.g. --set data.event_columns.item_id=<the file's name for it>), or, for event_type, give every row one type with "
+        "data.event_type (e.g. --set data.event_type=rating), and re-run.")
     with pytest.raises(DataContractError) as refused:
         load_events(amazon["reviews"], DataConfig(event_columns=AMAZON_EVENT_COLUMNS))
     assert "missing required column(s) ['event_type']" in str(refused.value)
-    assert "or give every row one type with data.event_type (e.g. --set data.event_type=rating)" in str(refused.value)
+    assert "data.event_columns (e.g. --set data.event_columns.event_type=<the file's name for it>), or, for event_type, give every row " in str(refused.value)
 
 
 def test_a_constant_event_type_is_refused_when_the_file_has_an_event_type_column(amazon):

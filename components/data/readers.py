@@ -224,9 +224,9 @@ def _epoch_seconds(raw: pd.Series, unit: str) -> tuple[pd.Series, str]:
 def _map_columns(frame: pd.DataFrame, mapping: dict[str, str], setting: str, path: Path) -> pd.DataFrame:
     """The file's columns renamed to the contract's as data.<setting> says ({contract name: file's name});
     the file's names are kept in attrs[SOURCE_COLUMNS] for messages."""
-    renamed = {column: name for name, column in mapping.items() if column != name}
     if not mapping:
         return frame
+    renamed = {column: name for name, column in mapping.items() if column != name}  # file's name -> contract name
     found = [column for column in frame.columns if column != c.ROW]
     missing = [(name, column) for name, column in mapping.items() if column not in found]
     if missing:
@@ -553,8 +553,8 @@ def _require_columns(
         names = "the keys of its objects" if _file_type(path)[0] in ("jsonl", "json") else "the columns in its header"
         setting = "event_columns" if kind == "events" else "item_columns"
         hint = f"data.{setting} (e.g. --set data.{setting}.{missing[0]}=<the file's name for it>)"
-        if missing == [c.EVENT_TYPE]:
-            hint += f", or give every row one type with data.event_type (e.g. --set data.event_type=rating)"
+        if c.EVENT_TYPE in missing and kind == "events":
+            hint += ", or, for event_type, give every row one type with data.event_type (e.g. --set data.event_type=rating)"
         raise DataContractError(
             f"{path}: missing required column(s) {missing}; found {found}. An {kind} file needs "
             f"{list(required)} (optional: {list(optional)}): rename {names}, or name the file's columns for them in {hint}, and re-run."
