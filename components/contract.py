@@ -2,7 +2,8 @@
 
 Events: one row per interaction — `user_id, item_id, event_type, timestamp` (+ optional `value`,
 e.g. a rating). Items: one row per catalog item — `item_id, title` (+ optional `category, brand,
-description`). Ids are read as strings; timestamps as epoch seconds or ISO-8601 strings.
+description`). Ids are read as strings; timestamps as epoch seconds (or milliseconds) or ISO-8601 strings. A file
+that names these columns otherwise is read through the `data` settings (components/data/config.py), not rewritten.
 """
 
 from __future__ import annotations
