@@ -9,6 +9,8 @@ Run it:
     behaviorflow retrain                                    # bundled sample data, local defaults (CPU)
     behaviorflow retrain --events e.parquet --items i.csv   # your data
     behaviorflow retrain --movielens path/to/ml-1m          # a MovieLens-1M style folder
+    behaviorflow retrain --events reviews.jsonl.gz --items meta.jsonl.gz --set data.event_type=rating \
+        --set data.event_columns.item_id=parent_asin --set data.item_columns.item_id=parent_asin   # a dump as it comes
     behaviorflow retrain --set train.device=cuda            # GPU (also picked automatically when present)
     MLFLOW_TRACKING_URI=http://mlflow:5000 PREFECT_API_URL=http://prefect:4200/api behaviorflow retrain
     prefect --no-prompt deploy --prefect-file deploy/prefect.yaml --all   # scheduled runs on a work pool
