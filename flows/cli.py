@@ -488,6 +488,12 @@ def _data_notes(s: dict) -> list[str]:
     return [note for note in notes if note]
 
 
+def _timestamp_note(s: dict) -> str:
+    """'; timestamps read as epoch ms (…)' when the reader took numeric timestamps as milliseconds, else ''."""
+    unit = s.get("timestamp_unit")  # the validation statistics' "ms (detected: …)" or "ms (data.timestamp_unit)"
+    return f"; timestamps read as epoch {unit}" if unit else ""
+
+
 def format_summary(s: dict) -> str:
     m, pop = s["metrics"]["model"], s["metrics"]["popularity"]
     lines = [
@@ -495,7 +501,7 @@ def format_summary(s: dict) -> str:
         "behaviorflow retrain — summary",
         f"  data          fingerprint {s['data_fingerprint']}; {s['preparation']['users']} users, {s['cases']} test cases",
         *(f"                {note}" for note in _data_notes(s)),
-        f"  validation    passed — Data Docs: {s['data_docs']}",
+        f"  validation    passed{_timestamp_note(s)} — Data Docs: {s['data_docs']}",
         f"  training      {_count(s['training']['epochs'], 'epoch')} on {s['training']['device']} in {s['training']['wall_s']} s, peak memory {_mb(s['training'].get('peak_rss_mb'))} (best epoch {s['training']['best_epoch']}; {s['training']['stopped']})"
         + (f"; id-only baseline {_count(b['epochs'], 'epoch')} in {b['wall_s']} s (best epoch {b['best_epoch']}; {b.get('stopped', '')})" if (b := s.get("baseline_training")) else "")
         + ("\n                still improving when the budget ended it: a larger train.max_minutes may give a better model" if s["training"].get("cut_short") else ""),

@@ -305,6 +305,8 @@ def retrain(config: dict | None = None) -> dict:
             "data_fingerprint": fingerprint,
             "data_docs": str(validation.data_docs),
             "validation": "passed",
+            # how the reader took numeric timestamps, when not as epoch seconds (the summary's validation line says it)
+            "timestamp_unit": validation.statistics.get("events", {}).get("timestamp_unit"),
             "preparation": prepared.stats,
             "training": {"epochs": len(result.curve), "best_epoch": result.best_epoch, "stopped": result.stopped_because, "cut_short": result.cut_short, "device": result.device, "wall_s": round(result.wall_s, 1), "peak_rss_mb": result.peak_rss_mb},
             "baseline_training": {"epochs": len(baseline.curve), "best_epoch": baseline.best_epoch, "stopped": baseline.stopped_because, "wall_s": round(baseline.wall_s, 1)} if baseline else None,

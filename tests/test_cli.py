@@ -104,6 +104,20 @@ def test_validate_reads_json_lines_compressed_or_not(tmp_path):
     assert f"'rows': {len(events)}" in out.stdout and "validation passed" in out.stdout
 
 
+def test_retrain_summary_says_when_timestamps_were_read_as_milliseconds():
+    from flows.cli import format_summary
+
+    summary = {
+        "metrics": {"model": {"NDCG@10": 0.2, "HR@10": 0.3}, "popularity": {"NDCG@10": 0.02, "HR@10": 0.04}},
+        "data_fingerprint": "f", "preparation": {"users": 100}, "cases": 100, "data_docs": "d",
+        "training": {"epochs": 1, "device": "cpu", "wall_s": 1.0, "best_epoch": 1, "stopped": "max_epochs"},
+        "gate": {"passed": True, "reasons": ["ok"]}, "run_id": "r", "tracking_uri": "sqlite:///m.db",
+    }
+    assert "  validation    passed — Data Docs: d\n" in format_summary(summary | {"timestamp_unit": None})
+    unit = "ms (detected: every numeric value >= 1e11)"
+    assert f"  validation    passed; timestamps read as epoch {unit} — Data Docs: d\n" in format_summary(summary | {"timestamp_unit": unit})
+
+
 def test_print_config_is_commented_yaml_that_reads_back(tmp_path):
     out = cli("retrain", "--print-config", "--set", "train.lr=0.003", "--set", "prepare.event_types=[purchase]")
     assert out.returncode == 0, out.stderr

@@ -426,3 +426,5 @@ def test_retrain_reads_an_amazon_2023_dump_through_the_data_settings(world, monk
 
     validation = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/validation.json")
     assert validation["statistics"]["events"]["timestamp_unit"] == "ms (detected: every numeric value >= 1e11)"
+    # and the summary says so where a user reads it, not only in a log line of the flow's start
+    assert "  validation    passed; timestamps read as epoch ms (detected: every numeric value >= 1e11) — Data Docs" in format_summary(summary)
