@@ -261,8 +261,20 @@ def cmd_validate(args) -> int:
     dataset = _dataset(RetrainConfig.from_dict(_config_dict(args)).data)
     report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
     raise_for_failures(report)
-    print(f"validation passed: {report.statistics}\nData Docs: {report.data_docs}")
+    print("\n".join(["validation passed", *map(_validated_file, report.statistics.items()), f"Data Docs: {report.data_docs}"]))
     return 0
+
+
+def _validated_file(entry: tuple[str, dict]) -> str:
+    """One file's line of `validate`'s answer: its rows and expectations, and how it was read where that was not as
+    the contract names it (the file's columns, millisecond timestamps)."""
+    name, stats = entry
+    line = f"  {name:<7} {stats['source']}: {stats['rows']} rows, {stats['expectations']} expectations met"
+    if stats.get("columns"):
+        line += "; columns " + ", ".join(f"{field} from '{column}'" for field, column in stats["columns"].items())
+    if stats.get("timestamp_unit"):
+        line += f"; timestamps read as epoch {stats['timestamp_unit']}"
+    return line
 
 
 def cmd_serve(args) -> int:

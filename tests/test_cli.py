@@ -101,7 +101,9 @@ def test_validate_reads_json_lines_compressed_or_not(tmp_path):
     pd.read_csv(tmp_path / "items.csv", dtype=str).to_json(tmp_path / "y.jsonl", orient="records", lines=True)
     out = cli("validate", "--events", str(tmp_path / "x.jsonl.gz"), "--items", str(tmp_path / "y.jsonl"))
     assert out.returncode == 0, out.stderr
-    assert f"'rows': {len(events)}" in out.stdout and "validation passed" in out.stdout
+    assert out.stdout.startswith("validation passed\n")
+    assert f"  events  {tmp_path / 'x.jsonl.gz'}: {len(events)} rows, " in out.stdout and "expectations met\n" in out.stdout
+    assert "columns" not in out.stdout and "timestamps" not in out.stdout  # read as the contract names it
 
 
 def test_retrain_summary_says_when_timestamps_were_read_as_milliseconds():
@@ -370,7 +372,9 @@ def test_validate_reads_an_amazon_2023_dump_with_set_or_config_and_without_them_
     files = ("--events", str(paths["reviews"]), "--items", str(paths["meta"]))
     out = cli("validate", *files, *(arg for line in AMAZON_SETS for arg in ("--set", line)))
     assert out.returncode == 0, out.stderr
-    assert f"'rows': {len(events)}" in out.stdout and "'timestamp_unit': 'ms (detected: every numeric value >= 1e11)'" in out.stdout
+    # one line per file, how it was read in words (not a Python dict)
+    assert f"  events  {paths['reviews']}: {len(events)} rows, " in out.stdout and "{" not in out.stdout
+    assert "; columns item_id from 'parent_asin', value from 'rating'; timestamps read as epoch ms (detected: every numeric value >= 1e11)\n" in out.stdout
     assert "every numeric timestamp is >= 1e+11, so they are read as epoch milliseconds" in out.stderr  # the one line that says so
     # The same from a YAML file, the files still on the command line: they replace the config's files, not how to read them.
     (config := tmp_path / "amazon.yaml").write_text(
@@ -378,7 +382,7 @@ def test_validate_reads_an_amazon_2023_dump_with_set_or_config_and_without_them_
         "  timestamp_unit: ms\n  item_columns:\n    item_id: parent_asin\n    category: categories\n    brand: store\n")
     out = cli("validate", *files, "--config", str(config))
     assert out.returncode == 0, out.stderr
-    assert "'timestamp_unit': 'ms (data.timestamp_unit)'" in out.stdout and "read as epoch milliseconds" not in out.stderr
+    assert "timestamps read as epoch ms (data.timestamp_unit)\n" in out.stdout and "read as epoch milliseconds" not in out.stderr
     out = cli("validate", *files)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: {paths['reviews']}: missing required column(s) ['item_id', 'event_type']; found ['rating', ")
