@@ -120,6 +120,33 @@ def test_retrain_summary_says_when_timestamps_were_read_as_milliseconds():
     assert f"  validation    passed; timestamps read as epoch {unit} — Data Docs: d\n" in format_summary(summary | {"timestamp_unit": unit})
 
 
+def test_retrain_s_early_history_check_reads_quietly(tmp_path, caplog):
+    """retrain reads the files twice (its early check, then the flow): the line that says millisecond timestamps
+    were detected comes once, from the flow, not twice."""
+    import logging
+
+    from flows.cli import _check_histories
+    from tests.helpers import AMAZON_SETS, write_amazon_like
+
+    assert cli("sample-data", "--out", str(tmp_path)).returncode == 0
+    events = pd.read_csv(tmp_path / "events.csv", dtype={"user_id": str, "item_id": str})
+    paths = write_amazon_like(events, pd.read_csv(tmp_path / "items.csv", dtype=str, keep_default_na=False), tmp_path / "amazon")
+    raw = merge_overrides({"data": {"events": str(paths["reviews"]), "items": str(paths["meta"])}}, list(AMAZON_SETS))
+    readers = logging.getLogger("components.data.readers")
+    readers.setLevel(logging.INFO)
+    with caplog.at_level(logging.INFO):
+        _check_histories(raw)
+    assert "read as epoch milliseconds" not in caplog.text
+    assert readers.level == logging.INFO  # left as it was, for the flow's read
+    from components.config import RetrainConfig
+    from flows.cli import _dataset
+
+    with caplog.at_level(logging.INFO):
+        _dataset(RetrainConfig.from_dict(raw).data)
+    assert "read as epoch milliseconds" in caplog.text  # the reading itself still says it
+    readers.setLevel(logging.NOTSET)
+
+
 def test_print_config_is_commented_yaml_that_reads_back(tmp_path):
     out = cli("retrain", "--print-config", "--set", "train.lr=0.003", "--set", "prepare.event_types=[purchase]")
     assert out.returncode == 0, out.stderr
