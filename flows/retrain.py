@@ -69,6 +69,10 @@ def prepare_sequences(dataset, config: RetrainConfig):
 
     prepared = prepare(dataset.events, dataset.items, config.prepare)
     log_json("preparation.json", prepared.stats)
+    if prepared.stats.get("item_texts_cleaned"):
+        log.info("item text: cleaning (HTML, entities, list literals, whitespace) changed %d of %d items' text; "
+                 "preparation.json shows one as the file had it and as the model reads it",
+                 prepared.stats["item_texts_cleaned"], len(prepared.item_texts))
     for note in (repeat_target_note(prepared.stats, config.evaluate.exclude_seen), tied_target_note(prepared.stats)):
         if note:
             log.warning(note)

@@ -97,3 +97,17 @@ def test_add_items_reads_a_new_item_as_a_retrain_does(tmp_path):
     added_vectors, added_tokens = embed.fn(load_items(tmp_path / "new.csv"), config.text, with_tokens=True)
     np.testing.assert_array_equal(added_tokens[0], retrained["tokens"][in_retrain])
     np.testing.assert_allclose(added_vectors[0], retrained["embeddings"][in_retrain], atol=1e-5)
+
+
+def test_the_run_records_how_many_item_texts_cleaning_changed_and_shows_one():
+    from components.preparation import prepare
+
+    items = pd.DataFrame({c.ITEM_ID: ["1", "2", "3"], c.TITLE: ["Case", "Lamp", "Cable &amp; plug"],
+                          c.DESCRIPTION: ["['<p>Slim.</p>', 'Drop &amp; scratch proof.']", "Bright", ""]})
+    events = pd.DataFrame({c.USER_ID: ["u"] * 3, c.ITEM_ID: ["1", "2", "3"], c.EVENT_TYPE: ["view"] * 3, c.TIMESTAMP: [1, 2, 3]})
+    stats = prepare(events, items).stats
+    assert stats["item_texts_cleaned"] == 2  # "Lamp. Bright" is read as written
+    assert stats["item_text_cleaned_example"] == {  # the one cleaning shortened most
+        "item_id": "1", "in_file": "Case. ['<p>Slim.</p>', 'Drop &amp; scratch proof.']", "read": "Case. Slim. Drop & scratch proof."}
+    plain = prepare(events, items.assign(**{c.TITLE: ["Case", "Lamp", "Cable"], c.DESCRIPTION: ["Slim.", "Bright", ""]})).stats
+    assert plain["item_texts_cleaned"] == 0 and "item_text_cleaned_example" not in plain

@@ -126,6 +126,20 @@ def item_texts(catalog: pd.DataFrame) -> list[str]:
     return [". ".join(p for p in parts if p) for parts in zip(*fields)]
 
 
+def cleaning_stats(catalog: pd.DataFrame, texts: list[str]) -> dict:
+    """How many of `texts` (item_texts of `catalog`) the cleaning changed and, when any, the item it shortened most:
+    its fields as the file had them and its text as the model reads it (each cut to 300 characters). Recorded with
+    the run's preparation.json, so that a user can see what the language model read, not only that cleaning exists."""
+    fields = [catalog[f].fillna("").astype(str) for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
+    raw = [". ".join(p for p in parts if p) for parts in zip(*fields)]
+    changed = [i for i, (before, after) in enumerate(zip(raw, texts)) if before != after]
+    stats: dict[str, object] = {"item_texts_cleaned": len(changed)}
+    if changed:
+        most = max(changed, key=lambda i: len(raw[i]) - len(texts[i]))
+        stats["item_text_cleaned_example"] = {"item_id": str(catalog[C.ITEM_ID].iloc[most]), "in_file": raw[most][:300], "read": texts[most][:300]}
+    return stats
+
+
 def _clean_field(values: pd.Series, name: str) -> list[str]:
     if name == C.CATEGORY:
         values = values.map(category_text)
@@ -241,9 +255,11 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     # test target, is then the row order of the events file (the sort is stable), not the order they happened in.
     stats.update(steps_tied_with_previous=int(sum(int(np.sum(t[1:] == t[:-1])) for t in step_times)),
                  test_targets_tied=_targets_tied(test, step_times))
+    texts = item_texts(catalog)
+    stats.update(cleaning_stats(catalog, texts))
     return PreparedData(
         item_ids=item_ids,
-        item_texts=item_texts(catalog),
+        item_texts=texts,
         titles=catalog[C.TITLE].astype(str).tolist(),
         user_ids=user_ids,
         sequences=sequences,
