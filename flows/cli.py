@@ -588,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate failed: {exc}", file=sys.stderr)
         return EXIT_GATE_FAILED
     except ValidationFailed as exc:
-        stage = "adding anything" if args.command == "add-items" else "training"
-        print(f"error: data validation failed — the flow stopped before {stage}.\n{exc}", file=sys.stderr)
+        stage = {"add-items": " — the flow stopped before adding anything", "retrain": " — the flow stopped before training"}.get(args.command, "")
+        print(f"error: data validation failed{stage}.\n{exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BehaviorflowError as exc:
         if args.debug:

@@ -92,6 +92,7 @@ def test_sample_data_and_validate(tmp_path):
     out = cli("validate", "--events", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "column 'event_type'" in out.stderr and "'viewed' (row 11)" in out.stderr
+    assert out.stderr.startswith("error: data validation failed.\n")  # validate runs no flow: nothing "stopped before training"
 
 
 def test_validate_reads_json_lines_compressed_or_not(tmp_path):
