@@ -453,6 +453,16 @@ def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):
     assert result.cut_short == (result.best_epoch == 2)  # the budget, not a plateau, ended it after its best epoch
     result = train_model(tiny(cold=0), seqs, valid, TrainConfig(max_epochs=10, max_minutes=5.0, patience=10, batch_size=64, progress=False))
     assert len(result.curve) == 1 and result.stopped_because == "time budget of 5.0 min reached"  # one epoch always runs
+    # 3-second epochs against a 7.2-second budget: its length in seconds, not "~0.1 min" / "~0.0 min".
+    step = [3.0]
+
+    def ranks_and_a_few_seconds(*args, **kwargs):
+        now[0] += step[0]
+        return real_ranks(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "ranks_from_topk", ranks_and_a_few_seconds)
+    result = train_model(tiny(cold=0), seqs, valid, TrainConfig(max_epochs=10, max_minutes=0.12, patience=10, batch_size=64, progress=False))
+    assert result.stopped_because == "time budget of 0.12 min: another epoch (~3 s) would end after it"
 
 
 def test_a_fit_the_budget_ends_while_still_improving_is_flagged(monkeypatch, caplog):

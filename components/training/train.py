@@ -357,6 +357,11 @@ def lr_factor(step: int, elapsed_s: float, steps_per_epoch: int, config: TrainCo
     return warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, used)))
 
 
+def _epoch_length(minutes: float) -> str:
+    """An epoch's length for the stop reason: '~2.5 min', or seconds under 0.1 min ('~3 s', not '~0.0 min')."""
+    return f"{minutes:.1f} min" if minutes >= 0.1 else f"{minutes * 60:.0f} s"
+
+
 def train_model(
     model: TextSASRec,
     train: list[np.ndarray],
@@ -461,7 +466,7 @@ def train_model(
             break
         if epoch < config.max_epochs and minutes + epoch_minutes > config.max_minutes:
             result.stopped_because = (
-                f"time budget of {config.max_minutes} min: another epoch (~{epoch_minutes:.1f} min) would end after it"
+                f"time budget of {config.max_minutes} min: another epoch (~{_epoch_length(epoch_minutes)}) would end after it"
             )
             break
     else:
