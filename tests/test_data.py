@@ -354,7 +354,10 @@ def test_json_lists_and_objects_become_json_text_the_item_text_cleaning_reads(tm
     assert items[c.CATEGORY].tolist() == ['["Sports", "Camping", "Tents"]', ""]
     assert category_text(items[c.CATEGORY].iloc[0]) == "Sports, Camping, Tents"
     assert description_text(items[c.DESCRIPTION].iloc[0]) == "Two people. <b>Storm</b>-proof."
-    assert items["details"].iloc[0] == '{"Größe": "XL", "kg": 2.5}' and pd.isna(items["details"].iloc[1])
+    from components.data.readers import _read_table
+
+    table = _read_table(path)  # an object as its JSON text (load_items then keeps the contract's columns only)
+    assert table["details"].iloc[0] == '{"Größe": "XL", "kg": 2.5}' and pd.isna(table["details"].iloc[1]) and "details" not in items
     assert items[c.BRAND].tolist() == ["", ""] and items[c.TITLE].tolist() == ["Tent été", "Boot"]
 
 
@@ -625,6 +628,24 @@ def test_an_amazon_2023_dump_reads_through_the_mapping_to_the_frames_of_its_cont
     said = [r.getMessage() for r in caplog.records if "milliseconds" in r.getMessage()]
     assert said == [f"{amazon['reviews']}: column 'timestamp': every numeric timestamp is >= 1e+11, so they are read as epoch milliseconds "
                     "(data.timestamp_unit: auto; set s or ms to force the unit)"]
+
+
+def test_the_files_other_columns_are_not_kept_and_do_not_change_the_fingerprint(amazon, tmp_path):
+    """README: a dump's other columns (a review's text, helpful votes; an item's features, price) are ignored. They take
+    no memory in the frames, and a re-download in which only they changed has the same fingerprint."""
+    import json
+
+    before = load_dataset(amazon["reviews"], amazon["meta"], data=AMAZON_READING)
+    assert list(before.events.columns) == ["value", "item_id", "user_id", "timestamp", c.ROW, c.EVENT_TYPE]
+    assert list(before.items.columns) == ["title", "category", "brand", "description", "item_id", c.ROW]
+    assert before.events.attrs["source_columns"] == {"item_id": "parent_asin", "value": "rating"}  # attrs kept
+    redownloaded = {}
+    for name, extra in (("reviews", {"helpful_vote": 99, "text": "edited later"}), ("meta", {"price": 12.5, "features": []})):
+        lines = amazon[name].read_text(encoding="utf-8").splitlines()
+        redownloaded[name] = tmp_path / f"{name}.jsonl"
+        redownloaded[name].write_text("".join(json.dumps(json.loads(line) | extra) + "\n" for line in lines), encoding="utf-8")
+    after = load_dataset(redownloaded["reviews"], redownloaded["meta"], data=AMAZON_READING)
+    assert after.fingerprint() == before.fingerprint()
 
 
 def test_a_mapped_column_the_file_lacks_is_refused_naming_the_file_the_column_the_field_and_what_the_file_has(amazon):

@@ -84,6 +84,7 @@ def load_events(path: str | Path, data: DataConfig | None = None) -> pd.DataFram
             )
         frame[c.EVENT_TYPE] = data.event_type
     _require_columns(frame, c.EVENT_REQUIRED, c.EVENT_OPTIONAL, path, "events")
+    frame = _contract_columns(frame, c.EVENT_REQUIRED + c.EVENT_OPTIONAL)
     for column in (c.USER_ID, c.ITEM_ID):
         frame[column] = _as_id_strings(frame[column])
     frame[c.EVENT_TYPE] = frame[c.EVENT_TYPE].astype("str").str.strip().str.lower()
@@ -120,6 +121,7 @@ def load_items(path: str | Path, data: DataConfig | None = None) -> pd.DataFrame
     path = Path(path)
     frame = _map_columns(_read_table(path), (data or DataConfig()).item_columns, "item_columns", path)
     _require_columns(frame, c.ITEM_REQUIRED, c.ITEM_OPTIONAL, path, "items")
+    frame = _contract_columns(frame, c.ITEM_REQUIRED + c.ITEM_OPTIONAL)
     frame[c.ITEM_ID] = _as_id_strings(frame[c.ITEM_ID])
     frame[c.TITLE] = frame[c.TITLE].astype("str")
     for column in c.ITEM_OPTIONAL:
@@ -559,6 +561,15 @@ def _require_columns(
             f"{path}: missing required column(s) {missing}; found {found}. An {kind} file needs "
             f"{list(required)} (optional: {list(optional)}): rename {names}, or name the file's columns for them in {hint}, and re-run."
         )
+
+
+def _contract_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """`frame` with the contract's columns and `_row` only, in the file's order: the file's other columns (a review's
+    text, an item's price or images) are not kept, so they take no memory and do not enter the data fingerprint (a
+    re-download whose helpful votes or prices changed is the same training data)."""
+    kept = frame.drop(columns=[column for column in frame.columns if column not in names and column != c.ROW])
+    kept.attrs = dict(frame.attrs)
+    return kept
 
 
 def _as_id_strings(values: pd.Series) -> pd.Series:
