@@ -58,6 +58,7 @@ _DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _SUPPORTED = ".csv, .jsonl (JSON Lines; also .ndjson, .json) or .parquet (CSV and JSON Lines may be compressed: .gz, .bz2, .xz)"
 _NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
 UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read
+FILE_COLUMNS = "file_columns"  # frame attrs (JSON): every key of the file, also those whose values were not kept
 SOURCE_COLUMNS = "source_columns"  # frame attrs: {contract name: the file's column name} for the columns read under another name
 TIMESTAMP_UNIT = "timestamp_unit"  # events frame attrs: the unit numeric timestamps were read in ("s"/"ms") and why
 # auto: numeric timestamps are milliseconds when every one is at least this. Epoch seconds reach it in 5138 (far past
@@ -75,7 +76,8 @@ def load_events(path: str | Path, data: DataConfig | None = None) -> pd.DataFram
     """
     path = Path(path)
     data = data or DataConfig()
-    frame = _map_columns(_read_table(path), data.event_columns, "event_columns", path)
+    keep = {*c.EVENT_REQUIRED, *c.EVENT_OPTIONAL, *data.event_columns.values()}
+    frame = _map_columns(_read_table(path, keep), data.event_columns, "event_columns", path)
     if data.event_type is not None:
         if c.EVENT_TYPE in frame:
             raise DataContractError(
@@ -119,7 +121,8 @@ def load_items(path: str | Path, data: DataConfig | None = None) -> pd.DataFrame
     `data.item_columns` maps the file's column names to the contract's.
     """
     path = Path(path)
-    frame = _map_columns(_read_table(path), (data or DataConfig()).item_columns, "item_columns", path)
+    mapping = (data or DataConfig()).item_columns
+    frame = _map_columns(_read_table(path, {*c.ITEM_REQUIRED, *c.ITEM_OPTIONAL, *mapping.values()}), mapping, "item_columns", path)
     _require_columns(frame, c.ITEM_REQUIRED, c.ITEM_OPTIONAL, path, "items")
     frame = _contract_columns(frame, c.ITEM_REQUIRED + c.ITEM_OPTIONAL)
     frame[c.ITEM_ID] = _as_id_strings(frame[c.ITEM_ID])
@@ -229,7 +232,7 @@ def _map_columns(frame: pd.DataFrame, mapping: dict[str, str], setting: str, pat
     if not mapping:
         return frame
     renamed = {column: name for name, column in mapping.items() if column != name}  # file's name -> contract name
-    found = [column for column in frame.columns if column != c.ROW]
+    found = _found_columns(frame)
     missing = [(name, column) for name, column in mapping.items() if column not in found]
     if missing:
         listed = ", ".join(f"{column!r} (for {name}, data.{setting}.{name})" for name, column in missing)
@@ -246,7 +249,14 @@ def _map_columns(frame: pd.DataFrame, mapping: dict[str, str], setting: str, pat
         )
     frame = frame.rename(columns=renamed)
     frame.attrs[SOURCE_COLUMNS] = {name: column for column, name in renamed.items()}
+    if FILE_COLUMNS in frame.attrs:
+        frame.attrs[FILE_COLUMNS] = [renamed.get(column, column) for column in found]
     return frame
+
+
+def _found_columns(frame: pd.DataFrame) -> list[str]:
+    """The file's columns, for messages: also the JSON keys whose values the reader did not keep."""
+    return list(frame.attrs.get(FILE_COLUMNS) or [column for column in frame.columns if column != c.ROW])
 
 
 def column_label(name: str, source_columns: dict[str, str]) -> str:
@@ -260,7 +270,10 @@ def _label(frame: pd.DataFrame, name: str) -> str:
     return column_label(name, frame.attrs.get(SOURCE_COLUMNS) or {})
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, keep: set[str] | None = None) -> pd.DataFrame:
+    """The file as a frame of text fields plus `_row`. For JSON, `keep` (None: all) names the keys whose values are
+    kept: a dump's other keys (a review's text, an item's images) are only listed, in attrs[FILE_COLUMNS], for
+    messages, so that reading a large dump does not hold every field of it in memory."""
     kind, compression = _file_type(path)
     if not path.is_file():
         raise DataContractError(f"{path}: file not found. Check the path and re-run.")
@@ -276,7 +289,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         return frame
     try:
         try:
-            return _read_csv(path, compression) if kind == "csv" else _read_json(path, compression, kind)
+            return _read_csv(path, compression) if kind == "csv" else _read_json(path, compression, kind, keep)
         except DataContractError:
             if compression:  # damaged compressed data can decode to garbage lines before the checksum at its end is
                 _read_to_the_end(path, compression)  # read: report the damage, not a line of that garbage
@@ -402,7 +415,7 @@ def _csv_rows(path: Path, reader) -> tuple[list[list[str]], list[int], list[str]
     return records, lines, header
 
 
-def _read_json(path: Path, compression: str | None, kind: str) -> pd.DataFrame:
+def _read_json(path: Path, compression: str | None, kind: str, keep: set[str] | None = None) -> pd.DataFrame:
     """Every field as the text a CSV file would hold ("" and null → NA), with `_row` = the line the object is on.
 
     The json module reads each line, not pandas: read_json guesses column types (an id 0042 written as a
@@ -410,7 +423,7 @@ def _read_json(path: Path, compression: str | None, kind: str) -> pd.DataFrame:
     """
     try:
         with io.TextIOWrapper(_open_binary(path, compression), newline="", encoding="utf-8-sig") as handle:
-            columns, lines = _json_columns(path, compression, _json_values(path, handle, arrays=kind == "json"))
+            columns, lines, names = _json_columns(path, compression, _json_values(path, handle, arrays=kind == "json"), keep)
     except UnicodeDecodeError as exc:
         raise DataContractError(
             f"{path}: line {_first_non_utf8_line(path, compression)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). "
@@ -421,6 +434,7 @@ def _read_json(path: Path, compression: str | None, kind: str) -> pd.DataFrame:
     frame = pd.DataFrame(columns, dtype="str")
     frame = frame.mask(frame == "")
     frame[c.ROW] = np.asarray(lines, dtype="int64")
+    frame.attrs[FILE_COLUMNS] = names
     return frame
 
 
@@ -492,10 +506,14 @@ def _json_array_values(path: Path, text: str) -> Iterator[tuple[int, object]]:
         ) from None
 
 
-def _json_columns(path: Path, compression: str | None, values: Iterator[tuple[int, object]]) -> tuple[dict[str, list], list[int]]:
-    """Columns (key → one field per row, in the order keys first appear) and the line of each row."""
+def _json_columns(
+    path: Path, compression: str | None, values: Iterator[tuple[int, object]], keep: set[str] | None = None
+) -> tuple[dict[str, list], list[int], list[str]]:
+    """Columns (key → one field per row, in the order keys first appear; only the keys in `keep` unless it is None),
+    the line of each row, and every key of the file in the order keys first appear."""
     columns: dict[str, list] = {}
     lines: list[int] = []
+    names: dict[str, None] = {}
     for row, (number, record) in enumerate(values):
         if type(record) is not dict:
             kind = {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(type(record), "a number")
@@ -503,17 +521,22 @@ def _json_columns(path: Path, compression: str | None, values: Iterator[tuple[in
                 f"{path}: line {number} is {kind}, not a JSON object: {_quote(_line(path, compression, number))}. "
                 f"Each row must be one object, {_JSON_EXAMPLE}: fix that line and re-run."
             )
+        stored = 0
         for key, value in record.items():
             column = columns.get(key)
             if column is None:  # a key first seen here: empty in the rows before
+                names[key] = None
+                if keep is not None and key not in keep:
+                    continue
                 column = columns[key] = [None] * row
             column.append(value if type(value) is str else _json_text(value))
+            stored += 1
         lines.append(number)
-        if len(record) != len(columns):  # keys this object lacks: empty fields (validation says which are required)
+        if stored != len(columns):  # keys this object lacks: empty fields (validation says which are required)
             for column in columns.values():
                 if len(column) == row:
                     column.append(None)
-    return columns, lines
+    return columns, lines, list(names)
 
 
 def _json_text(value: object) -> str | None:
@@ -545,7 +568,7 @@ def _require_columns(
 ) -> None:
     missing = [column for column in required if column not in frame.columns]
     if missing:
-        found = [column for column in frame.columns if column != c.ROW]
+        found = _found_columns(frame)
         separator = next((sep for sep in (";", "\t", "|") if len(found) == 1 and sep in found[0]), None)
         if separator is not None:  # a CSV saved with another separator (European spreadsheets use ';'): one long column
             raise DataContractError(
@@ -568,7 +591,7 @@ def _contract_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFra
     text, an item's price or images) are not kept, so they take no memory and do not enter the data fingerprint (a
     re-download whose helpful votes or prices changed is the same training data)."""
     kept = frame.drop(columns=[column for column in frame.columns if column not in names and column != c.ROW])
-    kept.attrs = dict(frame.attrs)
+    kept.attrs = {key: value for key, value in frame.attrs.items() if key != FILE_COLUMNS}
     return kept
 
 
