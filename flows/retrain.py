@@ -127,6 +127,29 @@ def _baseline_skipped(config: RetrainConfig) -> str | None:
     return None
 
 
+def _items_this_catalog_lacks(item_ids: list[str], champion, run_dir: Path) -> list[str]:
+    """Warnings for items that the champion, or a challenger this version replaces, serves and this catalog lacks:
+    e.g. items add-items gave them that the items file does not have yet (add-items makes a challenger, which a
+    retrain replaces whether or not it was promoted)."""
+    from components import registry
+    from serving.contract import Bundle
+
+    catalog, notes = set(item_ids), []
+    if champion:
+        dropped = sorted(set(Bundle(champion.bundle_dir, load_users=False).item_ids) - catalog)
+        if dropped:
+            notes.append(f"champion v{champion.version} knows {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
+                         "promoted, this version would no longer recommend them: add them to the items file if they should stay")
+    challenger = registry.version_by_alias(settings.CHALLENGER_ALIAS)
+    if challenger is not None and (champion is None or str(challenger.version) != str(champion.version)):
+        bundle = registry.download_bundle(challenger, run_dir / "challenger")
+        dropped = sorted(set(Bundle(bundle, load_users=False).item_ids) - catalog)
+        if dropped:
+            notes.append(f"challenger v{challenger.version} serves {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
+                         "this version replaces it as challenger and does not recommend them: add them to the items file if they should stay")
+    return notes
+
+
 # --- 4b. the id-only baseline: the same model without item text, for the report (the gate ignores it) ---
 @task(name="train id-only baseline", cache_policy=NONE)
 def train_baseline(prepared, model_cfg, config: RetrainConfig):
@@ -161,15 +184,9 @@ def evaluate(result, baseline, baseline_skipped: str | None, prepared, config: R
     )
     if baseline_skipped:
         report.notes.append(f"id-only baseline: not trained ({baseline_skipped})")
-    if champion:
-        from serving.contract import Bundle
-
-        dropped = sorted(set(Bundle(champion.bundle_dir, load_users=False).item_ids) - set(prepared.item_ids))
-        if dropped:  # e.g. items add-items gave the champion that the catalog file still lacks
-            note = (f"champion v{champion.version} knows {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
-                    "promoted, this version would no longer recommend them: add them to the items file if they should stay")
-            report.notes.append(note)
-            log.warning(note)
+    for note in _items_this_catalog_lacks(prepared.item_ids, champion, run_dir):
+        report.notes.append(note)
+        log.warning(note)
     behind = report.text_behind_baseline()
     if behind:
         report.notes.append(behind)

@@ -383,3 +383,26 @@ def test_what_a_killed_process_left_is_marked_on_the_next_start_and_its_bentos_r
     for run_id in (live, elsewhere):
         client.set_terminated(run_id)
     bentoml.models.delete(other_model)
+
+
+def test_a_retrain_warns_of_items_the_champion_or_the_challenger_it_replaces_serves_and_its_catalog_lacks(tmp_path, monkeypatch):
+    """add-items makes a challenger with items the items file lacks; a retrain before it is promoted replaces it
+    as challenger. It said nothing of the challenger's items (only of the champion's)."""
+    from types import SimpleNamespace
+
+    from flows.retrain import _items_this_catalog_lacks
+    from tests.tiny_bundle import item_id
+
+    champion = SimpleNamespace(version="1", bundle_dir=make_tiny_bundle(tmp_path / "v1", n_items=30))
+    extended = make_tiny_bundle(tmp_path / "v2", n_items=32)  # v1 plus i031, i032 from add-items
+    versions = {"challenger": SimpleNamespace(version="2"), "champion": SimpleNamespace(version="1")}
+    monkeypatch.setattr(registry, "version_by_alias", lambda alias, name=settings.REGISTERED_MODEL_NAME: versions.get(alias))
+    monkeypatch.setattr(registry, "download_bundle", lambda version, to: extended)
+    catalog = [item_id(i) for i in range(1, 31)]  # the items file: v1's catalog, without what add-items gave v2
+    notes = _items_this_catalog_lacks(catalog, champion, tmp_path / "run")
+    assert notes == ["challenger v2 serves 2 item(s) this catalog lacks (e.g. ['i031', 'i032']); this version replaces it as "
+                     "challenger and does not recommend them: add them to the items file if they should stay"]
+    assert _items_this_catalog_lacks(catalog + ["i031", "i032"], champion, tmp_path / "run") == []
+    versions["challenger"] = versions["champion"]  # the champion is also the challenger: told once, as champion
+    champion.bundle_dir = extended
+    assert [note.split(" ", 2)[:2] for note in _items_this_catalog_lacks(catalog, champion, tmp_path / "run")] == [["champion", "v1"]]
