@@ -524,7 +524,11 @@ class Recommender:
                 )
             return [self.bundle.index_of[item] for item in history]  # checked at start-up
         if message := self._unknown("history", request.history):
-            raise InvalidArgument(f"{message} (not in the model's catalog of {len(self.bundle.item_ids)} items)")
+            # A user whose items all left the catalog is a new user to the model: say how to ask for that answer
+            # (predict gives it such a user by itself; the service leaves the choice to the client).
+            none_known = self.bundle.popular is not None and not any(item in self.bundle.index_of for item in request.history)
+            hint = "; none of them is known: 'history': [] gives the most popular items (a new user)" if none_known else ""
+            raise InvalidArgument(f"{message} (not in the model's catalog of {len(self.bundle.item_ids)} items){hint}")
         return [self.bundle.index_of[item] for item in request.history]
 
     def _rank(self, query: RankQuery) -> Ranked:

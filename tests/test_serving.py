@@ -238,8 +238,10 @@ def test_unknown_items_are_listed(service):
         f"history: unknown item ids ['x', 'y'] (not in the model's catalog of {N_ITEMS} items)"
     )
     many = [f"unknown{i}" for i in range(25)]
-    with pytest.raises(InvalidArgument, match=r"\['unknown0', .*'unknown19'\] and 5 more \(not in"):
+    with pytest.raises(InvalidArgument, match=r"\['unknown0', .*'unknown19'\] and 5 more \(not in") as err:
         service.recommend(history=many)
+    # none known (a user whose items all left the catalog): told how to ask for the new-user answer
+    assert str(err.value).endswith(f"{N_ITEMS} items); none of them is known: 'history': [] gives the most popular items (a new user)")
     with pytest.raises(InvalidArgument, match=r"unknown item ids \['" + "y" * 80 + r"\.\.\.'\] \(not in"):
         service.recommend(history=["y" * 5000])  # a long id is quoted cut short
 
