@@ -146,7 +146,7 @@ def _items_this_catalog_lacks(item_ids: list[str], champion, run_dir: Path) -> l
         dropped = sorted(set(Bundle(bundle, load_users=False).item_ids) - catalog)
         if dropped:
             notes.append(f"challenger v{challenger.version} serves {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
-                         "this version replaces it as challenger and does not recommend them: add them to the items file if they should stay")
+                         "registered, this version would replace it as challenger without them: add them to the items file if they should stay")
     return notes
 
 

@@ -400,8 +400,8 @@ def test_a_retrain_warns_of_items_the_champion_or_the_challenger_it_replaces_ser
     monkeypatch.setattr(registry, "download_bundle", lambda version, to: extended)
     catalog = [item_id(i) for i in range(1, 31)]  # the items file: v1's catalog, without what add-items gave v2
     notes = _items_this_catalog_lacks(catalog, champion, tmp_path / "run")
-    assert notes == ["challenger v2 serves 2 item(s) this catalog lacks (e.g. ['i031', 'i032']); this version replaces it as "
-                     "challenger and does not recommend them: add them to the items file if they should stay"]
+    assert notes == ["challenger v2 serves 2 item(s) this catalog lacks (e.g. ['i031', 'i032']); registered, this version would "
+                     "replace it as challenger without them: add them to the items file if they should stay"]
     assert _items_this_catalog_lacks(catalog + ["i031", "i032"], champion, tmp_path / "run") == []
     versions["challenger"] = versions["champion"]  # the champion is also the challenger: told once, as champion
     champion.bundle_dir = extended
