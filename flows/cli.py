@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except GateFailed as exc:
-        print(f"gate failed: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)  # "gate FAILED: <reasons> — nothing was exported or registered (MLflow run …)"
         return EXIT_GATE_FAILED
     except ValidationFailed as exc:
         stage = {"add-items": " — the flow stopped before adding anything", "retrain": " — the flow stopped before training"}.get(args.command, "")

@@ -148,6 +148,19 @@ def test_retrain_s_early_history_check_reads_quietly(tmp_path, caplog):
     readers.setLevel(logging.NOTSET)
 
 
+def test_a_failed_gate_is_said_once_with_exit_code_3(monkeypatch, capsys):
+    import flows.cli
+    from components.errors import GateFailed
+
+    def failed_gate(args):
+        raise GateFailed("gate FAILED: NDCG@10 0.5 regresses against champion v3 — nothing was exported or registered (MLflow run r)", {})
+
+    monkeypatch.setattr(flows.cli, "cmd_retrain", failed_gate)
+    assert flows.cli.main(["retrain"]) == 3
+    # the reason once, as the flow words it (it read "gate failed: gate FAILED: …")
+    assert capsys.readouterr().err == "gate FAILED: NDCG@10 0.5 regresses against champion v3 — nothing was exported or registered (MLflow run r)\n"
+
+
 def test_print_config_is_commented_yaml_that_reads_back(tmp_path):
     out = cli("retrain", "--print-config", "--set", "train.lr=0.003", "--set", "prepare.event_types=[purchase]")
     assert out.returncode == 0, out.stderr
