@@ -518,9 +518,11 @@ class Recommender:
                 # id, the wrong model) than a new user, so the client is told, and told how to ask for them.
                 user = request.user_id if len(request.user_id) <= _MAX_ID_CHARS else request.user_id[:_MAX_ID_CHARS] + "..."
                 popular = ", or 'history': [] for the most popular items (a new user)" if self.bundle.popular is not None else ""
+                # No known id holds whitespace (validation refuses such ids): ' u1' or 'u1\n' is a client's stray character.
+                spaced = "; it holds whitespace, which no user id has (a stray space or line break?)" if any(ch.isspace() for ch in request.user_id) else ""
                 raise NotFound(
                     f"user_id: unknown user {user!r} (the model knows {len(self.bundle.users)} "
-                    f"users); send the user's 'history' of item ids instead{popular}"
+                    f"users){spaced}; send the user's 'history' of item ids instead{popular}"
                 )
             return [self.bundle.index_of[item] for item in history]  # checked at start-up
         if message := self._unknown("history", request.history):

@@ -267,6 +267,10 @@ def test_unknown_user_is_not_found(service):
                               "instead, or 'history': [] for the most popular items (a new user)")
     with pytest.raises(NotFound, match=r"unknown user '" + "u" * 80 + r"\.\.\.' \(the model knows"):
         service.recommend(user_id="u" * 5000)  # quoted cut short, as unknown item ids are
+    with pytest.raises(NotFound) as err:
+        service.recommend(user_id="u0\n")  # a known user read from a file with its line break
+    assert str(err.value).startswith("user_id: unknown user 'u0\\n' (the model knows 5 users); it holds whitespace, which no user id "
+                                     "has (a stray space or line break?); send the user's 'history'")
 
 
 def test_because_names_the_most_similar_history_items(service, table):
