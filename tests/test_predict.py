@@ -268,3 +268,18 @@ def test_empty_input_gives_an_empty_output(tmp_path):
     summary = predict_file(bundle, tmp_path / "h.tsv", tmp_path / "o.tsv")
     assert summary.users == 0 and (tmp_path / "o.tsv").read_text() == ""
     assert summary.line() == "0 users, 0 unknown item ids skipped in 0 lines"
+
+
+def test_a_header_line_is_skipped_and_said_but_a_user_called_user_is_not(tmp_path):
+    # pandas' to_csv(sep="\t") writes the column names first: they are not a user who wants the popular items.
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM)
+    (tmp_path / "h.tsv").write_bytes("\ufeffuser_id\titem_ids\nu1\ti001 i002\n".encode("utf-8"))
+    summary = predict_file(bundle, tmp_path / "h.tsv", tmp_path / "o.tsv", PredictConfig(k=3))
+    assert [line.split("\t")[0] for line in (tmp_path / "o.tsv").read_text().splitlines()] == ["u1"]
+    assert summary.users == 1 and summary.no_known_items == 0
+    assert summary.line() == "header line 'user_id\\titem_ids' skipped; 1 user, 0 unknown item ids skipped in 0 lines"
+    # A user named like a column whose history holds known items is a user; and only the first line can be a header.
+    (tmp_path / "h.tsv").write_text("user\ti001 i002\nUser_Id\titem_ids\n")
+    summary = predict_file(bundle, tmp_path / "h.tsv", tmp_path / "o.tsv", PredictConfig(k=3))
+    assert [line.split("\t")[0] for line in (tmp_path / "o.tsv").read_text().splitlines()] == ["user", "User_Id"]
+    assert summary.header is None and summary.no_known_items == 1

@@ -11,7 +11,7 @@ visitor, or one whose items all left the catalog) gets the model's most popular 
 --keep-seen, --new-items and --new-item-boost say), and is counted. A bundle exported before it had
 that list leaves them an empty line, as before, and the summary says why. The service instead refuses
 a history with an unknown id (400, listing it): online, a client learns of its stale ids; in a
-backfill, one retired item must not cost a user their answer. Blank lines are skipped. A line without
+backfill, one retired item must not cost a user their answer. Blank lines are skipped, and so is a first line that names the columns (user_id<TAB>…, no item of it in the catalog). A line without
 a tab or with an empty user id stops the run, naming the file and line; the output file appears only
 when every line was written (it is written next to its final name and renamed).
 
@@ -63,10 +63,13 @@ class PredictionSummary:
     unknown_examples: list[str] = field(default_factory=list)  # the first few unknown ids, for the summary
     short_lists: int = 0  # users with known items who got fewer than k (too few items left once the seen ones are out)
     repeated_users: int = 0  # lines whose user id an earlier line had (each line gets its own answer)
+    header: str | None = None  # a first line read as a column header and skipped (looks_like_header), as the file had it
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
         text = f"{_n(self.users, 'user')}, {_n(self.unknown_items, 'unknown item id')} skipped in {_n(self.lines_with_unknown, 'line')}"
+        if self.header is not None:
+            text = f"header line {self.header!r} skipped; " + text
         if self.unknown_examples:
             text += f" (e.g. {', '.join(map(repr, self.unknown_examples))})"
         if self.no_known_items and self.popular_fallback:
@@ -82,6 +85,15 @@ class PredictionSummary:
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+HEADER_USER_COLUMNS = ("user_id", "userid", "user", "user id")  # what a tab-separated export's first column is called
+
+
+def looks_like_header(user: str, items: list[str], known) -> bool:
+    """A first line that names its columns (`user_id<TAB>item_ids`, as pandas' to_csv(sep="\\t") writes) rather than
+    holding a user: its user field is a column name and no item of it is in the model's catalog."""
+    return user.lower() in HEADER_USER_COLUMNS and not any(item in known for item in items)
 
 
 def read_histories(path: Path) -> Iterator[tuple[int, str, list[str], int]]:
@@ -136,10 +148,15 @@ def predict_file(bundle_dir: Path, histories: Path, out: Path, config: PredictCo
         ) as bar:
             batch: list[tuple[str, list[str]]] = []
             seen_users: set[str] = set()
+            first = True
             for _, user, items, size in read_histories(histories):
                 bar.update(size)
                 if not user:
                     continue
+                if first and looks_like_header(user, items, known):
+                    summary.header, first = f"{user}\t{' '.join(items)}", False
+                    continue
+                first = False
                 kept = [i for i in items if i in known]
                 if len(kept) < len(items):
                     summary.lines_with_unknown += 1
