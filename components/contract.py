@@ -38,3 +38,7 @@ MAX_TIMESTAMP = 4_102_444_800
 # reported with its row. CSV and JSON Lines: the line number (a CSV header is line 1, its first row line 2; a
 # JSON Lines file's first object is line 1); parquet: the 1-based row.
 ROW = "_row"
+
+# Validation adds this column to the items before the items suite runs: whether the item has any text the
+# language model can read (prepare.item_texts non-empty: some field non-blank once cleaned of markup).
+HAS_TEXT = "_text"

@@ -74,8 +74,10 @@ def broken(tmp_path_factory, sample) -> Dataset:
     items.append(" P9002,An id with a space before it,hiking boots,Alpenrock,")  # line SPACED_LINE
     repeated_id = items[DUPLICATE_LINE - 1].split(",")[0]
     items.append(f"{repeated_id},Same id as line {DUPLICATE_LINE},hiking boots,Alpenrock,")
-    items.append("P9000,,hiking boots,Alpenrock,")  # no title
-    items.append("P9001,   ,hiking boots,Alpenrock,")  # a blank one
+    items.append("P9000,,hiking boots,Alpenrock,")  # no title, but a category and brand: fine
+    items.append("P9001,   ,,,A light tent.")  # a blank one, but a description: fine
+    items.append("P9003,,,,")  # no text at all: refused
+    items.append('P9004,<br>,,"&nbsp;",[]')  # only markup, an entity for a space and an empty list: no text either
     (out / "events.csv").write_text("\n".join(events) + "\n")
     (out / "items.csv").write_text("\n".join(items) + "\n")
     return load_dataset(out / "events.csv", out / "items.csv")
@@ -91,7 +93,7 @@ def test_sample_passes(sample, sample_report):
     assert sample_report.failures == []
     assert sample_report.statistics["events"]["rows"] == len(sample.events)
     assert sample_report.statistics["items"] == {
-        "source": sample.items_source, "rows": len(sample.items), "expectations": 8, "failed": 0
+        "source": sample.items_source, "rows": len(sample.items), "expectations": 6, "failed": 0
     }
     assert sample_report.statistics["events"]["expectations"] == 10
     raise_for_failures(sample_report)  # no-op on success
@@ -132,21 +134,54 @@ def test_event_for_an_item_missing_from_the_catalog(broken_report):
     assert "missing from the catalog" in found["message"]
 
 
-def test_duplicate_item_id_and_missing_title(broken, broken_report):
+def test_duplicate_item_id(broken, broken_report):
     last_line = int(broken.items[c.ROW].max())
     duplicate = failure(broken_report, "expect_column_values_to_be_unique", c.ITEM_ID)
     assert (duplicate["suite"], duplicate["unexpected_count"]) == ("items", 2)
-    assert duplicate["rows"] == [DUPLICATE_LINE, last_line - 2]
-    untitled = failure(broken_report, "expect_column_values_to_not_be_null", c.TITLE)
-    assert untitled["rows"] == [last_line - 1]
-    blank = failure(broken_report, "expect_column_values_to_match_regex", c.TITLE)
-    assert (blank["rows"], blank["examples"]) == ([last_line], ["   "])
-    assert blank["message"] == f"{broken.items_source}: column 'title': 1 row blank (only spaces) — e.g. '   ' (row {last_line}). Fix or remove these rows and re-run."
+    assert duplicate["rows"] == [DUPLICATE_LINE, last_line - 4]
+
+
+def test_an_item_without_a_title_needs_other_text(broken, broken_report):
+    """A missing or blank title is fine when the category, brand or description has text (product dumps have such
+    items); an item with no text at all, once cleaned of markup, is refused by id and row."""
+    last_line = int(broken.items[c.ROW].max())
+    assert not [f for f in broken_report.failures if f["column"] == c.TITLE]
+    textless = failure(broken_report, "expect_column_values_to_be_in_set", c.HAS_TEXT)
+    assert (textless["suite"], textless["unexpected_count"]) == ("items", 2)
+    assert (textless["rows"], textless["examples"]) == ([last_line - 1, last_line], ["P9003", "P9004"])
+    assert textless["message"] == (
+        f"{broken.items_source}: 2 items with no text: title, category, brand and description all empty, blank or only markup "
+        f"(the language model would read nothing) — 'P9003' (row {last_line - 1}), 'P9004' (row {last_line}). "
+        f"Give each a title or a description, or remove these rows, and re-run."
+    )
+
+
+def test_an_untitled_item_with_a_description_passes_and_reads_its_other_fields(tmp_path):
+    from components.preparation.prepare import item_texts
+
+    items = pd.DataFrame({c.ITEM_ID: ["a", "b", "c"], c.TITLE: ["Tent", "", None], c.CATEGORY: ["Camping", "Camping", ""],
+                          c.DESCRIPTION: ["", "A light tent.", "<p>Two-person dome.</p>"]})
+    report = validate(None, items, events_source="", items_source="i.csv", gx_root=tmp_path / "gx")
+    assert report.success, [f["message"] for f in report.failures]
+    assert item_texts(items) == ["Tent. Camping", "Camping. A light tent.", "Two-person dome."]
+    assert report.statistics["items"]["expectations"] == 6
+
+
+def test_an_item_with_only_markup_is_refused_when_built_in_code(tmp_path):
+    items = pd.DataFrame({c.ITEM_ID: ["a", "b"], c.TITLE: ["Tent", "<br>"]})
+    report = validate(None, items, events_source="", items_source="i.csv", gx_root=tmp_path / "gx")
+    (found,) = report.failures
+    assert found["message"] == (
+        "i.csv: 1 item with no text: title, category, brand and description all empty, blank or only markup "
+        "(the language model would read nothing) — 'b' (row 2). Give each a title or a description, or remove these rows, and re-run."
+    )
+    with pytest.raises(ValidationFailed, match="'b' \\(row 2\\)"):
+        raise_for_failures(report)
 
 
 def test_an_item_id_with_spaces_is_refused(broken, broken_report):
     spaced = failure(broken_report, "expect_column_values_to_match_regex", c.ITEM_ID)
-    line = int(broken.items[c.ROW].max()) - 3
+    line = int(broken.items[c.ROW].max()) - 5
     assert (spaced["rows"], spaced["examples"]) == ([line], [" P9002"])
     assert spaced["message"] == (f"{broken.items_source}: column 'item_id': 1 row with spaces in or around the id (histories separate item ids "
                                  f"by spaces) — e.g. ' P9002' (row {line}). Fix or remove these rows and re-run.")
@@ -203,16 +238,16 @@ def test_rows_are_line_numbers_in_csv_and_json_lines_alike(tmp_path, sample, gx_
 
 
 def test_nothing_else_fails(broken_report):
-    assert len(broken_report.failures) == 7
+    assert len(broken_report.failures) == 6
     assert broken_report.statistics["events"]["failed"] == 3
-    assert broken_report.statistics["items"]["failed"] == 4
+    assert broken_report.statistics["items"]["failed"] == 3  # a spaced id, a duplicated id, items with no text
 
 
 def test_error_message_names_file_column_rows_and_data_docs(broken, broken_report):
     with pytest.raises(ValidationFailed) as error:
         raise_for_failures(broken_report)
     lines = str(error.value).splitlines()
-    assert lines[0] == "Data validation failed: 7 expectation(s) not met."
+    assert lines[0] == "Data validation failed: 6 expectation(s) not met."
     assert (
         f"{broken.events_source}: column 'event_type': 2 rows not in the allowed set "
         f"['view', 'click', 'cart', 'purchase', 'rating'] — e.g. 'viewd' (row 17), 'purchased' (row 40). "

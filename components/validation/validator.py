@@ -3,7 +3,8 @@
 The suites are plain JSON files a reviewer reads in the repository; contract facts (event types,
 timestamp range) and the catalog's item ids reach them as suite parameters at run time, so each fact
 keeps one owner. Every run writes Data Docs into the GE project folder (`settings.gx_root()`), and every
-failing expectation is reported with the file, column, offending values and their rows (`_row`).
+failing expectation is reported with the file, column, offending values and their rows (`_row`). The items suite
+also checks `_text`, a column the validator adds: whether the item has any text the language model reads.
 
 great_expectations takes several seconds to import, so it is imported inside the functions that use it.
 """
@@ -76,16 +77,50 @@ def validate(
     for name, frame, source in (t for t in tables if t[1] is not None):
         if c.ROW not in frame:  # a frame built in code: number its rows 1..n
             frame = frame.assign(**{c.ROW: np.arange(1, len(frame) + 1)})
+        if name == "items":
+            frame = _with_text_flag(frame)
+            dataset_items = frame
         found, evaluated = _run_suite(context, datasource, name, frame, parameters, source, items_source)
         failures += found
         statistics[name] = {
             "source": source, "rows": len(frame), "expectations": evaluated, "failed": len(found)
         } | _reading(frame)
     context.build_data_docs()
+    _name_textless_items(failures, dataset_items, items_source)
     if dataset_events is not None:
         _explain_unknown_items(failures, dataset_events, catalog, items_source)
         _quote_unreadable_timestamps(failures, dataset_events)
     return ValidationReport(not failures, failures, _docs_index(context), statistics)
+
+
+def _with_text_flag(items: pd.DataFrame) -> pd.DataFrame:
+    """`items` with the items suite's derived column `_text` (c.HAS_TEXT): whether the item has text the language
+    model reads — prepare.item_texts of its row is not empty, i.e. its title, category, brand or description is
+    not empty or blank once cleaned of markup (a title of only '<br>', a description '[]' is no text). The
+    same function the model's input is built with, so the suite and the model agree on what "no text" is."""
+    from components.preparation.prepare import item_texts
+
+    return items.assign(**{c.HAS_TEXT: [bool(text) for text in item_texts(items)]})
+
+
+_NO_TEXT_FIX = "Give each a title or a description, or remove these rows, and re-run."
+
+
+def _name_textless_items(failures: list[dict], items: pd.DataFrame, items_source: str) -> None:
+    """The `_text` failure names the items without text by id and row (the suite alone has only their rows)."""
+    failure = next((f for f in failures if f["suite"] == "items" and f["column"] == c.HAS_TEXT), None)
+    if failure is None or c.HAS_TEXT not in items:
+        return
+    textless = items.loc[~items[c.HAS_TEXT].astype(bool)]
+    ids = [_plain(item) for item in textless[c.ITEM_ID]] if c.ITEM_ID in textless else [None] * len(textless)
+    rows = [int(row) for row in textless[c.ROW]]
+    shown = ", ".join(f"{item!r} (row {row})" for item, row in list(zip(ids, rows))[:_QUOTED_ROWS])
+    more = ", …" if len(rows) > _QUOTED_ROWS else ""
+    problem = _problem("expect_column_values_to_be_in_set", {"column": c.HAS_TEXT}, {}, {"unexpected_count": len(rows)}, items_source)
+    failure.update(
+        unexpected_count=len(rows), examples=ids[:MAX_EXAMPLES], rows=rows[:MAX_EXAMPLES],
+        message=f"{items_source}: {problem} — {shown}{more}. {_NO_TEXT_FIX}",
+    )
 
 
 def _reading(frame: pd.DataFrame) -> dict:
@@ -255,7 +290,7 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
     else:
         problem = _problem(kind, kwargs, raw_kwargs, details, items_source, (attrs.get(TIMESTAMP_UNIT) or {}).get("unit", "s"))
 
-    if rows and all(value in (None, "") for value in examples):  # empty values: the rows say it all
+    if rows and (column == c.HAS_TEXT or all(value in (None, "") for value in examples)):  # empty values: the rows say it all
         shown = rows[:_QUOTED_ROWS]
         more = ", …" if count > len(shown) else ""
         evidence = f" — row{'s' if count > 1 else ''} {', '.join(map(str, shown))}{more}"
@@ -264,8 +299,8 @@ def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dic
         evidence = " — e.g. " + ", ".join(f"{value!r} (row {row})" for value, row in quoted)
     else:
         evidence = ""
-    where = f"{source}: {column_label(column, attrs.get(SOURCE_COLUMNS) or {})}" if column else source
-    fix = _ROWS_FIX if rows else "Fix the file and re-run."
+    where = f"{source}: {column_label(column, attrs.get(SOURCE_COLUMNS) or {})}" if column and column != c.HAS_TEXT else source
+    fix = (_NO_TEXT_FIX if column == c.HAS_TEXT else _ROWS_FIX) if rows else "Fix the file and re-run."
     return {
         "suite": suite,
         "source": source,
@@ -295,13 +330,17 @@ def _problem(kind: str, kwargs: dict, raw_kwargs: dict, details: dict, items_sou
         return f"has {details.get('observed_value')} rows; at least {low} expected"
     if kind == "expect_table_columns_to_match_set":
         missing = (details.get("details") or {}).get("mismatched", {}).get("missing", [])
-        found = [column for column in details.get("observed_value") or [] if column != c.ROW]
+        found = [column for column in details.get("observed_value") or [] if column not in (c.ROW, c.HAS_TEXT)]
         return f"missing required column(s) {missing}; found {found}"
     if kind == "expect_column_values_to_not_be_null":
         if kwargs["column"] == c.TIMESTAMP:  # the reader turns unparseable timestamps into nulls
             return f"{n_rows} empty or unparseable (expected epoch seconds or ISO-8601)"
         return f"{n_rows} empty"
     if kind == "expect_column_values_to_be_in_set":
+        if kwargs["column"] == c.HAS_TEXT:
+            items = f"{count} item{'s' if count != 1 else ''}"
+            return (f"{items} with no text: title, category, brand and description all empty, blank or only markup "
+                    f"(the language model would read nothing)")
         if raw_kwargs.get("value_set") == {"$PARAMETER": "catalog_item_ids"}:
             return f"{n_rows} with an item_id missing from the catalog ({items_source})"
         return f"{n_rows} not in the allowed set {list(kwargs['value_set'])}"
