@@ -132,7 +132,7 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     } | manifest_extra
     out = write_bundle(
-        run_dir / "bundle", served, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + items[c.TITLE].tolist(),
+        run_dir / "bundle", served, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + items[c.TITLE].fillna("").astype(str).tolist(),
         bundle.users, manifest, item_vectors, new_flags, extended.unscorable[1:].cpu().tolist(),
     )
     log_folder(out, BUNDLE_ARTIFACT)

@@ -123,7 +123,7 @@ def test_items_optional_columns(tmp_path):
     assert list(items.columns) == ["item_id", "title", "brand", c.ROW]  # absent optional columns stay absent
     assert items["brand"].tolist() == ["", "Acme", "x"]  # present ones: missing → ""
     assert items[c.TITLE].iloc[1] == "Boot, tall"
-    assert pd.isna(items[c.TITLE].iloc[2])  # a missing title is left for validation to reject
+    assert items[c.TITLE].iloc[2] == ""  # a missing title too: validation refuses only an item with no text at all
 
 
 def test_csv_rows_are_line_numbers_even_with_multiline_fields_and_blank_lines(tmp_path):

@@ -141,3 +141,19 @@ def test_the_early_check_from_the_events_alone_agrees_with_prepare(config):
         found = str(exc)
     assert found == (expected if config.split == "leave_one_out" else None)
     assert (found is None) == (config.collapse_repeats is False or config.min_sequence_length == 2 or config.split == "temporal")
+
+
+def test_an_item_without_a_title_is_prepared_and_tokenized_from_its_other_fields(tmp_path):
+    """Validation lets an item without a title through when its category, brand or description has text: it
+    reads 'category. description', its title is "" (what the service returns), and it tokenizes like any other."""
+    from components.tokenization import TextEncoderConfig
+    from components.tokenization.encode import tokenize_items
+
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "", None], "category": ["x", "tents", "tents"],
+                          "description": ["", "<p>A light tent.</p>", "['Two-person dome.']"]})
+    events = frame([("u1", "a", "view", 1), ("u1", "b", "view", 2), ("u1", "c", "view", 3)])
+    p = prepare(events, items)
+    assert p.item_texts == ["A. x", "tents. A light tent.", "tents. Two-person dome."]
+    assert p.titles == ["A", "", ""]
+    tokens = tokenize_items(p.item_texts, TextEncoderConfig(max_tokens=16), tmp_path / "tokens")
+    assert tokens["input_ids"].shape == (3, 16) and tokens["attention_mask"][1].sum() > 2  # more than [CLS] [SEP]

@@ -116,8 +116,9 @@ def load_events(path: str | Path, data: DataConfig | None = None) -> pd.DataFram
 def load_items(path: str | Path, data: DataConfig | None = None) -> pd.DataFrame:
     """The item catalog (`item_id, title` [+ `category, brand, description`]) from a CSV, JSON Lines or parquet file.
 
-    Optional text columns stay absent when the file lacks them; present ones have missing values filled
-    with "" (an item without a brand is fine). A missing title stays NA: validation rejects it.
+    Optional text columns stay absent when the file lacks them; present ones, and the title, have missing values
+    filled with "" (an item without a brand is fine; one without a title too, when its category, brand or
+    description has text: validation refuses only an item with no text at all).
     `data.item_columns` maps the file's column names to the contract's.
     """
     path = Path(path)
@@ -126,7 +127,7 @@ def load_items(path: str | Path, data: DataConfig | None = None) -> pd.DataFrame
     _require_columns(frame, c.ITEM_REQUIRED, c.ITEM_OPTIONAL, path, "items")
     frame = _contract_columns(frame, c.ITEM_REQUIRED + c.ITEM_OPTIONAL)
     frame[c.ITEM_ID] = _as_id_strings(frame[c.ITEM_ID])
-    frame[c.TITLE] = frame[c.TITLE].astype("str")
+    frame[c.TITLE] = frame[c.TITLE].astype("str").fillna("")
     for column in c.ITEM_OPTIONAL:
         if column in frame:
             frame[column] = frame[column].astype("str").fillna("")

@@ -260,7 +260,7 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     return PreparedData(
         item_ids=item_ids,
         item_texts=texts,
-        titles=catalog[C.TITLE].astype(str).tolist(),
+        titles=catalog[C.TITLE].fillna("").astype(str).tolist(),  # "" for an item without a title (it has other text)
         user_ids=user_ids,
         sequences=sequences,
         step_times=step_times,
