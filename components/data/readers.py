@@ -357,14 +357,18 @@ def _read_csv(path: Path, compression: str | None) -> pd.DataFrame:
     try:
         records, lines, header = _csv_records(path, compression)
     except UnicodeDecodeError as exc:
-        raise DataContractError(
-            f"{path}: line {_first_non_utf8_line(path, compression)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). "
-            f"Save the file as UTF-8 (e.g. re-export it, or iconv -f latin1 -t utf-8) and re-run."
-        ) from exc
+        raise _not_utf8(path, compression, exc, "Save the file as UTF-8 (e.g. re-export it, or iconv -f latin1 -t utf-8)") from exc
     frame = pd.DataFrame(records, columns=header, dtype="str")
     frame = frame.mask(frame == "")
     frame[c.ROW] = np.asarray(lines, dtype="int64")
     return frame
+
+
+def _not_utf8(path: Path, compression: str | None, exc: UnicodeDecodeError, fix: str) -> DataContractError:
+    """The error for a file that is not UTF-8: the first line that is not, the byte, and `fix`."""
+    return DataContractError(
+        f"{path}: line {_first_non_utf8_line(path, compression)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). {fix} and re-run."
+    )
 
 
 def _first_non_utf8_line(path: Path, compression: str | None) -> int:
@@ -426,10 +430,7 @@ def _read_json(path: Path, compression: str | None, kind: str, keep: set[str] | 
         with io.TextIOWrapper(_open_binary(path, compression), newline="", encoding="utf-8-sig") as handle:
             columns, lines, names = _json_columns(path, compression, _json_values(path, handle, arrays=kind == "json"), keep)
     except UnicodeDecodeError as exc:
-        raise DataContractError(
-            f"{path}: line {_first_non_utf8_line(path, compression)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). "
-            f"JSON is UTF-8: write the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) and re-run."
-        ) from exc
+        raise _not_utf8(path, compression, exc, "JSON is UTF-8: write the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
     if not lines:
         raise DataContractError(f"{path}: no JSON objects in the file. Each line must hold one object, {_JSON_EXAMPLE}.")
     frame = pd.DataFrame(columns, dtype="str")
