@@ -232,6 +232,7 @@ def _check_histories(raw: dict) -> None:
     with prepare.min_sequence_length steps): the prepare stage says the same, but only after the servers have
     started (about 40 s on 2 cores). Everything else about the data is left to the flow's validation."""
     from components.config import RetrainConfig
+    from components.data.sample import load_configured
     from components.preparation import check_leave_one_out
 
     config = RetrainConfig.from_dict(raw)
@@ -241,32 +242,19 @@ def _check_histories(raw: dict) -> None:
         level = readers.level
         readers.setLevel(logging.WARNING)
         try:
-            events = _dataset(config.data).events
+            events = load_configured(config.data).events
         finally:
             readers.setLevel(level)
         check_leave_one_out(events, config.prepare)
 
 
-def _dataset(data):
-    """The dataset `data` (a DataConfig) names, read as it says, or the bundled sample (written under
-    $BEHAVIORFLOW_HOME) when it names no files, as retrain takes it."""
-    from dataclasses import replace
-
-    from components.data import load_dataset
-    from components.data.sample import SampleConfig, write_sample
-
-    if not (data.events or data.items or data.movielens):
-        events, items = write_sample(settings.home() / "sample", SampleConfig())
-        data = replace(data, events=str(events), items=str(items))
-    return load_dataset(events=data.events, items=data.items, movielens=data.movielens, data=data)
-
-
 def cmd_validate(args) -> int:
     _check_data_args(args)
     from components.config import RetrainConfig
+    from components.data.sample import load_configured
     from components.validation import raise_for_failures, validate
 
-    dataset = _dataset(RetrainConfig.from_dict(_config_dict(args)).data)
+    dataset = load_configured(RetrainConfig.from_dict(_config_dict(args)).data)
     report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
     raise_for_failures(report)
     print("\n".join(["validation passed", *map(_validated_file, report.statistics.items()), f"Data Docs: {report.data_docs}"]))

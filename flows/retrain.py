@@ -40,13 +40,9 @@ log = logging.getLogger("behaviorflow")
 @task(name="load data", cache_policy=NONE)
 def load_data(data: DataConfig):
     log.info("[1/9] load and validate data")
-    from components.data import load_dataset
-    from components.data.sample import SampleConfig, write_sample
+    from components.data.sample import load_configured
 
-    if not (data.events or data.items or data.movielens):
-        events, items = write_sample(settings.home() / "sample", SampleConfig())
-        data = replace(data, events=str(events), items=str(items))
-    return load_dataset(events=data.events, items=data.items, movielens=data.movielens, data=data)
+    return load_configured(data)
 
 
 @task(name="validate", cache_policy=NONE)

@@ -140,10 +140,10 @@ def test_retrain_s_early_history_check_reads_quietly(tmp_path, caplog):
     assert "read as epoch milliseconds" not in caplog.text
     assert readers.level == logging.INFO  # left as it was, for the flow's read
     from components.config import RetrainConfig
-    from flows.cli import _dataset
+    from components.data.sample import load_configured
 
     with caplog.at_level(logging.INFO):
-        _dataset(RetrainConfig.from_dict(raw).data)
+        load_configured(RetrainConfig.from_dict(raw).data)
     assert "read as epoch milliseconds" in caplog.text  # the reading itself still says it
     readers.setLevel(logging.NOTSET)
 

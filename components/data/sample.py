@@ -310,3 +310,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def load_configured(data):
+    """The dataset a `DataConfig` names, read as it says (components.data.readers.load_dataset); the bundled
+    sample, written under $BEHAVIORFLOW_HOME/sample, when it names no file. What retrain reads, and what the
+    CLI reads before it (validate, the early history check)."""
+    from dataclasses import replace
+
+    from components import settings
+    from components.data.readers import load_dataset
+
+    if not (data.events or data.items or data.movielens):
+        events, items = write_sample(settings.home() / "sample", SampleConfig())
+        data = replace(data, events=str(events), items=str(items))
+    return load_dataset(events=data.events, items=data.items, movielens=data.movielens, data=data)
