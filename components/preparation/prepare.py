@@ -122,7 +122,12 @@ def item_texts(catalog: pd.DataFrame) -> list[str]:
     """'title. category. brand. description' per item, each field cleaned of markup (HTML, entities, a category
     written as a list literal, runs of whitespace, control characters: text_cleaning), empty fields left out.
     Retrain and add-items both read items through this, so an item added later gets the text it would get in a retrain."""
-    fields = [_clean_field(catalog[f].fillna("").astype(str), f) for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
+    return _joined(catalog, _clean_field)
+
+
+def _joined(catalog: pd.DataFrame, field_text) -> list[str]:
+    """Per item, its text fields (as `field_text(values, name)` gives each column) joined by '. ', empty ones left out."""
+    fields = [field_text(catalog[f].fillna("").astype(str), f) for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
     return [". ".join(p for p in parts if p) for parts in zip(*fields)]
 
 
@@ -130,8 +135,7 @@ def cleaning_stats(catalog: pd.DataFrame, texts: list[str]) -> dict:
     """How many of `texts` (item_texts of `catalog`) the cleaning changed and, when any, the item it shortened most:
     its fields as the file had them and its text as the model reads it (each cut to 300 characters). Recorded with
     the run's preparation.json, so that a user can see what the language model read, not only that cleaning exists."""
-    fields = [catalog[f].fillna("").astype(str) for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
-    raw = [". ".join(p for p in parts if p) for parts in zip(*fields)]
+    raw = _joined(catalog, lambda values, _name: values)
     changed = [i for i, (before, after) in enumerate(zip(raw, texts)) if before != after]
     stats: dict[str, object] = {"item_texts_cleaned": len(changed)}
     if changed:
