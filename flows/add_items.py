@@ -177,14 +177,13 @@ def _items_it_would_drop(catalog: set[str], source: str, promote: bool, name: st
     """Warnings for items that the versions this one replaces as challenger (and champion, with `promote`)
     serve and this one lacks: a branch from an older version does not have what was added since."""
     from components import registry
-    from serving.contract import Bundle
 
     notes = []
     for alias in [settings.CHALLENGER_ALIAS] + [settings.CHAMPION_ALIAS] * promote:
         current = registry.version_by_alias(alias, name)
         if current is None or str(current.version) == source:
             continue
-        lost = sorted(set(Bundle(registry.download_bundle(current, scratch / alias), load_users=False).item_ids) - catalog)
+        lost = registry.items_lacking(registry.download_bundle(current, scratch / alias), catalog)
         if lost:
             note = (f"@{alias} was version {current.version}, which serves {len(lost)} item(s) this version lacks (e.g. {lost[:5]}): "
                     f"as @{alias} they are no longer recommended; to keep them, add items onto version {current.version} (--model {name}/{current.version})")

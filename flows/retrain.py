@@ -128,18 +128,16 @@ def _items_this_catalog_lacks(item_ids: list[str], champion, run_dir: Path) -> l
     e.g. items add-items gave them that the items file does not have yet (add-items makes a challenger, which a
     retrain replaces whether or not it was promoted)."""
     from components import registry
-    from serving.contract import Bundle
 
     catalog, notes = set(item_ids), []
     if champion:
-        dropped = sorted(set(Bundle(champion.bundle_dir, load_users=False).item_ids) - catalog)
+        dropped = registry.items_lacking(champion.bundle_dir, catalog)
         if dropped:
             notes.append(f"champion v{champion.version} knows {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
                          "promoted, this version would no longer recommend them: add them to the items file if they should stay")
     challenger = registry.version_by_alias(settings.CHALLENGER_ALIAS)
     if challenger is not None and (champion is None or str(challenger.version) != str(champion.version)):
-        bundle = registry.download_bundle(challenger, run_dir / "challenger")
-        dropped = sorted(set(Bundle(bundle, load_users=False).item_ids) - catalog)
+        dropped = registry.items_lacking(registry.download_bundle(challenger, run_dir / "challenger"), catalog)
         if dropped:
             notes.append(f"challenger v{challenger.version} serves {len(dropped)} item(s) this catalog lacks (e.g. {dropped[:5]}); "
                          "registered, this version would replace it as challenger without them: add them to the items file if they should stay")

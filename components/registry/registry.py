@@ -216,6 +216,12 @@ def _download(model_version, artifact_path: str, download_to: Path) -> Path:
     ))
 
 
+def items_lacking(bundle_dir: Path, catalog: set[str]) -> list[str]:
+    """The item ids the bundle in `bundle_dir` serves and `catalog` lacks, sorted: what a version with that catalog
+    would no longer recommend once it replaces the bundle's version (retrain and add-items warn of them)."""
+    return sorted(set(contract.Bundle(bundle_dir, load_users=False).item_ids) - catalog)
+
+
 def download_bundle(model_version, download_to: Path) -> Path:
     """Download the model bundle (serving/contract.py layout) that `model_version`'s run logged as `bundle/`,
     and record in the downloaded manifest which registered version it is (`model_name`, `registry_version`,
