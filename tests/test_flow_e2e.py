@@ -284,7 +284,7 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     catalog = pd.read_csv(world["items"], dtype=str)
     # Brand-new items: text like the catalog's (a further part of an existing series), ids never seen.
     template = catalog.iloc[:3]
-    rows = [{"item_id": f"NEW-{i}", "title": t + " (new edition)", "category": c, "brand": b, "description": d}
+    rows = [{"item_id": f"NEW-{i}", "title": t + " &ndash; new edition", "category": c, "brand": b, "description": d}
             for i, (t, c, b, d) in enumerate(zip(template["title"], template["category"], template["brand"], template["description"]))]
     summary = add_items(items=new_items_file(world, rows, "new-items.csv"))
 
@@ -357,7 +357,7 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
         reply = httpx.post(f"{url}/recommend", json={"history": user_history, "k": k}).json()
         assert [r["item_id"] for r in reply["items"]] == BundleRanker(v3 / "bundle").topk([user_history], k)[0]
         picked = reply["items"][position]
-        assert picked["item_id"] in added and picked["new"] and picked["title"].endswith("(new edition)")
+        assert picked["item_id"] in added and picked["new"] and picked["title"].endswith(" \u2013 new edition")  # cleaned as the text the model reads
         popular = httpx.post(f"{url}/recommend", json={"history": [], "k": 5}).json()
         assert [r["item_id"] for r in popular["items"]] == [r["item_id"] for r in source_manifest["popularity"]["items"][:5]]
 

@@ -90,13 +90,21 @@ def test_add_items_reads_a_new_item_as_a_retrain_does(tmp_path):
     prepared = prepare(dataset.events, dataset.items)
     in_retrain = prepared.item_ids.index("n1")
     assert prepared.item_texts[in_retrain] == "Earbuds & Case. Electronics, Headphones. Acme. Deep bass. IPX4"
-    assert prepared.titles[in_retrain] == "Earbuds &amp; Case"  # what the service returns stays as given
+    assert prepared.titles[in_retrain] == "Earbuds & Case"  # what the service returns, cleaned alike
 
     config = RetrainConfig()
     retrained = encode_item_text.fn(prepared.item_texts, config)
     added_vectors, added_tokens = embed.fn(load_items(tmp_path / "new.csv"), config.text, with_tokens=True)
     np.testing.assert_array_equal(added_tokens[0], retrained["tokens"][in_retrain])
     np.testing.assert_allclose(added_vectors[0], retrained["embeddings"][in_retrain], atol=1e-5)
+
+
+def test_titles_are_shown_cleaned_and_plain_titles_as_written():
+    from components.preparation.prepare import display_titles
+
+    items = pd.DataFrame({c.ITEM_ID: ["1", "2", "3", "4", "5"],
+                          c.TITLE: ["Salt &amp; Pepper <b>Set</b>", "Romeo & Juliet (1996)", "x < y", None, "  Two\n lines\t"]})
+    assert display_titles(items) == ["Salt & Pepper Set", "Romeo & Juliet (1996)", "x < y", "", "Two lines"]
 
 
 def test_the_run_records_how_many_item_texts_cleaning_changed_and_shows_one():

@@ -125,6 +125,13 @@ def item_texts(catalog: pd.DataFrame) -> list[str]:
     return _joined(catalog, _clean_field)
 
 
+def display_titles(catalog: pd.DataFrame) -> list[str]:
+    """Each item's title as the service returns it: cleaned as the text the model reads is
+    (a dump's "Salt &amp; Pepper <b>Set</b>" is shown "Salt & Pepper Set", not escaped twice by a client), ""
+    for an item without a title (it has other text). Retrain and add-items both take titles from here."""
+    return _clean_field(catalog[C.TITLE].fillna("").astype(str), C.TITLE)
+
+
 def _joined(catalog: pd.DataFrame, field_text) -> list[str]:
     """Per item, its text fields (as `field_text(values, name)` gives each column) joined by '. ', empty ones left out."""
     fields = [field_text(catalog[f].fillna("").astype(str), f) for f in C.ITEM_TEXT_FIELDS if f in catalog.columns]
@@ -264,7 +271,7 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     return PreparedData(
         item_ids=item_ids,
         item_texts=texts,
-        titles=catalog[C.TITLE].fillna("").astype(str).tolist(),  # "" for an item without a title (it has other text)
+        titles=display_titles(catalog),
         user_ids=user_ids,
         sequences=sequences,
         step_times=step_times,

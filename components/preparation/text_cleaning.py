@@ -4,8 +4,8 @@ toward it.
 
 Only what looks like markup changes: plain text ("Romeo & Juliet (1996)", "x < y", "<Untitled>", "Love&not war")
 comes out as it went in. Of MovieLens-1M's 3,883 item texts one changes: a title that holds the entity "&#8230;"
-now reads "…". The titles the service returns are not cleaned: this is for the text the model reads
-(`prepare.item_texts`).
+now reads "…". Used for the text the model reads (`prepare.item_texts`) and for the titles the service returns
+(`prepare.display_titles`).
 """
 
 from __future__ import annotations
