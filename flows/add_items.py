@@ -164,7 +164,7 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
         raise BehaviorflowError(f"items file {items}: no such file")
     from components.registry.repair import repair_interrupted
 
-    repair_interrupted(registry.configure())  # what a killed retrain or add-items of this host left (a WARNING line each)
+    repair_interrupted(registry.configure())  # what a killed retrain or add-items left (this host, or a host gone silent): a WARNING line each
     with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch:
         # A version that does not exist, or has no checkpoint, fails here: before any MLflow run is opened.
         version, bundle_dir, checkpoint = resolve(model, Path(scratch))
@@ -204,8 +204,9 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
     from components.export.onnx_export import probe_histories
     from serving.contract import Bundle
 
-    # PROCESS_TAG: if this process is killed, the next start on this host finds the run RUNNING with a dead PID.
-    with mlflow.start_run(run_name=datetime.now().strftime("add-items-%Y%m%d-%H%M%S"), tags={registry.PROCESS_TAG: registry.this_process()}) as run:
+    # If this process is killed, the next start finds the run RUNNING with a dead PID (this host) or no heartbeat for
+    # 15 minutes (another host: a new pod) and repairs what it left (components/registry/repair.py).
+    with registry.tracked_run(datetime.now().strftime("add-items-%Y%m%d-%H%M%S")) as run:
         run_dir = settings.runs_dir() / run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         source = f"{version.name}/{version.version}"

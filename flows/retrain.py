@@ -286,10 +286,11 @@ def retrain(config: dict | None = None) -> dict:
 
     cfg = RetrainConfig.from_dict(config)
     experiment_id = registry.configure()
-    repair_interrupted(experiment_id)  # what a killed retrain or add-items of this host left (a WARNING line each)
+    repair_interrupted(experiment_id)  # what a killed retrain or add-items left (this host, or a host gone silent): a WARNING line each
     started = time.perf_counter()
-    # PROCESS_TAG: if this process is killed, the next start on this host finds the run RUNNING with a dead PID.
-    with mlflow.start_run(run_name=datetime.now().strftime("retrain-%Y%m%d-%H%M%S"), tags={registry.PROCESS_TAG: registry.this_process()}) as run:
+    # If this process is killed, the next start finds the run RUNNING with a dead PID (this host) or no heartbeat for
+    # 15 minutes (another host: a new pod) and repairs what it left (components/registry/repair.py).
+    with registry.tracked_run(datetime.now().strftime("retrain-%Y%m%d-%H%M%S")) as run:
         run_dir = settings.runs_dir() / run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         mlflow.log_params(cfg.flat())

@@ -406,3 +406,65 @@ def test_a_retrain_warns_of_items_the_champion_or_the_challenger_it_replaces_ser
     versions["challenger"] = versions["champion"]  # the champion is also the challenger: told once, as champion
     champion.bundle_dir = extended
     assert [note.split(" ", 2)[:2] for note in _items_this_catalog_lacks(catalog, champion, tmp_path / "run")] == [["champion", "v1"]]
+
+
+def test_a_run_of_another_host_that_stopped_beating_is_repaired_and_one_still_beating_is_not(store):
+    """A retrain killed in a Kubernetes pod is found by the next retrain, which runs in another pod: it cannot ask
+    whether the PID lives, but the run's heartbeat has been silent for longer than STALE_AFTER_S."""
+    from datetime import datetime, timedelta, timezone
+
+    from components.registry.repair import HEARTBEAT_TAG, STALE_AFTER_S, repair_interrupted
+
+    client, uri, _ = store
+    experiment_id = client.get_experiment_by_name("registry-test").experiment_id
+
+    def run_of(host: str, silent_s: float | None) -> str:
+        tags = {registry.PROCESS_TAG: f"{2**22 + 7}@{host}"}
+        if silent_s is not None:
+            tags[HEARTBEAT_TAG] = (datetime.now(timezone.utc) - timedelta(seconds=silent_s)).isoformat(timespec="seconds")
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    killed = run_of("pod-a", STALE_AFTER_S + 120)
+    beating = run_of("pod-b", STALE_AFTER_S - 120)
+    from_before = run_of("pod-c", None)  # no heartbeat tag: left alone, as before
+    # The killed pod was registering: its version stays in progress until the repair.
+    client.create_registered_model(NAME)
+    version = client.create_model_version(NAME, uri, run_id=killed, tags={registry.REGISTRATION_TAG: "in progress: PID 4194311 on pod-a since 2026"}).version
+
+    lines = repair_interrupted(experiment_id)
+    assert len(lines) == 1 and lines[0].startswith(f"repaired what an interrupted run left: MLflow run {killed} marked FAILED "
+                                                   f"(process {2**22 + 7} on pod-a stopped beating at 20")
+    assert f"{(STALE_AFTER_S + 120) / 60:.0f} minutes before this check without finishing this run" in lines[0]
+    assert lines[0].endswith(f"versions marked registration=interrupted: {NAME}/{version}; nothing of it in the local Bento store")
+    assert client.get_run(killed).info.status == "FAILED"
+    assert client.get_model_version(NAME, version).tags["registration"].startswith("interrupted: process 4194311 on pod-a stopped beating")
+    assert client.get_run(beating).info.status == client.get_run(from_before).info.status == "RUNNING"
+    assert repair_interrupted(experiment_id) == []  # repaired once
+    for run_id in (beating, from_before):
+        client.set_terminated(run_id)
+
+
+def test_a_tracked_run_beats_while_it_runs_and_stops_when_it_ends(store):
+    import time
+
+    from components.registry.repair import HEARTBEAT_TAG, tracked_run
+
+    client, _, _ = store
+
+    def beat_of(run_id):
+        return client.get_run(run_id).data.tags[HEARTBEAT_TAG]
+
+    with tracked_run("beating", heartbeat_s=0.2) as run:
+        run_id = run.info.run_id
+        tags = client.get_run(run_id).data.tags
+        assert tags[registry.PROCESS_TAG] == registry.this_process()
+        first = beat_of(run_id)
+        deadline = time.monotonic() + 30
+        while beat_of(run_id) == first and time.monotonic() < deadline:  # the tag holds seconds: a new second, a new value
+            time.sleep(0.2)
+        assert beat_of(run_id) > first
+    assert client.get_run(run_id).info.status == "FINISHED"
+    last = beat_of(run_id)
+    time.sleep(1.5)
+    assert beat_of(run_id) == last  # the thread ended with the run
+    assert not [t for t in __import__("threading").enumerate() if t.name == "behaviorflow-heartbeat"]

@@ -1,5 +1,5 @@
 """The MLflow side: experiment set-up, the current champion, all-or-nothing registration, and the repair of
-what a killed process left (repair.py)."""
+what a killed process left (repair.py: every flow's MLflow run is a `tracked_run`)."""
 
 from components.registry.registry import (
     ANY_CHAMPION,
@@ -29,6 +29,7 @@ from components.registry.registry import (
     this_process,
     version_by_alias,
 )
+from components.registry.repair import HEARTBEAT_TAG, tracked_run
 
 __all__ = [
     "ANY_CHAMPION",
@@ -39,6 +40,7 @@ __all__ = [
     "REGISTRATION_TAG",
     "AliasMove",
     "ChampionInfo",
+    "HEARTBEAT_TAG",
     "ModelRef",
     "bento_archives",
     "check_reachable",
@@ -56,5 +58,6 @@ __all__ = [
     "resolve_version",
     "set_alias_by_hand",
     "this_process",
+    "tracked_run",
     "version_by_alias",
 ]

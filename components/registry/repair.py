@@ -3,9 +3,15 @@ rollback, so its MLflow run stays RUNNING, the version it was registering stays 
 and the Bento model (and maybe Bento) it had put into the local Bento store stays there — the store's newest
 model, which `bentoml serve` without a model tag loads.
 
-Every MLflow run the flows start is tagged `behaviorflow.process = PID@HOST` (registry.PROCESS_TAG). At the
-start of each retrain and add-items, `repair_interrupted` looks for RUNNING runs of the experiment whose
-process ran on this host and is no longer alive, and for each one:
+Every MLflow run the flows start (`tracked_run`) is tagged `behaviorflow.process = PID@HOST`
+(registry.PROCESS_TAG) and, while its process lives, `behaviorflow.heartbeat` = the time, rewritten every
+HEARTBEAT_S seconds by a thread of that process. At the start of each retrain and add-items,
+`repair_interrupted` looks for RUNNING runs of the experiment that are over:
+- a run whose process ran on this host and is no longer alive (known at once);
+- a run of another host whose heartbeat is older than STALE_AFTER_S (a Kubernetes pod or a worker machine
+  that was killed or lost: the next retrain runs on another host, which cannot ask whether the PID lives,
+  but sees that nothing has beaten for that long). Hosts' clocks must agree to within a few minutes.
+For each one it:
 
 - marks the run FAILED, with the tag `interrupted` saying what was found;
 - tags its versions whose registration did not finish `registration = interrupted: …` (they stay listed,
@@ -13,9 +19,10 @@ process ran on this host and is no longer alive, and for each one:
 - removes from the local Bento store the Bentos and Bento models labelled with that run's id, except the
   Bento and model of a version of the run that does have its Bento (tag and archive: it is served, with a warning).
 
-One WARNING line per repaired run says all of it. A run of another host, or whose process is alive (another
-retrain beside this one, or a PID the system has given to a new process), is never touched: which process
-may be gone can only be known on the host it ran on.
+One WARNING line per repaired run says all of it. A run whose process is alive (another retrain beside this
+one, or a PID the system has given to a new process) is never touched, nor a run of another host that is
+still beating or that has no heartbeat (started by a version from before the heartbeat: which process may be
+gone can only be known on the host it ran on).
 """
 
 from __future__ import annotations
@@ -23,12 +30,52 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from components import settings
-from components.registry.registry import PROCESS_TAG, REGISTRATION_TAG, _client, _utc_now, has_bento, registration_state
+from components.registry.registry import PROCESS_TAG, REGISTRATION_TAG, _client, _utc_now, has_bento, registration_state, this_process
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_TAG = "behaviorflow.heartbeat"  # on every MLflow run the flows start: UTC time of its process's last beat
+HEARTBEAT_S = 60.0  # how often a live run's process rewrites HEARTBEAT_TAG
+STALE_AFTER_S = 15 * 60.0  # a run of another host that has not beaten for this long is taken for dead: 15 missed
+#   beats, and room for hosts' clocks to differ by minutes
+
+
+@contextmanager
+def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
+    """`mlflow.start_run(run_name)` tagged with this process (PROCESS_TAG) and kept beating (HEARTBEAT_TAG) for as
+    long as the block runs, so that a retrain on another host can tell, if this process is killed, that the run
+    is over (module docstring). Yields the active run."""
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name, tags={PROCESS_TAG: this_process(), HEARTBEAT_TAG: _utc_now()}) as run:
+        stop = threading.Event()
+        beating = threading.Thread(target=_beat, args=(run.info.run_id, heartbeat_s, stop), name="behaviorflow-heartbeat", daemon=True)
+        beating.start()
+        try:
+            yield run
+        finally:
+            stop.set()
+            beating.join(timeout=10)
+
+
+def _beat(run_id: str, every_s: float, stop: threading.Event) -> None:
+    client, failing = _client(), False
+    while not stop.wait(every_s):
+        try:
+            client.set_tag(run_id, HEARTBEAT_TAG, _utc_now())
+            failing = False
+        except Exception as exc:  # noqa: BLE001 - the run goes on; said once per stretch of failures
+            if not failing:
+                log.warning("could not record the heartbeat of MLflow run %s (%s); if this lasts %d minutes, a retrain on "
+                            "another host will take this run for dead", run_id, exc, STALE_AFTER_S // 60)
+            failing = True
 
 
 def pid_alive(pid: int) -> bool:
@@ -54,21 +101,39 @@ def dead_owner(tags: dict, host: str | None = None) -> int | None:
     return None if pid_alive(int(pid)) else int(pid)
 
 
-def repair_interrupted(experiment_id: str) -> list[str]:
-    """Repair what every dead process of this host left in experiment `experiment_id` (module docstring);
-    returns the WARNING lines it logged. A repair that fails is logged and skipped: it must not stop the run
-    that found it."""
+def stopped_beating(tags: dict, host: str | None = None, now: datetime | None = None, stale_after_s: float = STALE_AFTER_S) -> str | None:
+    """Why a run of another host counts as over — its process's heartbeat is older than `stale_after_s` —
+    else None (a run of this host, one still beating, or one with no heartbeat tag)."""
+    pid, _, where = tags.get(PROCESS_TAG, "").partition("@")
+    beat = tags.get(HEARTBEAT_TAG)
+    if not where or where == (host or socket.gethostname()) or not beat:
+        return None
+    try:
+        last = datetime.fromisoformat(beat)
+    except ValueError:
+        return None
+    silent = ((now or datetime.now(timezone.utc)) - last).total_seconds()
+    if silent <= stale_after_s:
+        return None
+    return f"process {pid} on {where} stopped beating at {beat}, {silent / 60:.0f} minutes before this check"
+
+
+def repair_interrupted(experiment_id: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Repair what every dead process of this host, and every process of another host that stopped beating
+    `stale_after_s` ago, left in experiment `experiment_id` (module docstring); returns the WARNING lines it
+    logged. A repair that fails is logged and skipped: it must not stop the run that found it."""
     client = _client()
     host = socket.gethostname()
     lines = []
     for run in _running_runs(client, experiment_id):
         pid = dead_owner(run.data.tags, host)
-        if pid is None:
+        what = f"process {pid} on {host} ended" if pid is not None else stopped_beating(run.data.tags, host, stale_after_s=stale_after_s)
+        if what is None:
             continue
         try:
-            lines.append(_repair_run(client, run.info.run_id, pid, host))
+            lines.append(_repair_run(client, run.info.run_id, what))
         except Exception as exc:  # noqa: BLE001 - best effort, named
-            log.warning("could not repair MLflow run %s, left by process %s on %s that is gone: %s", run.info.run_id, pid, host, exc)
+            log.warning("could not repair MLflow run %s (%s): %s", run.info.run_id, what, exc)
     return lines
 
 
@@ -82,8 +147,8 @@ def _running_runs(client, experiment_id: str) -> list:
             return runs
 
 
-def _repair_run(client, run_id: str, pid: int, host: str) -> str:
-    why = f"process {pid} on {host} ended without finishing this run (found at {_utc_now()} by process {os.getpid()})"
+def _repair_run(client, run_id: str, what: str) -> str:
+    why = f"{what} without finishing this run (found at {_utc_now()} by process {this_process()})"
     marked, keep = [], set()
     for mv in client.search_model_versions(f"run_id = '{run_id}'"):
         state, finished = registration_state(mv.tags)
