@@ -35,3 +35,21 @@ def test_tokenizing_in_chunks_gives_the_ids_of_one_call(tmp_path, monkeypatch):
     np.testing.assert_array_equal(chunked["attention_mask"], whole["attention_mask"])
     assert chunked["input_ids"].shape == (11, 16) and chunked["input_ids"].dtype == np.int64
     assert encode.tokenize_items([], config, tmp_path / "empty")["input_ids"].shape == (0, 16)
+
+
+def test_a_cache_written_by_this_run_is_read_back_without_a_cache_hit_line(tmp_path, caplog):
+    # The retrain's embed step writes the token cache and its token step reads it a moment later: "cache hit" then
+    # told the user of a cache that did not exist when the run began. A cache from an earlier process still says so.
+    from components.tokenization import encode, item_tokens
+
+    texts = ["Trail running shoe", "Rain jacket. Outdoor"]
+    config = TextEncoderConfig(max_tokens=8)
+    with caplog.at_level("INFO", logger="components"):
+        written = encode.tokenize_items(texts, config, tmp_path)
+        ids, _ = item_tokens(texts, config, tmp_path)
+    np.testing.assert_array_equal(ids, written["input_ids"] * written["attention_mask"])
+    assert not [r for r in caplog.records if "cache hit" in r.getMessage()]
+    encode._WRITTEN_HERE.clear()  # as a later process finds it
+    with caplog.at_level("INFO", logger="components"):
+        item_tokens(texts, config, tmp_path)
+    assert [r.getMessage() for r in caplog.records if "cache hit" in r.getMessage()] == [f"tokens: cache hit tokens-{encode.fingerprint(texts, config)}.npz"]

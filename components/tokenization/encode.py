@@ -80,6 +80,7 @@ def _load(kind: str, config: TextEncoderConfig):
 
 
 TOKENIZE_CHUNK = 1024  # item texts per tokenizer call (bounds the tokenizer's memory, see tokenize_items)
+_WRITTEN_HERE: set[Path] = set()  # token caches this process wrote: reading one back is no "cache hit" worth a line
 
 
 def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -91,7 +92,7 @@ def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path)
         with np.load(path) as cached:
             tokens = dict(cached)
         if "vocab_size" in tokens:  # caches written before the vocabulary size was kept are rewritten below
-            log.info("tokens: cache hit %s", path.name)
+            log.log(logging.DEBUG if path in _WRITTEN_HERE else logging.INFO, "tokens: cache hit %s", path.name)
             return tokens
     tokenizer = _load("tokenizer", config)
     # In chunks: a fast tokenizer keeps every text's whole tokenization (the part past max_tokens as overflow)
@@ -106,6 +107,7 @@ def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path)
     tokens = {"input_ids": np.concatenate(ids) if ids else empty, "attention_mask": np.concatenate(masks) if masks else empty,
               "vocab_size": np.array(len(tokenizer), dtype=np.int64)}
     np.savez(path, **tokens)
+    _WRITTEN_HERE.add(path)
     return tokens
 
 
