@@ -98,6 +98,43 @@ def test_serve_leaves_no_server_behind_whatever_ends_it(registered, tmp_path, si
                 process.kill()
 
 
+def test_the_workers_a_killed_arbiter_leaves_are_stopped_and_serve_exits_with_its_status(registered, tmp_path):
+    """kill -9 of BentoML's arbiter itself: its workers, each in a session of its own, would run on holding the
+    port; the supervisor they are handed to stops them and ends with the arbiter's status."""
+    port = free_port()
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = _serve(port, log)
+    (arbiter,) = psutil.Process(proc.pid).children()
+    workers = arbiter.children(recursive=True)
+    try:
+        assert workers, "the arbiter started no worker"
+        arbiter.kill()
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+        assert [w.pid for w in workers if _alive(w)] == [], (tmp_path / "serve.log").read_text()[-2000:]
+        assert _port_free(port), f"port {port} is still held after kill -9 of the arbiter"
+    finally:
+        for process in [arbiter, *workers]:
+            if _alive(process):
+                process.kill()
+
+
+def test_lifetime_stops_what_its_command_left_when_the_command_dies(tmp_path):
+    """Without bentoml: a command that starts a process in a session of its own (as circus starts workers) and is
+    then killed. The supervisor is handed the orphan, stops it, and exits 128 + 9."""
+    script = ("import os, signal, subprocess, sys; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True); "
+              "print(p.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.Popen([sys.executable, "-I", lifetime.__file__, sys.executable, "-c", script], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    orphan = psutil.Process(int(proc.stdout.readline()))
+    try:
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+        assert not _alive(orphan)
+    finally:
+        if _alive(orphan):
+            orphan.kill()
+
+
 def test_the_child_of_lifetime_gets_sigterm_when_it_is_killed(tmp_path):
     """components.lifetime on its own: kill -9 of it ends its child, which would otherwise sleep on."""
     script = "import time; print('up', flush=True); time.sleep(300)"
