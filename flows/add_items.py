@@ -170,7 +170,9 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
         version, bundle_dir, checkpoint = resolve(model, Path(scratch))
         summary = _add(items, version, bundle_dir, checkpoint, promote, dict(item_columns or {}))
     summary["wall_s"] = round(time.perf_counter() - started, 1)
-    reporting.publish(reporting.ADD_ITEMS_ARTIFACT_KEY, reporting.add_items_markdown(summary), "what this add-items run registered")
+    markdown = reporting.add_items_markdown(summary)
+    reporting.publish(reporting.ADD_ITEMS_ARTIFACT_KEY, markdown, "what this add-items run registered")
+    registry.describe_version(summary["registry"]["version"], markdown, summary["model_name"])  # the same on the version's page in the MLflow UI
     return summary
 
 
@@ -239,6 +241,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
             "experiment_id": run.info.experiment_id,
             "tracking_uri": settings.tracking_uri(),
             "source_version": source,
+            "model_name": version.name,  # the source's registered model, which the new version joins
             "added_items": len(new),
             "catalog_items": len(bundle.item_ids) + len(new),
             "check": check,

@@ -347,7 +347,10 @@ def retrain(config: dict | None = None) -> dict:
         summary["wall_s"] = round(time.perf_counter() - started, 1)
         mlflow.log_metrics({f"stage_s.{name.replace(' ', '_')}": seconds for name, seconds in stages.seconds.items()})
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    reporting.publish(reporting.RETRAIN_ARTIFACT_KEY, reporting.retrain_markdown(summary), "what this retrain decided: metrics, gate, registered version")
+    markdown = reporting.retrain_markdown(summary)
+    reporting.publish(reporting.RETRAIN_ARTIFACT_KEY, markdown, "what this retrain decided: metrics, gate, registered version")
+    if "registry" in summary:  # the same summary on the version's page in the MLflow UI
+        registry.describe_version(summary["registry"]["version"], markdown)
     if not decision.passed:
         raise GateFailed(f"gate {decision.summary()} — nothing was exported or registered (MLflow run {run.info.run_id})", summary)
     return summary

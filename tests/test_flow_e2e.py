@@ -90,6 +90,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     assert mv.tags["data_fingerprint"] == summary["data_fingerprint"] and len(summary["data_fingerprint"]) == 16
     assert mv.tags["promoted"] == "true" and mv.tags["gate"].startswith("PASSED")
     assert mv.tags["registration"] == "complete"  # a killed registration would have left "in progress: PID …"
+    assert mv.description.startswith("# behaviorflow retrain") and f"registered **{NAME} version 1**" in mv.description  # the MLflow UI's version page
 
     # The model learned the sequential structure: far above popularity on the held-out targets.
     m, pop = summary["metrics"]["model"], summary["metrics"]["popularity"]
@@ -306,6 +307,7 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert summary["precision"]["changed_answers"] == 0 and summary["precision"]["cases"] >= 64
     mv = client.get_model_version(NAME, "3")
     assert mv.tags["registration"] == "complete" and client.get_run(mv.run_id).data.tags[registry.PROCESS_TAG] == registry.this_process()
+    assert mv.description == report  # the run's summary on the version's page in the MLflow UI
     assert mv.tags["added_items_to"] == f"{NAME}/2" and mv.tags["gate"].startswith(f"3 items added to version {NAME}/2; the scores of its {len(catalog)} items did not move")
     assert mv.tags["data_fingerprint"] == world["runs"]["first"]["data_fingerprint"]  # trained on the same data
     artifacts = {a.path for a in client.list_artifacts(mv.run_id)}

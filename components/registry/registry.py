@@ -319,6 +319,15 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     return aliases, held
 
 
+def describe_version(version: str, description: str, name: str = settings.REGISTERED_MODEL_NAME) -> None:
+    """Write `description` (Markdown: the run's summary) as the version's description, which the MLflow UI shows on
+    the version's page; a failure to write it is logged, never fatal (the version is registered)."""
+    try:
+        _client().update_model_version(name, version, description=description)
+    except Exception as exc:  # noqa: BLE001 - a description is not worth a failed run
+        log.warning("could not write the description of %s version %s: %s", name, version, exc)
+
+
 def bento_archives(client, model_version) -> list[str]:
     """The `.bento` archives `model_version`'s run logged (exactly one for a completely registered version)."""
     return [a.path for a in client.list_artifacts(model_version.run_id, BENTO_ARTIFACT) if a.path.endswith(".bento")]

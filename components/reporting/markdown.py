@@ -112,7 +112,7 @@ def add_items_markdown(s: dict) -> str:
     return "\n".join([
         "# behaviorflow add-items",
         "",
-        f"registered **{settings.REGISTERED_MODEL_NAME} version {r['version']}** — aliases: {', '.join(r['aliases'])}",
+        f"registered **{s.get('model_name', settings.REGISTERED_MODEL_NAME)} version {r['version']}** — aliases: {', '.join(r['aliases'])}",
         "",
         f"{s['added_items']} new item{'s' if s['added_items'] != 1 else ''} added to version {s['source_version']} ({s['catalog_items']} in the catalog now).",
         "",
