@@ -91,6 +91,7 @@ def test_first_run_registers_a_champion_and_serves_it(world):
     assert mv.tags["promoted"] == "true" and mv.tags["gate"].startswith("PASSED")
     assert mv.tags["registration"] == "complete"  # a killed registration would have left "in progress: PID …"
     assert mv.description.startswith("# behaviorflow retrain") and f"registered **{NAME} version 1**" in mv.description  # the MLflow UI's version page
+    assert client.get_registered_model(NAME).description.startswith("Next-item recommender trained by behaviorflow")
 
     # The model learned the sequential structure: far above popularity on the held-out targets.
     m, pop = summary["metrics"]["model"], summary["metrics"]["popularity"]

@@ -468,3 +468,16 @@ def test_a_tracked_run_beats_while_it_runs_and_stops_when_it_ends(store):
     time.sleep(1.5)
     assert beat_of(run_id) == last  # the thread ended with the run
     assert not [t for t in __import__("threading").enumerate() if t.name == "behaviorflow-heartbeat"]
+
+
+def test_a_version_is_described_by_its_run_summary_and_the_model_once_without_overwriting_a_users_text(store):
+    client, uri, run_id = store
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {"bento_tag": "b:1"}, promote=True, name=NAME)
+    registry.describe_version(v1, "# behaviorflow retrain\n\nregistered v1", name=NAME)
+    assert client.get_model_version(NAME, v1).description == "# behaviorflow retrain\n\nregistered v1"
+    assert client.get_registered_model(NAME).description == registry.MODEL_DESCRIPTION
+    client.update_registered_model(NAME, description="ours: the shop's recommender")
+    registry.describe_version(v1, "again", name=NAME)
+    assert client.get_registered_model(NAME).description == "ours: the shop's recommender"
+    registry.describe_version("99", "no such version", name=NAME)  # logged, not raised: the version stands

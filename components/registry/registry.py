@@ -319,11 +319,23 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     return aliases, held
 
 
+MODEL_DESCRIPTION = (  # the registered model's own description, written with its first version's (describe_version)
+    "Next-item recommender trained by behaviorflow (a text-aware transformer over each user's history).\n\n"
+    "- `@champion`: the version that passed its gate and serves by default (`behaviorflow serve`, `behaviorflow bento pull`).\n"
+    "- `@challenger`: the newest registered version (a retrain's, or `add-items`').\n\n"
+    "Each version's description is its run's summary: test metrics against the id-only baseline, popularity and the "
+    "champion, the gate's reasons, the Bento. Its tags: `registration` (complete, in progress, interrupted), `gate`, "
+    "`data_fingerprint`, `bento_tag`.")
+
+
 def describe_version(version: str, description: str, name: str = settings.REGISTERED_MODEL_NAME) -> None:
     """Write `description` (Markdown: the run's summary) as the version's description, which the MLflow UI shows on
-    the version's page; a failure to write it is logged, never fatal (the version is registered)."""
+    the version's page, and MODEL_DESCRIPTION as the registered model's where it has none; a failure to write it is logged, never fatal (the version is registered)."""
     try:
-        _client().update_model_version(name, version, description=description)
+        client = _client()
+        client.update_model_version(name, version, description=description)
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=MODEL_DESCRIPTION)
     except Exception as exc:  # noqa: BLE001 - a description is not worth a failed run
         log.warning("could not write the description of %s version %s: %s", name, version, exc)
 
