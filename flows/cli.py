@@ -28,7 +28,7 @@ EPILOG = """examples:
   behaviorflow retrain --events events.parquet --items items.csv --set train.max_minutes=30
   behaviorflow retrain --movielens ~/data/ml-1m --config my.yaml
   behaviorflow validate --events events.csv --items items.csv
-  behaviorflow validate --events reviews.jsonl --items meta.jsonl --set data.event_type=rating \
+  behaviorflow validate --events reviews.jsonl --items meta.jsonl --set data.event_type=rating \\
       --set data.event_columns.item_id=parent_asin --set data.item_columns.item_id=parent_asin   # a dump as it comes
   behaviorflow serve --alias champion --port 3000        # pulls the Bento from MLflow if it is not local
   behaviorflow bento pull --alias champion

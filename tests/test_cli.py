@@ -55,6 +55,31 @@ def test_every_command_and_option_explains_itself():
         assert f" {path}" in serve, path  # each answers on a real server: test_serving.py::test_server_answers_every_endpoint_serve_help_lists
 
 
+def test_help_examples_are_commands_a_shell_can_copy():
+    """Each example under `behaviorflow --help` is a command line the parser accepts; one split over lines ends
+    them with a backslash, as a shell continues it (a bare backslash in the source joined them into one line)."""
+    import shlex
+
+    from flows.cli import EPILOG, build_parser
+
+    BACKSLASH = chr(92)
+    lines = EPILOG.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert all(len(line) <= 120 for line in lines), max(lines, key=len)
+    commands, current = [], ""
+    for line in lines:
+        code = line.split("  #", 1)[0].strip()
+        continued = code.endswith(BACKSLASH)
+        current = f"{current} {code.removesuffix(BACKSLASH).strip()}".strip()
+        if not continued:
+            commands.append(current)
+            current = ""
+    assert len(commands) >= 10 and current == ""
+    for command in commands:
+        words = shlex.split(command)
+        assert words[0] == "behaviorflow", command
+        build_parser().parse_args(words[1:])  # argparse exits (SystemExit) on anything it does not take
+
+
 def test_missing_file_is_one_line_without_traceback(tmp_path):
     out = cli("retrain", "--events", str(tmp_path / "nope.csv"), "--items", str(tmp_path / "items.csv"))
     assert out.returncode == 2
