@@ -22,6 +22,7 @@ log = logging.getLogger("behaviorflow")
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
 EXIT_OUT_OF_SPACE = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
 
 EPILOG = """examples:
   behaviorflow retrain                                   # bundled sample data, embedded defaults
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Validate → prepare → tokenize → train → evaluate → gate → export (ONNX, parity-checked) → "
         "package (Bento) → register in MLflow (alias challenger; champion when the gate passes). "
         f"Exit codes: 0 registered, {EXIT_USER_ERROR} bad input or config, {EXIT_GATE_FAILED} gate failed (nothing registered), "
-        f"{EXIT_OUT_OF_SPACE} out of disk space."))
+        f"{EXIT_OUT_OF_SPACE} out of disk space, {EXIT_INTERRUPTED} interrupted (a registration in progress is rolled back)."))
     _data_args(retrain)
     _config_args(retrain, "override one config field, e.g. train.max_epochs=5 (repeatable)")
     retrain.add_argument("--json", action="store_true", help="print the run summary as JSON instead of text")
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"interrupted: {args.command} stopped; a registration in progress was rolled back (nothing half-registered)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         full = out_of_space(exc)
         if full is None or args.debug:

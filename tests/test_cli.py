@@ -29,6 +29,9 @@ def test_help_is_fast_and_lists_commands():
         assert command in out.stdout
     retrain = cli("retrain", "--help").stdout
     assert "--events" in retrain and "--movielens" in retrain and "--set" in retrain and "Exit codes" in retrain
+    codes = " ".join(retrain.split())
+    for code in ("0 registered", "2 bad input", "3 gate failed", "4 out of disk space", "130 interrupted"):  # README: every exit code
+        assert code in codes, code
 
 
 def test_every_command_and_option_explains_itself():
