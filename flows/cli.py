@@ -58,7 +58,7 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_args(parser: argparse.ArgumentParser, set_help: str, uses: str = "") -> None:
-    parser.add_argument("--config", metavar="YAML", help=f"a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export){uses}")
+    parser.add_argument("--config", metavar="YAML", help=f"a RetrainConfig file (sections: data, prepare, text, model, train, evaluate, gate, export; and promote){uses}")
     parser.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[], help=set_help)
 
 
