@@ -727,3 +727,10 @@ def test_grouped_encoding_gives_the_same_loss_and_gradients():
 def test_length_groups_must_be_positive():
     with pytest.raises(ValueError, match=r"length_groups must be at least 1 \(got 0\)"):
         TrainConfig(length_groups=0)
+
+
+def test_a_speed_ratio_just_below_the_threshold_is_not_shown_as_reaching_it():
+    from components.export.quantize import times
+
+    assert times(1.0967, 1.1) == "1.097" and times(1.0999, 1.1) == "1.0999"
+    assert times(1.08, 1.1) == "1.08" and times(1.1, 1.1) == "1.10" and times(0.99, 0) == "0.99"

@@ -102,6 +102,15 @@ def _ndcg10(top10: np.ndarray, targets: np.ndarray) -> float:
     return float((hits / np.log2(np.arange(2, 12))).sum(1).mean())
 
 
+def times(ratio: float, threshold: float) -> str:
+    """`ratio` with 2 decimals, or as many more as it takes not to show a ratio below `threshold` as reaching it
+    (1.0967 against 1.1 reads 1.097, not 1.10: "1.10x as fast, below the 1.1x" contradicted itself)."""
+    digits = 2
+    while digits < 6 and ratio < threshold <= round(ratio, digits):
+        digits += 1
+    return f"{ratio:.{digits}f}"
+
+
 def quantize_int8(
     fp32_path: Path,
     int8_path: Path,
@@ -132,7 +141,7 @@ def quantize_int8(
     if min_speedup > 0:
         ms_fp32, ms_int8 = single_history_latency([fp32_path, int8_path], histories[:speed_probe], max_len)
         speedup = ms_fp32 / ms_int8
-        speed = f"{speedup:.2f}x as fast per history ({ms_int8:.3f} vs {ms_fp32:.3f} ms)"
+        speed = f"{times(speedup, min_speedup)}x as fast per history ({ms_int8:.3f} vs {ms_fp32:.3f} ms)"
         if speedup < min_speedup:
             problems.append(f"int8 is {speed}, below the {min_speedup}x that would justify serving an approximation")
     accepted = not problems
