@@ -594,11 +594,14 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] == "HEAD":  # a HEAD answer has no body to reshape
             await self.app(scope, receive, send)
             return
+        if scope["method"] != "POST":  # GET /metadata, the probes, the docs; a wrong method or path: a JSON 4xx too
+            await self.app(scope, receive, _one_error_shape(send, where=f"{scope['method']} {scope['path']}"))
+            return
         path = scope["path"].rstrip("/")
-        send = _one_error_shape(send, _JSON_ROUTES.get(path))
+        send = _one_error_shape(send, _JSON_ROUTES.get(path), where=f"POST {scope['path']}")
         if path == "/score" and not _can_score():
             await _send_error(send, HTTPStatus.NOT_IMPLEMENTED, _NO_ITEM_VECTORS)
             return
@@ -667,9 +670,11 @@ def _field_errors(errors: list[dict], request_model: type[BaseModel] | None = No
     return "; ".join(one(error) for error in errors)
 
 
-def _one_error_shape(send: Any, request_model: type[BaseModel] | None = None) -> Any:
-    """`send`, with a 4xx JSON body that is a one-element list of an object sent as that object, and a
-    validation error's `error` naming the fields from its `detail` (`request_model`: the route's)."""
+def _one_error_shape(send: Any, request_model: type[BaseModel] | None = None, where: str = "") -> Any:
+    """`send`, with a 4xx JSON body that is a one-element list of an object sent as that object, a
+    validation error's `error` naming the fields from its `detail` (`request_model`: the route's), and a
+    4xx that is not JSON (the router's plain-text "Not Found" for a wrong path, "Method Not Allowed" for a
+    GET of /recommend) as {"error": "<its text>: <where>"} (`where`: the request's method and path)."""
     start: dict | None = None
     chunks: list[bytes] = []
 
@@ -689,13 +694,18 @@ def _one_error_shape(send: Any, request_model: type[BaseModel] | None = None) ->
             parsed = json.loads(body)
         except ValueError:
             parsed = None
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        if parsed is None:
+            text = body.decode("utf-8", "replace").strip() or getattr(HTTPStatus._value2member_map_.get(start["status"]), "phrase", "client error")
+            parsed = {"error": f"{text}: {where}" if where else text}
+            body = json.dumps(parsed).encode()
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-type"] + [(b"content-type", b"application/json")]
         if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
             parsed = parsed[0]
             body = json.dumps(parsed).encode()
         detail = parsed.get("detail") if isinstance(parsed, dict) else None
         if isinstance(detail, list) and detail and all(isinstance(e, dict) and "msg" in e for e in detail):
             body = json.dumps(parsed | {"error": _field_errors(detail, request_model)}).encode()
-        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
         await send(start | {"headers": headers + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 

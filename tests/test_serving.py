@@ -569,6 +569,41 @@ def test_request_guard(model_tag, monkeypatch):
     assert guarded(module, "POST", "/recommend", [b"{}"])[0] == 200
 
 
+def test_a_wrong_path_or_method_is_a_json_error_too(model_tag):
+    """README: every 4xx is one JSON object {"error": ...}; the router's own plain-text 404 and 405 were not."""
+    module = load_module(model_tag)
+
+    def answer(method: str, path: str, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8"):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        async def run():
+            sent = []
+
+            async def receive():
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message):
+                sent.append(message)
+
+            await module.RequestGuard(app)({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+            return sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+
+        start, out = asyncio.run(run())
+        return start["status"], dict(start["headers"]), out
+
+    status, headers, body = answer("GET", "/recommend", 405, b"Method Not Allowed")
+    assert status == 405 and json.loads(body) == {"error": "Method Not Allowed: GET /recommend"}
+    assert headers[b"content-type"] == b"application/json" and int(headers[b"content-length"]) == len(body)
+    assert json.loads(answer("POST", "/recomend", 404, b"Not Found")[2]) == {"error": "Not Found: POST /recomend"}
+    assert json.loads(answer("GET", "/nope", 404, b"")[2]) == {"error": "Not Found: GET /nope"}
+    assert answer("GET", "/metadata", 200, b'{"n_items": 3}', b"application/json")[2] == b'{"n_items": 3}'  # answers pass untouched
+    assert answer("GET", "/", 200, b"<html></html>", b"text/html")[2] == b"<html></html>"
+    assert answer("GET", "/readyz", 503, b"Service Unavailable")[2] == b"Service Unavailable"  # 5xx: not a client's mistake
+    assert answer("HEAD", "/recommend", 405, b"")[:2] == (405, {b"content-type": b"text/plain; charset=utf-8", b"content-length": b"0"})
+
+
 def test_length_groups():
     from serving.service import length_groups
 
@@ -812,6 +847,9 @@ def test_server_answers_every_endpoint_serve_help_lists(server):
         assert httpx.get(f"{server}{path}").status_code == 200, path
     for path in posts:
         assert httpx.post(f"{server}{path}", json={"history": ["i001"], "candidates": ["i002"]} if path == "/score" else {"history": ["i001"]}).status_code == 200, path
+    wrong = [httpx.get(f"{server}/recommend"), httpx.post(f"{server}/recomend", json={"history": ["i001"]}), httpx.get(f"{server}/nope")]
+    assert [(w.status_code, w.json()) for w in wrong] == [(405, {"error": "Method Not Allowed: GET /recommend"}),
+                                                          (404, {"error": "Not Found: POST /recomend"}), (404, {"error": "Not Found: GET /nope"})]
 
 
 def test_batching_choice():
