@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, metavar="NAME@ALIAS|NAME/VERSION",
                          help=f"registered model version, e.g. {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS} or {settings.REGISTERED_MODEL_NAME}/3")
     predict.add_argument("--histories", required=True, metavar="FILE", help="user_id<TAB>space-separated item ids, one user per line")
-    predict.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    predict.add_argument("--k", type=int, default=10, help="items per user, 1 to 100 (default: 10)")
     predict.add_argument("--out", required=True, metavar="FILE", help="where to write user_id<TAB>top-K item ids")
     predict.add_argument("--keep-seen", action="store_true", help="allow items of the history in the answer (default: excluded)")
     predict.add_argument("--new-items", type=int, default=0, metavar="M", help="keep at least M of the K places for new items (no training interactions; default: 0)")
