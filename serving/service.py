@@ -43,7 +43,8 @@ Status codes: a malformed body (types, k out of 1..100, both or neither of user_
 history, too many candidates) is a 400 from the request model's validation, naming the field; unknown
 item ids are a 400 listing them; an empty history is a 400 only for a bundle without a popularity list
 (exported before it); an unknown user is a 404 (see `_history_of`); a body over MAX_BODY_BYTES is a
-413; POST /score on a bundle without item vectors is a 501. Nothing a client sends causes another 5xx;
+413; POST /score on a bundle without item vectors is a 501; a wrong path or method is a 404 or 405. Every 4xx body is
+one JSON object {"error": ...} (RequestGuard). Nothing a client sends causes another 5xx;
 a 503 means the ranker is overloaded (a request waited longer than BATCH_MAX_LATENCY_MS).
 """
 
