@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "precision the source was (int8 only where its answers among the old items stay the source's). The file follows the items "
         "contract (item_id, title[, category, brand, description]) and is checked by the Great Expectations items "
         "suite; ids already in the catalog are refused. The new version gets the alias challenger (and champion "
-        "with --promote) and its own Bento. Exit codes: 0 registered, 2 bad input."))
+        f"with --promote) and its own Bento. Exit codes: 0 registered, {EXIT_USER_ERROR} bad input, {EXIT_OUT_OF_SPACE} out of disk space, "
+        f"{EXIT_INTERRUPTED} interrupted (a registration in progress is rolled back)."))
     add.add_argument("--items", required=True, metavar="FILE", help="the new items (.csv, .jsonl or .parquet; also .gz compressed)")
     add.add_argument("--model", default=f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", metavar="NAME@ALIAS|NAME/VERSION",
                      help=f"the version to add them to (default: {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS})")

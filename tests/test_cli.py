@@ -32,6 +32,8 @@ def test_help_is_fast_and_lists_commands():
     codes = " ".join(retrain.split())
     for code in ("0 registered", "2 bad input", "3 gate failed", "4 out of disk space", "130 interrupted"):  # README: every exit code
         assert code in codes, code
+    added = " ".join(cli("add-items", "--help").stdout.split())
+    assert "0 registered, 2 bad input, 4 out of disk space, 130 interrupted" in added
     predict = " ".join(cli("predict", "--help").stdout.split())
     assert "items per user, 1 to 100 (default: 10)" in predict  # the range predict enforces (the graph's top 100)
 
