@@ -161,7 +161,8 @@ def check_parity(model: TextSASRec, onnx_path: Path, histories: Sequence[np.ndar
         seconds=time.perf_counter() - started,
         batches=batches,
     )
-    log.info("parity: %d cases, max |Δscore| %.2e, top-K identical: %s (%d rows with tied items swapped)", report.cases, worst, report.identical_topk, ties)
+    log.info("parity: %d cases, max |Δscore| %.2e, top-K identical: %s (%d %s with tied items swapped)", report.cases, worst, report.identical_topk,
+             ties, "row" if ties == 1 else "rows")
     if raise_on_failure and not report.passed:
         raise ParityFailed(
             f"ONNX Runtime disagrees with torch on {mismatched} of {report.cases} probe histories "
