@@ -651,11 +651,12 @@ def test_the_files_other_columns_are_not_kept_and_do_not_change_the_fingerprint(
 def test_a_json_dump_s_other_keys_are_listed_not_held_while_reading(amazon, monkeypatch):
     """Reading keeps the values of the contract's keys and the mapped ones only: a review's text is never stored (a
     category's reviews would otherwise be held whole in memory), while messages still list every key of the file."""
+    import components.data.json_lines as json_lines
     import components.data.readers as readers
 
     stored = []
-    real = readers._json_text
-    monkeypatch.setattr(readers, "_json_text", lambda value: stored.append(value) or real(value))
+    real = json_lines._json_text
+    monkeypatch.setattr(json_lines, "_json_text", lambda value: stored.append(value) or real(value))
     table = readers._read_table(amazon["reviews"], {"user_id", "parent_asin", "rating", "timestamp"})
     assert list(table.columns) == ["rating", "parent_asin", "user_id", "timestamp", c.ROW]
     assert table.attrs["file_columns"] == ["rating", "title", "text", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]

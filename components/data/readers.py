@@ -7,11 +7,9 @@ cannot be read as a table (not UTF-8, a header naming a column twice, a damaged 
 a line that is no JSON object) or an optional `value` that is not a number is refused here, naming the file
 and the line.
 
-JSON Lines (`.jsonl`, `.ndjson`, or `.json` with one object per line, as product and review dumps and event
-pipelines write them; a `.json` file that is one array of objects is read too): each object is one row and
-its fields are taken as the text a CSV file would hold, so both formats give the same frame: numbers as
-written (an id 123 is "123", never a float), lists and objects as JSON text (a `categories` list reads as
-'["A", "B"]', which the item text cleaning understands), null or a missing key as an empty field.
+JSON Lines (`.jsonl`, `.ndjson`, or `.json` with one object per line, or one array of objects) is read by
+components.data.json_lines into the same frame a CSV file gives: each object one row, its values as the text a
+CSV file would hold.
 
 CSV and JSON Lines may be compressed (`.gz`, `.bz2`, `.xz`: what the standard library decompresses); they are
 read as they stream through the decompressor, with the same line numbers as the plain file. A compressed
@@ -26,26 +24,22 @@ when every numeric value is >= 1e11; the unit read is in the frame's attrs, TIME
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import hashlib
 import io
-import json
 import logging
 import lzma
-import re
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, TextIO
 
 import numpy as np
 import pandas as pd
 
 from components import contract as c
 from components.data.config import DataConfig
+from components.data.files import DECOMPRESSORS, not_utf8, open_binary
+from components.data.json_lines import FILE_COLUMNS, read_json
 from components.errors import BehaviorflowError, DataContractError
 
 log = logging.getLogger(__name__)
@@ -53,12 +47,9 @@ log = logging.getLogger(__name__)
 _EPOCH = pd.Timestamp(0, tz="UTC")
 # File suffix → how the file is read. A .json file is JSON Lines, or one array of objects when it starts with '['.
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-# Compression suffix → how to open it for reading (the standard library's; .zst would need a new package).
-_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _SUPPORTED = ".csv, .jsonl (JSON Lines; also .ndjson, .json) or .parquet (CSV and JSON Lines may be compressed: .gz, .bz2, .xz)"
 _NAMED_UTC = r"(?i)\s+(?:UTC|GMT)$"  # a trailing " UTC" / " GMT" after an ISO-8601 date and time
 UNREADABLE_TIMESTAMPS = "unreadable_timestamps"  # events frame attrs: {file row: raw text} of the first few timestamps not read
-FILE_COLUMNS = "file_columns"  # frame attrs (JSON): every key of the file, also those whose values were not kept
 SOURCE_COLUMNS = "source_columns"  # frame attrs: {contract name: the file's column name} for the columns read under another name
 TIMESTAMP_UNIT = "timestamp_unit"  # events frame attrs: the unit numeric timestamps were read in ("s"/"ms") and why
 # auto: numeric timestamps are milliseconds when every one is at least this. Epoch seconds reach it in 5138 (far past
@@ -290,7 +281,7 @@ def _read_table(path: Path, keep: set[str] | None = None) -> pd.DataFrame:
         return frame
     try:
         try:
-            return _read_csv(path, compression) if kind == "csv" else _read_json(path, compression, kind, keep)
+            return _read_csv(path, compression) if kind == "csv" else read_json(path, compression, kind, keep)
         except DataContractError:
             if compression:  # damaged compressed data can decode to garbage lines before the checksum at its end is
                 _read_to_the_end(path, compression)  # read: report the damage, not a line of that garbage
@@ -312,7 +303,7 @@ def _read_table(path: Path, keep: set[str] | None = None) -> pd.DataFrame:
 def _file_type(path: Path) -> tuple[str, str | None]:
     """(how the file is read, its compression suffix or None), from its name; refuses what is not read."""
     suffixes = [suffix.lower() for suffix in path.suffixes]
-    compression = suffixes.pop() if suffixes and suffixes[-1] in _DECOMPRESSORS else None
+    compression = suffixes.pop() if suffixes and suffixes[-1] in DECOMPRESSORS else None
     suffix = suffixes[-1] if suffixes else ""
     if suffix == ".parquet" and compression:
         raise DataContractError(
@@ -337,13 +328,8 @@ def _file_type(path: Path) -> tuple[str, str | None]:
     raise DataContractError(f"{path}: unsupported file type '{suffix}{compression or ''}'. Convert it to {_SUPPORTED} and re-run.")
 
 
-def _open_binary(path: Path, compression: str | None) -> BinaryIO:
-    """The bytes of `path`, decompressed when its name ends in a compression suffix."""
-    return _DECOMPRESSORS[compression](path, "rb") if compression else path.open("rb")
-
-
 def _read_to_the_end(path: Path, compression: str) -> None:
-    with _open_binary(path, compression) as handle:
+    with open_binary(path, compression) as handle:
         while handle.read(1 << 20):
             pass
 
@@ -357,28 +343,11 @@ def _read_csv(path: Path, compression: str | None) -> pd.DataFrame:
     try:
         records, lines, header = _csv_records(path, compression)
     except UnicodeDecodeError as exc:
-        raise _not_utf8(path, compression, exc, "Save the file as UTF-8 (e.g. re-export it, or iconv -f latin1 -t utf-8)") from exc
+        raise not_utf8(path, compression, exc, "Save the file as UTF-8 (e.g. re-export it, or iconv -f latin1 -t utf-8)") from exc
     frame = pd.DataFrame(records, columns=header, dtype="str")
     frame = frame.mask(frame == "")
     frame[c.ROW] = np.asarray(lines, dtype="int64")
     return frame
-
-
-def _not_utf8(path: Path, compression: str | None, exc: UnicodeDecodeError, fix: str) -> DataContractError:
-    """The error for a file that is not UTF-8: the first line that is not, the byte, and `fix`."""
-    return DataContractError(
-        f"{path}: line {_first_non_utf8_line(path, compression)} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}). {fix} and re-run."
-    )
-
-
-def _first_non_utf8_line(path: Path, compression: str | None) -> int:
-    with _open_binary(path, compression) as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return number
-    return 0
 
 
 def _csv_records(path: Path, compression: str | None) -> tuple[list[list[str]], list[int], list[str]]:
@@ -386,7 +355,7 @@ def _csv_records(path: Path, compression: str | None) -> tuple[list[list[str]], 
     # is in parquet: the csv module's 128 KiB field limit is lifted, and what csv still refuses is one line.
     csv.field_size_limit(2**31 - 1)
     # utf-8-sig: a byte-order mark (Excel writes one) must not end up in the first column's name.
-    with io.TextIOWrapper(_open_binary(path, compression), newline="", encoding="utf-8-sig") as handle:
+    with io.TextIOWrapper(open_binary(path, compression), newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
             return _csv_rows(path, reader)
@@ -418,151 +387,6 @@ def _csv_rows(path: Path, reader) -> tuple[list[list[str]], list[int], list[str]
             lines.append(start)
         start = reader.line_num + 1
     return records, lines, header
-
-
-def _read_json(path: Path, compression: str | None, kind: str, keep: set[str] | None = None) -> pd.DataFrame:
-    """Every field as the text a CSV file would hold ("" and null → NA), with `_row` = the line the object is on.
-
-    The json module reads each line, not pandas: read_json guesses column types (an id 0042 written as a
-    number would become 42.0, an id that looks like a date a Timestamp); here each value keeps its JSON text.
-    """
-    try:
-        with io.TextIOWrapper(_open_binary(path, compression), newline="", encoding="utf-8-sig") as handle:
-            columns, lines, names = _json_columns(path, compression, _json_values(path, handle, arrays=kind == "json"), keep)
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(path, compression, exc, "JSON is UTF-8: write the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
-    if not lines:
-        raise DataContractError(f"{path}: no JSON objects in the file. Each line must hold one object, {_JSON_EXAMPLE}.")
-    frame = pd.DataFrame(columns, dtype="str")
-    frame = frame.mask(frame == "")
-    frame[c.ROW] = np.asarray(lines, dtype="int64")
-    frame.attrs[FILE_COLUMNS] = names
-    return frame
-
-
-_JSON_EXAMPLE = '{"name": value, ...}'
-_JSON_SHAPE_ARRAYS = "A .json file must hold one JSON object per line, or be one array of objects"
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-class _RepeatedKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """json's object_pairs_hook: a dict, refusing an object that names a key twice (json keeps the last silently)."""
-    record = dict(pairs)
-    if len(record) != len(pairs):
-        raise _RepeatedKey(next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1))
-    return record
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
-
-
-def _json_values(path: Path, handle: TextIO, arrays: bool) -> Iterator[tuple[int, object]]:
-    """(line number, value) of each line that is not blank; for `arrays`, the elements of a file that is one array."""
-    shape = _JSON_SHAPE_ARRAYS if arrays else f"Each line must hold one object, {_JSON_EXAMPLE}"
-    for number, line in enumerate(handle, start=1):
-        if not line.strip():  # a blank line is no record
-            continue
-        if arrays and line.lstrip().startswith("["):
-            yield from _json_array_values(path, "\n" * (number - 1) + line + handle.read())
-            return
-        arrays = False  # only the first non-blank line can open an array
-        try:
-            yield number, _DECODER.decode(line.rstrip("\r\n"))  # without its line break: an error's column is on this line
-        except _RepeatedKey as exc:
-            raise DataContractError(f"{path}: line {number} names the key {exc.key!r} more than once: {_quote(line)}. Give each field one name and re-run.") from None
-        except json.JSONDecodeError as exc:
-            raise DataContractError(
-                f"{path}: line {number} is not JSON ({exc.msg}: column {exc.colno}): {_quote(line)}. {shape}: fix that line and re-run."
-            ) from None
-
-
-def _json_array_values(path: Path, text: str) -> Iterator[tuple[int, object]]:
-    """The elements of `text`, one JSON array, each with the line it starts on."""
-    line, counted = 1, 0
-    try:
-        position = _JSON_SPACE.match(text, _JSON_SPACE.match(text).end() + 1).end()  # past '[' and blanks
-        while not text.startswith("]", position):
-            line, counted = line + text.count("\n", counted, position), position
-            value, position = _DECODER.raw_decode(text, position)
-            yield line, value
-            position = _JSON_SPACE.match(text, position).end()
-            if text.startswith(",", position):
-                position = _JSON_SPACE.match(text, position + 1).end()
-            elif not text.startswith("]", position):
-                raise json.JSONDecodeError("Expecting ',' or ']' after an element", text, position)
-        if _JSON_SPACE.match(text, position + 1).end() != len(text):
-            raise json.JSONDecodeError("Extra data after the array", text, position + 1)
-    except _RepeatedKey as exc:
-        raise DataContractError(f"{path}: the object on line {line} names the key {exc.key!r} more than once. Give each field one name and re-run.") from None
-    except json.JSONDecodeError as exc:
-        line_text = text[text.rfind("\n", 0, exc.pos) + 1:].partition("\n")[0]
-        raise DataContractError(
-            f"{path}: line {exc.lineno} is not JSON ({exc.msg}: column {exc.colno}): {_quote(line_text)}. "
-            f"{_JSON_SHAPE_ARRAYS}: fix that line and re-run."
-        ) from None
-
-
-def _json_columns(
-    path: Path, compression: str | None, values: Iterator[tuple[int, object]], keep: set[str] | None = None
-) -> tuple[dict[str, list], list[int], list[str]]:
-    """Columns (key → one field per row, in the order keys first appear; only the keys in `keep` unless it is None),
-    the line of each row, and every key of the file in the order keys first appear."""
-    columns: dict[str, list] = {}
-    lines: list[int] = []
-    names: dict[str, None] = {}
-    for row, (number, record) in enumerate(values):
-        if type(record) is not dict:
-            kind = {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(type(record), "a number")
-            raise DataContractError(
-                f"{path}: line {number} is {kind}, not a JSON object: {_quote(_line(path, compression, number))}. "
-                f"Each row must be one object, {_JSON_EXAMPLE}: fix that line and re-run."
-            )
-        stored = 0
-        for key, value in record.items():
-            column = columns.get(key)
-            if column is None:  # a key first seen here: empty in the rows before
-                names[key] = None
-                if keep is not None and key not in keep:
-                    continue
-                column = columns[key] = [None] * row
-            column.append(value if type(value) is str else _json_text(value))
-            stored += 1
-        lines.append(number)
-        if stored != len(columns):  # keys this object lacks: empty fields (validation says which are required)
-            for column in columns.values():
-                if len(column) == row:
-                    column.append(None)
-    return columns, lines, list(names)
-
-
-def _json_text(value: object) -> str | None:
-    """A JSON value that is not a string as the text a CSV field would hold: null → missing, numbers as written
-    (123 → "123"; 5.0 → "5", as parquet's float ids read), true/false, lists and objects as JSON text."""
-    if value is None:
-        return None
-    if type(value) is int:
-        return str(value)
-    if type(value) is float:
-        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _line(path: Path, compression: str | None, number: int) -> str:
-    """Line `number` (1-based) of the file, for an error message."""
-    with io.TextIOWrapper(_open_binary(path, compression), newline="", encoding="utf-8-sig", errors="replace") as handle:
-        return next((line for index, line in enumerate(handle, start=1) if index == number), "")
-
-
-def _quote(line: str, limit: int = 80) -> str:
-    """The start of a line, quoted, for an error message."""
-    line = line.strip()
-    return repr(line if len(line) <= limit else line[:limit] + "…")
 
 
 def _require_columns(
