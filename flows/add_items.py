@@ -76,6 +76,19 @@ def embed(items, text_config, with_tokens: bool):
     return embed_items(texts, text_config, settings.cache_dir()), item_tokens(texts, text_config, settings.cache_dir())[0] if with_tokens else None
 
 
+def record_cleaning(items) -> dict:
+    """What the item text cleaning changed in the new items, in the run's item_text_cleaning.json and one INFO line,
+    as a retrain records it for its catalog (preparation.json)."""
+    from components.preparation.prepare import cleaning_note, cleaning_stats, item_texts
+    from components.registry.tracking import log_json
+
+    cleaning = cleaning_stats(items, item_texts(items))
+    log_json("item_text_cleaning.json", cleaning)
+    if note := cleaning_note(cleaning, len(items), "item_text_cleaning.json"):
+        log.info(note)
+    return cleaning
+
+
 @task(name="extend and check", cache_policy=NONE)
 def extend(model, embeddings, tokens, probes, source: str):
     log.info("[4/6] extend the item table and check that the old items' scores did not move")
@@ -216,6 +229,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
         bundle = Bundle(bundle_dir)
         new = validate_new_items(items, bundle, str(version.version), item_columns)
         old_model, text_config = load_checkpoint(checkpoint)
+        cleaning = record_cleaning(new)
         embeddings, tokens = embed(new, text_config, old_model.token_emb is not None)
         # Probe histories: the known users' (as the service reads them), else each item alone.
         probes = [np.array([bundle.index_of[i] for i in h if i in bundle.index_of], dtype=np.int64) for h in bundle.users.values()]
@@ -243,6 +257,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
             "source_version": source,
             "model_name": version.name,  # the source's registered model, which the new version joins
             "added_items": len(new),
+            "item_texts_cleaned": cleaning["item_texts_cleaned"],
             "catalog_items": len(bundle.item_ids) + len(new),
             "check": check,
             "parity": parity.to_dict(),

@@ -61,14 +61,13 @@ def validate_data(dataset):
 def prepare_sequences(dataset, config: RetrainConfig):
     log.info("[2/9] prepare: sequences and %s split", config.prepare.split.replace("_", "-"))
     from components.preparation import prepare, repeat_target_note, tied_target_note
+    from components.preparation.prepare import cleaning_note
     from components.registry.tracking import log_json
 
     prepared = prepare(dataset.events, dataset.items, config.prepare)
     log_json("preparation.json", prepared.stats)
-    if prepared.stats.get("item_texts_cleaned"):
-        log.info("item text: cleaning (HTML, entities, list literals, whitespace) changed %d of %d items' text; "
-                 "preparation.json shows one as the file had it and as the model reads it",
-                 prepared.stats["item_texts_cleaned"], len(prepared.item_texts))
+    if note := cleaning_note(prepared.stats, len(prepared.item_texts), "preparation.json"):
+        log.info(note)
     for note in (repeat_target_note(prepared.stats, config.evaluate.exclude_seen), tied_target_note(prepared.stats)):
         if note:
             log.warning(note)

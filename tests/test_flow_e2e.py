@@ -293,7 +293,7 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert summary["registry"]["version"] == "3" and summary["registry"]["aliases"] == ["challenger"]
     assert alias(client, "champion") == "2" and alias(client, "challenger") == "3"  # no --promote: the champion stays
     assert summary["source_version"] == f"{NAME}/2" and summary["added_items"] == 3 and summary["catalog_items"] == len(catalog) + 3
-    assert summary["parity"]["identical_topk"]
+    assert summary["parity"]["identical_topk"] and summary["item_texts_cleaned"] == 3  # their titles' "&ndash;"
     assert summary["notes"] == []  # the challenger it replaces was its source: nothing is lost
     # A second branch from v2 would replace challenger v3 and lose v3's new items: said before it registers.
     from flows.add_items import _items_it_would_drop
@@ -312,7 +312,7 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert mv.tags["added_items_to"] == f"{NAME}/2" and mv.tags["gate"].startswith(f"3 items added to version {NAME}/2; the scores of its {len(catalog)} items did not move")
     assert mv.tags["data_fingerprint"] == world["runs"]["first"]["data_fingerprint"]  # trained on the same data
     artifacts = {a.path for a in client.list_artifacts(mv.run_id)}
-    assert {"bundle", "bento", CHECKPOINT_ARTIFACT, "parity.json", "add_items.json", "validation.json"} <= artifacts
+    assert {"bundle", "bento", CHECKPOINT_ARTIFACT, "parity.json", "add_items.json", "validation.json", "item_text_cleaning.json"} <= artifacts
 
     v2, v3 = world["root"] / "v2", world["root"] / "v3"
     client.download_artifacts(client.get_model_version(NAME, "2").run_id, "bundle", str(v2))

@@ -138,6 +138,15 @@ def _joined(catalog: pd.DataFrame, field_text) -> list[str]:
     return [". ".join(p for p in parts if p) for parts in zip(*fields)]
 
 
+def cleaning_note(stats: dict, items: int, where: str) -> str | None:
+    """The INFO line for `cleaning_stats`' `stats` of `items` item texts, pointing at the file `where` that shows
+    an example; None when the cleaning changed nothing."""
+    if not stats.get("item_texts_cleaned"):
+        return None
+    return (f"item text: cleaning (HTML, entities, list literals, whitespace) changed {stats['item_texts_cleaned']} of {items} "
+            f"items' text; {where} shows one as the file had it and as the model reads it")
+
+
 def cleaning_stats(catalog: pd.DataFrame, texts: list[str]) -> dict:
     """How many of `texts` (item_texts of `catalog`) the cleaning changed and, when any, the item it shortened most:
     its fields as the file had them and its text as the model reads it (each cut to 300 characters). Recorded with
