@@ -481,3 +481,20 @@ def test_a_version_is_described_by_its_run_summary_and_the_model_once_without_ov
     registry.describe_version(v1, "again", name=NAME)
     assert client.get_registered_model(NAME).description == "ours: the shop's recommender"
     registry.describe_version("99", "no such version", name=NAME)  # logged, not raised: the version stands
+
+
+def test_a_heartbeat_written_without_its_offset_is_read_as_utc_not_a_crash(store):
+    """The tag can be edited by hand (the MLflow UI): a time without offset made repair_interrupted, which runs at
+    the start of every retrain and add-items, raise TypeError (naive minus aware datetime)."""
+    from datetime import datetime, timedelta, timezone
+
+    from components.registry.repair import HEARTBEAT_TAG, STALE_AFTER_S, repair_interrupted, stopped_beating
+
+    client, _, _ = store
+    experiment_id = client.get_experiment_by_name("registry-test").experiment_id
+    naive = (datetime.now(timezone.utc) - timedelta(seconds=STALE_AFTER_S + 120)).replace(tzinfo=None).isoformat(timespec="seconds")
+    assert stopped_beating({registry.PROCESS_TAG: "7@pod-x", HEARTBEAT_TAG: naive}, host="here") is not None
+    fresh = datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+    assert stopped_beating({registry.PROCESS_TAG: "7@pod-x", HEARTBEAT_TAG: fresh}, host="here") is None
+    run_id = client.create_run(experiment_id, tags={registry.PROCESS_TAG: "7@pod-x", HEARTBEAT_TAG: naive}).info.run_id
+    assert len(repair_interrupted(experiment_id)) == 1 and client.get_run(run_id).info.status == "FAILED"

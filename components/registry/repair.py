@@ -112,6 +112,8 @@ def stopped_beating(tags: dict, host: str | None = None, now: datetime | None = 
         last = datetime.fromisoformat(beat)
     except ValueError:
         return None
+    if last.tzinfo is None:  # written by hand without its offset: the tag holds UTC
+        last = last.replace(tzinfo=timezone.utc)
     silent = ((now or datetime.now(timezone.utc)) - last).total_seconds()
     if silent <= stale_after_s:
         return None
