@@ -483,6 +483,45 @@ def test_a_version_is_described_by_its_run_summary_and_the_model_once_without_ov
     registry.describe_version("99", "no such version", name=NAME)  # logged, not raised: the version stands
 
 
+def test_a_run_whose_pid_is_now_another_process_or_means_nothing_here_is_told_apart(store):
+    """A container restarted under the same hostname (a pod's container after an out-of-memory kill, docker restart)
+    starts its processes afresh: the next retrain may get the killed one's PID, or another process may have it. The
+    run's PID@HOST then named a live process (or this one) and the run was left RUNNING for ever; its process_start
+    tells a new process by its start, and a PID of another boot or PID namespace by those (the heartbeat decides)."""
+    from datetime import datetime, timedelta, timezone
+
+    from components.registry.repair import HEARTBEAT_TAG, PROCESS_START_TAG, STALE_AFTER_S, process_start, repair_interrupted, tracked_run
+
+    client, _, _ = store
+    experiment_id = client.get_experiment_by_name("registry-test").experiment_id
+    me = process_start()
+    assert me is not None and me == process_start(os.getpid())
+    space, _, ticks = me.rpartition("/")
+    boot = space.partition("/")[0]
+    stale = (datetime.now(timezone.utc) - timedelta(seconds=STALE_AFTER_S + 120)).isoformat(timespec="seconds")
+
+    def run_of(start: str | None, beat: str | None = None) -> str:
+        tags = {registry.PROCESS_TAG: registry.this_process()} | ({PROCESS_START_TAG: start} if start else {}) | ({HEARTBEAT_TAG: beat} if beat else {})
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    reused = run_of(f"{space}/{int(ticks) - 1}")  # this PID, of a process that started before this one
+    ours = run_of(me, stale)  # this very process (its PID and start): alive, however old its heartbeat
+    older = run_of(None)  # no process_start: as before
+    restarted = run_of(f"{boot}/pid:[1]/{ticks}", stale)  # this hostname and PID, another PID namespace, silent
+    beside = run_of(f"{boot}/pid:[1]/{ticks}", datetime.now(timezone.utc).isoformat(timespec="seconds"))  # still beating
+
+    lines = repair_interrupted(experiment_id)
+    assert len(lines) == 2
+    assert f"MLflow run {reused} marked FAILED (process {os.getpid()} on {registry.this_process().partition('@')[2]} ended" in lines[0] + lines[1]
+    assert f"MLflow run {restarted} marked FAILED (process {os.getpid()} on " in lines[0] + lines[1] and "stopped beating" in lines[0] + lines[1]
+    assert client.get_run(reused).info.status == client.get_run(restarted).info.status == "FAILED"
+    assert {client.get_run(r).info.status for r in (ours, older, beside)} == {"RUNNING"}
+    for run_id in (ours, older, beside):
+        client.set_terminated(run_id)
+    with tracked_run("tagged", heartbeat_s=60) as run:
+        assert client.get_run(run.info.run_id).data.tags[PROCESS_START_TAG] == me
+
+
 def test_a_heartbeat_written_without_its_offset_is_read_as_utc_not_a_crash(store):
     """The tag can be edited by hand (the MLflow UI): a time without offset made repair_interrupted, which runs at
     the start of every retrain and add-items, raise TypeError (naive minus aware datetime)."""

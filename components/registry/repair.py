@@ -7,10 +7,15 @@ Every MLflow run the flows start (`tracked_run`) is tagged `behaviorflow.process
 (registry.PROCESS_TAG) and, while its process lives, `behaviorflow.heartbeat` = the time, rewritten every
 HEARTBEAT_S seconds by a thread of that process. At the start of each retrain and add-items,
 `repair_interrupted` looks for RUNNING runs of the experiment that are over:
-- a run whose process ran on this host and is no longer alive (known at once);
+- a run whose process ran on this host and is no longer alive, or whose PID is another process's now (known
+  at once). `behaviorflow.process_start` records the process's boot, PID namespace and start time (Linux), so
+  that this holds only where the PID means the same process;
 - a run of another host whose heartbeat is older than STALE_AFTER_S (a Kubernetes pod or a worker machine
   that was killed or lost: the next retrain runs on another host, which cannot ask whether the PID lives,
-  but sees that nothing has beaten for that long). Hosts' clocks must agree to within a few minutes.
+  but sees that nothing has beaten for that long), and likewise a run of this hostname from another boot or
+  PID namespace (a container restarted under the same hostname — a pod's container after an out-of-memory
+  kill, `docker restart` — whose new processes may well get the killed one's PID, or another container that
+  shares the hostname). Hosts' clocks must agree to within a few minutes.
 For each one it:
 
 - marks the run FAILED, with the tag `interrupted` saying what was found;
@@ -20,9 +25,9 @@ For each one it:
   Bento and model of a version of the run that does have its Bento (tag and archive: it is served, with a warning).
 
 One WARNING line per repaired run says all of it. A run whose process is alive (another retrain beside this
-one, or a PID the system has given to a new process) is never touched, nor a run of another host that is
-still beating or that has no heartbeat (started by a version from before the heartbeat: which process may be
-gone can only be known on the host it ran on).
+one; or, for a run without `behaviorflow.process_start`, a PID the system has given to a new process) is never
+touched, nor a run of another host that is still beating or that has no heartbeat (started by a version from
+before the heartbeat: which process may be gone can only be known on the host it ran on).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from components.registry.registry import PROCESS_TAG, REGISTRATION_TAG, _client,
 log = logging.getLogger(__name__)
 
 HEARTBEAT_TAG = "behaviorflow.heartbeat"  # on every MLflow run the flows start: UTC time of its process's last beat
+PROCESS_START_TAG = "behaviorflow.process_start"  # "BOOT_ID/TICKS": the boot of its host, and when in it the process started
 HEARTBEAT_S = 60.0  # how often a live run's process rewrites HEARTBEAT_TAG
 STALE_AFTER_S = 15 * 60.0  # a run of another host that has not beaten for this long is taken for dead: 15 missed
 #   beats, and room for hosts' clocks to differ by minutes
@@ -54,7 +60,10 @@ def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
     is over (module docstring). Yields the active run."""
     import mlflow
 
-    with mlflow.start_run(run_name=run_name, tags={PROCESS_TAG: this_process(), HEARTBEAT_TAG: _utc_now()}) as run:
+    tags = {PROCESS_TAG: this_process(), HEARTBEAT_TAG: _utc_now()}
+    if (started := process_start()) is not None:
+        tags[PROCESS_START_TAG] = started
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
         stop = threading.Event()
         beating = threading.Thread(target=_beat, args=(run.info.run_id, heartbeat_s, stop), name="behaviorflow-heartbeat", daemon=True)
         beating.start()
@@ -93,20 +102,63 @@ def pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def dead_owner(tags: dict, host: str | None = None) -> int | None:
-    """The PID named by a run's PROCESS_TAG when it ran on this host and is no longer alive, else None."""
-    pid, _, where = tags.get(PROCESS_TAG, "").partition("@")
-    if where != (host or socket.gethostname()) or not pid.isdigit() or int(pid) == os.getpid():
+def _pid_space() -> str | None:
+    """Where this process's PIDs mean something: "BOOT_ID/pid:[INODE]", its host's boot and its PID namespace (a
+    container's own); None without /proc (not Linux)."""
+    try:
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
         return None
-    return None if pid_alive(int(pid)) else int(pid)
+
+
+def _start_ticks(pid: int | str) -> str | None:
+    """When process `pid` started, in clock ticks since the boot (/proc/PID/stat field 22); None if it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # from field 3 (state) on
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_start(pid: int | str = "self") -> str | None:
+    """PROCESS_START_TAG's value: which process `pid` (of this PID space) is, whatever gets its PID later —
+    "BOOT_ID/pid:[INODE]/TICKS"; None where /proc cannot tell."""
+    space, ticks = _pid_space(), _start_ticks(pid)
+    return None if space is None or ticks is None else f"{space}/{ticks}"
+
+
+def _pid_checkable(tags: dict, host: str | None = None) -> bool:
+    """Whether the PID of a run's PROCESS_TAG can be looked up here: it ran on this host and, where the run records
+    it (PROCESS_START_TAG), in this boot and PID namespace — not in a container since restarted under the same
+    hostname, nor in another container that shares it, whose PIDs mean nothing here."""
+    pid, _, where = tags.get(PROCESS_TAG, "").partition("@")
+    if where != (host or socket.gethostname()) or not pid.isdigit():
+        return False
+    recorded = tags.get(PROCESS_START_TAG)
+    return not recorded or recorded.rpartition("/")[0] == _pid_space()
+
+
+def dead_owner(tags: dict, host: str | None = None) -> int | None:
+    """The PID named by a run's PROCESS_TAG when it can be looked up here (`_pid_checkable`) and its process is no
+    longer alive, or is another process now (its start differs from PROCESS_START_TAG's), else None."""
+    if not _pid_checkable(tags, host):
+        return None
+    pid, recorded = int(tags[PROCESS_TAG].partition("@")[0]), tags.get(PROCESS_START_TAG)
+    if recorded and (ticks := _start_ticks(pid)) is not None and ticks != recorded.rpartition("/")[2]:
+        return pid  # the PID was given to a new process
+    if pid == os.getpid():
+        return None
+    return None if pid_alive(pid) else pid
 
 
 def stopped_beating(tags: dict, host: str | None = None, now: datetime | None = None, stale_after_s: float = STALE_AFTER_S) -> str | None:
-    """Why a run of another host counts as over — its process's heartbeat is older than `stale_after_s` —
-    else None (a run of this host, one still beating, or one with no heartbeat tag)."""
+    """Why a run whose PID cannot be looked up here (another host's; or this hostname's, from another boot or PID
+    namespace) counts as over — its process's heartbeat is older than `stale_after_s` — else None (a run whose
+    PID is checked instead, one still beating, or one with no heartbeat tag)."""
     pid, _, where = tags.get(PROCESS_TAG, "").partition("@")
     beat = tags.get(HEARTBEAT_TAG)
-    if not where or where == (host or socket.gethostname()) or not beat:
+    if not where or _pid_checkable(tags, host) or not beat:
         return None
     try:
         last = datetime.fromisoformat(beat)
