@@ -114,6 +114,7 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
     from components.catalog import log_checkpoint
     from components.export import ExportConfig, check_parity, export_onnx, keep_source_precision, write_bundle
     from components.preparation.prepare import display_titles
+    from components.preparation.text_cleaning import clean_text  # the source's titles too (built before titles were cleaned)
     from components.registry import BUNDLE_ARTIFACT
     from components.registry.tracking import log_folder, log_json
 
@@ -146,7 +147,7 @@ def export(extended, bundle, items, probes, manifest_extra: dict, text_config, r
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     } | manifest_extra
     out = write_bundle(
-        run_dir / "bundle", served, bundle.item_ids + items[c.ITEM_ID].tolist(), bundle.titles + display_titles(items),
+        run_dir / "bundle", served, bundle.item_ids + items[c.ITEM_ID].tolist(), [clean_text(t) for t in bundle.titles] + display_titles(items),
         bundle.users, manifest, item_vectors, new_flags, extended.unscorable[1:].cpu().tolist(),
     )
     log_folder(out, BUNDLE_ARTIFACT)

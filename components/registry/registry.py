@@ -321,7 +321,8 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
 
 MODEL_DESCRIPTION = (  # the registered model's own description, written with its first version's (describe_version)
     "Next-item recommender trained by behaviorflow (a text-aware transformer over each user's history).\n\n"
-    "- `@champion`: the version that passed its gate and serves by default (`behaviorflow serve`, `behaviorflow bento pull`).\n"
+    "- `@champion`: the version served by default (`behaviorflow serve`, `behaviorflow bento pull`): a retrain's whose gate "
+    "passed, or one promoted by hand (`behaviorflow promote`, `add-items --promote`).\n"
     "- `@challenger`: the newest registered version (a retrain's, or `add-items`').\n\n"
     "Each version's description is its run's summary: test metrics against the id-only baseline, popularity and the "
     "champion, the gate's reasons, the Bento. Its tags: `registration` (complete, in progress, interrupted), `gate`, "
