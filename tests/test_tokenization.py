@@ -53,3 +53,68 @@ def test_a_cache_written_by_this_run_is_read_back_without_a_cache_hit_line(tmp_p
     with caplog.at_level("INFO", logger="components"):
         item_tokens(texts, config, tmp_path)
     assert [r.getMessage() for r in caplog.records if "cache hit" in r.getMessage()] == [f"tokens: cache hit tokens-{encode.fingerprint(texts, config)}.npz"]
+
+
+def _whole_text_ids(texts, max_tokens):
+    from components.tokenization import encode
+
+    tokenizer = encode._load("tokenizer", TextEncoderConfig(max_tokens=max_tokens))
+    return tokenizer(texts, padding="max_length", truncation=True, max_length=max_tokens, return_tensors="np")
+
+
+def test_long_texts_are_tokenized_from_their_leading_words_with_the_same_ids(tmp_path, monkeypatch):
+    # The tokenizer tokenizes a whole text before it truncates it; tokenize_items hands it only the leading words
+    # of a long text when they fill the window. Every id and mask must be what the whole text gives.
+    from components.tokenization import encode
+
+    long = "<p>Durable, lightweight & compact: fits most standard sizes.</p> " * 400  # ~26,000 characters
+    texts = [
+        "Trail shoe",  # shorter than the window
+        long,
+        "Café größe naïve ÉCOLE " * 30 + long,  # accents the normalizer strips, upper case
+        "単語 中文字符 " * 40 + long,  # CJK characters, each its own word for BERT
+        "\u200b " * 80 + "after eighty zero-width words " + long,  # words that give no token: the whole text is read
+        "tab\tand\nnewline\x1fseparated words " * 30 + long,
+        " ".join(["word"] * 64),  # exactly max_tokens words, nothing after them
+        " ".join(["word"] * 65),  # one word more
+        "  leading and  double  spaces " * 40,
+        "supercalifragilisticexpialidocious" * 5 + " " + long,  # a word longer than WordPiece reads (one [UNK])
+    ]
+    passed = []
+    load = encode._load
+
+    class Recording:  # the real tokenizer, recording the texts it is given
+        def __init__(self, tokenizer):
+            self.tokenizer = tokenizer
+
+        def __getattr__(self, name):
+            return getattr(self.tokenizer, name)
+
+        def __len__(self):
+            return len(self.tokenizer)
+
+        def __call__(self, batch, **kwargs):
+            passed.extend(batch)
+            return self.tokenizer(batch, **kwargs)
+
+    monkeypatch.setattr(encode, "_load", lambda kind, config: Recording(load(kind, config)))
+    for max_tokens in (64, 16):
+        passed.clear()
+        tokens = encode.tokenize_items(texts, TextEncoderConfig(max_tokens=max_tokens), tmp_path / str(max_tokens))
+        lengths = sorted(map(len, passed))
+        whole = _whole_text_ids(texts, max_tokens)
+        np.testing.assert_array_equal(tokens["input_ids"], whole["input_ids"])
+        np.testing.assert_array_equal(tokens["attention_mask"], whole["attention_mask"])
+        assert lengths[-1] == len(texts[4])  # only the zero-width one is read whole (after its cut text fell short) ...
+        assert lengths[-2] < 2_000  # ... every other long text from its leading words
+
+
+def test_tokenizers_that_are_not_bert_like_get_the_whole_text():
+    from components.tokenization.encode import window_texts
+
+    class Other:  # a tokenizer without BERT's normalizer and pre-tokenizer: no cut is known to be safe
+        backend_tokenizer = type("Backend", (), {"pre_tokenizer": None, "normalizer": None})()
+        truncation_side = "right"
+
+    texts = ["word " * 500, "short"]
+    assert window_texts(texts, Other(), 64) == texts

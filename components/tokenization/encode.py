@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +101,51 @@ def tokenize_items(texts: list[str], config: TextEncoderConfig, cache_dir: Path)
     # result (30,000 items of ~1,600 characters: 5.3 GB peak). The ids are the same either way.
     ids, masks = [], []
     for start in range(0, len(texts), TOKENIZE_CHUNK):
-        encoded = tokenizer(texts[start : start + TOKENIZE_CHUNK], padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
-        ids.append(encoded["input_ids"].astype(np.int64))
-        masks.append(encoded["attention_mask"].astype(np.int64))
+        chunk = texts[start : start + TOKENIZE_CHUNK]
+        cut = window_texts(chunk, tokenizer, config.max_tokens)
+        encoded = tokenizer(cut, padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
+        chunk_ids, chunk_masks = encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
+        # A cut text that does not fill the window (words of only characters the normalizer drops, such as
+        # zero-width spaces, give no token) is tokenized whole: only a full window is sure to be the same.
+        short = [i for i, (text, read) in enumerate(zip(chunk, cut)) if len(read) < len(text) and chunk_masks[i].sum() < config.max_tokens]
+        if short:
+            whole = tokenizer([chunk[i] for i in short], padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="np")
+            chunk_ids[short], chunk_masks[short] = whole["input_ids"], whole["attention_mask"]
+        ids.append(chunk_ids)
+        masks.append(chunk_masks)
     empty = np.zeros((0, config.max_tokens), dtype=np.int64)
     tokens = {"input_ids": np.concatenate(ids) if ids else empty, "attention_mask": np.concatenate(masks) if masks else empty,
               "vocab_size": np.array(len(tokenizer), dtype=np.int64)}
     np.savez(path, **tokens)
     _WRITTEN_HERE.add(path)
     return tokens
+
+
+def window_texts(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
+    """`texts`, each cut before the space that follows its first max_tokens words: where the cut text still fills a
+    max_tokens window, the tokenizer gives it the same ids as the whole text, for much less work.
+
+    A fast tokenizer tokenizes the whole text before it truncates, so on a catalog of long descriptions most of its
+    work was thrown away (benchmarks/tokenize_speed.py). Only for tokenizers whose tokens for a text's leading words
+    do not depend on what follows a space: BERT's normalizer (character by character) and pre-tokenizer (which
+    splits at every space before anything else), as the default all-MiniLM-L6-v2 has. Other tokenizers get the
+    texts unchanged. tokenize_items checks that each cut text fills the window, and tokenizes it whole where not."""
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.pre_tokenizer, BertPreTokenizer) or tokenizer.truncation_side != "right":
+        return texts
+    if backend.normalizer is not None and not isinstance(backend.normalizer, BertNormalizer):
+        return texts
+    # The first max_tokens words (nearly always more tokens than the window holds). Words are separated by at least
+    # one space, so a text with fewer words fails the match in linear time.
+    leading = re.compile(r" *[^ ]+(?: +[^ ]+){%d}" % (max_tokens - 1))
+    out = []
+    for text in texts:
+        words = leading.match(text)
+        out.append(text[: words.end()] if words is not None and words.end() < len(text) else text)
+    return out
 
 
 def item_tokens(texts: list[str], config: TextEncoderConfig, cache_dir: Path) -> tuple[np.ndarray, int]:
