@@ -50,7 +50,8 @@ def validate_data(dataset):
     from components.registry.tracking import log_json
     from components.validation import raise_for_failures, validate
 
-    report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source)
+    report = validate(dataset.events, dataset.items, events_source=dataset.events_source, items_source=dataset.items_source,
+                      item_texts=dataset.item_texts)
     log_json("validation.json", report.to_dict())
     raise_for_failures(report)
     return report
@@ -64,7 +65,7 @@ def prepare_sequences(dataset, config: RetrainConfig):
     from components.preparation.prepare import cleaning_note
     from components.registry.tracking import log_json
 
-    prepared = prepare(dataset.events, dataset.items, config.prepare)
+    prepared = prepare(dataset.events, dataset.items, config.prepare, texts=dataset.item_texts)  # cleaned once, for validation
     log_json("preparation.json", prepared.stats)
     if note := cleaning_note(prepared.stats, len(prepared.item_texts), "preparation.json"):
         log.info(note)

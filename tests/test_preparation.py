@@ -157,3 +157,37 @@ def test_an_item_without_a_title_is_prepared_and_tokenized_from_its_other_fields
     assert p.titles == ["A", "", ""]
     tokens = tokenize_items(p.item_texts, TextEncoderConfig(max_tokens=16), tmp_path / "tokens")
     assert tokens["input_ids"].shape == (3, 16) and tokens["attention_mask"][1].sum() > 2  # more than [CLS] [SEP]
+
+
+def test_item_texts_are_cleaned_once_for_validation_and_preparation(monkeypatch):
+    # Cleaning the text of a large catalog with HTML descriptions is the data stage's largest step; a retrain
+    # used to clean it twice (validation's has-text check, then prepare). Dataset.item_texts cleans it once, and
+    # validation and prepare take it as given, with the same result as cleaning it themselves.
+    import importlib
+
+    from components.data.readers import Dataset
+    from components.validation.validator import _with_text_flag
+
+    preparation = importlib.import_module("components.preparation.prepare")  # the module (the package exports the function)
+
+    events = frame([("u1", "a", "view", 1), ("u1", "b", "view", 2), ("u1", "c", "view", 3), ("u2", "c", "view", 1), ("u2", "a", "view", 2)])
+    items = pd.DataFrame({
+        "item_id": ["a", "b", "c", "a"],  # "a" twice: prepare keeps the first row
+        "title": ["<b>Alpha</b>", "Beta", "", "Alpha again"],
+        "description": ["<p>First&nbsp;item</p>", "", "['Only', 'a description']", ""],
+    })
+    expected = prepare(events, items)
+    cleaned = []
+    clean = preparation._clean_field
+    monkeypatch.setattr(preparation, "_clean_field", lambda values, name: cleaned.append(name) or clean(values, name))
+    dataset = Dataset(events, items, "events.csv", "items.csv")
+    assert dataset.item_texts == ["Alpha. First item", "Beta", "Only a description", "Alpha again"]
+    assert dataset.item_texts is dataset.item_texts and cleaned == ["title", "description"]  # once, not per use
+    flagged = _with_text_flag(items, dataset.item_texts)
+    given = prepare(events, items, texts=dataset.item_texts)
+    assert cleaned == ["title", "description"]  # neither validation's flag nor prepare cleaned again
+    assert flagged["_text"].tolist() == [True, True, True, True]
+    assert given.item_texts == expected.item_texts == ["Alpha. First item", "Beta", "Only a description"]
+    assert given.item_ids == expected.item_ids and given.stats == expected.stats
+    with pytest.raises(ValueError, match="2 texts for 4 item rows"):
+        prepare(events, items, texts=["x", "y"])

@@ -227,7 +227,11 @@ def _require_long_enough(lengths: np.ndarray, config: PrepareConfig) -> None:
     )
 
 
-def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig()) -> PreparedData:
+def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig(), texts: list[str] | None = None) -> PreparedData:
+    """Sequences, split and item texts of a validated log. texts: item_texts(items), one per row of `items`, where the
+    caller has them already (Dataset.item_texts, which validation used): not cleaned again."""
+    if texts is not None and len(texts) != len(items):
+        raise ValueError(f"texts holds {len(texts)} texts for {len(items)} item rows: give one per row, as item_texts does")
     stats: dict[str, object] = {"event_rows_in": len(events), "items_in_catalog": len(items)}
     frame = _behaviour(events, config, stats)
     if frame.empty:
@@ -236,7 +240,8 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
             "widen 'prepare.event_types' or check the events file"
         )
 
-    catalog = items.drop_duplicates(C.ITEM_ID).reset_index(drop=True)
+    first = ~items[C.ITEM_ID].duplicated().to_numpy()  # the rows drop_duplicates keeps
+    catalog = items[first].reset_index(drop=True)
     item_ids = catalog[C.ITEM_ID].astype(str).tolist()
     index_of = pd.Series(np.arange(1, len(item_ids) + 1), index=item_ids)
     frame = frame.assign(_item=frame[C.ITEM_ID].map(index_of))
@@ -275,7 +280,10 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     # test target, is then the row order of the events file (the sort is stable), not the order they happened in.
     stats.update(steps_tied_with_previous=int(sum(int(np.sum(t[1:] == t[:-1])) for t in step_times)),
                  test_targets_tied=_targets_tied(test, step_times))
-    texts = item_texts(catalog)
+    if texts is None:
+        texts = item_texts(catalog)
+    elif not first.all():
+        texts = [text for text, kept in zip(texts, first) if kept]
     stats.update(cleaning_stats(catalog, texts))
     return PreparedData(
         item_ids=item_ids,

@@ -59,9 +59,12 @@ def validate(
     events_source: str,
     items_source: str,
     gx_root: Path | None = None,
+    item_texts: list[str] | None = None,
 ) -> ValidationReport:
     """Run the `items` and `events` suites on the two frames and build Data Docs (pass or fail).
-    dataset_events None: the items suite alone (items added to a trained model's catalog)."""
+    dataset_events None: the items suite alone (items added to a trained model's catalog). item_texts: the
+    items' texts as prepare.item_texts gives them, one per row, where the caller has them (Dataset.item_texts):
+    not cleaned again."""
     context = _context(Path(gx_root) if gx_root is not None else settings.gx_root())
     # Re-created on every run: assets left from an earlier run would point at stale batch definitions.
     datasource = context.data_sources.add_or_update_pandas(DATASOURCE)
@@ -78,7 +81,7 @@ def validate(
         if c.ROW not in frame:  # a frame built in code: number its rows 1..n
             frame = frame.assign(**{c.ROW: np.arange(1, len(frame) + 1)})
         if name == "items":
-            frame = _with_text_flag(frame)
+            frame = _with_text_flag(frame, item_texts)
             dataset_items = frame
         found, evaluated = _run_suite(context, datasource, name, frame, parameters, source, items_source)
         failures += found
@@ -93,14 +96,18 @@ def validate(
     return ValidationReport(not failures, failures, _docs_index(context), statistics)
 
 
-def _with_text_flag(items: pd.DataFrame) -> pd.DataFrame:
+def _with_text_flag(items: pd.DataFrame, texts: list[str] | None = None) -> pd.DataFrame:
     """`items` with the items suite's derived column `_text` (c.HAS_TEXT): whether the item has text the language
     model reads — prepare.item_texts of its row is not empty, i.e. its title, category, brand or description is
     not empty or blank once cleaned of markup (a title of only '<br>', a description '[]' is no text). The
     same function the model's input is built with, so the suite and the model agree on what "no text" is."""
     from components.preparation.prepare import item_texts
 
-    return items.assign(**{c.HAS_TEXT: [bool(text) for text in item_texts(items)]})
+    if texts is None:
+        texts = item_texts(items)
+    elif len(texts) != len(items):
+        raise ValueError(f"item_texts holds {len(texts)} texts for {len(items)} item rows: give one per row, as prepare.item_texts does")
+    return items.assign(**{c.HAS_TEXT: [bool(text) for text in texts]})
 
 
 _NO_TEXT_FIX = "Give each a title or a description, or remove these rows, and re-run."
