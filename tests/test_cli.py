@@ -481,3 +481,20 @@ def test_add_items_reads_its_file_with_data_item_columns_from_set(tmp_path, caps
     assert main(["add-items", "--items", str(tmp_path / "meta.jsonl"), *mapping]) == 2
     err = capsys.readouterr().err
     assert "behaviorflow-recommender" in err and "parent_asin" not in err and "column" not in err
+
+
+def test_retrain_s_early_history_check_reads_the_events_file_alone(tmp_path, monkeypatch):
+    """The early check needs the events only: the items file (the larger one, with long descriptions) is read by
+    the flow, once."""
+    from components.data import readers
+    from flows.cli import _check_histories
+
+    assert cli("sample-data", "--out", str(tmp_path)).returncode == 0
+    read = []
+    load_items = readers.load_items
+    monkeypatch.setattr(readers, "load_items", lambda *a, **k: read.append(a) or load_items(*a, **k))
+    _check_histories({"data": {"events": str(tmp_path / "events.csv"), "items": str(tmp_path / "items.csv")}})
+    assert read == []
+    with pytest.raises(BehaviorflowError, match="no user has 3 or more steps"):  # and it still checks
+        pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["1", "2"], "event_type": "view", "timestamp": [1, 2]}).to_csv(tmp_path / "short.csv", index=False)
+        _check_histories({"data": {"events": str(tmp_path / "short.csv"), "items": str(tmp_path / "items.csv")}})
