@@ -7,8 +7,9 @@ every page in again. With mmap off and a high trim threshold (`mallopt`), freed 
 heap and the next step reuses them: on 2 cores a step took 704 instead of 886 ms at ML-1M's size (1.26x)
 and 2,347 instead of 3,134 ms with 20,000 items (1.34x; `benchmarks/train_speed.py --compare-malloc`,
 `benchmarks/results/train_speed_malloc.json`). The price is memory the process keeps after the peak
-(peak RSS 2.35 instead of 1.78 GB at ML-1M's size), so it is applied to the training process only
-(`train.reuse_memory`), never to the service.
+(peak RSS 2.35 instead of 1.78 GB at ML-1M's size), so it is applied while a model trains only
+(`train.reuse_memory`), never to the service: once a fit ends, the defaults come back and the kept heap is handed
+back (`release_freed_memory`), so a retrain's evaluation, export and packaging do not run on top of it.
 
 Elsewhere than glibc (macOS, musl) nothing is changed and `reuse_freed_memory` returns False.
 """
@@ -45,3 +46,10 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
         return False
     mmap_max, trim = (0, KEEP_TRIM_THRESHOLD) if enabled else (DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD)
     return libc.mallopt(M_MMAP_MAX, mmap_max) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim) == 1
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free memory back to the kernel (glibc's malloc_trim(0)): what reuse_freed_memory kept for the
+    next training step. Returns whether any was released; False where malloc is not glibc's."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))

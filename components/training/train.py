@@ -24,7 +24,7 @@ from components.models.text_sasrec import TextSASRec
 from components.progress import progress
 from components.settings import check_device, resolve_device
 from components.training.chunked_loss import banned_scores, chunked_cross_entropy
-from components.training.malloc import KEEP_TRIM_THRESHOLD, reuse_freed_memory
+from components.training.malloc import KEEP_TRIM_THRESHOLD, release_freed_memory, reuse_freed_memory
 from serving.contract import pad_histories
 
 log = logging.getLogger(__name__)
@@ -480,5 +480,8 @@ def train_model(
     model.eval()
     result.wall_s = _clock() - start
     result.peak_rss_mb = round(peak_rss_mb(), 1)
+    if kept_heap:  # the freed steps' memory was kept for the next step: there is none now (20,000 generated shop items: ~1.3 GB)
+        reuse_freed_memory(False)
+        release_freed_memory()
     log.info("%sbest epoch %d (val NDCG@10 %.4f); stopped: %s", label, result.best_epoch, best_ndcg, result.stopped_because)
     return result
