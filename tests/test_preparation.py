@@ -185,7 +185,9 @@ def test_item_texts_are_cleaned_once_for_validation_and_preparation(monkeypatch)
     assert dataset.item_texts is dataset.item_texts and cleaned == ["title", "description"]  # once, not per use
     flagged = _with_text_flag(items, dataset.item_texts)
     given = prepare(events, items, texts=dataset.item_texts)
-    assert cleaned == ["title", "description"]  # neither validation's flag nor prepare cleaned again
+    # Neither validation's flag nor prepare cleaned the item texts again; prepare cleans the title column alone once
+    # more, for the titles the service returns (display_titles): short fields, not the descriptions.
+    assert cleaned == ["title", "description", "title"]
     assert flagged["_text"].tolist() == [True, True, True, True]
     assert given.item_texts == expected.item_texts == ["Alpha. First item", "Beta", "Only a description"]
     assert given.item_ids == expected.item_ids and given.stats == expected.stats
