@@ -465,6 +465,36 @@ def test_time_budget_starts_no_epoch_that_would_end_after_it(monkeypatch):
     assert result.stopped_because == "time budget of 0.12 min: another epoch (~3 s) would end after it"
 
 
+def test_an_epoch_longer_than_the_whole_budget_is_ended_by_it(monkeypatch):
+    """A large catalog on a loaded machine: one epoch takes longer than train.max_minutes (100,000 items: ~70 min
+    against a 3-minute budget). The budget ends it after the step that reaches it; the partial epoch is validated
+    and its weights kept, instead of the budget being overrun by the whole epoch."""
+    import components.training.train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module, "_clock", lambda: now[0])
+    real_step = train_module.optimizer_step
+
+    def step_and_a_minute(*args, **kwargs):
+        now[0] += 60.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "optimizer_step", step_and_a_minute)
+    seqs = [np.array([(s + t) % N_ITEMS + 1 for t in range(6)]) for s in range(N_ITEMS)]
+    valid = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))
+    config = TrainConfig(max_epochs=10, max_minutes=3.5, patience=10, batch_size=2, progress=False)
+    steps_per_epoch = -(-N_ITEMS // 2)
+    assert steps_per_epoch > 4
+    result = train_model(tiny(cold=0), seqs, valid, config)
+    assert len(result.curve) == 1 and result.curve[0]["steps"] == 4 and result.curve[0]["minutes"] == 4.0  # 4 minutes, not the whole epoch
+    assert result.stopped_because == f"time budget of 3.5 min reached inside epoch 1, after 4 of its {steps_per_epoch} steps"
+    assert result.best_epoch == 1 and result.cut_short  # its weights are the model's; more time may help
+    # An epoch that fits is not cut: the same data with a budget of more than one epoch runs whole epochs.
+    now[0] = 0.0
+    whole = train_model(tiny(cold=0), seqs, valid, replace(config, max_minutes=steps_per_epoch + 0.5))
+    assert whole.curve[0]["steps"] == steps_per_epoch and "inside epoch" not in whole.stopped_because
+
+
 def test_a_fit_the_budget_ends_while_still_improving_is_flagged(monkeypatch, caplog):
     import components.training.train as train_module
 

@@ -40,7 +40,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" = decay to 0 over the budget
     #   (max_epochs or max_minutes, whichever runs out first; for fixed-budget runs, where patience is off)
     max_epochs: int = 200  # upper bound; early stopping normally ends training first
-    max_minutes: float = 60.0  # wall-clock budget for each fit (the id-only baseline gets its own): no epoch starts that would, at the pace of
+    max_minutes: float = 60.0  # wall-clock budget for each fit (the id-only baseline gets its own): an epoch longer than the budget
+    #   is ended by it, after the step that reaches it (then validated and kept if best); no epoch starts that would, at the pace of
     #   the last one (training and validation), end after it
     patience: int = 5  # validations without a new best NDCG@10 before stopping; epochs that end inside the
     #   learning-rate warm-up do not count (on small data the warm-up spans epochs, and validation dips in it)
@@ -429,12 +430,17 @@ def train_model(
             schedule.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if step + 1 < steps_per_epoch and _clock() - start >= config.max_minutes * 60:
+                break  # an epoch longer than the whole budget (a large catalog, a loaded machine): the budget ends it
+        partial = len(losses) < steps_per_epoch
+        if partial and hasattr(bar, "close"):
+            bar.close()
 
         ranks = ranks_from_topk(model_topk(model, val_inputs, 10), val_targets)
         val = metrics_from_ranks(ranks, 10, ks=(10,))
         minutes = (_clock() - start) / 60
         row = {"epoch": epoch, "minutes": round(minutes, 3), "loss": float(np.mean(losses)), "val_NDCG@10": val["NDCG@10"], "val_HR@10": val["HR@10"],
-               "rss_mb": round(rss_mb(), 1)}
+               "rss_mb": round(rss_mb(), 1), "steps": len(losses)}
         if epoch_metrics is not None:
             model.eval()
             with torch.no_grad():  # a measurement: no autograd graph (the callback need not know)
@@ -457,6 +463,10 @@ def train_model(
             label, epoch, row["loss"], val["NDCG@10"], val["HR@10"], "*best*" if improved else f"no gain {stale}/{config.patience}" if stale else "no gain (warm-up: not counted)",
             minutes, config.max_minutes,
         )
+        if partial:
+            result.stopped_because = (f"time budget of {config.max_minutes} min reached inside epoch {epoch}, after {len(losses)} "
+                                      f"of its {steps_per_epoch} steps")
+            break
         if stale >= config.patience:
             result.stopped_because = f"no validation gain for {config.patience} epochs"
             break
