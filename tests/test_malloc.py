@@ -11,9 +11,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROBE = """
+# glibc's malloc, free and accounting (mallinfo2), for the probes below
+GLIBC = """
 import ctypes, json, sys
-from components.training.malloc import _glibc, reuse_freed_memory
+from components.training.malloc import _glibc, release_freed_memory, reuse_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -22,6 +23,9 @@ libc = _glibc()
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = MallInfo2
+"""
+
+PROBE = GLIBC + """
 applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
 size = 64 * 2**20  # above glibc's largest mmap threshold (32 MiB): mmap-ed by default
 held = []
@@ -47,17 +51,7 @@ def test_reuse_keeps_large_blocks_out_of_mmap_where_the_default_maps_each_one():
     assert reuse == {"applied": True, "mmapped": [0, 0, 0]}  # from the heap, which keeps the block after free
 
 
-RELEASE = """
-import ctypes, json
-from components.training.malloc import _glibc, release_freed_memory, reuse_freed_memory
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = _glibc()
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-libc.mallinfo2.restype = MallInfo2
+RELEASE = GLIBC + """
 reuse_freed_memory()
 blocks = [libc.malloc(64 * 2**20) for _ in range(3)]  # a training step's score matrices, in the heap
 for block in blocks:
