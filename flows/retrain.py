@@ -80,11 +80,14 @@ def prepare_sequences(dataset, config: RetrainConfig):
 def encode_item_text(texts: list[str], config: RetrainConfig) -> dict:
     """The items' LM embeddings and, for the model's token embeddings (model.token_embeddings), their token
     ids and the tokenizer's vocabulary size."""
+    if not config.model.use_text:  # an id-only model reads no text: a large catalog's embedding would take minutes for nothing
+        log.info("[3/9] model.use_text is false: the %d item texts are not embedded", len(texts))
+        return {"embeddings": None, "tokens": None, "token_vocab": 0}
     log.info("[3/9] tokenize and embed %d item texts with the language model", len(texts))
     from components.tokenization import embed_items, item_tokens
 
     text = {"embeddings": embed_items(texts, config.text, settings.cache_dir()), "tokens": None, "token_vocab": 0}
-    if config.model.use_text and config.model.token_embeddings:
+    if config.model.token_embeddings:
         text["tokens"], text["token_vocab"] = item_tokens(texts, config.text, settings.cache_dir())
     return text
 
@@ -100,7 +103,8 @@ def train(prepared, text: dict, config: RetrainConfig, run_dir: Path):
     from components.training import new_model, train_model
 
     embeddings = text["embeddings"]
-    model_cfg = replace(config.model, n_items=prepared.n_items, text_dim=int(embeddings.shape[1]), token_vocab=text["token_vocab"])
+    text_dim = config.model.text_dim if embeddings is None else int(embeddings.shape[1])  # None: model.use_text is false
+    model_cfg = replace(config.model, n_items=prepared.n_items, text_dim=text_dim, token_vocab=text["token_vocab"])
     model_cfg = resolve_max_len(model_cfg, map(len, prepared.train))
     if model_cfg.max_len != config.model.max_len:
         log.info("model.max_len auto: %d (the 90th percentile of training history lengths, within 50-200)", model_cfg.max_len)

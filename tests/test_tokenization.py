@@ -118,3 +118,18 @@ def test_tokenizers_that_are_not_bert_like_get_the_whole_text():
 
     texts = ["word " * 500, "short"]
     assert window_texts(texts, Other(), 64) == texts
+
+
+def test_an_id_only_model_does_not_embed_the_item_texts(monkeypatch):
+    # model.use_text=false reads no text: embedding a large catalog (100,000 items: ~22 CPU minutes) was work for nothing.
+    import components.tokenization as tokenization
+    from components.config import RetrainConfig
+    from flows.retrain import encode_item_text
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the language model was run for an id-only model")
+
+    monkeypatch.setattr(tokenization, "embed_items", refuse)
+    monkeypatch.setattr(tokenization, "item_tokens", refuse)
+    config = RetrainConfig.from_dict({"model": {"use_text": False}})
+    assert encode_item_text.fn(["Trail running shoe", "Rain jacket"], config) == {"embeddings": None, "tokens": None, "token_vocab": 0}
