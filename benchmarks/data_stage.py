@@ -12,19 +12,16 @@ in a temporary folder. Checks that both ways prepare the same item texts and sta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import git_state  # noqa: E402
+from provenance import alternating, git_state, load_average, machine, timing_summary, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     commit, dirty = git_state()
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["BEHAVIORFLOW_HOME"] = tmp
         from components import settings
@@ -48,32 +45,25 @@ def main() -> None:
         loaded = load_dataset(events=args.data / "events.csv", items=args.data / "items.csv")
         times: dict[str, list[float]] = {"cleaned_twice": [], "cleaned_once": []}
         prepared = {}
-        for round_ in range(args.rounds):
-            for way in (["cleaned_twice", "cleaned_once"] if round_ % 2 == 0 else ["cleaned_once", "cleaned_twice"]):
-                dataset = Dataset(loaded.events, loaded.items, loaded.events_source, loaded.items_source)  # nothing cached
-                started = time.perf_counter()
-                texts = dataset.item_texts if way == "cleaned_once" else None
-                validate(dataset.events, dataset.items, events_source="events.csv", items_source="items.csv", item_texts=texts)
-                prepared[way] = prepare(dataset.events, dataset.items, texts=texts)
-                times[way].append(time.perf_counter() - started)
+        for _, way in alternating(("cleaned_twice", "cleaned_once"), args.rounds):
+            dataset = Dataset(loaded.events, loaded.items, loaded.events_source, loaded.items_source)  # nothing cached
+            started = time.perf_counter()
+            texts = dataset.item_texts if way == "cleaned_once" else None
+            validate(dataset.events, dataset.items, events_source="events.csv", items_source="items.csv", item_texts=texts)
+            prepared[way] = prepare(dataset.events, dataset.items, texts=texts)
+            times[way].append(time.perf_counter() - started)
     same = prepared["cleaned_once"].item_texts == prepared["cleaned_twice"].item_texts and prepared["cleaned_once"].stats == prepared["cleaned_twice"].stats
-    median = {way: float(np.median(t)) for way, t in times.items()}
     report = {
         "question": "data stage (validate + prepare): item texts cleaned once vs twice",
         "commit": commit,
         "dirty": dirty,
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_at_start),
         "items": len(loaded.items),
         "events": len(loaded.events),
-        "seconds": {way: [round(t, 1) for t in ts] for way, ts in times.items()},
-        "median_s": {way: round(t, 1) for way, t in median.items()},
-        "speedup": round(median["cleaned_twice"] / median["cleaned_once"], 2),
+        **timing_summary(times, "cleaned_twice", "cleaned_once", digits=1),
         "same_texts_and_stats": same,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-
+    write_result(report, args.out)
 
 if __name__ == "__main__":
     main()

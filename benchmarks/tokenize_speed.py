@@ -14,8 +14,6 @@ tokenizer on the whole texts, in the same chunks, on a generated Amazon-like cat
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from components.tokenization import TextEncoderConfig  # noqa: E402
 from components.tokenization import encode  # noqa: E402
-from provenance import git_state  # noqa: E402
+from provenance import alternating, git_state, load_average, machine, timing_summary, write_result  # noqa: E402
 
 
 def catalog_texts(n: int, seed: int) -> list[str]:
@@ -63,41 +61,35 @@ def main() -> None:
     args = parser.parse_args()
 
     commit, dirty = git_state()
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     texts = catalog_texts(args.items, args.seed)
     config = TextEncoderConfig()
     tokenizer = encode._load("tokenizer", config)
     times: dict[str, list[float]] = {"whole_text": [], "leading_words": []}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for way in (["whole_text", "leading_words"] if round_ % 2 == 0 else ["leading_words", "whole_text"]):
-                started = time.perf_counter()
-                if way == "whole_text":
-                    results[way] = whole_texts(texts, tokenizer, config.max_tokens)
-                else:  # a fresh cache folder: tokenize_items must tokenize, not read its cache
-                    results[way] = encode.tokenize_items(texts, config, Path(tmp) / f"r{round_}")
-                times[way].append(time.perf_counter() - started)
+        for round_, way in alternating(("whole_text", "leading_words"), args.rounds):
+            started = time.perf_counter()
+            if way == "whole_text":
+                results[way] = whole_texts(texts, tokenizer, config.max_tokens)
+            else:  # a fresh cache folder: tokenize_items must tokenize, not read its cache
+                results[way] = encode.tokenize_items(texts, config, Path(tmp) / f"r{round_}")
+            times[way].append(time.perf_counter() - started)
     same = all(np.array_equal(results["whole_text"][k], results["leading_words"][k]) for k in ("input_ids", "attention_mask"))
-    median = {way: float(np.median(t)) for way, t in times.items()}
     report = {
         "question": "tokenize_items: each item text's leading words (window_texts) vs the whole text",
         "commit": commit,
         "dirty": dirty,
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_at_start),
         "items": args.items,
         "seed": args.seed,
         "max_tokens": config.max_tokens,
         "mean_characters_per_text": round(float(np.mean([len(t) for t in texts])), 1),
         "max_characters_per_text": int(max(len(t) for t in texts)),
-        "seconds": {way: [round(t, 2) for t in ts] for way, ts in times.items()},
-        "median_s": {way: round(t, 2) for way, t in median.items()},
-        "speedup": round(median["whole_text"] / median["leading_words"], 2),
+        **timing_summary(times, "whole_text", "leading_words", digits=2),
         "same_ids_and_masks": same,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(report, args.out)
     if not same:
         sys.exit("the ids differ: window_texts changed what the model reads")
 
