@@ -125,6 +125,16 @@ def item_texts(catalog: pd.DataFrame) -> list[str]:
     return _joined(catalog, _clean_field)
 
 
+def texts_per_row(items: pd.DataFrame, texts: list[str] | None = None) -> list[str]:
+    """item_texts(items), or `texts` where the caller has them already (Dataset.item_texts: cleaned once for
+    validation and prepare), checked to hold one text per row of `items`."""
+    if texts is None:
+        return item_texts(items)
+    if len(texts) != len(items):
+        raise ValueError(f"texts holds {len(texts)} texts for {len(items)} item rows: give one per row, as item_texts does")
+    return texts
+
+
 def display_titles(catalog: pd.DataFrame) -> list[str]:
     """Each item's title as the service returns it: cleaned as the text the model reads is
     (a dump's "Salt &amp; Pepper <b>Set</b>" is shown "Salt & Pepper Set", not escaped twice by a client), ""
@@ -230,8 +240,6 @@ def _require_long_enough(lengths: np.ndarray, config: PrepareConfig) -> None:
 def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = PrepareConfig(), texts: list[str] | None = None) -> PreparedData:
     """Sequences, split and item texts of a validated log. texts: item_texts(items), one per row of `items`, where the
     caller has them already (Dataset.item_texts, which validation used): not cleaned again."""
-    if texts is not None and len(texts) != len(items):
-        raise ValueError(f"texts holds {len(texts)} texts for {len(items)} item rows: give one per row, as item_texts does")
     stats: dict[str, object] = {"event_rows_in": len(events), "items_in_catalog": len(items)}
     frame = _behaviour(events, config, stats)
     if frame.empty:
@@ -280,9 +288,8 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     # test target, is then the row order of the events file (the sort is stable), not the order they happened in.
     stats.update(steps_tied_with_previous=int(sum(int(np.sum(t[1:] == t[:-1])) for t in step_times)),
                  test_targets_tied=_targets_tied(test, step_times))
-    if texts is None:
-        texts = item_texts(catalog)
-    elif not first.all():
+    texts = texts_per_row(items, texts)
+    if not first.all():
         texts = [text for text, kept in zip(texts, first) if kept]
     stats.update(cleaning_stats(catalog, texts))
     return PreparedData(

@@ -101,13 +101,9 @@ def _with_text_flag(items: pd.DataFrame, texts: list[str] | None = None) -> pd.D
     model reads — prepare.item_texts of its row is not empty, i.e. its title, category, brand or description is
     not empty or blank once cleaned of markup (a title of only '<br>', a description '[]' is no text). The
     same function the model's input is built with, so the suite and the model agree on what "no text" is."""
-    from components.preparation.prepare import item_texts
+    from components.preparation.prepare import texts_per_row
 
-    if texts is None:
-        texts = item_texts(items)
-    elif len(texts) != len(items):
-        raise ValueError(f"item_texts holds {len(texts)} texts for {len(items)} item rows: give one per row, as prepare.item_texts does")
-    return items.assign(**{c.HAS_TEXT: [bool(text) for text in texts]})
+    return items.assign(**{c.HAS_TEXT: [bool(text) for text in texts_per_row(items, texts)]})
 
 
 _NO_TEXT_FIX = "Give each a title or a description, or remove these rows, and re-run."
