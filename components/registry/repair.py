@@ -95,11 +95,19 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, another user's
         return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # it ended just now (Linux), or there is no /proc to ask: os.kill found it
+    fields = _stat_fields(pid)
+    if fields is None:  # it ended just now (Linux), or there is no /proc to ask: os.kill found it
         return not Path("/proc").is_dir()
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return fields[:1] != ["Z"]
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat from its third field (the state) on — what follows the command name's ')' —, or None where it
+    cannot be read (the process has ended, or there is no /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
 
 
 def _pid_space() -> str | None:
@@ -113,12 +121,8 @@ def _pid_space() -> str | None:
 
 def _start_ticks(pid: int | str) -> str | None:
     """When process `pid` started, in clock ticks since the boot (/proc/PID/stat field 22); None if it cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # from field 3 (state) on
-    return fields[19] if len(fields) > 19 else None
+    fields = _stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def process_start(pid: int | str = "self") -> str | None:
