@@ -27,6 +27,9 @@ class LoggedProgress:
     def set_postfix(self, **values: object) -> None:
         self.postfix = values
 
+    def close(self) -> None:  # as tqdm's: a loop left early ends its bar (nothing to end in a log)
+        pass
+
     def __iter__(self) -> Iterator[T]:
         start = last = self.clock()
         for done, item in enumerate(self.iterable, 1):
@@ -50,12 +53,15 @@ class _Silent:
     def set_postfix(self, **values: object) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def __iter__(self):
         return iter(self.iterable)
 
 
 def progress(iterable: Iterable[T], *, total: int, desc: str, unit: str, logger: logging.Logger, enabled: bool = True, every_s: float = 30.0):
-    """tqdm on a terminal, LoggedProgress elsewhere, nothing when not `enabled`. Both take set_postfix."""
+    """tqdm on a terminal, LoggedProgress elsewhere, nothing when not `enabled`. All take set_postfix and close."""
     if not enabled:
         return _Silent(iterable)
     if sys.stderr.isatty():

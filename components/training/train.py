@@ -433,7 +433,7 @@ def train_model(
             if step + 1 < steps_per_epoch and _clock() - start >= config.max_minutes * 60:
                 break  # an epoch longer than the whole budget (a large catalog, a loaded machine): the budget ends it
         partial = len(losses) < steps_per_epoch
-        if partial and hasattr(bar, "close"):
+        if partial:
             bar.close()
 
         ranks = ranks_from_topk(model_topk(model, val_inputs, 10), val_targets)
