@@ -537,3 +537,54 @@ def test_a_heartbeat_written_without_its_offset_is_read_as_utc_not_a_crash(store
     assert stopped_beating({registry.PROCESS_TAG: "7@pod-x", HEARTBEAT_TAG: fresh}, host="here") is None
     run_id = client.create_run(experiment_id, tags={registry.PROCESS_TAG: "7@pod-x", HEARTBEAT_TAG: naive}).info.run_id
     assert len(repair_interrupted(experiment_id)) == 1 and client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_run_taken_for_dead_while_paused_registers_nothing_when_it_resumes(store, tmp_path):
+    """A retrain paused for longer than the heartbeat allows (SIGSTOP, a suspended VM) is repaired by the next retrain
+    on another host: marked FAILED, its unfinished version `interrupted`, its Bentos removed from the store. When it
+    resumes, its registration must stop there — before it starts, or before it moves an alias — and leave nothing."""
+    from components.errors import BehaviorflowError
+    from components.registry.repair import _repair_run
+
+    client, uri, run_id = store
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {}, promote=True, name=NAME)
+    with mlflow.start_run() as run:  # the paused retrain's run, with its own model
+        uri, paused = log_onnx_model(tmp_path / "bundle" / "model.onnx", {}), run.info.run_id
+    client.update_run(paused, status="RUNNING")  # its process is still in the run (paused)
+    # Taken for dead in the middle of its registration: the version exists, no alias has moved yet.
+    with pytest.raises(BehaviorflowError, match=f"MLflow run {paused} was taken for dead while it ran, so it registers nothing: "
+                                                "process 7 on pod-a stopped beating at 2026-12-02T10:00:00"):
+        with registry.pending_version(uri, paused, name=NAME) as v2:
+            _repair_run(client, paused, "process 7 on pod-a stopped beating at 2026-12-02T10:00:00, 16 minutes before this check")
+            assert client.get_model_version(NAME, v2).tags["registration"].startswith("interrupted: process 7 on pod-a")
+            registry.finalize_version(v2, {"bento_tag": "b:2"}, promote=True, name=NAME)
+    assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == [v1]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == v1
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == v1
+    # Taken for dead before it registered: no version is created at all.
+    with pytest.raises(BehaviorflowError, match="Run it again"):
+        with registry.pending_version(uri, paused, name=NAME):
+            pass
+    assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == [v1]
+    assert client.get_run(paused).info.status == "FAILED"
+
+
+def test_a_beating_run_taken_for_dead_says_so_once_and_stops_beating(store, caplog):
+    import time
+
+    from components.registry.repair import HEARTBEAT_TAG, _repair_run, tracked_run
+
+    client, _, _ = store
+    with caplog.at_level("WARNING", logger="components.registry.repair"), tracked_run("paused", heartbeat_s=0.2) as run:
+        run_id = run.info.run_id
+        _repair_run(client, run_id, "process 7 on pod-a stopped beating at 2026-12-02T10:00:00, 16 minutes before this check")
+        deadline = time.monotonic() + 30
+        while "will register nothing" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.2)
+        beat = client.get_run(run_id).data.tags[HEARTBEAT_TAG]
+        time.sleep(1.5)
+        assert client.get_run(run_id).data.tags[HEARTBEAT_TAG] == beat  # no longer beating into a FAILED run
+    assert client.get_run(run_id).info.status == "FAILED"  # not FINISHED over the repair's FAILED
+    said = [r.getMessage() for r in caplog.records if "taken for dead" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"MLflow run {run_id} was taken for dead by another process") and "process 7 on pod-a" in said[0]

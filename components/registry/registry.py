@@ -33,6 +33,7 @@ BENTO_ARTIFACT = "bento"  # the run artifact folder that holds the version's `.b
 REGISTRATION_TAG = "registration"  # on every version: "in progress: PID … on HOST since …", then "complete" (or "interrupted: …")
 REGISTRATION_COMPLETE = "complete"
 PROCESS_TAG = "behaviorflow.process"  # on every MLflow run the flows start: "PID@HOST", what repair.py checks is alive
+INTERRUPTED_TAG = "interrupted"  # on a run repair.py took for dead (and marked FAILED): what it found, when, by whom
 
 
 def this_process() -> str:
@@ -49,6 +50,22 @@ def _utc_now() -> str:
 def registration_in_progress() -> str:
     """The `registration` tag a version gets when it is created: who is registering it, where, since when."""
     return f"in progress: PID {os.getpid()} on {socket.gethostname()} since {_utc_now()}"
+
+
+def refuse_if_taken_for_dead(client, run_id: str, version: str | None = None, name: str = settings.REGISTERED_MODEL_NAME) -> None:
+    """Raise if another process's repair (repair.py) has taken this run for dead — marked it FAILED and its unfinished
+    version `interrupted` — while it ran: a process paused (SIGSTOP, a suspended VM or laptop) or cut off from the
+    tracking server for longer than the heartbeat allows, then resumed. Its registration must not go on: the repair
+    may have removed its Bento from the store, and serve and pull refuse an interrupted version."""
+    why = client.get_run(run_id).data.tags.get(INTERRUPTED_TAG)
+    if why is None and version is not None:
+        state = client.get_model_version(name, version).tags.get(REGISTRATION_TAG, "")
+        why = state.removeprefix("interrupted: ") if state.startswith("interrupted") else None
+    if why is not None:
+        raise BehaviorflowError(
+            f"MLflow run {run_id} was taken for dead while it ran, so it registers nothing: {why}. A run whose heartbeat "
+            "stops for 15 minutes (a paused process, a suspended machine, no contact with the tracking server) is taken "
+            "for dead by the next retrain or add-items. Run it again.")
 
 
 def registration_state(tags: dict) -> tuple[str, bool]:
@@ -271,6 +288,7 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
     import mlflow
 
     client = _client()
+    refuse_if_taken_for_dead(client, run_id)
     previous = {alias: _alias_version(client, alias, name) for alias in (settings.CHALLENGER_ALIAS, settings.CHAMPION_ALIAS)}
     # The version and its `registration` tag are written in one transaction: no moment without the tag.
     version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id, REGISTRATION_TAG: registration_in_progress()}).version)
@@ -296,6 +314,7 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     a retrain that ran beside another one must not replace a champion it was never compared with. The last
     step sets its `registration` tag to `complete`. Returns (the aliases set, why `champion` was not moved or None)."""
     client = _client()
+    refuse_if_taken_for_dead(client, client.get_model_version(name, version).run_id, version, name)
     previous_champion = _alias_version(client, settings.CHAMPION_ALIAS, name)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))

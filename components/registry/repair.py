@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components import settings
-from components.registry.registry import PROCESS_TAG, REGISTRATION_TAG, _client, _utc_now, has_bento, registration_state, this_process
+from components.registry.registry import INTERRUPTED_TAG, PROCESS_TAG, REGISTRATION_TAG, _client, _utc_now, has_bento, registration_state, this_process
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,19 @@ def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
         finally:
             stop.set()
             beating.join(timeout=10)
+    client = _client()  # mlflow ended it FINISHED; a run taken for dead meanwhile stays FAILED, as the repair left it
+    if client.get_run(run.info.run_id).data.tags.get(INTERRUPTED_TAG) is not None:
+        client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def _beat(run_id: str, every_s: float, stop: threading.Event) -> None:
     client, failing = _client(), False
     while not stop.wait(every_s):
         try:
+            if (why := client.get_run(run_id).data.tags.get(INTERRUPTED_TAG)) is not None:
+                log.warning("MLflow run %s was taken for dead by another process while this one was paused or cut off (%s): it is "
+                            "marked FAILED and will register nothing; stop it and run again", run_id, why)
+                return  # said once; the registration refuses (registry.refuse_if_taken_for_dead)
             client.set_tag(run_id, HEARTBEAT_TAG, _utc_now())
             failing = False
         except Exception as exc:  # noqa: BLE001 - the run goes on; said once per stretch of failures
@@ -216,7 +223,7 @@ def _repair_run(client, run_id: str, what: str) -> str:
         if finished or has_bento(client, mv):  # its Bento is served: keep it
             keep |= {mv.tags.get("bento_tag"), mv.tags.get("bento_model_tag")}
     removed = remove_from_store(run_id, keep)
-    client.set_tag(run_id, "interrupted", why)
+    client.set_tag(run_id, INTERRUPTED_TAG, why)
     client.set_terminated(run_id, status="FAILED")
     line = (f"repaired what an interrupted run left: MLflow run {run_id} marked FAILED ({why}); "
             f"{'versions marked registration=interrupted: ' + ', '.join(marked) if marked else 'no unfinished version'}; "
