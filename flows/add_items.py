@@ -218,6 +218,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
     from components.catalog import load_checkpoint
     from components.data.config import differs_from_recorded
     from components.export.onnx_export import probe_histories
+    from components.preparation.prepare import missing_text_fields
     from serving.contract import Bundle
 
     # If this process is killed, the next start finds the run RUNNING with a dead PID (this host) or no heartbeat for
@@ -243,8 +244,12 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
                            "data.item_columns": item_columns})  # as retrain records it (its config's flat params)
         out, parity, precision = export(extended, bundle, new, probes, extra, text_config, run_dir, source)
         notes = _items_it_would_drop(set(bundle.item_ids) | set(new[c.ITEM_ID]), str(version.version), promote, version.name, run_dir / "replaced")
-        recorded = mlflow.get_run(version.run_id).data.params.get("data.item_columns") if version.run_id else None
-        if (note := differs_from_recorded("item_columns", recorded, item_columns)) is not None:
+        if bundle.manifest.get("item_text_fields"):  # the text fields the model's catalog filled: compare what the new items fill
+            note = missing_text_fields(bundle.manifest["item_text_fields"], new)
+        else:  # a version from before that record: compare how the two files were read
+            recorded = mlflow.get_run(version.run_id).data.params.get("data.item_columns") if version.run_id else None
+            note = differs_from_recorded("item_columns", recorded, item_columns)
+        if note is not None:
             log.warning(note)
             notes.insert(0, note)
         check = f"{len(new)} item{'s' if len(new) != 1 else ''} added to version {source}; the scores of its {len(bundle.item_ids)} items did not move (max |Δ| {moved:.1e} on {len(probes)} histories); not re-evaluated: no new interactions"

@@ -255,6 +255,7 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
         "quantization": quantization.reason if quantization else "not tried",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         POPULARITY_FIELD: popularity_record(prepared.train, prepared.item_ids),  # the answer for a history with no known item
+        "item_text_fields": prepared.stats.get("item_text_fields", {}),  # share of items with each text field: add-items compares
     }
     with torch.no_grad():
         item_vectors = result.model.item_table().numpy()

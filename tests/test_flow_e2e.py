@@ -328,6 +328,11 @@ def test_add_items_registers_a_challenger_that_ranks_new_items_and_leaves_old_sc
     assert manifest["precision"] == json.loads((v2 / "bundle" / "manifest.json").read_text())["precision"] == "int8"
     # The source's popularity list, as it was: the added items have no interactions.
     assert manifest["popularity"] == source_manifest["popularity"] and len(manifest["popularity"]["items"]) == 100
+    # What text the model learned from, for add-items to compare new items with: carried over as it was.
+    from components.preparation.prepare import text_field_shares
+
+    assert manifest["item_text_fields"] == source_manifest["item_text_fields"] == text_field_shares(catalog)
+    assert source_manifest["item_text_fields"]["description"] > 0.5
     assert mv.tags["gate"].endswith(f"; served in {summary['precision']['reason']}")
     # Its checkpoint reads the new items' tokens too (token embeddings), so items can be added to it in turn.
     from components.catalog import CHECKPOINT_FILE, load_checkpoint

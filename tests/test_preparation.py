@@ -193,3 +193,23 @@ def test_item_texts_are_cleaned_once_for_validation_and_preparation(monkeypatch)
     assert given.item_ids == expected.item_ids and given.stats == expected.stats
     with pytest.raises(ValueError, match="2 texts for 4 item rows"):
         prepare(events, items, texts=["x", "y"])
+
+
+def test_add_items_is_told_when_new_items_lack_a_kind_of_text_the_model_learned_from():
+    from components.preparation.prepare import missing_text_fields, text_field_shares
+
+    catalog = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "title": ["Tent", "Stove", "", "Lamp"],
+                            "description": ["Two-person tent.", "  ", "Gas stove.", None], "brand": ["Alpenrock", "", "", ""]})
+    shares = text_field_shares(catalog)
+    assert shares == {"title": 0.75, "category": 0.0, "brand": 0.25, "description": 0.5}  # blank and missing values are empty
+    # New items read with another column name for the description: none of them has one.
+    new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["Mat", "Pump"]})
+    note = missing_text_fields(shares, new)
+    assert note == ("the new items have no description text, which the model's catalog items had: description (50% of them). Their "
+                    "vectors are made from less of the text than the model learned from, and they will rank lower than they should. "
+                    "If the file names the column otherwise, map it: --set 'data.item_columns={description: <its column>}'")
+    # A field the catalog seldom filled (brand: 25 %) is not expected; one new item with a description is enough.
+    assert missing_text_fields(shares, new.assign(description=["Foam mat.", ""])) is None
+    assert missing_text_fields({"title": 1.0, "category": 0.9, "brand": 0.0, "description": 0.8}, new).startswith(
+        "the new items have no category or description text, which the model's catalog items had: category (90% of them), description (80% of them).")
+    assert missing_text_fields(shares, new.iloc[:0].assign(description=[])) is not None  # no rows: nothing filled

@@ -170,6 +170,29 @@ def cleaning_stats(catalog: pd.DataFrame, texts: list[str]) -> dict:
     return stats
 
 
+def text_field_shares(catalog: pd.DataFrame) -> dict[str, float]:
+    """Per text field (title, category, brand, description) the share of `catalog`'s items with something in it (0 for
+    a field the file has no column for). A retrain records it with the model (its manifest), so that add-items can
+    tell when new items come without a kind of text that the model learned from."""
+    return {f: round(float(catalog[f].fillna("").astype(str).str.strip().ne("").mean()), 4) if f in catalog.columns and len(catalog) else 0.0
+            for f in C.ITEM_TEXT_FIELDS}
+
+
+def missing_text_fields(recorded: dict[str, float], new_items: pd.DataFrame, most: float = 0.5) -> str | None:
+    """A note when `new_items` fill none of the text fields that at least `most` of the model's catalog filled
+    (`recorded`: its text_field_shares), else None: their vectors would be made from less of the text than the model
+    learned from — most often a column the new file names otherwise, which data.item_columns maps."""
+    shares = text_field_shares(new_items)
+    lacking = [f for f, share in recorded.items() if share >= most and shares.get(f, 0.0) == 0.0]
+    if not lacking:
+        return None
+    had = ", ".join(f"{f} ({recorded[f]:.0%} of them)" for f in lacking)
+    example = ", ".join(f"{f}: <its column>" for f in lacking)
+    return (f"the new items have no {' or '.join(lacking)} text, which the model's catalog items had: {had}. Their vectors are "
+            f"made from less of the text than the model learned from, and they will rank lower than they should. If the file "
+            f"names the column otherwise, map it: --set 'data.item_columns={{{example}}}'")
+
+
 def _clean_field(values: pd.Series, name: str) -> list[str]:
     if name == C.CATEGORY:
         values = values.map(category_text)
@@ -291,7 +314,7 @@ def prepare(events: pd.DataFrame, items: pd.DataFrame, config: PrepareConfig = P
     texts = texts_per_row(items, texts)
     if not first.all():
         texts = [text for text, kept in zip(texts, first) if kept]
-    stats.update(cleaning_stats(catalog, texts))
+    stats.update(cleaning_stats(catalog, texts), item_text_fields=text_field_shares(catalog))
     return PreparedData(
         item_ids=item_ids,
         item_texts=texts,
