@@ -206,7 +206,7 @@ def test_add_items_is_told_when_new_items_lack_a_kind_of_text_the_model_learned_
     new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["Mat", "Pump"]})
     note = missing_text_fields(shares, new)
     assert note == ("the new items have no description text, which the model's catalog items had: description (50% of them). Their "
-                    "vectors are made from less of the text than the model learned from, and they will rank lower than they should. "
+                    "vectors are made from less of the text than the model learned from, so they are not scored as items that had it. "
                     "If the file names the column otherwise, map it: --set 'data.item_columns={description: <its column>}'")
     # A field the catalog seldom filled (brand: 25 %) is not expected; one new item with a description is enough.
     assert missing_text_fields(shares, new.assign(description=["Foam mat.", ""])) is None

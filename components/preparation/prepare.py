@@ -189,7 +189,7 @@ def missing_text_fields(recorded: dict[str, float], new_items: pd.DataFrame, mos
     had = ", ".join(f"{f} ({recorded[f]:.0%} of them)" for f in lacking)
     example = ", ".join(f"{f}: <its column>" for f in lacking)
     return (f"the new items have no {' or '.join(lacking)} text, which the model's catalog items had: {had}. Their vectors are "
-            f"made from less of the text than the model learned from, and they will rank lower than they should. If the file "
+            f"made from less of the text than the model learned from, so they are not scored as items that had it. If the file "
             f"names the column otherwise, map it: --set 'data.item_columns={{{example}}}'")
 
 
