@@ -66,23 +66,21 @@ def validate_new_items(items_path: str, bundle, version: str, item_columns: dict
 
 
 @task(name="embed new items", cache_policy=NONE)
-def embed(items, text_config, with_tokens: bool):
+def embed(texts: list[str], text_config, with_tokens: bool):
     """The new items' LM embeddings, and their token ids when the model has token embeddings (else None)."""
-    log.info("[3/6] embed %d new item texts with the model's language model", len(items))
-    from components.preparation.prepare import item_texts
+    log.info("[3/6] embed %d new item texts with the model's language model", len(texts))
     from components.tokenization import embed_items, item_tokens
 
-    texts = item_texts(items)
     return embed_items(texts, text_config, settings.cache_dir()), item_tokens(texts, text_config, settings.cache_dir())[0] if with_tokens else None
 
 
-def record_cleaning(items) -> dict:
-    """What the item text cleaning changed in the new items, in the run's item_text_cleaning.json and one INFO line,
-    as a retrain records it for its catalog (preparation.json)."""
-    from components.preparation.prepare import cleaning_note, cleaning_stats, item_texts
+def record_cleaning(items, texts: list[str]) -> dict:
+    """What the item text cleaning changed in the new items (`texts`: their item_texts), in the run's
+    item_text_cleaning.json and one INFO line, as a retrain records it for its catalog (preparation.json)."""
+    from components.preparation.prepare import cleaning_note, cleaning_stats
     from components.registry.tracking import log_json
 
-    cleaning = cleaning_stats(items, item_texts(items))
+    cleaning = cleaning_stats(items, texts)
     log_json("item_text_cleaning.json", cleaning)
     if note := cleaning_note(cleaning, len(items), "item_text_cleaning.json"):
         log.info(note)
@@ -218,7 +216,7 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
     from components.catalog import load_checkpoint
     from components.data.config import differs_from_recorded
     from components.export.onnx_export import probe_histories
-    from components.preparation.prepare import missing_text_fields
+    from components.preparation.prepare import item_texts, missing_text_fields
     from serving.contract import Bundle
 
     # If this process is killed, the next start finds the run RUNNING with a dead PID (this host) or no heartbeat for
@@ -231,8 +229,9 @@ def _add(items: str, version, bundle_dir: Path, checkpoint: Path, promote: bool,
         bundle = Bundle(bundle_dir)
         new = validate_new_items(items, bundle, str(version.version), item_columns)
         old_model, text_config = load_checkpoint(checkpoint)
-        cleaning = record_cleaning(new)
-        embeddings, tokens = embed(new, text_config, old_model.token_emb is not None)
+        texts = item_texts(new)  # cleaned once, for the record and the language model
+        cleaning = record_cleaning(new, texts)
+        embeddings, tokens = embed(texts, text_config, old_model.token_emb is not None)
         # Probe histories: the known users' (as the service reads them), else each item alone.
         probes = [np.array([bundle.index_of[i] for i in h if i in bundle.index_of], dtype=np.int64) for h in bundle.users.values()]
         probes = [p for p in probes if len(p)] or [np.array([i], dtype=np.int64) for i in range(1, len(bundle.item_ids) + 1)]

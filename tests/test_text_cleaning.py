@@ -77,6 +77,7 @@ def test_add_items_reads_a_new_item_as_a_retrain_does(tmp_path):
     from components.config import RetrainConfig
     from components.data import load_dataset, load_items
     from components.preparation import prepare
+    from components.preparation.prepare import item_texts
     from flows.add_items import embed
     from flows.retrain import encode_item_text
 
@@ -94,7 +95,7 @@ def test_add_items_reads_a_new_item_as_a_retrain_does(tmp_path):
 
     config = RetrainConfig()
     retrained = encode_item_text.fn(prepared.item_texts, config)
-    added_vectors, added_tokens = embed.fn(load_items(tmp_path / "new.csv"), config.text, with_tokens=True)
+    added_vectors, added_tokens = embed.fn(item_texts(load_items(tmp_path / "new.csv")), config.text, with_tokens=True)  # as add-items reads them
     np.testing.assert_array_equal(added_tokens[0], retrained["tokens"][in_retrain])
     np.testing.assert_allclose(added_vectors[0], retrained["embeddings"][in_retrain], atol=1e-5)
 
