@@ -147,6 +147,17 @@ def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarra
     return out
 
 
+def length_groups(lengths: Sequence[int], max_len: int) -> list[list[int]]:
+    """Indices of `lengths` grouped so that each group pads cheaply: by the power of two at or above each
+    length (capped at max_len), shortest group first. A group pads to its own longest member, which is
+    at most twice its shortest, and a batch runs at most log2(max_len) + 2 graph calls."""
+    groups: dict[int, list[int]] = {}
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        length = min(max(1, lengths[index]), max_len)
+        groups.setdefault(min(max_len, 1 << (length - 1).bit_length()), []).append(index)
+    return [groups[key] for key in sorted(groups)]
+
+
 class Bundle:
     """A loaded model bundle folder: the ONNX path, the item table, known users and the manifest."""
 

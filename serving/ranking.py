@@ -74,19 +74,24 @@ class BundleRanker:
         `new_items` says (the service's `new_items` and `new_item_boost`; by default not at all)."""
         index_of, item_ids = self.bundle.index_of, self.bundle.item_ids
         batch_size = self.bundle.rows_per_call or batch_size
-        out: list[list[str]] = []
-        for start in range(0, len(histories), batch_size):
-            chunk = [[index_of[i] for i in h if i in index_of] for h in histories[start : start + batch_size]]
-            items, scores, users = self.session.run(
-                [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER],
-                {contract.INPUT_HISTORY: contract.pad_histories(chunk, self.bundle.max_len), contract.INPUT_EXCLUDE_SEEN: np.full(len(chunk), exclude_seen)},
-            )
-            for history, row_items, row_scores, user in zip(chunk, items.tolist(), scores.tolist(), users):
-                banned = set(history) if exclude_seen else set()
-                ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
-                if len(ranked) < k:
-                    ranked = self.bundle.fill_to_k(ranked, k, user, banned, self._item_vectors)
-                vectors = self._item_vectors if new_items and self.bundle.new_item_set else None
-                ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, vectors)
-                out.append([item_ids[i - 1] for i, _ in ranked])
+        known = [[index_of[i] for i in h if i in index_of] for h in histories]
+        out: list[list[str]] = [[] for _ in known]
+        # Histories of similar length share a call, padded to their longest, as the service batches them: in the
+        # given order, one long history in a batch made every short one pay for its length.
+        for group in contract.length_groups([len(h) for h in known], self.bundle.max_len):
+            for start in range(0, len(group), batch_size):
+                rows = group[start : start + batch_size]
+                chunk = [known[row] for row in rows]
+                items, scores, users = self.session.run(
+                    [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER],
+                    {contract.INPUT_HISTORY: contract.pad_histories(chunk, self.bundle.max_len), contract.INPUT_EXCLUDE_SEEN: np.full(len(chunk), exclude_seen)},
+                )
+                for row, history, row_items, row_scores, user in zip(rows, chunk, items.tolist(), scores.tolist(), users):
+                    banned = set(history) if exclude_seen else set()
+                    ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
+                    if len(ranked) < k:
+                        ranked = self.bundle.fill_to_k(ranked, k, user, banned, self._item_vectors)
+                    vectors = self._item_vectors if new_items and self.bundle.new_item_set else None
+                    ranked = self.bundle.with_new_items(ranked, k, new_items, user, banned, vectors)
+                    out[row] = [item_ids[i - 1] for i, _ in ranked]
         return out

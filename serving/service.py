@@ -99,6 +99,7 @@ from serving.contract import (
     ScoreRequest,
     ScoreResponse,
     ServiceMetadata,
+    length_groups,
     pad_histories,
 )
 from serving import bentoml_fixes
@@ -210,17 +211,6 @@ class Ranked(BaseModel):
     items: list[int]
     scores: list[float]
     user_vector: list[float]
-
-
-def length_groups(lengths: Sequence[int], max_len: int) -> list[list[int]]:
-    """Indices of `lengths` grouped so that each group pads cheaply: by the power of two at or above each
-    length (capped at max_len), shortest group first. A group pads to its own longest member, which is
-    at most twice its shortest, and a batch runs at most log2(max_len) + 2 graph calls."""
-    groups: dict[int, list[int]] = {}
-    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        length = min(max(1, lengths[index]), max_len)
-        groups.setdefault(min(max_len, 1 << (length - 1).bit_length()), []).append(index)
-    return [groups[key] for key in sorted(groups)]
 
 
 @bentoml.service(name=RANKER_SERVICE_NAME, workers=1, traffic={"timeout": 30}, runner_connection=_RANKER_CONNECTION)

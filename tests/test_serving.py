@@ -605,7 +605,7 @@ def test_a_wrong_path_or_method_is_a_json_error_too(model_tag):
 
 
 def test_length_groups():
-    from serving.service import length_groups
+    from serving.contract import length_groups
 
     lengths = [20, 1, 3, 17, 2, 1, 9, 4, 0]
     groups = length_groups(lengths, max_len=20)
@@ -1176,3 +1176,22 @@ def test_shadow_counts_reach_the_serve_log_at_shutdown(model_tag, tmp_path):
     # bentoml_serve has stopped the server with SIGTERM, as `kill`, Kubernetes and Ctrl-C (SIGINT) do
     text = serve_log.read_text()
     assert f"shadow log {shadow_log}: 3 recorded, 0 dropped (queue full), 0 failed, 0 left unwritten at shutdown" in text, text[-3000:]
+
+
+def test_batch_ranking_pads_each_length_group_to_its_own_longest_and_keeps_the_order(tmp_path):
+    """Batch prediction and evaluation rank through BundleRanker.topk. Histories of mixed lengths used to go to the graph
+    in the given order, each call padded to its batch's longest: one long history made every short one beside it pay
+    for its length. Now each call holds one length group (as the service batches), and answers come back in order."""
+    from serving.ranking import BundleRanker
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    rng = np.random.default_rng(5)
+    lengths = [1, 20, 2, 3, 17, 1, 9, 2]
+    histories = [[item_id(int(i)) for i in rng.integers(1, N_ITEMS + 1, size=n)] for n in lengths]
+    ranker = BundleRanker(bundle)
+    shapes = []
+    run = ranker.session.run
+    ranker.session = type("Recording", (), {"run": lambda self, outputs, feeds: shapes.append(feeds[contract.INPUT_HISTORY].shape) or run(outputs, feeds)})()
+    answers = ranker.topk(histories, 5, batch_size=3)
+    assert sorted(shapes) == sorted([(2, 1), (2, 2), (1, 3), (1, 9), (2, 20)])  # groups ≤1, ≤2, ≤4, ≤16 and the rest (max_len 20), in calls of ≤ 3
+    assert answers == [BundleRanker(bundle).topk([h], 5)[0] for h in histories]  # each history's own answer, in the given order
