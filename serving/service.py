@@ -57,7 +57,7 @@ import math
 import os
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import aiohttp  # BentoML's own client between services (see Recommender._rank)
 import bentoml
