@@ -86,9 +86,10 @@ class BundleRanker:
                     [contract.OUTPUT_ITEMS, contract.OUTPUT_SCORES, contract.OUTPUT_USER],
                     {contract.INPUT_HISTORY: contract.pad_histories(chunk, self.bundle.max_len), contract.INPUT_EXCLUDE_SEEN: np.full(len(chunk), exclude_seen)},
                 )
-                for row, history, row_items, row_scores, user in zip(rows, chunk, items.tolist(), scores.tolist(), users):
+                allowed = (items > 0) & np.isfinite(scores)  # for the whole call at once: per score it took a third of the time
+                for row, history, row_items, row_scores, row_allowed, user in zip(rows, chunk, items, scores, allowed, users):
                     banned = set(history) if exclude_seen else set()
-                    ranked = [(i, s) for i, s in zip(row_items, row_scores) if i > 0 and np.isfinite(s) and i not in banned]
+                    ranked = [(i, s) for i, s in zip(row_items[row_allowed].tolist(), row_scores[row_allowed].tolist()) if i not in banned]
                     if len(ranked) < k:
                         ranked = self.bundle.fill_to_k(ranked, k, user, banned, self._item_vectors)
                     vectors = self._item_vectors if new_items and self.bundle.new_item_set else None
