@@ -355,3 +355,64 @@ def test_failures_on_mapped_columns_name_the_files_column_and_timestamps_point_a
     assert "epoch seconds (1990-01-01 to 2100-01-01) once read as epoch milliseconds (seconds? set data.timestamp_unit: s) — e.g. " in (
         failure(seconds, "expect_column_values_to_be_between", c.TIMESTAMP)["message"])
     assert seconds.statistics["events"]["timestamp_unit"] == "ms (data.timestamp_unit)"
+
+
+def large_catalog(n: int = 3000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A catalog of n items and events on it of which rows 2, 5 and the last two (counted from 1) name unknown items."""
+    ids = [f"{i:06d}" for i in range(n)]
+    items = pd.DataFrame({c.ITEM_ID: ids, c.TITLE: [f"item {i}" for i in range(n)]})
+    event_items = ids[::7] + ["1", "zz"]
+    event_items[1], event_items[4] = event_items[-2], event_items[-1]
+    events = pd.DataFrame({
+        c.USER_ID: ["u1"] * len(event_items), c.ITEM_ID: event_items, c.EVENT_TYPE: ["view"] * len(event_items),
+        c.TIMESTAMP: pd.array([1_700_000_000 + i for i in range(len(event_items))], dtype="Int64"),
+    })
+    return events, items
+
+
+def test_a_large_catalog_check_reports_what_ges_own_expectation_reports(tmp_path, monkeypatch):
+    # The catalog check runs as ExpectColumnValuesToBeInLargeSet; GE's ExpectColumnValuesToBeInSet (the suite file's
+    # type, run as it is) must find the same rows and the message the same words.
+    from components.validation import validator
+
+    events, items = large_catalog()
+    report = validate(events, items, events_source="e.csv", items_source="i.csv", gx_root=tmp_path / "large")
+    monkeypatch.setattr(validator, "_as_run", lambda raw_suite: raw_suite)
+    as_ge = validate(events, items, events_source="e.csv", items_source="i.csv", gx_root=tmp_path / "ge")
+    assert report.failures == as_ge.failures
+    found = failure(report, "expect_column_values_to_be_in_set", c.ITEM_ID)
+    assert (found["unexpected_count"], found["rows"], found["examples"]) == (4, [2, 5, 430, 431], ["1", "zz", "1", "zz"])
+    assert found["message"].startswith("e.csv: column 'item_id': 4 rows with an item_id missing from the catalog (i.csv) — e.g. '1' (row 2)")
+    assert "1 of these 2 unknown id(s) equal a catalog id once leading zeros" in found["message"]  # '1' ~ '000001'
+
+
+def test_the_large_set_expectation_gives_ges_configuration():
+    import great_expectations.expectations as gxe
+
+    from components.validation.large_set import ExpectColumnValuesToBeInLargeSet
+
+    kwargs = {"column": c.ITEM_ID, "value_set": [f"P{i}" for i in range(500)] + [None, 3, 2.5, True], "mostly": 0.5,
+              "meta": {"notes": "n"}, "row_condition": None}
+    ours, ges = ExpectColumnValuesToBeInLargeSet(**kwargs), gxe.ExpectColumnValuesToBeInSet(**kwargs)
+    for how in ({}, {"exclude_defaults": True}, {"exclude_none": True}, {"exclude": {"meta"}}, {"include": {"value_set"}}):
+        mine, theirs = ours.dict(**how), ges.dict(**how)
+        assert mine == theirs and list(mine) == list(theirs), how
+    assert ours.dict()["value_set"] is not ours.value_set  # a copy, as pydantic's
+    assert ours.configuration.kwargs == ges.configuration.kwargs
+    assert ours.configuration.type == "expect_column_values_to_be_in_large_set"
+
+
+def test_data_docs_render_this_runs_pages_not_every_earlier_runs(sample, tmp_path):
+    # Each run's pages hold its value sets (a large catalog: 5.5 MB for the events page at 100,000 items); a
+    # re-run rendered every earlier run's page again.
+    gx = tmp_path / "gx"
+    first = run(sample, gx)
+    pages = sorted((gx / "uncommitted" / "data_docs" / "local_site" / "validations").rglob("*.html"))
+    assert len(pages) == 2
+    written = {page: page.stat().st_mtime_ns for page in pages}
+    second = run(sample, gx)
+    assert {page: page.stat().st_mtime_ns for page in pages} == written
+    now = sorted((gx / "uncommitted" / "data_docs" / "local_site" / "validations").rglob("*.html"))
+    assert len(now) == 4
+    index = second.data_docs.read_text()
+    assert first.data_docs == second.data_docs and all(page.parent.name in index for page in now)  # the index links every run

@@ -4,7 +4,9 @@ The suites are plain JSON files a reviewer reads in the repository; contract fac
 timestamp range) and the catalog's item ids reach them as suite parameters at run time, so each fact
 keeps one owner. Every run writes Data Docs into the GE project folder (`settings.gx_root()`), and every
 failing expectation is reported with the file, column, offending values and their rows (`_row`). The items suite
-also checks `_text`, a column the validator adds: whether the item has any text the language model reads.
+also checks `_text`, a column the validator adds: whether the item has any text the language model reads. An
+expect_column_values_to_be_in_set whose value set is a run-time parameter (the catalog) runs as GE's same expectation
+with a faster copy of its configuration (large_set.py); failures name the suite file's type.
 
 great_expectations takes several seconds to import, so it is imported inside the functions that use it.
 """
@@ -75,7 +77,7 @@ def validate(
         "max_timestamp": c.MAX_TIMESTAMP,
         "catalog_item_ids": sorted(catalog),
     }
-    failures, statistics = [], {}
+    failures, statistics, pages = [], {}, []
     tables = (("items", dataset_items, items_source), ("events", dataset_events, events_source))
     for name, frame, source in (t for t in tables if t[1] is not None):
         if c.ROW not in frame:  # a frame built in code: number its rows 1..n
@@ -83,12 +85,13 @@ def validate(
         if name == "items":
             frame = _with_text_flag(frame, item_texts)
             dataset_items = frame
-        found, evaluated = _run_suite(context, datasource, name, frame, parameters, source, items_source)
+        found, evaluated, results = _run_suite(context, datasource, name, frame, parameters, source, items_source)
         failures += found
+        pages += results
         statistics[name] = {
             "source": source, "rows": len(frame), "expectations": evaluated, "failed": len(found)
         } | _reading(frame)
-    context.build_data_docs()
+    context.build_data_docs(resource_identifiers=pages)  # this run's pages (and the index), not every earlier run's
     _name_textless_items(failures, dataset_items, items_source)
     if dataset_events is not None:
         _explain_unknown_items(failures, dataset_events, catalog, items_source)
@@ -224,11 +227,13 @@ def _context(root: Path):
 def _run_suite(
     context, datasource, name: str, frame: pd.DataFrame, parameters: dict, source: str, items_source: str
 ) -> tuple[list[dict], int]:
-    """Run one suite through a checkpoint; returns its failures and how many expectations it evaluated."""
+    """Run one suite through a checkpoint; returns its failures, how many expectations it evaluated and this run's
+    Data Docs resources (its validation result, the suite)."""
     import great_expectations as gx
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     raw_suite = _read_suite(name, frame.columns)
-    suite = context.suites.add_or_update(gx.ExpectationSuite(**raw_suite))
+    suite = context.suites.add_or_update(gx.ExpectationSuite(**_as_run(raw_suite)))
     batch = datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=name, data=batch, suite=suite)
@@ -237,15 +242,31 @@ def _run_suite(
         gx.Checkpoint(name=name, validation_definitions=[definition], result_format=_RESULT_FORMAT)
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
-    # Results carry the parameters substituted; the suite file's own kwargs say which parameter it was.
-    raw_kwargs = {e.id: raw["kwargs"] for e, raw in zip(suite.expectations, raw_suite["expectations"])}
+    # Results carry the parameters substituted and the type run (_as_run); the suite file says which parameter it was,
+    # and its type is the one reported.
+    raw = {e.id: expectation for e, expectation in zip(suite.expectations, raw_suite["expectations"])}
     failures = [
-        _failure(name, source, items_source, result, raw_kwargs[result.expectation_config.id], frame.attrs)
+        _failure(name, source, items_source, result, raw[result.expectation_config.id], frame.attrs)
         for run in outcome.run_results.values()
         for result in run.results
         if not result.success
     ]
-    return failures, len(suite.expectations)
+    return failures, len(suite.expectations), [*outcome.run_results, ExpectationSuiteIdentifier(name)]
+
+
+def _as_run(raw_suite: dict[str, Any]) -> dict[str, Any]:
+    """The suite as it is run: an expect_column_values_to_be_in_set whose value set is a run-time parameter (the
+    catalog's item ids: 100,000 of them in a large shop) runs as ExpectColumnValuesToBeInLargeSet, the same GE
+    expectation with a faster copy of its configuration (see large_set.py: GE copied the ids ~110 times a run)."""
+    from components.validation.large_set import ExpectColumnValuesToBeInLargeSet
+
+    def run_as(expectation: dict) -> dict:
+        parameter = isinstance(expectation["kwargs"].get("value_set"), dict)
+        if expectation["type"] == "expect_column_values_to_be_in_set" and parameter:
+            return {**expectation, "type": ExpectColumnValuesToBeInLargeSet.expectation_type}
+        return expectation
+
+    return {**raw_suite, "expectations": [run_as(expectation) for expectation in raw_suite["expectations"]]}
 
 
 def _read_suite(name: str, columns: pd.Index) -> dict[str, Any]:
@@ -272,13 +293,14 @@ def _docs_index(context) -> Path:
     return Path(url2pathname(urlparse(url).path))
 
 
-def _failure(suite: str, source: str, items_source: str, result, raw_kwargs: dict, attrs: dict | None = None) -> dict:
-    """A failing expectation as a plain dict, with the line a user reads. `attrs`: the frame's, from the reader:
-    a column the file names differently is named as the file does, "column 'parent_asin' (item_id)"."""
+def _failure(suite: str, source: str, items_source: str, result, raw: dict, attrs: dict | None = None) -> dict:
+    """A failing expectation as a plain dict, with the line a user reads. `raw`: the expectation as the suite file
+    has it (its type and kwargs). `attrs`: the frame's, from the reader: a column the file names differently is
+    named as the file does, "column 'parent_asin' (item_id)"."""
     from components.data.readers import SOURCE_COLUMNS, TIMESTAMP_UNIT, column_label
 
     attrs = attrs or {}
-    kind, kwargs = result.expectation_config.type, result.expectation_config.kwargs
+    kind, kwargs, raw_kwargs = raw["type"], result.expectation_config.kwargs, raw["kwargs"]
     details = result.result or {}
     column = kwargs.get("column")
     indexed = details.get("partial_unexpected_index_list") or []
