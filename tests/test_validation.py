@@ -416,3 +416,20 @@ def test_data_docs_render_this_runs_pages_not_every_earlier_runs(sample, tmp_pat
     assert len(now) == 4
     index = second.data_docs.read_text()
     assert first.data_docs == second.data_docs and all(page.parent.name in index for page in now)  # the index links every run
+
+
+def test_timestamps_reach_ge_as_numpy_numbers_and_fail_on_the_same_rows(tmp_path):
+    # GE compares a numpy column at once, a nullable Int64 one value by value in Python; nulls stay nulls.
+    from components.validation.validator import _numpy_timestamps
+
+    stamps = pd.array([1_700_000_000, None, 1_700_000_000_000, 5], dtype="Int64")
+    events = pd.DataFrame({c.USER_ID: ["u1"] * 4, c.ITEM_ID: ["A"] * 4, c.EVENT_TYPE: ["view"] * 4, c.TIMESTAMP: stamps})
+    assert str(_numpy_timestamps(events)[c.TIMESTAMP].dtype) == "float64"
+    assert str(_numpy_timestamps(events.iloc[[0, 2]])[c.TIMESTAMP].dtype) == "int64"
+    assert _numpy_timestamps(events)[c.TIMESTAMP].isna().tolist() == [False, True, False, False]
+    items = pd.DataFrame({c.ITEM_ID: ["A"], c.TITLE: ["a"]})
+    report = validate(events, items, events_source="e.csv", items_source="i.csv", gx_root=tmp_path / "gx")
+    between = failure(report, "expect_column_values_to_be_between", c.TIMESTAMP)
+    assert (between["rows"], between["examples"]) == ([3, 4], [1_700_000_000_000, 5])
+    assert "e.g. 1700000000000 (row 3), 5 (row 4)" in between["message"] and all(type(x) is int for x in between["examples"])
+    assert failure(report, "expect_column_values_to_not_be_null", c.TIMESTAMP)["rows"] == [2]

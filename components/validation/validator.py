@@ -85,6 +85,8 @@ def validate(
         if name == "items":
             frame = _with_text_flag(frame, item_texts)
             dataset_items = frame
+        else:
+            frame = _numpy_timestamps(frame)
         found, evaluated, results = _run_suite(context, datasource, name, frame, parameters, source, items_source)
         failures += found
         pages += results
@@ -107,6 +109,16 @@ def _with_text_flag(items: pd.DataFrame, texts: list[str] | None = None) -> pd.D
     from components.preparation.prepare import texts_per_row
 
     return items.assign(**{c.HAS_TEXT: [bool(text) for text in texts_per_row(items, texts)]})
+
+
+def _numpy_timestamps(events: pd.DataFrame) -> pd.DataFrame:
+    """`events` with nullable integer timestamps (the readers' Int64) as numpy int64, or float64 where some are
+    missing (exact for epoch seconds and milliseconds; NaN is null to GE): GE's between check compares a numpy column
+    at once but calls a Python function per value of a nullable one (1.1 s at 1.26M events). Same rows pass and fail."""
+    column = events.get(c.TIMESTAMP)
+    if column is None or not (pd.api.types.is_extension_array_dtype(column) and pd.api.types.is_integer_dtype(column)):
+        return events
+    return events.assign(**{c.TIMESTAMP: column.astype("float64" if column.hasnans else "int64")})
 
 
 _NO_TEXT_FIX = "Give each a title or a description, or remove these rows, and re-run."
