@@ -5,8 +5,8 @@ timestamp range) and the catalog's item ids reach them as suite parameters at ru
 keeps one owner. Every run writes Data Docs into the GE project folder (`settings.gx_root()`), and every
 failing expectation is reported with the file, column, offending values and their rows (`_row`). The items suite
 also checks `_text`, a column the validator adds: whether the item has any text the language model reads. An
-expect_column_values_to_be_in_set whose value set is a run-time parameter (the catalog) runs as GE's same expectation
-with a faster copy of its configuration (large_set.py); failures name the suite file's type.
+expect_column_values_to_be_in_set whose value set is a run-time parameter (the catalog, the event types) runs as
+GE's same expectation with a faster copy of its configuration (large_set.py); failures name the suite file's type.
 
 great_expectations takes several seconds to import, so it is imported inside the functions that use it.
 """
