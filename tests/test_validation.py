@@ -433,3 +433,30 @@ def test_timestamps_reach_ge_as_numpy_numbers_and_fail_on_the_same_rows(tmp_path
     assert (between["rows"], between["examples"]) == ([3, 4], [1_700_000_000_000, 5])
     assert "e.g. 1700000000000 (row 3), 5 (row 4)" in between["message"] and all(type(x) is int for x in between["examples"])
     assert failure(report, "expect_column_values_to_not_be_null", c.TIMESTAMP)["rows"] == [2]
+
+
+def test_the_ge_project_keeps_the_newest_runs_of_each_suite_and_the_index_lists_only_them(sample, tmp_path, monkeypatch):
+    # A scheduled retrain validates every time: each run's stored result and page stayed for ever (8 MB a run at
+    # 100,000 items), and the Data Docs index read them all. BEHAVIORFLOW_GX_KEEP_RUNS keeps the newest.
+    from components.errors import BehaviorflowError
+    from components.validation.validator import KEEP_RUNS_DEFAULT, KEEP_RUNS_ENV, keep_runs
+
+    gx = tmp_path / "gx"
+    monkeypatch.setenv(KEEP_RUNS_ENV, "2")
+    reports = [run(sample, gx)]
+    first = [p.name for p in (gx / "uncommitted" / "validations" / "events").glob("*/*")]
+    reports += [run(sample, gx) for _ in range(2)]
+    stored = sorted(p.name for p in (gx / "uncommitted" / "validations" / "events").glob("*/*"))
+    pages = sorted(p.parent.name for p in (gx / "uncommitted" / "data_docs" / "local_site" / "validations" / "events").rglob("*.html"))
+    assert len(stored) == 2 and pages == stored  # the first run's result and page are gone, for both suites
+    assert len(list((gx / "uncommitted" / "validations" / "items").glob("*/*"))) == 2
+    index = reports[-1].data_docs.read_text()
+    assert all(name in index for name in stored) and len(first) == 1 and first[0] not in stored and first[0] not in index
+    monkeypatch.setenv(KEEP_RUNS_ENV, "0")  # keep all
+    run(sample, gx)
+    assert len(list((gx / "uncommitted" / "validations" / "events").glob("*/*"))) == 3
+    monkeypatch.setenv(KEEP_RUNS_ENV, "ten")
+    with pytest.raises(BehaviorflowError, match="BEHAVIORFLOW_GX_KEEP_RUNS='ten': expected a whole number of validation runs to keep"):
+        keep_runs()
+    monkeypatch.delenv(KEEP_RUNS_ENV)
+    assert keep_runs() == KEEP_RUNS_DEFAULT == 30

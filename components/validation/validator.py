@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,7 @@ def validate(
         statistics[name] = {
             "source": source, "rows": len(frame), "expectations": evaluated, "failed": len(found)
         } | _reading(frame)
+    prune_old_runs(context, keep_runs())  # before the index is built: it lists the stored runs
     context.build_data_docs(resource_identifiers=pages)  # this run's pages (and the index), not every earlier run's
     _name_textless_items(failures, dataset_items, items_source)
     if dataset_events is not None:
@@ -298,6 +301,42 @@ def _read_suite(name: str, columns: pd.Index) -> dict[str, Any]:
         if expectation["kwargs"].get("column") in (None, *columns)
     ]
     return raw
+
+
+KEEP_RUNS_ENV = "BEHAVIORFLOW_GX_KEEP_RUNS"  # validation runs of each suite the GE project keeps; 0 = all
+KEEP_RUNS_DEFAULT = 30
+
+
+def keep_runs() -> int:
+    """How many validation runs of each suite the GE project keeps (KEEP_RUNS_ENV, else KEEP_RUNS_DEFAULT)."""
+    value = os.environ.get(KEEP_RUNS_ENV, "").strip()
+    if not value:
+        return KEEP_RUNS_DEFAULT
+    if not value.isdigit():
+        raise BehaviorflowError(f"{KEEP_RUNS_ENV}={value!r}: expected a whole number of validation runs to keep (0 = keep all)")
+    return int(value)
+
+
+def prune_old_runs(context, keep: int) -> list[str]:
+    """Remove all but the newest `keep` runs of each suite from the GE project's validation results and their Data
+    Docs pages (0: keep all); returns the run folders removed. A scheduled retrain validates every time, and each run
+    stored its results (on a 100,000-item catalog, a 2.6 MB result and a 5.5 MB page: the catalog's ids) for ever,
+    the Data Docs index reading all of them. Every run's validation.json stays with its MLflow run."""
+    if keep <= 0:
+        return []
+    root = Path(context.root_directory)
+    results = root / context.variables.config.stores["validation_results_store"]["store_backend"]["base_directory"]
+    sites = [root / site["store_backend"]["base_directory"] / "validations" for site in context.variables.config.data_docs_sites.values()
+             if site.get("store_backend", {}).get("class_name") == "TupleFilesystemStoreBackend"]
+    removed = []
+    for suite in (p for p in results.iterdir() if p.is_dir()) if results.is_dir() else ():
+        runs = sorted((p for p in suite.glob("*/*") if p.is_dir()), key=lambda p: p.name)  # <run name>/<run time, sortable>
+        for run in runs[: max(0, len(runs) - keep)]:
+            shutil.rmtree(run, ignore_errors=True)
+            for site in sites:
+                shutil.rmtree(site / run.relative_to(results), ignore_errors=True)
+            removed.append(str(run.relative_to(results)))
+    return removed
 
 
 def _docs_index(context) -> Path:
