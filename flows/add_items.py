@@ -174,9 +174,10 @@ def add_items(items: str, model: str = f"{settings.REGISTERED_MODEL_NAME}@{setti
     started = time.perf_counter()
     if not Path(items).is_file():
         raise BehaviorflowError(f"items file {items}: no such file")
-    from components.registry.repair import repair_interrupted
+    from components.registry.repair import prune_run_folders, repair_interrupted
 
     repair_interrupted(registry.configure())  # what a killed retrain or add-items left (this host, or a host gone silent): a WARNING line each
+    prune_run_folders()  # local run folders beyond the newest BEHAVIORFLOW_KEEP_RUN_FOLDERS (their MLflow runs keep the artifacts)
     with tempfile.TemporaryDirectory(prefix="behaviorflow-add-items-") as scratch:
         # A version that does not exist, or has no checkpoint, fails here: before any MLflow run is opened.
         version, bundle_dir, checkpoint = resolve(model, Path(scratch))

@@ -287,11 +287,12 @@ def retrain(config: dict | None = None) -> dict:
     import mlflow
 
     from components import registry
-    from components.registry.repair import repair_interrupted
+    from components.registry.repair import prune_run_folders, repair_interrupted
 
     cfg = RetrainConfig.from_dict(config)
     experiment_id = registry.configure()
     repair_interrupted(experiment_id)  # what a killed retrain or add-items left (this host, or a host gone silent): a WARNING line each
+    prune_run_folders()  # local run folders beyond the newest BEHAVIORFLOW_KEEP_RUN_FOLDERS (their MLflow runs keep the artifacts)
     started = time.perf_counter()
     # If this process is killed, the next start finds the run RUNNING with a dead PID (this host) or no heartbeat for
     # 15 minutes (another host: a new pod) and repairs what it left (components/registry/repair.py).

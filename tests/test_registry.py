@@ -588,3 +588,36 @@ def test_a_beating_run_taken_for_dead_says_so_once_and_stops_beating(store, capl
     assert client.get_run(run_id).info.status == "FAILED"  # not FINISHED over the repair's FAILED
     said = [r.getMessage() for r in caplog.records if "taken for dead" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"MLflow run {run_id} was taken for dead by another process") and "process 7 on pod-a" in said[0]
+
+
+def test_a_new_run_leaves_the_newest_local_run_folders_and_never_a_running_or_unknown_runs(store, tmp_path, monkeypatch):
+    from components.errors import BehaviorflowError
+    from components.registry.repair import KEEP_RUN_FOLDERS_DEFAULT, KEEP_RUN_FOLDERS_ENV, keep_run_folders, prune_run_folders
+
+    client, _, _ = store
+    monkeypatch.setenv("BEHAVIORFLOW_HOME", str(tmp_path / "home"))
+    experiment_id = client.get_experiment_by_name("registry-test").experiment_id
+    runs = {}
+    for age, name in enumerate(["newest", "newer", "old_finished", "old_running", "old_failed", "older_finished"]):
+        run_id = client.create_run(experiment_id).info.run_id
+        if not name.endswith("running"):
+            client.set_terminated(run_id, status="FAILED" if name.endswith("failed") else "FINISHED")
+        folder = settings.runs_dir() / run_id
+        (folder / "bundle").mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"x" * 10)
+        os.utime(folder, (1e9 - age * 3600, 1e9 - age * 3600))  # older folder = changed longer ago
+        runs[name] = run_id
+    stranger = settings.runs_dir() / "0123456789abcdef0123456789abcdef"  # a run of another tracking store
+    stranger.mkdir()
+    os.utime(stranger, (1e8, 1e8))
+    removed = prune_run_folders(keep=2)
+    assert sorted(removed) == sorted(runs[n] for n in ("old_finished", "old_failed", "older_finished"))
+    left = {p.name for p in settings.runs_dir().iterdir()}
+    assert left == {runs["newest"], runs["newer"], runs["old_running"], stranger.name}
+    assert prune_run_folders(keep=0) == []  # 0 keeps all
+    monkeypatch.setenv(KEEP_RUN_FOLDERS_ENV, "all")
+    with pytest.raises(BehaviorflowError, match="BEHAVIORFLOW_KEEP_RUN_FOLDERS='all': expected a whole number of run folders to keep"):
+        keep_run_folders()
+    monkeypatch.delenv(KEEP_RUN_FOLDERS_ENV)
+    assert keep_run_folders() == KEEP_RUN_FOLDERS_DEFAULT == 20
+    client.set_terminated(runs["old_running"])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 from contextlib import contextmanager
@@ -249,4 +250,46 @@ def remove_from_store(run_id: str, keep: set) -> list[str]:
             if item.info.labels.get("run_id") == run_id and tag not in keep:
                 store.delete(tag)
                 removed.append(f"{kind} {tag}")
+    return removed
+
+
+KEEP_RUN_FOLDERS_ENV = "BEHAVIORFLOW_KEEP_RUN_FOLDERS"  # local run folders kept (settings.runs_dir()); 0 = all
+KEEP_RUN_FOLDERS_DEFAULT = 20
+
+
+def keep_run_folders() -> int:
+    """How many local run folders a new run leaves (KEEP_RUN_FOLDERS_ENV, else KEEP_RUN_FOLDERS_DEFAULT)."""
+    value = os.environ.get(KEEP_RUN_FOLDERS_ENV, "").strip()
+    if not value:
+        return KEEP_RUN_FOLDERS_DEFAULT
+    if not value.isdigit():
+        from components.errors import BehaviorflowError
+
+        raise BehaviorflowError(f"{KEEP_RUN_FOLDERS_ENV}={value!r}: expected a whole number of run folders to keep (0 = keep all)")
+    return int(value)
+
+
+def prune_run_folders(keep: int | None = None) -> list[str]:
+    """Delete the local folders (settings.runs_dir() / RUN_ID) of all but the newest `keep` runs (keep_run_folders();
+    0: none deleted), newest by the folder's last change; returns the run ids whose folders went. Each retrain left
+    one for ever (the bundle, ONNX graphs, checkpoints and the .bento archive: ~20 MB on the sample, more on a real
+    catalog), a copy of what its MLflow run's artifacts and the Bento store hold. Only folders of runs that this
+    tracking store knows as ended are deleted: a run still RUNNING (another retrain beside this one), or one this
+    store does not know (written with another MLFLOW_TRACKING_URI), keeps its folder. Best effort: never fatal."""
+    keep = keep_run_folders() if keep is None else keep
+    folders = sorted((p for p in settings.runs_dir().iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    if keep <= 0 or len(folders) <= keep:
+        return []
+    client, removed = _client(), []
+    for folder in folders[keep:]:
+        try:
+            if client.get_run(folder.name).info.status == "RUNNING":
+                continue
+        except Exception:  # noqa: BLE001 - not a run of this store (or the store cannot say): left alone
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    if removed:
+        log.info("removed %d local run folder%s beyond the newest %d (%s; their MLflow runs keep the artifacts): %s", len(removed),
+                 "" if len(removed) == 1 else "s", keep, KEEP_RUN_FOLDERS_ENV, ", ".join(removed[:5]) + (" …" if len(removed) > 5 else ""))
     return removed
