@@ -119,6 +119,24 @@ def test_refuses_what_it_cannot_extend():
         extend_catalog(TextSASRec(cfg), np.zeros((4, TEXT_DIM), dtype=np.float32))
 
 
+def test_id_only_checkpoints_hold_no_text_table_and_those_from_before_still_load(tmp_path):
+    """The id-only variant reads no text: it keeps no table of zeros (154 MB at 100,000 items) to store, or to copy
+    at every best epoch. Its checkpoints from before, which hold that table, load as they did."""
+    torch.manual_seed(0)
+    cfg = TextSASRecConfig(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_layers=2, n_heads=2, max_len=10, dropout=0.0, use_text=False)
+    model = TextSASRec(cfg, None, torch.ones(N_ITEMS + 1, dtype=torch.bool)).eval()
+    assert "text_table" not in model.state_dict() and model.text_table is None
+    path = save_checkpoint(model, TextEncoderConfig(), tmp_path / "model.pt")
+    assert "text_table" not in torch.load(path, weights_only=True)["state_dict"]
+    restored, _ = load_checkpoint(path)
+    assert unchanged_scores(model, restored, histories()) == 0.0
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"]["text_table"] = torch.zeros(N_ITEMS + 1, TEXT_DIM)  # what a checkpoint written before holds
+    torch.save(saved, path)
+    restored, _ = load_checkpoint(path)
+    assert unchanged_scores(model, restored, histories()) == 0.0 and restored.text_table is None
+
+
 def tokens_model(**overrides) -> TextSASRec:
     """trained_like() with token embeddings: item i reads tokens 3 and 10 + i (3 is in every item)."""
     torch.manual_seed(0)

@@ -167,13 +167,16 @@ class TextSASRec(nn.Module):
             raise ValueError('max_len "auto" must be resolved from the training histories first: resolve_max_len(config, lengths)')
         self.cfg = cfg
         n = cfg.n_items + 1
-        text = torch.zeros(n, cfg.text_dim)
+        text = None
         if cfg.use_text:
+            text = torch.zeros(n, cfg.text_dim)
             if text_embeddings is None or tuple(text_embeddings.shape) != (cfg.n_items, cfg.text_dim):
                 got = None if text_embeddings is None else tuple(text_embeddings.shape)
                 raise ValueError(f"text_embeddings must have shape ({cfg.n_items}, {cfg.text_dim}), got {got}")
             text[1:] = text_embeddings
-        self.register_buffer("text_table", text)
+        # The id-only variant reads no text: no table of zeros (n_items × text_dim floats, 154 MB at 100,000
+        # items) to keep, save, and copy at every best epoch.
+        self.register_buffer("text_table", text if cfg.use_text else None)
         ids = torch.ones(n, dtype=torch.bool) if has_id is None else has_id.clone().bool()
         ids[0] = False
         self.token_emb = None
@@ -206,7 +209,7 @@ class TextSASRec(nn.Module):
         self.register_buffer("unscorable", unscorable, persistent=False)
         impute = cfg.use_text and cfg.use_id
         k = cfg.cold_neighbors if (impute and cfg.cold_imputation == "neighbors") else 0
-        neighbors, weights = content_neighbors(text, ids, k, cfg.neighbor_temperature)
+        neighbors, weights = content_neighbors(text, ids, k, cfg.neighbor_temperature) if k else (torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0))
         self.register_buffer("neighbors", neighbors)  # (n, k) trained items nearest by text (never the item itself)
         self.register_buffer("neighbor_weights", weights)  # (n, k), rows sum to 1 (zero rows when k = 0)
         # A plain linear map: with unit-norm LM embeddings and the std-0.02 init below, text and id parts
@@ -231,6 +234,11 @@ class TextSASRec(nn.Module):
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if self.text_table is None:  # an id-only checkpoint from before it had no text table: that table was zeros
+            state_dict.pop(prefix + "text_table", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def item_table(self) -> torch.Tensor:
         """Representations of every item [n_items + 1, d_model]; row 0 (padding) is zero."""
