@@ -243,6 +243,104 @@ def test_token_embeddings_need_the_tokens_and_the_vocabulary():
     assert TextSASRec(replace(cfg, use_text=False), None).token_emb is None
 
 
+def text_part_as_before(model, stand_in=None):
+    """TextSASRec._text_part as it was until 2026-12-02: nn.EmbeddingBag over the token table, the stand-in rows'
+    tokens swapped in by torch.where."""
+    part = model.text_proj(model.text_table)
+    if model.token_emb is not None:
+        tokens = model.item_tokens
+        if stand_in is not None and model.cfg.token_trained_only:
+            tokens = torch.where(stand_in.unsqueeze(1), model.shared_tokens, tokens)
+        part = part + model.token_emb(tokens)
+    return part
+
+
+def masked_padding(table):
+    mask = torch.ones_like(table[:, :1])
+    mask[0] = 0.0
+    return table * mask
+
+
+def item_table_as_before(model):
+    """TextSASRec.item_table as it was until 2026-12-02 (a zero table plus each part, out-of-place imputation,
+    the padding row masked)."""
+    table = torch.zeros(model.cfg.n_items + 1, model.cfg.d_model)
+    keep, stand_in = model.has_id.unsqueeze(1).float(), None
+    stands_in = model.text_proj is not None and (model.id_emb is not None or (model.token_emb is not None and model.cfg.token_trained_only))
+    if stands_in and model.training and model.cfg.id_dropout > 0:
+        keep = keep * (torch.rand_like(keep) >= model.cfg.id_dropout).float()
+        stand_in = (keep.squeeze(1) == 0) & model.has_id
+    if model.text_proj is not None:
+        table = table + text_part_as_before(model, stand_in)
+    if model.id_emb is not None:
+        table = table + model.id_emb.weight * keep
+        if model.imputer is not None or model.neighbors.shape[1]:
+            missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
+            table = table.index_add(0, missing, model._imputed_ids(missing))
+    return masked_padding(table)
+
+
+def imputed_table_as_before(model, imputer_only=False):
+    table = text_part_as_before(model, stand_in=model.has_id)
+    if imputer_only:
+        table = table.detach()
+    imputed = model._imputed_ids()
+    return masked_padding(table if imputed is None else table + imputed)
+
+
+@pytest.mark.parametrize("overrides, train", [
+    ({}, {}),  # the default: token means over trained-only tokens, the mlp imputer, id_dropout
+    ({"token_trained_only": False, "cold_imputation": "neighbors"}, {}),
+    ({"use_id": False}, {}),  # text only: stand-ins through their words alone
+    ({}, {"imputed_loss_weight": 0.5, "imputed_loss_share": 1.0}),  # the imputed-item table too
+    ({"use_text": False}, {}),  # the id-only variant
+])
+def test_the_item_table_gives_the_loss_and_gradients_of_the_formula_before(monkeypatch, overrides, train):
+    """The item table is built more cheaply since 2026-12-02 (token means read both ways from fixed (item, token)
+    pairs, no zero table, no masked copy): a training step's loss and every gradient are those of the formula before."""
+    from components.training.train import next_item_loss
+
+    model = with_tokens(id_dropout=0.5, **overrides).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # token embeddings far from their zero start
+    if model.token_emb is not None and model.cfg.token_trained_only:
+        assert not torch.equal(model.shared_tokens[1:N_ITEMS - 4], model.item_tokens[1:N_ITEMS - 4])  # stand-ins lose tokens
+    padded = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5], [7, 8, 9, 10, 11, 12], [0, 0, 0, 0, 20, 21]])
+    config = TrainConfig(**train)
+    results = []
+    for before in (False, True):
+        if before:
+            monkeypatch.setattr(model, "item_table", lambda: item_table_as_before(model))
+            monkeypatch.setattr(model, "imputed_table", lambda imputer_only=False: imputed_table_as_before(model, imputer_only))
+        torch.manual_seed(5)  # the same id_dropout draw (and imputed-loss rows) both ways
+        model.zero_grad()
+        loss = next_item_loss(model, padded[:, :-1], padded[:, 1:], config)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (now, grads), (before, grads_before) = results
+    assert now == pytest.approx(before, rel=1e-6)
+    assert grads.keys() == grads_before.keys() and len(grads) > 10
+    if model.token_emb is not None:
+        assert grads["token_emb.weight"].abs().sum() > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_before[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    with torch.no_grad():
+        assert torch.all(model.eval().item_table()[0] == 0)
+
+
+def test_the_token_means_follow_item_tokens_loaded_into_the_model():
+    """The token means read (item, token) pairs prepared from item_tokens: loading other item_tokens (a state_dict)
+    prepares them again."""
+    model = with_tokens(token_trained_only=False)
+    other = TextSASRec(model.cfg, model.text_table[1:], model.has_id, model.item_tokens[1:].roll(1, 0)).eval()  # other tokens, same shape
+    with torch.no_grad():
+        model.token_emb.weight.normal_()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other.item_table(), model.item_table())
+
+
 @pytest.mark.parametrize("imputation", ["mlp", "neighbors"])
 def test_imputation_is_computed_only_for_the_rows_without_their_id(imputation):
     model = tiny(cold_imputation=imputation, id_dropout=0.3).train()

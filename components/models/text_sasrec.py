@@ -200,6 +200,7 @@ class TextSASRec(nn.Module):
                 self.register_buffer("shared_tokens", tokens_kept(tokens, ids, holders >= 2), persistent=False)
             self.register_buffer("item_tokens", tokens)
             self.token_emb = nn.EmbeddingBag(cfg.token_vocab, cfg.d_model, mode="mean", padding_idx=0)
+            self._register_token_bags()
         self.register_buffer("has_id", ids)
         # Items the model cannot represent: padding and, without text, items never seen in training (their
         # table row is zero, so a score of 0 would place them among trained items by accident). The
@@ -235,14 +236,24 @@ class TextSASRec(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
+    def _register_token_bags(self) -> None:
+        """item_tokens (and shared_tokens) as token_means reads them (non-persistent buffers, rebuilt when
+        item_tokens is loaded): every row's real tokens, each weighted 1 / the row's token count, and the same
+        pairs grouped by token for the backward pass."""
+        shared = self.shared_tokens if self.cfg.token_trained_only else None
+        for name, value in token_bags(self.item_tokens, self.cfg.token_vocab, shared).items():
+            self.register_buffer(name, value, persistent=False)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if self.text_table is None:  # an id-only checkpoint from before it had no text table: that table was zeros
             state_dict.pop(prefix + "text_table", None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.token_emb is not None and prefix + "item_tokens" in state_dict:
+            self._register_token_bags()
 
     def item_table(self) -> torch.Tensor:
         """Representations of every item [n_items + 1, d_model]; row 0 (padding) is zero."""
-        table = torch.zeros(self.cfg.n_items + 1, self.cfg.d_model, device=self.has_id.device)
+        table = None
         keep, stand_in = self.has_id.unsqueeze(1).float(), None
         # In training a random id_dropout share of the items stands in for new ones: without their id (the
         # imputation replaces it) and, with token_trained_only, without the words only they have. Without
@@ -252,14 +263,15 @@ class TextSASRec(nn.Module):
             keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
             stand_in = (keep.squeeze(1) == 0) & self.has_id
         if self.text_proj is not None:
-            table = table + self._text_part(stand_in)
+            table = self._text_part(stand_in)
         if self.id_emb is not None:
-            table = table + self.id_emb.weight * keep
+            ids = self.id_emb.weight * keep
+            table = ids if table is None else table + ids
             if self.imputer is not None or self.neighbors.shape[1]:  # something stands in for a missing id
                 # Only the rows without their id need it: untrained items, and in training the id_dropout
                 # share (a fifth of the catalog by default), not every row of the table.
                 missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
-                table = table.index_add(0, missing, self._imputed_ids(missing))
+                table = table.index_add_(0, missing, self._imputed_ids(missing))  # in place: table is this call's own
         return self._without_padding(table)
 
     def imputed_table(self, imputer_only: bool = False) -> torch.Tensor:
@@ -283,10 +295,14 @@ class TextSASRec(nn.Module):
         then leaves out the tokens that no other trained item has."""
         part = self.text_proj(self.text_table)
         if self.token_emb is not None:
-            tokens = self.item_tokens
+            # The mean over each row's tokens, padding left out: token_emb(tokens) to float rounding, in a
+            # fraction of the time (token_means).
+            weights, by_token = self.bag_weights, self.bag_weights_by_token
             if stand_in is not None and self.cfg.token_trained_only:
-                tokens = torch.where(stand_in.unsqueeze(1), self.shared_tokens, tokens)
-            part = part + self.token_emb(tokens)  # mean over each row's tokens, padding left out
+                weights = torch.where(stand_in[self.bag_rows], self.bag_shared_weights, weights)
+                by_token = weights[self.bag_order]
+            part = part + token_means(self.token_emb.weight, self.bag_tokens, self.bag_offsets, weights,
+                                      self.bag_rows_by_token, self.bag_token_offsets, by_token)
         return part
 
     def _imputed_ids(self, rows: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -302,9 +318,10 @@ class TextSASRec(nn.Module):
 
     @staticmethod
     def _without_padding(table: torch.Tensor) -> torch.Tensor:
-        mask = torch.ones_like(table[:, :1])
-        mask[0] = 0.0
-        return table * mask
+        """`table` (a tensor this call made) with row 0 (padding) set to zero in place, and no gradient through
+        it: a masked copy of the whole table cost a pass over it forward and backward."""
+        table[0] = 0.0
+        return table
 
     def encode(self, history: torch.Tensor, table: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """history: [B, T] left-padded item indices -> hidden states [B, T, d_model].
@@ -355,6 +372,57 @@ def tokens_kept(tokens: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor)
     out = tokens.clone()
     out[rows] = torch.where(allowed[tokens[rows]], tokens[rows], torch.zeros_like(tokens[rows]))
     return out
+
+
+@torch.no_grad()
+def token_bags(tokens: torch.Tensor, vocab: int, shared: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The (row, token) pairs of `tokens` [rows, L] (0 = padding) for token_means: bag_tokens [P] the real tokens,
+    row by row (bag_offsets [rows]: where each row's start; bag_rows [P]: the row of each); bag_weights [P]: 1 / the
+    row's count of real tokens (a row's mean); the pairs grouped by token (bag_order, bag_rows_by_token,
+    bag_token_offsets [vocab], bag_weights_by_token). With `shared` (the same rows with some tokens replaced
+    by padding): bag_shared_weights [P], the weights of that mean (0 for a token it drops)."""
+    real = tokens != 0
+    counts = real.sum(1)
+    flat = tokens[real]  # row-major: each row's tokens in order
+    rows = torch.arange(len(tokens), device=tokens.device).repeat_interleave(counts)
+    offsets = torch.zeros_like(counts)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    weights = (1.0 / counts.clamp(min=1).float())[rows]
+    order = torch.argsort(flat, stable=True)
+    bags = {"bag_tokens": flat, "bag_offsets": offsets, "bag_rows": rows, "bag_weights": weights, "bag_order": order,
+            "bag_rows_by_token": rows[order], "bag_weights_by_token": weights[order],
+            "bag_token_offsets": torch.searchsorted(flat[order], torch.arange(vocab, device=tokens.device))}
+    if shared is not None:
+        kept = shared[real] != 0
+        bags["bag_shared_weights"] = kept.float() / (shared != 0).sum(1).clamp(min=1).float()[rows]
+    return bags
+
+
+class _TokenMeans(torch.autograd.Function):
+    """Σ over a row's (token, weight) pairs of weight × embedding[token], for every row: a weighted embedding
+    bag, whose gradient for the embeddings is the same bag read the other way round (for every token, Σ over
+    its rows of weight × the row's gradient). torch's own embedding-bag backward sorts every pair at every
+    step: at 100,000 items × 16 tokens, 0.8 s on 2 CPU threads against 0.05 s for this."""
+
+    @staticmethod
+    def forward(ctx, weight, tokens, offsets, weights, rows_by_token, token_offsets, weights_by_token):
+        ctx.save_for_backward(rows_by_token, token_offsets, weights_by_token)
+        return F.embedding_bag(tokens, weight, offsets, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows_by_token, token_offsets, weights_by_token = ctx.saved_tensors
+        grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = F.embedding_bag(rows_by_token, grad.contiguous(), token_offsets, mode="sum", per_sample_weights=weights_by_token)
+        return grad_weight, None, None, None, None, None, None
+
+
+def token_means(weight: torch.Tensor, tokens: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
+                rows_by_token: torch.Tensor, token_offsets: torch.Tensor, weights_by_token: torch.Tensor) -> torch.Tensor:
+    """Every row's weighted sum of its tokens' embeddings [rows, d] (token_bags' pairs; with its weights, the
+    mean that nn.EmbeddingBag(mode="mean", padding_idx=0) gives, to float rounding, with the same gradient)."""
+    return _TokenMeans.apply(weight, tokens, offsets, weights, rows_by_token, token_offsets, weights_by_token)
 
 
 @torch.no_grad()
