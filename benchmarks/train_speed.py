@@ -16,6 +16,9 @@ them as JSON.
         # item-table row vs only on the rows without their id, as a ratio
     python benchmarks/train_speed.py --compare-blocks --rounds 3 --steps 5   # CPU: full-softmax scores for the
         # whole batch vs in blocks of steps (train.score_block_rows): speed and peak memory, as ratios
+    python benchmarks/train_speed.py --compare-text-part --rounds 4 --steps 3   # CPU: the text-aware model's item
+        # table as computed until 2026-12-02 vs now, and the id-only variant, at 20,000 and 100,000 items: ratios,
+        # forward / backward / optimizer times, busiest operators, state_dict sizes
 
 The CPU rows run with the malloc setting training uses (`train.reuse_memory`, on by default) unless
 `--malloc default` says otherwise.
@@ -30,7 +33,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +186,118 @@ def compare_imputation(args) -> dict:
                         "median ms per step over alternating rounds")
 
 
+class TextPartAsBefore(TextSASRec):
+    """The item table as it was computed until 2026-12-02: a zero table plus the text part, the token means
+    through nn.EmbeddingBag (whose backward sorts every (item, token) pair at every step), the stand-in rows'
+    tokens swapped by a torch.where over the whole token table, out-of-place imputation, and the padding row
+    zeroed by a masked copy of the whole table. The same numbers (tests/test_model.py compares them)."""
+
+    def item_table(self):
+        table = torch.zeros(self.cfg.n_items + 1, self.cfg.d_model, device=self.has_id.device)
+        keep, stand_in = self.has_id.unsqueeze(1).float(), None
+        if self.training and self.cfg.id_dropout > 0:
+            keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout).float()
+            stand_in = (keep.squeeze(1) == 0) & self.has_id
+        table = table + self._text_part(stand_in)
+        table = table + self.id_emb.weight * keep
+        missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
+        table = table.index_add(0, missing, self._imputed_ids(missing))
+        return self._without_padding(table)
+
+    def _text_part(self, stand_in=None):
+        tokens = self.item_tokens
+        if stand_in is not None:
+            tokens = torch.where(stand_in.unsqueeze(1), self.shared_tokens, tokens)
+        return self.text_proj(self.text_table) + self.token_emb(tokens)
+
+    @staticmethod
+    def _without_padding(table):
+        mask = torch.ones_like(table[:, :1])
+        mask[0] = 0.0
+        return table * mask
+
+
+def id_only(cfg, text, has_id, tokens) -> TextSASRec:
+    """new_trainer's model_class for the id-only variant (model.use_text=false): no text, no tokens."""
+    return TextSASRec(replace(cfg, use_text=False), None, has_id)
+
+
+def step_phases(model, optimizer, batches, config) -> dict:
+    """Where one variant's training step goes, median ms over `batches`: the forward pass (next_item_loss),
+    the backward pass, gradient clipping and Adam; and, measured on their own, the item table's forward
+    (item_table: the text part, ids, imputation) and its backward (a random gradient on the table)."""
+    from components.training.train import next_item_loss
+
+    phases = {"forward": [], "backward": [], "clip_and_adam": [], "item_table_forward": [], "item_table_backward": []}
+    for padded in batches:
+        started = time.perf_counter()
+        loss = next_item_loss(model, padded[:, :-1], padded[:, 1:], config)
+        forward = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        backward = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        phases["forward"].append(forward - started)
+        phases["backward"].append(backward - forward)
+        phases["clip_and_adam"].append(time.perf_counter() - backward)
+        started = time.perf_counter()
+        table = model.item_table()
+        forward = time.perf_counter()
+        table.backward(torch.randn_like(table))
+        phases["item_table_forward"].append(forward - started)
+        phases["item_table_backward"].append(time.perf_counter() - forward)
+        optimizer.zero_grad(set_to_none=True)
+    return {name: round(float(np.median(t)) * 1000, 1) for name, t in phases.items()}
+
+
+def top_ops(model, optimizer, batches, config, count: int = 12) -> list:
+    """torch.profiler's operators with the most self CPU time over `batches` training steps: ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for padded in batches:
+            optimizer_step(model, optimizer, padded, config)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
+    return [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1000 / len(batches), 1), "calls_per_step": e.count / len(batches)} for e in ops]
+
+
+def compare_text_part(args) -> dict:
+    """The text-aware model's training step with the item table as computed before (TextPartAsBefore) and now,
+    and the id-only variant for scale (compare_steps: alternating turns in one process), on shop-like histories
+    over each --text-items catalog size (default 20,000 and 100,000 items); then each variant's step split
+    into forward, backward and optimizer (step_phases) and the busiest operators (top_ops), and the size of
+    each variant's state_dict (what early stopping copies at every best epoch and a checkpoint stores)."""
+    variants = {"text_before": (TextPartAsBefore, TrainConfig()), "text_now": (TextSASRec, TrainConfig()), "id_only": (id_only, TrainConfig())}
+    names = tuple(f"shop_{int(n) // 1000}k" for n in args.text_items.split(","))
+    shapes = step_shapes(args, names)
+    rows, ratios = compare_steps(args, variants, shapes)
+    for name, (_, sequences, items, max_len) in shapes.items():
+        order = np.random.default_rng(2).permutation(len(sequences))
+        batches = [torch.from_numpy(pad_histories([sequences[i] for i in batch_rows(order, b)], max_len + 1)) for b in range(args.warmup + args.steps)]
+        phases, ops, state_mb = {}, {}, {}
+        for variant, (model_class, config) in variants.items():
+            model, optimizer = new_trainer(model_class, items, max_len)
+            for padded in batches[: args.warmup]:
+                optimizer_step(model, optimizer, padded, config)
+            phases[variant] = step_phases(model, optimizer, batches[args.warmup :], config)
+            ops[variant] = top_ops(model, optimizer, batches[args.warmup : args.warmup + 2], config)
+            state_mb[variant] = round(sum(v.numel() * v.element_size() for v in model.state_dict().values()) / 2**20, 1)
+            pairs = [b for n, b in model.named_buffers() if n.startswith("bag_")]  # token_means' prepared pairs (now only)
+            if pairs:
+                state_mb[f"{variant}_token_pairs_not_stored"] = round(sum(b.numel() * b.element_size() for b in pairs) / 2**20, 1)
+            print(f"{name} {variant}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in phases[variant].items()) + f"; state_dict {state_mb[variant]:.0f} MB", flush=True)
+        ms = ratios[name]
+        ratios[name] |= {"text_vs_id_only_before": round(ms["ms_text_before"] / ms["ms_id_only"], 2), "text_vs_id_only_now": round(ms["ms_text_now"] / ms["ms_id_only"], 2),
+                         "phases_ms": phases, "state_dict_mb": state_mb, "top_ops": ops}
+        print(f"{name}: text-aware step / id-only step: {ratios[name]['text_vs_id_only_before']:.2f}x before, {ratios[name]['text_vs_id_only_now']:.2f}x now", flush=True)
+    return write_result(args, rows, {"text_part_before_vs_now": ratios}, "CPU training step (forward, full-catalog cross-entropy, backward, "
+                        f"Adam) of the text-aware model with the item table as computed before (TextPartAsBefore) and now, and of the id-only "
+                        f"variant, batch 128, {args.cpu_threads} threads; median ms per step over alternating rounds in one process "
+                        "(speedup_text_now: text_before over text_now); phases_ms: medians over --steps further steps of each variant "
+                        "alone; top_ops: torch.profiler self CPU time over 2 steps")
+
+
 def block_variants(args) -> dict:
     rows = [int(r) for r in args.block_rows.split(",")]
     return {"whole": (TextSASRec, TrainConfig(score_block_rows=0)), **{f"blocks_{r}": (TextSASRec, TrainConfig(score_block_rows=r)) for r in rows}}
@@ -327,6 +442,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--compare-blocks", action="store_true", help="CPU only: the full-softmax scores for the whole batch at once "
                         "against blocks of --block-rows steps (train.score_block_rows): ms per step in one process, peak memory per variant "
                         "in fresh processes, on generated ML-1M-like histories at max_len 200 over the --block-items catalog sizes")
+    parser.add_argument("--compare-text-part", action="store_true", help="CPU only: the text-aware model's item table as computed "
+                        "until 2026-12-02 against now, and the id-only variant for scale, on generated shop-like histories over the "
+                        "--text-items catalog sizes, in one process; then each variant's forward, backward and optimizer times, busiest "
+                        "operators and state_dict size")
+    parser.add_argument("--text-items", default="20000,100000", help="with --compare-text-part: comma-separated catalog sizes (whole thousands)")
     parser.add_argument("--block-rows", default="1024,4096", help="with --compare-blocks: comma-separated block sizes")
     parser.add_argument("--block-items", default="3416,8000,20000", help="with --compare-blocks: comma-separated catalog sizes "
                         "for ML-1M-like histories at max_len 200 (3416, or whole thousands), or shop_<n>k: shop-like histories over n "
@@ -345,6 +465,8 @@ def main(argv=None) -> dict:
         return compare_imputation(args)
     if args.compare_blocks:
         return compare_blocks(args)
+    if args.compare_text_part:
+        return compare_text_part(args)
     if args.peak_of:
         return peak_of(args)
     if args.malloc == "reuse":  # "default" calls nothing: any mallopt call turns glibc's dynamic mmap threshold off
