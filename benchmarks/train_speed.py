@@ -284,7 +284,7 @@ def compare_text_part(args) -> dict:
             ops[variant] = top_ops(model, optimizer, batches[args.warmup : args.warmup + 2], config)
             state_mb[variant] = round(sum(v.numel() * v.element_size() for v in model.state_dict().values()) / 2**20, 1)
             pairs = [b for n, b in model.named_buffers() if n.startswith("bag_")]  # token_means' prepared pairs (now only)
-            if pairs:
+            if pairs and model_class is TextSASRec:  # TextPartAsBefore builds them too, but never reads them
                 state_mb[f"{variant}_token_pairs_not_stored"] = round(sum(b.numel() * b.element_size() for b in pairs) / 2**20, 1)
             print(f"{name} {variant}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in phases[variant].items()) + f"; state_dict {state_mb[variant]:.0f} MB", flush=True)
         ms = ratios[name]

@@ -271,7 +271,9 @@ class TextSASRec(nn.Module):
                 # Only the rows without their id need it: untrained items, and in training the id_dropout
                 # share (a fifth of the catalog by default), not every row of the table.
                 missing = torch.nonzero(keep.squeeze(1) == 0).squeeze(1)
-                table = table.index_add_(0, missing, self._imputed_ids(missing))  # in place: table is this call's own
+                # In place (table is this call's own); index_put_ rather than index_add_, which took ~0.2 s for 20,000
+                # rows of a 100,000-item table on 2 threads (its scatter_add path), against ~0.03 s.
+                table = table.index_put_((missing,), self._imputed_ids(missing), accumulate=True)
         return self._without_padding(table)
 
     def imputed_table(self, imputer_only: bool = False) -> torch.Tensor:
