@@ -268,6 +268,9 @@ def compare_text_part(args) -> dict:
     over each --text-items catalog size (default 20,000 and 100,000 items); then each variant's step split
     into forward, backward and optimizer (step_phases) and the busiest operators (top_ops), and the size of
     each variant's state_dict (what early stopping copies at every best epoch and a checkpoint stores)."""
+    from provenance import load_average, machine
+
+    load_at_start = load_average()
     variants = {"text_before": (TextPartAsBefore, TrainConfig()), "text_now": (TextSASRec, TrainConfig()), "id_only": (id_only, TrainConfig())}
     names = tuple(f"shop_{int(n) // 1000}k" for n in args.text_items.split(","))
     shapes = step_shapes(args, names)
@@ -291,7 +294,7 @@ def compare_text_part(args) -> dict:
         ratios[name] |= {"text_vs_id_only_before": round(ms["ms_text_before"] / ms["ms_id_only"], 2), "text_vs_id_only_now": round(ms["ms_text_now"] / ms["ms_id_only"], 2),
                          "phases_ms": phases, "state_dict_mb": state_mb, "top_ops": ops}
         print(f"{name}: text-aware step / id-only step: {ratios[name]['text_vs_id_only_before']:.2f}x before, {ratios[name]['text_vs_id_only_now']:.2f}x now", flush=True)
-    return write_result(args, rows, {"text_part_before_vs_now": ratios}, "CPU training step (forward, full-catalog cross-entropy, backward, "
+    return write_result(args, rows, {"text_part_before_vs_now": ratios, "machine": machine(load_at_start)}, "CPU training step (forward, full-catalog cross-entropy, backward, "
                         f"Adam) of the text-aware model with the item table as computed before (TextPartAsBefore) and now, and of the id-only "
                         f"variant, batch 128, {args.cpu_threads} threads; median ms per step over alternating rounds in one process "
                         "(speedup_text_now: text_before over text_now); phases_ms: medians over --steps further steps of each variant "
