@@ -379,7 +379,7 @@ def tokens_kept(tokens: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor)
 @torch.no_grad()
 def token_bags(tokens: torch.Tensor, vocab: int, shared: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The (row, token) pairs of `tokens` [rows, L] (0 = padding) for token_means: bag_tokens [P] the real tokens,
-    row by row (bag_offsets [rows]: where each row's start; bag_rows [P]: the row of each); bag_weights [P]: 1 / the
+    row by row (bag_offsets [rows]: where each row's pairs start; bag_rows [P]: the row of each pair); bag_weights [P]: 1 / the
     row's count of real tokens (a row's mean); the pairs grouped by token (bag_order, bag_rows_by_token,
     bag_token_offsets [vocab], bag_weights_by_token). With `shared` (the same rows with some tokens replaced
     by padding): bag_shared_weights [P], the weights of that mean (0 for a token it drops)."""
@@ -404,7 +404,8 @@ class _TokenMeans(torch.autograd.Function):
     """Σ over a row's (token, weight) pairs of weight × embedding[token], for every row: a weighted embedding
     bag, whose gradient for the embeddings is the same bag read the other way round (for every token, Σ over
     its rows of weight × the row's gradient). torch's own embedding-bag backward sorts every pair at every
-    step: at 100,000 items × 16 tokens, 0.8 s on 2 CPU threads against 0.05 s for this."""
+    step: at 100,000 items × 16 tokens on 2 threads of a loaded box, nn.EmbeddingBag took 1.86 s forward and
+    3.14 s backward, this 0.23 s and 0.12 s (one micro-benchmark, alternating, on 2026-12-02)."""
 
     @staticmethod
     def forward(ctx, weight, tokens, offsets, weights, rows_by_token, token_offsets, weights_by_token):
