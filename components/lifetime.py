@@ -33,7 +33,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_GRACE_S = 10.0  # how long orphans left by the command get to stop on SIGTERM before SIGKILL
 
 
-def _die_with(parent: int):
+def die_with(parent: int):
     """A preexec_fn: the child gets SIGTERM when `parent` dies; if it died already, the child exits at once."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
 
@@ -60,7 +60,7 @@ def supervise(command: list[str]) -> int:
 
 def run(command: list[str]) -> int:
     """Run `command` until it exits; its exit status (128 + N when signal N ended it)."""
-    preexec = _die_with(os.getpid()) if sys.platform.startswith("linux") else None
+    preexec = die_with(os.getpid()) if sys.platform.startswith("linux") else None
     child = subprocess.Popen(command, preexec_fn=preexec)
 
     def forward(signum, _frame) -> None:

@@ -58,7 +58,8 @@ STALE_AFTER_S = 15 * 60.0  # a run of another host that has not beaten for this 
 def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
     """`mlflow.start_run(run_name)` tagged with this process (PROCESS_TAG) and kept beating (HEARTBEAT_TAG) for as
     long as the block runs, so that a retrain on another host can tell, if this process is killed, that the run
-    is over (module docstring). Yields the active run."""
+    is over (module docstring). Yields the active run. Interrupted (Ctrl-C, SIGINT), the run ends KILLED with the tag
+    `interrupted` saying when; any other exception ends it FAILED, as mlflow.start_run does."""
     import mlflow
 
     tags = {PROCESS_TAG: this_process(), HEARTBEAT_TAG: _utc_now()}
@@ -70,6 +71,10 @@ def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
         beating.start()
         try:
             yield run
+        except KeyboardInterrupt:
+            mlflow.set_tag("interrupted", f"by SIGINT (Ctrl-C) at {_utc_now()}")
+            mlflow.end_run(status="KILLED")
+            raise
         finally:
             stop.set()
             beating.join(timeout=10)

@@ -1,0 +1,75 @@
+"""Ctrl-C stops `behaviorflow retrain` at once: a real process on the bundled sample, SIGINT sent to its whole
+process group as a terminal's Ctrl-C does, in the item-text embedding stage. It must exit 130 within seconds with
+one line, leave its MLflow run KILLED and register nothing, and leave no Prefect server process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from components import settings
+from tests.helpers import ROOT, stop_process
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, pattern: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not re.search(pattern, log.read_text(errors="replace")):
+        assert proc.poll() is None, f"retrain exited with {proc.returncode} before '{pattern}':\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no '{pattern}' after {timeout_s} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_killed(tmp_path):
+    home = tmp_path / "home"
+    # A shell's environment: none of the state variables the test session set, nor its Prefect log level.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "BENTOML_HOME", "PREFECT_LOGGING_LEVEL")}
+    env |= {"BEHAVIORFLOW_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "retrain.log"
+    # One item text per forward pass: the embedding stage lasts seconds even on a fast machine (456 passes).
+    command = [sys.executable, "-m", "flows.cli", "retrain", "--set", "text.batch_size=1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_line(proc, log, r"embedding \d+ item texts on", timeout_s=240)
+        helpers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]  # the temporary Prefect API server
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: SIGINT to the foreground process group
+        while "interrupted: " not in log.read_text(errors="replace") and proc.poll() is None and time.monotonic() - sent < 60:
+            time.sleep(0.02)
+        said = time.monotonic() - sent
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGINT:\n{log.read_text(errors='replace')[-3000:]}")
+        took = time.monotonic() - sent
+    finally:
+        stop_process(proc)
+    text = log.read_text(errors="replace")
+    # Before: the Prefect server died of the same SIGINT, and Prefect retried it ~80 s, then a ConnectError traceback, exit 1.
+    assert code == 130, f"exit {code} after {took:.1f} s:\n{text[-3000:]}"
+    # Measured on 2 loaded cores: the line 0.7-1.0 s after SIGINT, the exit 0.8 s after it (7.2 s while the
+    # interpreter's last garbage collections walked the whole heap).
+    assert took < 10 and took - said < 4, f"SIGINT → the line {said:.1f} s → exit {took:.1f} s"
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[-1] == "interrupted: retrain stopped; a registration in progress was rolled back (nothing half-registered)", text[-3000:]
+    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
+    assert "[4/9]" not in text  # it was the embedding stage that stopped
+    assert not [pid for pid in helpers if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert runs[0].data.tags["interrupted"].startswith("by SIGINT (Ctrl-C) at 20")
+    assert client.search_model_versions() == []
