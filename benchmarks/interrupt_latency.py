@@ -1,0 +1,120 @@
+"""How soon does Ctrl-C stop `behaviorflow retrain`, stage by stage? Two versions of the code side by side: --old (a
+commit, checked out as a temporary git worktree) and this checkout, run by the same virtual environment, each run in
+a fresh state folder. A few seconds into a stage, SIGINT goes to the run's whole process group — what Ctrl-C in a
+terminal does — and the script records the seconds from SIGINT to exit, the exit code, the lines printed after
+SIGINT, the MLflow run's status and the versions left in the registry. A run still alive --cap-s seconds after SIGINT
+is killed (SIGKILL to its group) and recorded as such.
+
+The data and text stages run on a generated shop (`shop_scale_data.py`: a catalog whose embedding takes minutes),
+the later stages on the bundled sample (3 epochs, no id-only baseline), so that each stage is reached in minutes:
+
+    .venv/bin/python benchmarks/shop_scale_data.py --out /tmp/shop_20k --items 20000 --users 30000
+    .venv/bin/python benchmarks/interrupt_latency.py --old 4cf46a9 --shop /tmp/shop_20k      # ~30 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from provenance import ROOT, alternating, git_state, load_average, machine, write_result
+
+# stage: (data, the log line that starts it, seconds to wait after it)
+STAGES = {
+    "validate": ("shop", r"\[1/9\]", 3.0),
+    "tokenize": ("shop", r"\[3/9\]", 3.0),
+    "embed": ("shop", r"embedding \d+ item texts on", 5.0),
+    "train": ("sample", r"\[4/9\]", 6.0),
+    "evaluate": ("sample", r"\[5/9\]", 0.5),
+    "export": ("sample", r"\[7/9\]", 2.0),
+    "package and register": ("sample", r"\[8/9\]", 2.0),
+}
+SAMPLE_SETS = ["--set", "train.max_epochs=3", "--set", "evaluate.id_only_baseline=false"]
+STATE_ENV = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "BENTOML_HOME", "PREFECT_LOGGING_LEVEL", "BEHAVIORFLOW_HOME")
+
+
+def interrupt_once(checkout: Path, stage: str, shop: Path, cap_s: float) -> dict:
+    data, pattern, delay = STAGES[stage]
+    home = Path(tempfile.mkdtemp(prefix="interrupt-latency-"))
+    env = {k: v for k, v in os.environ.items() if k not in STATE_ENV} | {"BEHAVIORFLOW_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    files = ["--events", str(shop / "events.csv"), "--items", str(shop / "items.csv"), "--set", "train.max_minutes=1"] if data == "shop" else SAMPLE_SETS
+    log = home / "retrain.log"
+    with log.open("w") as out:  # cwd = the checkout: `-m flows.cli` imports that checkout's code
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain", *files], cwd=checkout, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    started = time.monotonic()
+    while not re.search(pattern, log.read_text(errors="replace")):
+        if proc.poll() is not None:
+            return {"error": f"exited {proc.returncode} before '{pattern}'", "log_tail": log.read_text(errors="replace")[-2000:]}
+        time.sleep(0.05)
+    reached = time.monotonic() - started
+    time.sleep(delay)
+    before = len(log.read_bytes())
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        code: int | str = proc.wait(timeout=cap_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        code = f"still running after {cap_s:.0f} s: killed"
+    seconds = time.monotonic() - sent
+    after = log.read_bytes()[before:].decode(errors="replace").splitlines()
+    db = home / "mlflow.db"
+    runs, versions = [], []
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            runs = [status for (status,) in con.execute("select status from runs")]
+            versions = [f"{v}: {state}" for v, state in con.execute(
+                "select v.version, t.value from model_versions v left join model_version_tags t on t.name = v.name and t.version = v.version and t.key = 'registration'")]
+    return {"exit_code": code, "seconds_to_exit": round(seconds, 1), "stage_reached_after_s": round(reached, 1),
+            "lines_after_sigint": len([line for line in after if line.strip()]), "tracebacks": sum("Traceback" in line for line in after),
+            "last_line": next((line for line in reversed(after) if line.strip()), "")[:200], "mlflow_runs": runs, "versions": versions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", required=True, help="the commit to compare with (checked out as a temporary git worktree)")
+    parser.add_argument("--shop", type=Path, required=True, help="a shop_scale_data.py folder (events.csv, items.csv) for the data and text stages")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument("--cap-s", type=float, default=150.0, help="kill a run still alive this long after SIGINT (default: 150)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "interrupt_latency.json")
+    args = parser.parse_args()
+    stages = args.stages.split(",")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"--stages: unknown {unknown}; known: {list(STAGES)}")
+    load_at_start, (commit, dirty) = load_average(), git_state()
+    old_tree = Path(tempfile.mkdtemp(prefix="interrupt-latency-old-")) / "checkout"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.old], cwd=ROOT, check=True, capture_output=True)
+    checkouts = {"old": old_tree, "new": ROOT}
+    results: dict[str, dict[str, dict]] = {stage: {} for stage in stages}
+    try:
+        for i, stage in enumerate(stages):
+            ways = ("old", "new") if i % 2 == 0 else ("new", "old")  # alternating: neither version always runs first
+            for _, way in alternating(ways, 1):
+                results[stage][way] = result = interrupt_once(checkouts[way], stage, args.shop, args.cap_s)
+                print(f"{stage:<22} {way}: {result}", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, capture_output=True)
+    write_result({
+        "benchmark": "interrupt_latency",
+        "question": "seconds from Ctrl-C (SIGINT to the process group) to the exit of behaviorflow retrain, by stage, old vs new",
+        "command": " ".join(sys.argv),
+        "commit": commit, "dirty": dirty, "old": args.old,
+        "machine": machine(load_at_start),
+        "shop": str(args.shop), "sample_sets": " ".join(SAMPLE_SETS),
+        "stages": results,
+    }, args.out)
+
+
+if __name__ == "__main__":
+    main()
