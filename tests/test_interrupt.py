@@ -29,6 +29,13 @@ def _wait_for_line(proc: subprocess.Popen, log: Path, pattern: str, timeout_s: f
         time.sleep(0.05)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_killed(tmp_path):
     home = tmp_path / "home"
     # A shell's environment: none of the state variables the test session set, nor its Prefect log level.
@@ -37,8 +44,14 @@ def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_kill
     log = tmp_path / "retrain.log"
     # One item text per forward pass: the embedding stage lasts seconds even on a fast machine (456 passes).
     command = [sys.executable, "-m", "flows.cli", "retrain", "--set", "text.batch_size=1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # Run as a terminal's foreground job: a test session started in the background (`… &`) ignores SIGINT, as a shell's
+    # background jobs do, and so would the retrain it starts.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         _wait_for_line(proc, log, r"embedding \d+ item texts on", timeout_s=240)
         helpers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]  # the temporary Prefect API server
@@ -64,7 +77,7 @@ def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_kill
     assert lines[-1] == "interrupted: retrain stopped; a registration in progress was rolled back (nothing half-registered)", text[-3000:]
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
     assert "[4/9]" not in text  # it was the embedding stage that stopped
-    assert not [pid for pid in helpers if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not [pid for pid in helpers if _alive(pid)], "the temporary Prefect API server outlived the retrain"
 
     from mlflow import MlflowClient
 
