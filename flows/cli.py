@@ -570,6 +570,9 @@ def format_summary(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from components.interrupts import keep_interrupts
+
+    keep_interrupts()  # a Ctrl-C that lands in a weakref callback is not lost (components/interrupts.py)
     if not args.debug:
         # Our own one-line errors replace the tracebacks Prefect logs for a failed task, and MLflow's
         # database-migration notices; --debug (or setting these variables) brings them back.
