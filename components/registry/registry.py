@@ -33,7 +33,8 @@ BENTO_ARTIFACT = "bento"  # the run artifact folder that holds the version's `.b
 REGISTRATION_TAG = "registration"  # on every version: "in progress: PID … on HOST since …", then "complete" (or "interrupted: …")
 REGISTRATION_COMPLETE = "complete"
 PROCESS_TAG = "behaviorflow.process"  # on every MLflow run the flows start: "PID@HOST", what repair.py checks is alive
-INTERRUPTED_TAG = "interrupted"  # on a run repair.py took for dead (and marked FAILED): what it found, when, by whom
+INTERRUPTED_TAG = "interrupted"  # on a run repair.py took for dead (marked FAILED: what it found, when, by whom), or
+#   stopped by Ctrl-C (KILLED: when)
 
 
 def this_process() -> str:

@@ -72,7 +72,8 @@ def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
         try:
             yield run
         except KeyboardInterrupt:
-            mlflow.set_tag("interrupted", f"by SIGINT (Ctrl-C) at {_utc_now()}")
+            stop.set()  # first: the heartbeat must not read the tag below as a repair's (taken for dead)
+            mlflow.set_tag(INTERRUPTED_TAG, f"by SIGINT (Ctrl-C) at {_utc_now()}")
             mlflow.end_run(status="KILLED")
             raise
         finally:
