@@ -101,3 +101,17 @@ def apply_environment() -> Path:
             os.environ[key] = value
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     return root
+
+
+def count_from_env(name: str, default: int, what: str) -> int:
+    """A whole number from the environment variable `name` (unset or empty: `default`); anything else is refused,
+    naming the variable and `what` it counts (e.g. "validation runs to keep (0 = keep all)")."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        from components.errors import BehaviorflowError
+
+        raise BehaviorflowError(f"{name}={value!r}: expected a whole number of {what}")
+    return int(value)
+

@@ -265,14 +265,7 @@ KEEP_RUN_FOLDERS_DEFAULT = 20
 
 def keep_run_folders() -> int:
     """How many local run folders a new run leaves (KEEP_RUN_FOLDERS_ENV, else KEEP_RUN_FOLDERS_DEFAULT)."""
-    value = os.environ.get(KEEP_RUN_FOLDERS_ENV, "").strip()
-    if not value:
-        return KEEP_RUN_FOLDERS_DEFAULT
-    if not value.isdigit():
-        from components.errors import BehaviorflowError
-
-        raise BehaviorflowError(f"{KEEP_RUN_FOLDERS_ENV}={value!r}: expected a whole number of run folders to keep (0 = keep all)")
-    return int(value)
+    return settings.count_from_env(KEEP_RUN_FOLDERS_ENV, KEEP_RUN_FOLDERS_DEFAULT, "run folders to keep (0 = keep all)")
 
 
 def prune_run_folders(keep: int | None = None) -> list[str]:

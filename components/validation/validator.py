@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,12 +308,7 @@ KEEP_RUNS_DEFAULT = 30
 
 def keep_runs() -> int:
     """How many validation runs of each suite the GE project keeps (KEEP_RUNS_ENV, else KEEP_RUNS_DEFAULT)."""
-    value = os.environ.get(KEEP_RUNS_ENV, "").strip()
-    if not value:
-        return KEEP_RUNS_DEFAULT
-    if not value.isdigit():
-        raise BehaviorflowError(f"{KEEP_RUNS_ENV}={value!r}: expected a whole number of validation runs to keep (0 = keep all)")
-    return int(value)
+    return settings.count_from_env(KEEP_RUNS_ENV, KEEP_RUNS_DEFAULT, "validation runs to keep (0 = keep all)")
 
 
 def prune_old_runs(context, keep: int) -> list[str]:
