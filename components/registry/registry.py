@@ -53,14 +53,15 @@ def registration_in_progress() -> str:
     return f"in progress: PID {os.getpid()} on {socket.gethostname()} since {_utc_now()}"
 
 
-def refuse_if_taken_for_dead(client, run_id: str, version: str | None = None, name: str = settings.REGISTERED_MODEL_NAME) -> None:
+def refuse_if_taken_for_dead(client, run_id: str, version_tags: dict | None = None) -> None:
     """Raise if another process's repair (repair.py) has taken this run for dead — marked it FAILED and its unfinished
     version `interrupted` — while it ran: a process paused (SIGSTOP, a suspended VM or laptop) or cut off from the
     tracking server for longer than the heartbeat allows, then resumed. Its registration must not go on: the repair
-    may have removed its Bento from the store, and serve and pull refuse an interrupted version."""
+    may have removed its Bento from the store, and serve and pull refuse an interrupted version. `version_tags`: the
+    tags of the version it is registering, if any."""
     why = client.get_run(run_id).data.tags.get(INTERRUPTED_TAG)
-    if why is None and version is not None:
-        state = client.get_model_version(name, version).tags.get(REGISTRATION_TAG, "")
+    if why is None and version_tags is not None:
+        state = version_tags.get(REGISTRATION_TAG, "")
         why = state.removeprefix("interrupted: ") if state.startswith("interrupted") else None
     if why is not None:
         raise BehaviorflowError(
@@ -315,7 +316,8 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     a retrain that ran beside another one must not replace a champion it was never compared with. The last
     step sets its `registration` tag to `complete`. Returns (the aliases set, why `champion` was not moved or None)."""
     client = _client()
-    refuse_if_taken_for_dead(client, client.get_model_version(name, version).run_id, version, name)
+    registering = client.get_model_version(name, version)
+    refuse_if_taken_for_dead(client, registering.run_id, registering.tags)
     previous_champion = _alias_version(client, settings.CHAMPION_ALIAS, name)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
