@@ -621,3 +621,38 @@ def test_a_new_run_leaves_the_newest_local_run_folders_and_never_a_running_or_un
     monkeypatch.delenv(KEEP_RUN_FOLDERS_ENV)
     assert keep_run_folders() == KEEP_RUN_FOLDERS_DEFAULT == 20
     client.set_terminated(runs["old_running"])
+
+
+def test_a_version_left_in_progress_by_a_run_that_ended_is_repaired_and_its_alias_named(store, caplog):
+    """A second Ctrl-C during a registration's rollback (or a kill between the rollback and the run's end) left the
+    version `in progress` while its run ended KILLED; the repair looked only at RUNNING runs, so it stayed so for
+    ever. Now the next start marks it interrupted, names the alias it still holds, and leaves the run's status."""
+    from components.registry.registry import INTERRUPTED_TAG, registration_in_progress
+    from components.registry.repair import repair_interrupted
+
+    client, uri, run_id = store
+    experiment_id = client.get_experiment_by_name("registry-test").experiment_id
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {"bento_tag": "b:1"}, promote=True, name=NAME)
+    cut = client.create_run(experiment_id, tags={registry.PROCESS_TAG: registry.this_process()}).info.run_id
+    left = client.create_model_version(NAME, uri, run_id=cut, tags={"run_id": cut, "registration": registration_in_progress()})
+    client.set_registered_model_alias(NAME, "challenger", left.version)  # finalize had moved it before the first Ctrl-C
+    client.set_tag(cut, INTERRUPTED_TAG, "by SIGINT (Ctrl-C) at 2026-12-02T10:00:00Z")
+    client.set_terminated(cut, status="KILLED")
+    beside = client.create_run(experiment_id, tags={registry.PROCESS_TAG: registry.this_process()}).info.run_id  # a live retrain
+    registering = client.create_model_version(NAME, uri, run_id=beside, tags={"run_id": beside, "registration": registration_in_progress()})
+
+    with caplog.at_level("WARNING", logger="components"):
+        lines = repair_interrupted(experiment_id)
+    assert len(lines) == 1 and lines[0].startswith(f"repaired what an interrupted run left: MLflow run {cut} (it ended KILLED while a registration "
+                                                   "of it was in progress (its rollback cut short: a second Ctrl-C, or a kill during it) (found at 20")
+    assert lines[0].endswith(f"versions marked registration=interrupted: {NAME}/{left.version} (still holds challenger: point it at a servable "
+                             "version with `behaviorflow promote --alias`); nothing of it in the local Bento store")
+    state = client.get_model_version(NAME, left.version).tags["registration"]
+    assert state.startswith("interrupted: it ended KILLED while a registration of it was in progress") and "; it was in progress: PID" in state
+    run = client.get_run(cut)
+    assert run.info.status == "KILLED" and run.data.tags[INTERRUPTED_TAG] == "by SIGINT (Ctrl-C) at 2026-12-02T10:00:00Z"
+    assert client.get_model_version(NAME, registering.version).tags["registration"].startswith("in progress")  # its run lives
+    assert client.get_model_version(NAME, "1").tags["registration"] == "complete"
+    assert repair_interrupted(experiment_id) == []  # repaired once
+    client.set_terminated(beside)

@@ -24,6 +24,10 @@ For each one it:
 - removes from the local Bento store the Bentos and Bento models labelled with that run's id, except the
   Bento and model of a version of the run that does have its Bento (tag and archive: it is served, with a warning).
 
+A run that has ended (KILLED, FAILED, even FINISHED) while a version it registered still says `in progress` had
+its rollback cut short (a second Ctrl-C during it, a kill between the rollback and the run's end): its versions
+and Bento store entries are repaired the same way; the run keeps its status.
+
 One WARNING line per repaired run says all of it. A run whose process is alive (another retrain beside this
 one; or, for a run without `behaviorflow.process_start`, a PID the system has given to a new process) is never
 touched, nor a run of another host that is still beating or that has no heartbeat (started by a version from
@@ -206,7 +210,38 @@ def repair_interrupted(experiment_id: str, stale_after_s: float = STALE_AFTER_S)
             lines.append(_repair_run(client, run.info.run_id, what))
         except Exception as exc:  # noqa: BLE001 - best effort, named
             log.warning("could not repair MLflow run %s (%s): %s", run.info.run_id, what, exc)
+    for run_id, status in _ended_with_registration_open(client, experiment_id):
+        what = f"it ended {status} while a registration of it was in progress (its rollback cut short: a second Ctrl-C, or a kill during it)"
+        try:
+            lines.append(_repair_run(client, run_id, what, ended=True))
+        except Exception as exc:  # noqa: BLE001 - best effort, named
+            log.warning("could not repair the versions of MLflow run %s (%s): %s", run_id, what, exc)
     return lines
+
+
+def _ended_with_registration_open(client, experiment_id: str) -> list[tuple[str, str]]:
+    """(run id, status) of the runs of `experiment_id` that have ended while a version they registered still says
+    `registration = in progress`. The run ends only after its registration finished or was rolled back
+    (`registry.pending_version` inside `tracked_run`), so such a version is what a rollback cut short left: a
+    second Ctrl-C during it, or a kill -9 between the rollback and the run's end. Without this, the version kept
+    its state for ever (the runs repaired above are RUNNING ones) and was listed as in progress."""
+    try:
+        versions = client.search_model_versions(f"tags.{REGISTRATION_TAG} LIKE 'in progress%'")
+    except Exception as exc:  # noqa: BLE001 - a registry that cannot filter on tags: named, skipped
+        log.warning("could not look for versions whose registration was left in progress: %s", exc)
+        return []
+    found = {}
+    for mv in versions:
+        run_id = mv.run_id or mv.tags.get("run_id")
+        if not run_id or run_id in found:
+            continue
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - a run this store no longer has: nothing to say which experiment it was
+            continue
+        if run.info.experiment_id == experiment_id and run.info.status != "RUNNING":
+            found[run_id] = run.info.status
+    return list(found.items())
 
 
 def _running_runs(client, experiment_id: str) -> list:
@@ -219,20 +254,26 @@ def _running_runs(client, experiment_id: str) -> list:
             return runs
 
 
-def _repair_run(client, run_id: str, what: str) -> str:
-    why = f"{what} without finishing this run (found at {_utc_now()} by process {this_process()})"
+def _repair_run(client, run_id: str, what: str, ended: bool = False) -> str:
+    """Mark the unfinished versions of `run_id` interrupted and remove what it left in the local Bento store; then
+    mark the run FAILED, unless it has `ended` already (its status and tags are then left as they are)."""
+    why = (f"{what}{'' if ended else ' without finishing this run'} (found at {_utc_now()} by process {this_process()})")
     marked, keep = [], set()
     for mv in client.search_model_versions(f"run_id = '{run_id}'"):
         state, finished = registration_state(mv.tags)
         if not finished and not state.startswith("interrupted"):
             client.set_model_version_tag(mv.name, mv.version, REGISTRATION_TAG, f"interrupted: {why}; it was {state}")
-            marked.append(f"{mv.name}/{mv.version}")
+            # a rollback cut short after finalize_version gave it aliases (searches do not return them)
+            held = sorted(client.get_model_version(mv.name, mv.version).aliases or [])
+            marked.append(f"{mv.name}/{mv.version}" + (f" (still holds {', '.join(held)}: point {'them' if len(held) > 1 else 'it'} at a "
+                                                       f"servable version with `behaviorflow promote --alias`)" if held else ""))
         if finished or has_bento(client, mv):  # its Bento is served: keep it
             keep |= {mv.tags.get("bento_tag"), mv.tags.get("bento_model_tag")}
     removed = remove_from_store(run_id, keep)
-    client.set_tag(run_id, INTERRUPTED_TAG, why)
-    client.set_terminated(run_id, status="FAILED")
-    line = (f"repaired what an interrupted run left: MLflow run {run_id} marked FAILED ({why}); "
+    if not ended:
+        client.set_tag(run_id, INTERRUPTED_TAG, why)
+        client.set_terminated(run_id, status="FAILED")
+    line = (f"repaired what an interrupted run left: MLflow run {run_id} {'' if ended else 'marked FAILED '}({why}); "
             f"{'versions marked registration=interrupted: ' + ', '.join(marked) if marked else 'no unfinished version'}; "
             f"{'removed from the local Bento store: ' + ', '.join(removed) if removed else 'nothing of it in the local Bento store'}")
     log.warning(line)
