@@ -53,6 +53,44 @@ def test_a_failure_inside_the_block_deletes_the_version_and_restores_aliases(sto
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_second_interrupt_during_the_rollback_waits_for_it(store, monkeypatch, capfd, signum):
+    """The first Ctrl-C starts the rollback; a second one during it (or the SIGTERM of a pod being deleted) cut it
+    short, leaving the version `in progress` and the aliases on it. Now it is held until the rollback is done."""
+    import signal
+
+    client, uri, run_id = store
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {}, promote=True, name=NAME)
+    real_delete, seen = MlflowClient.delete_model_version, []
+
+    def delete_after_a_signal(self, name, version):
+        seen.append(version)
+        signal.raise_signal(getattr(signal, signum))  # arrives in the middle of the rollback
+        return real_delete(self, name, version)
+
+    monkeypatch.setattr(MlflowClient, "delete_model_version", delete_after_a_signal)
+    caught = []
+
+    def on_sigterm(*_):  # what a retrain does on SIGTERM: end as interrupted
+        caught.append("SIGTERM")
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with pytest.raises(KeyboardInterrupt if signum == "SIGINT" else SystemExit):
+            with registry.pending_version(uri, run_id, name=NAME) as v2:
+                registry.finalize_version(v2, {}, promote=True, name=NAME)
+                raise KeyboardInterrupt  # the first Ctrl-C
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["2"] and caught == ([] if signum == "SIGINT" else ["SIGTERM"])  # delivered once, after the rollback
+    assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
+    assert capfd.readouterr().err.count(f"{signum} held until the registration's rollback has finished") == 1
+
+
 def test_a_failed_registration_leaves_aliases_another_run_moved_meanwhile(store):
     client, uri, run_id = store
     with registry.pending_version(uri, run_id, name=NAME) as v1:
@@ -624,8 +662,8 @@ def test_a_new_run_leaves_the_newest_local_run_folders_and_never_a_running_or_un
 
 
 def test_a_version_left_in_progress_by_a_run_that_ended_is_repaired_and_its_alias_named(store, caplog):
-    """A second Ctrl-C during a registration's rollback (or a kill between the rollback and the run's end) left the
-    version `in progress` while its run ended KILLED; the repair looked only at RUNNING runs, so it stayed so for
+    """A kill -9 during a registration's rollback (or between the rollback and the run's end) left the version
+    `in progress` while its run ended KILLED; the repair looked only at RUNNING runs, so it stayed so for
     ever. Now the next start marks it interrupted, names the alias it still holds, and leaves the run's status."""
     from components.registry.registry import INTERRUPTED_TAG, registration_in_progress
     from components.registry.repair import repair_interrupted
@@ -645,7 +683,7 @@ def test_a_version_left_in_progress_by_a_run_that_ended_is_repaired_and_its_alia
     with caplog.at_level("WARNING", logger="components"):
         lines = repair_interrupted(experiment_id)
     assert len(lines) == 1 and lines[0].startswith(f"repaired what an interrupted run left: MLflow run {cut} (it ended KILLED while a registration "
-                                                   "of it was in progress (its rollback cut short: a second Ctrl-C, or a kill during it) (found at 20")
+                                                   "of it was in progress (its rollback cut short) (found at 20")
     assert lines[0].endswith(f"versions marked registration=interrupted: {NAME}/{left.version} (still holds challenger: point it at a servable "
                              "version with `behaviorflow promote --alias`); nothing of it in the local Bento store")
     state = client.get_model_version(NAME, left.version).tags["registration"]

@@ -53,7 +53,10 @@ def package_and_register(
                 gated_against=gated_against,
             )
     except BaseException:
-        _remove_from_store(stored)
+        from components.interrupts import held_signals
+
+        with held_signals("the registration's rollback"):
+            _remove_from_store(stored)
         raise
     return {"version": version, "aliases": aliases, "bento_tag": bento_tag, "bento_archive": str(archive), "model_uri": model_uri,
             "not_promoted": held}

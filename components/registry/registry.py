@@ -297,12 +297,15 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
     try:
         yield version
     except BaseException:
+        from components.interrupts import held_signals
+
         log.error("registration of version %s did not complete; removing it and restoring the aliases", version)
-        taken = [alias for alias in previous if _alias_version(client, alias, name) == version]
-        client.delete_model_version(name, version)  # MLflow drops the aliases that pointed at it
-        for alias in taken:
-            if previous[alias] is not None:
-                client.set_registered_model_alias(name, alias, previous[alias])
+        with held_signals("the registration's rollback"):  # a second Ctrl-C must not cut it short
+            taken = [alias for alias in previous if _alias_version(client, alias, name) == version]
+            client.delete_model_version(name, version)  # MLflow drops the aliases that pointed at it
+            for alias in taken:
+                if previous[alias] is not None:
+                    client.set_registered_model_alias(name, alias, previous[alias])
         raise
 
 

@@ -25,7 +25,7 @@ For each one it:
   Bento and model of a version of the run that does have its Bento (tag and archive: it is served, with a warning).
 
 A run that has ended (KILLED, FAILED, even FINISHED) while a version it registered still says `in progress` had
-its rollback cut short (a second Ctrl-C during it, a kill between the rollback and the run's end): its versions
+its rollback cut short (a kill -9 during it or between it and the run's end): its versions
 and Bento store entries are repaired the same way; the run keeps its status.
 
 One WARNING line per repaired run says all of it. A run whose process is alive (another retrain beside this
@@ -211,7 +211,7 @@ def repair_interrupted(experiment_id: str, stale_after_s: float = STALE_AFTER_S)
         except Exception as exc:  # noqa: BLE001 - best effort, named
             log.warning("could not repair MLflow run %s (%s): %s", run.info.run_id, what, exc)
     for run_id, status in _ended_with_registration_open(client, experiment_id):
-        what = f"it ended {status} while a registration of it was in progress (its rollback cut short: a second Ctrl-C, or a kill during it)"
+        what = f"it ended {status} while a registration of it was in progress (its rollback cut short)"
         try:
             lines.append(_repair_run(client, run_id, what, ended=True))
         except Exception as exc:  # noqa: BLE001 - best effort, named
@@ -223,7 +223,8 @@ def _ended_with_registration_open(client, experiment_id: str) -> list[tuple[str,
     """(run id, status) of the runs of `experiment_id` that have ended while a version they registered still says
     `registration = in progress`. The run ends only after its registration finished or was rolled back
     (`registry.pending_version` inside `tracked_run`), so such a version is what a rollback cut short left: a
-    second Ctrl-C during it, or a kill -9 between the rollback and the run's end. Without this, the version kept
+    kill -9 during it or between it and the run's end (a second Ctrl-C or SIGTERM is held until it has finished:
+    `interrupts.held_signals`). Without this, the version kept
     its state for ever (the runs repaired above are RUNNING ones) and was listed as in progress."""
     try:
         versions = client.search_model_versions(f"tags.{REGISTRATION_TAG} LIKE 'in progress%'")
