@@ -55,13 +55,13 @@ class TextSASRecConfig:
     #   its tokens' embeddings (zero at first, so a token no trained item has adds nothing). Words shared between
     #   items (a year, a brand, a series name, a category) carry what the model learned about them to rare and
     #   new items. On ML-1M: validation NDCG@10 0.1726 reached sooner (7.0 against 12.9 CPU minutes) and a better
-    #   long tail (see the README). The flow tokenizes the catalog with the text model's tokenizer; ignored without text
+    #   long tail (docs/benchmarks.md). The flow tokenizes the catalog with the text model's tokenizer; ignored without text
     token_trained_only: bool = True  # a never-trained item's mean leaves out the tokens no trained item has (their
     #   embeddings were never learned: counted as zeros, they only shrink what the item's known words say); and a
     #   trained item standing in for a new one (id_dropout, the imputed-item loss) also loses the tokens only it has,
     #   so training shows the model new items as they will look: shared words, LM text and the imputed id. ML-1M,
     #   three comparisons: more new-item hits (selection slice 18 -> 33 and 19 -> 24 of 612, test 19 -> 22 of 314)
-    #   at the same or better warm HR@10 (see the README). False: every token counts, and stand-ins keep them
+    #   at the same or better warm HR@10 (docs/benchmarks.md). False: every token counts, and stand-ins keep them
     token_vocab: int = 0  # the LM tokenizer's vocabulary size (set from the tokenizer, as text_dim from the embeddings)
     cold_imputation: str = "mlp"  # what stands in for a missing id: "mlp" (a small network from LM text to id
     #   space, learned through id_dropout: trained on exactly the job of standing in for an id) or "neighbors"
