@@ -171,6 +171,20 @@ def test_sampled_ranks_hand_computed():
         sampled_ranks([scores[:2]], np.array([1, 3, 2, 1]), negatives)
 
 
+def test_a_target_the_ranker_cannot_rank_is_a_miss_even_among_negatives_it_cannot_rank_either():
+    """The id-only model scores -inf every item without training interactions, and a seen target is -inf with
+    exclude_seen: such a target tied the untrained negatives, and the lower-index rule put it above those with a
+    higher index, so a target the ranker never lists counted as a hit (row 1 was rank 0: HR@1 = 1)."""
+    scores = np.array([
+        [NEG, NEG, 0.5, NEG, NEG],  # target 1 (-inf) vs 2 (0.5), 3 and 4 (-inf): below all three, rank 3 (was 1)
+        [NEG, NEG, NEG, NEG, NEG],  # target 1 vs 2, 3, 4, all -inf: rank 3 (was 0)
+        [NEG, 0.1, NEG, 0.2, NEG],  # target 3 (0.2) vs 1 (0.1), 2 and 4 (-inf): rank 0, as before
+        [NEG, np.nan, 0.1, 0.2, 0.3],  # target 1 scored NaN (a diverged model): no ranking, rank 3 (was 0)
+    ])
+    negatives = np.array([[2, 3, 4], [2, 3, 4], [1, 2, 4], [2, 3, 4]])
+    assert sampled_ranks([scores], np.array([1, 1, 3, 1]), negatives).tolist() == [3, 3, 0, 3]
+
+
 def test_negatives_are_distinct_seeded_and_never_the_input_or_the_target():
     rng = np.random.default_rng(0)
     inputs = [rng.integers(1, 60, size=rng.integers(1, 30)) for _ in range(200)]

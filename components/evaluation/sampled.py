@@ -64,6 +64,10 @@ def sampled_ranks(score_batches: Iterable[np.ndarray], targets: np.ndarray, nega
         target_score = scores[rows, target][:, None]
         negative_score = scores[rows[:, None], negative]
         above = (negative_score > target_score) | ((negative_score == target_score) & (negative < target[:, None]))
+        # A target scored -inf (seen, or an item the ranker cannot score) is never listed: it ranks below every
+        # negative, also below negatives scored -inf too (an id-only model's untrained items), which the
+        # lower-index rule would otherwise put under it. A NaN score ranks nothing either.
+        above |= (target_score == -np.inf) | np.isnan(target_score)
         ranks[start:stop] = above.sum(1)
         start = stop
     if start != len(targets):
