@@ -33,6 +33,14 @@ def test_coverage():
     assert coverage(np.array([[1, 2], [2, 3]]), n_items=10, k=2) == pytest.approx(0.3)
 
 
+def test_coverage_counts_catalog_items_only():
+    """A top-K row shorter than K is filled with 0 (padding: model_topk, popularity_topk) or -1 (an item the
+    champion's catalog has and today's has not: ids_to_indices); neither is an item of the catalog. Items 1
+    and 2 of 4 are listed: coverage 0.5 (it was 0.75, and 1.0 with the -1)."""
+    assert coverage(np.array([[1, 0], [2, 0]]), n_items=4, k=2) == pytest.approx(0.5)
+    assert coverage(np.array([[1, -1], [2, 0]]), n_items=4, k=2) == pytest.approx(0.5)
+
+
 def test_bootstrap_ci_brackets_the_mean():
     values = np.r_[np.ones(30), np.zeros(70)]
     lo, hi = bootstrap_ci(values, seed=1)

@@ -41,8 +41,10 @@ def metrics_from_ranks(ranks: np.ndarray, list_len: int, ks: tuple[int, ...] = K
 
 
 def coverage(topk: np.ndarray, n_items: int, k: int = 10) -> float:
-    """Share of the catalog that appears in at least one top-k list."""
-    return float(len(np.unique(np.asarray(topk)[:, :k])) / max(n_items, 1))
+    """Share of the catalog that appears in at least one top-k list. Slots holding no item (0, the padding
+    that fills a row shorter than k; -1, an item another catalog has: bundle.ids_to_indices) are not counted."""
+    listed = np.unique(np.asarray(topk)[:, :k])
+    return float(np.count_nonzero(listed > 0) / max(n_items, 1))
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
