@@ -56,7 +56,9 @@ class BundleRanker:
     It ranks as the Bento service does: the graph reads the most recent `max_len` items, items unknown
     to the bundle are left out of the input, and with `exclude_seen` every item of the full history
     (also those before the model's window) is left out of the answer; where that leaves fewer than k of
-    the graph's top MAX_K, the list is filled from the item vectors (Bundle.fill_to_k).
+    the graph's top MAX_K, the list is filled from the item vectors (Bundle.fill_to_k). A history left with
+    no known item gets the bundle's most popular training items, as the service's `history: []` and batch
+    prediction answer it (none from a bundle without that list), never the graph's answer to padding alone.
     """
 
     def __init__(self, bundle_dir: Path, background: bool = False):
@@ -75,10 +77,13 @@ class BundleRanker:
         index_of, item_ids = self.bundle.index_of, self.bundle.item_ids
         batch_size = self.bundle.rows_per_call or batch_size
         known = [[index_of[i] for i in h if i in index_of] for h in histories]
-        out: list[list[str]] = [[] for _ in known]
+        popular = [item_ids[i - 1] for i, _ in (self.bundle.popular or [])[:k]]
+        out: list[list[str]] = [[] if h else list(popular) for h in known]
+        ranked_rows = [row for row, h in enumerate(known) if h]
         # Histories of similar length share a call, padded to their longest, as the service batches them: in the
         # given order, one long history in a batch made every short one pay for its length.
-        for group in contract.length_groups([len(h) for h in known], self.bundle.max_len):
+        for group in contract.length_groups([len(known[row]) for row in ranked_rows], self.bundle.max_len):
+            group = [ranked_rows[index] for index in group]
             for start in range(0, len(group), batch_size):
                 rows = group[start : start + batch_size]
                 chunk = [known[row] for row in rows]

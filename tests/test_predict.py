@@ -124,6 +124,32 @@ def test_users_with_no_known_item_get_the_training_popularity_order(tmp_path):
     assert (tmp_path / "o.tsv").read_text().splitlines()[0] == "new1\t" + " ".join(want + ["i030"])
 
 
+def test_the_bundle_ranker_answers_a_history_with_no_known_item_as_predict_and_the_service_do(tmp_path):
+    """Evaluation re-scores the champion through BundleRanker.topk, which leaves out the items unknown to its
+    bundle: a test case whose items all came after the champion was left with an empty history, and the graph
+    ranked it from its all-padding state, an answer the champion never serves. Batch prediction and the
+    service's `history: []` answer such a history with the bundle's most popular training items."""
+    from components.evaluation.bundle import bundle_topk
+    from serving.ranking import BundleRanker
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0)
+    popular = reference_popular(tiny_users(N_ITEMS, 0), 6)[0]
+    table = embeddings(N_ITEMS, DIM, 0)
+    alice = [item_id(i) for i in reference_top_k(table, [1, 5, 9], 6, True)[0]]
+    for exclude_seen in (True, False):
+        answers = BundleRanker(bundle).topk([["zz1", "zz2"], ["i001", "zz1", "i005", "i009"], []], 6, exclude_seen)
+        assert answers[0] == answers[2] == popular
+        assert answers[1] == (alice if exclude_seen else [item_id(i) for i in reference_top_k(table, [1, 5, 9], 6, False)[0]])
+    assert bundle_topk(bundle, [["zz3"]], 6) == [popular]
+    predict_file(bundle, _text_file(tmp_path / "h.tsv", "dave\tzz3\n"), tmp_path / "o.tsv", PredictConfig(k=6))
+    assert (tmp_path / "o.tsv").read_text() == "dave\t" + " ".join(popular) + "\n"
+
+
+def _text_file(path, text: str):
+    path.write_text(text)
+    return path
+
+
 def test_a_bundle_from_before_the_popularity_list_leaves_those_users_empty_and_says_why(tmp_path):
     bundle = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=0, popularity=False)
     source = tmp_path / "h.tsv"

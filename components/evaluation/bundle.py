@@ -13,7 +13,8 @@ from serving.ranking import BundleRanker
 
 
 def bundle_topk(bundle_dir: Path, histories: Sequence[Sequence[str]], k: int, exclude_seen: bool = True, batch_size: int = 256) -> list[list[str]]:
-    """Top-k item ids for histories of item ids; items unknown to the bundle are left out of the input."""
+    """Top-k item ids for histories of item ids; items unknown to the bundle are left out of the input (a
+    history left with none gets the bundle's most popular items, as in the service and batch prediction)."""
     return BundleRanker(bundle_dir).topk(histories, k, exclude_seen, batch_size)
 
 
