@@ -404,12 +404,12 @@ def test_imputed_item_loss_adds_the_cross_entropy_of_the_catalog_as_new_items():
     plain = next_item_loss(model, inputs, targets, TrainConfig())
     both = next_item_loss(model, inputs, targets, TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0))
     with torch.no_grad():
-        hidden = model.encode(inputs)[targets != 0]
+        hidden = model.encode(inputs)[inputs != 0]  # the steps with a real input (item 1 follows padding)
         imputed = model.text_proj(model.text_table) + model.imputer(model.text_table)
         imputed[0] = 0
         logits = hidden @ imputed.T
         logits[:, ~model.has_id] = float("-inf")  # untrained items are no negatives here either
-        expected = plain + 0.5 * F.cross_entropy(logits, targets[targets != 0])
+        expected = plain + 0.5 * F.cross_entropy(logits, targets[inputs != 0])
     assert both.item() == pytest.approx(expected.item(), rel=1e-5)
     # It trains the imputer even with id_dropout 0 (the imputer's only other teacher).
     model.train()
@@ -428,7 +428,7 @@ def test_imputed_item_loss_in_blocks_has_the_loss_and_gradients_of_the_whole_mat
         # float64: the blocks sum the same terms in another order, and in float32 that alone moved one gradient
         # element by 1.4e-5 (relative 1.6e-4) on one machine's CPU and not on another's.
         model = tiny(id_dropout=0.0).double().eval()  # the same weights on every call (seeded); eval: no dropout
-        inputs, targets = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]), torch.tensor([[1, 2, 3, 4], [2, 3, 4, 5]])  # 8 real steps
+        inputs, targets = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]), torch.tensor([[1, 2, 3, 4], [2, 3, 4, 5]])  # 7 real steps (item 1 follows padding)
         config = TrainConfig(imputed_loss_weight=0.5, imputed_loss_share=1.0, score_block_rows=block_rows)
         loss = train_module.next_item_loss(model, inputs, targets, config)
         loss.backward()
@@ -439,7 +439,7 @@ def test_imputed_item_loss_in_blocks_has_the_loss_and_gradients_of_the_whole_mat
     real = train_module.chunked_cross_entropy
     monkeypatch.setattr(train_module, "chunked_cross_entropy", lambda *a: blocks.append((len(a[0]), a[-1])) or real(*a))
     blocked_loss, blocked = loss_and_grads(3)
-    assert blocks == [(8, 3), (8, 3)]  # the main loss and the imputed-item loss, both in blocks of 3 steps
+    assert blocks == [(7, 3), (7, 3)]  # the main loss and the imputed-item loss, both in blocks of 3 steps
     assert blocked_loss == pytest.approx(whole_loss, rel=1e-12)
     assert set(blocked) == set(whole) and any(n.startswith("imputer.") for n in whole)
     for name in whole:
@@ -897,3 +897,29 @@ def test_a_speed_ratio_just_below_the_threshold_is_not_shown_as_reaching_it():
 
     assert times(1.0967, 1.1) == "1.097" and times(1.0999, 1.1) == "1.0999"
     assert times(1.08, 1.1) == "1.08" and times(1.1, 1.1) == "1.10" and times(0.99, 0) == "0.99"
+
+
+def test_a_windows_first_step_is_no_target_whatever_the_batch_beside_it():
+    """A window shorter than its batch's longest is left-padded: its first item sits where the inputs are still
+    padding. Predicting it from nothing is not a next-item step (SASRec scores only positions with a real input);
+    it was a target only when a longer window shared the batch, and it trained the all-padding state on users'
+    first items. Windows [5, 6, 7] and [1, 2, 3, 4, 8]: the targets are 6, 7 and 2, 3, 4, 8."""
+    import torch.nn.functional as F
+
+    from components.training.train import next_item_loss, real_step_states
+
+    model = tiny(id_dropout=0.0)
+    padded = torch.from_numpy(contract.pad_histories([np.array([5, 6, 7]), np.array([1, 2, 3, 4, 8])], 5))
+    assert padded.tolist() == [[0, 0, 5, 6, 7], [1, 2, 3, 4, 8]]
+    inputs, targets = padded[:, :-1], padded[:, 1:]
+    with torch.no_grad():
+        table = model.item_table()
+        for groups in (1, 2):
+            _, goals = real_step_states(model, inputs, targets, table, groups)
+            assert sorted(goals.tolist()) == [2, 3, 4, 6, 7, 8]
+        hidden = model.encode(inputs, table)
+        states = torch.cat([hidden[0, 2:], hidden[1]])  # after [5], [5, 6]; after [1], ..., [1, 2, 3, 4]
+        logits = states @ table.T
+        logits[:, ~model.has_id] = float("-inf")
+        expected = F.cross_entropy(logits, torch.tensor([6, 7, 2, 3, 4, 8]))
+        assert next_item_loss(model, inputs, targets, TrainConfig()).item() == pytest.approx(expected.item(), rel=1e-5)

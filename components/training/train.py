@@ -212,7 +212,11 @@ def real_step_states(model: TextSASRec, inputs: torch.Tensor, targets: torch.Ten
     `length_split`), each cut to its own longest sequence: left padding is dropped from the left, and
     positions are right-aligned, so a real step's state is what the whole-batch encoding gives it. Rows
     come out grouped, not in batch order; a mean loss over them does not depend on the order."""
-    real = targets != 0  # (B, T)
+    # A step is real where its input is: a window shorter than the batch's longest is left-padded, and its
+    # first item, the target at its last padded input, has no history to be predicted from (SASRec scores
+    # only positions with a real input). Scoring it made that item a target only when a longer window
+    # shared the batch, and trained the all-padding state on users' first items.
+    real = (inputs != 0) & (targets != 0)  # (B, T)
     lengths = real.sum(1)
     split = length_split(lengths, groups)
     if len(split) == 1:
