@@ -139,6 +139,24 @@ def test_a_top_k_longer_than_the_rankable_items_lists_no_excluded_or_unscorable_
     assert (top[:, 3:] == 0).all() and (top[0, 2:] == 0).all()
 
 
+def test_a_catalog_smaller_than_k_scores_an_unlisted_target_as_a_miss():
+    """A target absent from a top-K list has rank K (ranks_from_topk), a miss for every cut-off up to K. The
+    rankers cut K to the catalog size, so with 6 items a target left out of the list (a repeat, excluded) had
+    rank 6 and counted as a hit at 10: the validation HR@10 that early stopping reads (train_model asks for 10)
+    and every @10 and @20 number of a small catalog. The lists keep K places, the unfilled ones 0 (padding)."""
+    from components.evaluation.metrics import metrics_from_ranks
+    from components.evaluation.rankers import popularity_topk
+
+    model_top = model_topk(tiny_model(6), [np.array([1, 2])], 10)
+    assert model_top.shape == (1, 10) and sorted(model_top[0, :4].tolist()) == [3, 4, 5, 6] and not model_top[0, 4:].any()
+    popular = popularity_topk([np.array([4, 4, 3])], [np.array([1, 2])], 6, 10)
+    assert popular.tolist() == [[4, 3, 5, 6, 0, 0, 0, 0, 0, 0]]
+    for top in (model_top, popular):
+        ranks = ranks_from_topk(top, np.array([1]))  # item 1 is in the history: never listed
+        assert ranks.tolist() == [10]
+        assert metrics_from_ranks(ranks, top.shape[1], ks=(10,)) == {"HR@10": 0.0, "NDCG@10": 0.0, "MRR@10": 0.0}
+
+
 def test_the_id_only_baseline_is_reported_like_the_model_and_cannot_reach_new_items():
     prepared = hand_prepared()
     baseline = id_only_model(prepared)

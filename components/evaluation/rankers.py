@@ -20,9 +20,9 @@ def popularity_order(counts: np.ndarray) -> np.ndarray:
 
 
 def popularity_topk(train: Sequence[np.ndarray], histories: Sequence[np.ndarray], n_items: int, k: int, exclude_seen: bool = True) -> np.ndarray:
-    """Most frequent training items first (ties by lower index), skipping each history's items if asked."""
+    """Most frequent training items first (ties by lower index), skipping each history's items if asked; [N, k],
+    places no item fills (a catalog smaller than k) 0, as in model_topk."""
     order = popularity_order(item_counts(train, n_items))
-    k = min(k, n_items)
     out = np.zeros((len(histories), k), dtype=np.int64)
     for row, history in enumerate(histories):
         if exclude_seen:
@@ -89,19 +89,22 @@ def _model_score_batches(model, histories: Sequence[np.ndarray], exclude_seen: b
 def model_topk(model, histories: Sequence[np.ndarray], k: int, exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> np.ndarray:
     """Full-ranking top-K of a TextSASRec-like model (anything with `.cfg`, `.item_table()`, `.encode()`).
     Where fewer than K items can be ranked (a tiny catalog, a long history), the rest of the row is 0
-    (padding, never a target): an excluded or unscorable item is never listed, as in serving."""
-    k = min(k, model.cfg.n_items)
+    (padding, never a target): an excluded or unscorable item is never listed, as in serving. The rows keep k
+    places even for a catalog smaller than k, so that a target left out has rank k: a miss at every cut-off."""
     out = [topk_of_scores(scores, k) for scores in _model_score_batches(model, histories, exclude_seen, batch_size, device)]
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
 def topk_of_scores(scores, k: int) -> np.ndarray:
     """The k best item indices of each row of `scores` (torch [B, n_items + 1]), an unrankable (-inf) place
-    given as 0: model_topk's answer from scores already computed (model_scores)."""
+    given as 0, and so are the places beyond the catalog when it is smaller than k: model_topk's answer from
+    scores already computed (model_scores)."""
     import torch
 
-    values, indices = torch.topk(torch.as_tensor(scores), k, dim=1)
-    return indices.masked_fill(values == float("-inf"), 0).cpu().numpy()
+    scores = torch.as_tensor(scores)
+    values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    top = indices.masked_fill(values == float("-inf"), 0).cpu().numpy()
+    return np.pad(top, ((0, 0), (0, k - top.shape[1]))) if top.shape[1] < k else top
 
 
 def model_scores(model, histories: Sequence[np.ndarray], exclude_seen: bool = True, batch_size: int = 256, device: str | None = None) -> Iterator[np.ndarray]:
