@@ -227,7 +227,7 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
     import torch
 
     from components.evaluation.rankers import popularity_record
-    from components.export import check_parity, export_onnx, quantize_int8, write_bundle
+    from components.export import check_parity, export_onnx, known_user_histories, quantize_int8, write_bundle
     from components.registry import BUNDLE_ARTIFACT
     from components.registry.tracking import log_folder, log_json
     from serving.contract import POPULARITY_FIELD
@@ -243,7 +243,7 @@ def export(result, prepared, dataset_fingerprint: str, decision, report, config:
         quantization = quantize_int8(onnx_path, run_dir / "model.int8.onnx", test_inputs, test_targets, max_len, ex.int8_max_ndcg_drop, ex.int8_min_top10_overlap, ex.int8_min_speedup)
         log_json("quantization.json", quantization.to_dict())
     served = run_dir / "model.int8.onnx" if quantization and quantization.accepted else onnx_path
-    users = {u: [prepared.item_ids[i - 1] for i in seq[-max_len:]] for u, seq in zip(prepared.user_ids, prepared.sequences)}
+    users = known_user_histories(prepared.user_ids, prepared.sequences, prepared.item_ids)  # whole: the service excludes all of it
     manifest = {
         "model_name": settings.REGISTERED_MODEL_NAME,
         "max_len": max_len,

@@ -923,3 +923,20 @@ def test_a_windows_first_step_is_no_target_whatever_the_batch_beside_it():
         logits[:, ~model.has_id] = float("-inf")
         expected = F.cross_entropy(logits, torch.tensor([6, 7, 2, 3, 4, 8]))
         assert next_item_loss(model, inputs, targets, TrainConfig()).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_bundle_keeps_each_known_users_whole_history_so_the_service_excludes_all_of_it():
+    """users.json held only the last max_len items of each user: /recommend by user_id, which leaves out every
+    item of the stored history, recommended a known user's older items again (an explicit history and the
+    offline evaluation leave out the whole history). Ann's 7 steps are stored whole, whatever max_len is."""
+    import pandas as pd
+
+    from components.export import known_user_histories
+    from components.preparation import prepare
+
+    ann = ["a", "b", "c", "d", "e", "f", "g"]
+    events = pd.DataFrame({"user_id": ["ann"] * 7 + ["bob"] * 3, "item_id": ann + ["c", "a", "c"],
+                           "event_type": "view", "timestamp": list(range(7)) + [3, 4, 5]})
+    prepared = prepare(events, pd.DataFrame({"item_id": ann, "title": [t.upper() for t in ann]}))
+    users = known_user_histories(prepared.user_ids, prepared.sequences, prepared.item_ids)
+    assert users == {"ann": ann, "bob": ["c", "a", "c"]}  # oldest first, the held-out steps included
