@@ -940,3 +940,18 @@ def test_the_bundle_keeps_each_known_users_whole_history_so_the_service_excludes
     prepared = prepare(events, pd.DataFrame({"item_id": ann, "title": [t.upper() for t in ann]}))
     users = known_user_histories(prepared.user_ids, prepared.sequences, prepared.item_ids)
     assert users == {"ann": ann, "bob": ["c", "a", "c"]}  # oldest first, the held-out steps included
+
+
+def test_validation_ranks_the_history_as_the_evaluation_does():
+    """Early stopping picked the epoch by validation NDCG@10 with seen items always excluded, also when
+    evaluate.exclude_seen=false ranks them in the test: model selection and the reported metrics followed two
+    protocols. Every validation target here repeats its history in an 8-item catalog: excluded, it is never
+    listed (HR@10 0); ranked, it is always among the 10 (all 8 items are listed: HR@10 1)."""
+    torch.manual_seed(0)
+    cfg = TextSASRecConfig(n_items=8, text_dim=4, d_model=16, n_layers=1, n_heads=1, max_len=6, dropout=0.0, token_embeddings=False)
+    seqs = [np.array([(s + t) % 8 + 1 for t in range(5)]) for s in range(8)]
+    valid = ([s[:3] for s in seqs], np.array([s[1] for s in seqs]))  # the target is the input's second item
+    config = TrainConfig(max_epochs=1, batch_size=4, progress=False)
+    for exclude_seen, hit_rate in ((True, 0.0), (False, 1.0)):
+        model = TextSASRec(cfg, torch.randn(8, 4))
+        assert train_model(model, seqs, valid, config, exclude_seen=exclude_seen).curve[0]["val_HR@10"] == hit_rate

@@ -136,12 +136,13 @@ def new_model(config, text_embeddings: np.ndarray | None, has_id: np.ndarray, se
     return TextSASRec(config, text, torch.from_numpy(has_id), tokens)
 
 
-def train_id_only_baseline(model_config, train: list[np.ndarray], valid, has_id: np.ndarray, config: TrainConfig) -> TrainResult:
+def train_id_only_baseline(model_config, train: list[np.ndarray], valid, has_id: np.ndarray, config: TrainConfig,
+                           exclude_seen: bool = True) -> TrainResult:
     """The id-only variant of the model (`use_text=False`: plain SASRec over item ids, the same size and
     history length), trained with the same settings: the baseline that shows whether the item text pays
     off on this data. It cannot rank items that had no training interactions (their HR is 0)."""
     model = new_model(replace(model_config, use_text=False), None, has_id, config.seed)
-    return train_model(model, train, valid, config, label="id-only baseline: ")
+    return train_model(model, train, valid, config, label="id-only baseline: ", exclude_seen=exclude_seen)
 
 
 def training_pairs(train: list[np.ndarray], max_len: int, all_steps: bool = False) -> list[np.ndarray]:
@@ -384,13 +385,15 @@ def train_model(
     checkpoint_dir: Path | None = None,
     label: str = "",
     epoch_metrics: Callable[[TextSASRec], dict] | None = None,
+    exclude_seen: bool = True,
 ) -> TrainResult:
     """Fit `model` on `train` (item-index sequences, oldest first), early-stopped on `valid` (inputs,
     targets) NDCG@10 within the time budget; returns it with its best weights. label prefixes the log
     lines and progress bars (e.g. "id-only baseline: "). epoch_metrics(model), called after each
     epoch's validation with the model in eval mode, adds its numbers to that epoch's row of the curve
     (e.g. a benchmark's own slice); they do not steer training, and their time counts toward the
-    budget."""
+    budget. exclude_seen: validation ranks no item of a case's input, as the evaluation does with
+    evaluate.exclude_seen (the flow passes it), so that the epoch kept is chosen by the protocol reported."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
@@ -450,7 +453,7 @@ def train_model(
         if partial:
             bar.close()
 
-        ranks = ranks_from_topk(model_topk(model, val_inputs, 10), val_targets)
+        ranks = ranks_from_topk(model_topk(model, val_inputs, 10, exclude_seen), val_targets)
         val = metrics_from_ranks(ranks, 10, ks=(10,))
         minutes = (_clock() - start) / 60
         row = {"epoch": epoch, "minutes": round(minutes, 3), "loss": float(np.mean(losses)), "val_NDCG@10": val["NDCG@10"], "val_HR@10": val["HR@10"],
