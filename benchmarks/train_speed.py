@@ -143,7 +143,7 @@ def compare_steps(args, variants: dict, shapes: dict) -> tuple[list, dict]:
         times = dict(zip(variants, timed_in_turns(engines, calls=args.steps * args.rounds, block=args.steps)))
         ms = {variant: float(np.median(t)) * 1000 for variant, t in times.items()}
         widths = [int(p.shape[1]) - 1 for p in batches]
-        real = float(np.mean([(p[:, 1:] != 0).sum().item() / len(p) for p in batches]))
+        real = float(np.mean([((p[:, :-1] != 0) & (p[:, 1:] != 0)).sum().item() / len(p) for p in batches]))  # as real_step_states counts them
         for variant in variants:
             rows.append({"shape": name, "variant": variant, "median_ms_per_step": round(ms[variant], 1), "steps": len(times[variant])})
         first, *others = variants
