@@ -353,7 +353,8 @@ class CandidateScore(BaseModel):
     probability: float = Field(
         description=(
             "the model's probability that this item is the next interaction: softmax over the whole catalog "
-            "(padding excluded, seen items included) of user_vector · item_vectors"
+            "(padding excluded, seen items included) of user_vector · item_vectors; 0 for an item the model cannot "
+            "score (an id-only model's untrained items, never ranked either)"
         )
     )
 

@@ -320,6 +320,34 @@ def test_score_is_stable_for_large_logits(model_tag, table):
     assert probabilities.argmax() == logits.argmax() and probabilities.max() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_score_gives_an_item_the_model_cannot_score_no_probability(tmp_path):
+    """An id-only model's untrained items are marked unscorable at export and their rows of the item table are
+    zero: the graph never ranks them, and training never counted them in the softmax. /score put them in its
+    normalizer with logit 0, so they took probability from every real item and were themselves given some
+    (with most logits below 0, among the most probable items). They get 0; the rest sum to 1 over the others."""
+    import onnx
+
+    from tests.tiny_bundle import _graph as tiny_graph
+
+    bundle_dir = make_tiny_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=DIM, seed=SEED)
+    items = json.loads((bundle_dir / contract.ITEMS_FILE).read_text())
+    for row in items[:10]:
+        row["unscorable"] = True
+    (bundle_dir / contract.ITEMS_FILE).write_text(json.dumps(items))
+    table = embeddings(N_ITEMS, DIM, SEED)
+    vectors = table.copy()
+    vectors[1:11] = 0.0  # as the id-only model's table has them (the graph scores with the same table)
+    np.save(bundle_dir / contract.ITEM_VECTORS_FILE, vectors)
+    onnx.save(tiny_graph(vectors), bundle_dir / contract.MODEL_FILE)
+    service = load_service(save_bundle_to_store(bundle_dir))
+    history, candidates = ["i012", "i020"], [item_id(i) for i in range(1, N_ITEMS + 1)]
+    got = np.array([row.probability for row in service.score(history=history, candidates=candidates).scores])
+    logits = table[11:].astype(np.float64) @ table[[12, 20]].astype(np.float64).mean(axis=0)
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert (got[:10] == 0).all()
+    np.testing.assert_allclose(got[10:], want, atol=PROBABILITY_TOL, rtol=0)
+
+
 def test_score_lists_unknown_ids_of_both_fields(service):
     with pytest.raises(InvalidArgument) as err:
         service.score(history=["i001", "ghost"], candidates=["i002", "x", "y", "x"])
