@@ -790,6 +790,28 @@ def test_parity_failure_blocks(tmp_path):
         check_parity(model, path, histories)
 
 
+def test_the_int8_gate_scores_a_catalog_under_ten_items_and_no_excluded_place_as_a_hit(tmp_path):
+    """The int8 gate's NDCG@10 assumed 10 places in every list: a 6-item catalog stopped the export with a numpy
+    broadcasting error, and a place scored -inf (a seen item, filling a list) counted as a hit if it was the target."""
+    from components.export.quantize import _topk
+
+    torch.manual_seed(0)
+    cfg = TextSASRecConfig(n_items=6, text_dim=TEXT_DIM, d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0, token_embeddings=False)
+    model = TextSASRec(cfg, torch.randn(6, TEXT_DIM), torch.ones(7, dtype=torch.bool)).eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx")
+    histories = [np.array([1, 2]), np.array([3]), np.array([4, 5, 6]), np.array([2, 6])]
+    targets = np.array([3, 1, 5, 2])  # the last two are in their history: excluded, never hits
+    report = quantize_int8(fp32, tmp_path / "m.int8.onnx", histories, targets, max_len=12, min_speedup=0)
+    items, scores = _topk(fp32, histories, max_len=12)
+    expected = []
+    for row, row_scores, target in zip(items, scores, targets):
+        ranked = [int(i) for i, s in zip(row, row_scores) if np.isfinite(s)][:10]
+        expected.append(1 / np.log2(ranked.index(target) + 2) if target in ranked else 0.0)
+    assert expected[2] == expected[3] == 0.0 and expected[0] > 0 and expected[1] > 0
+    assert report.ndcg10_fp32 == pytest.approx(np.mean(expected))
+    assert report.top10_overlap == pytest.approx(1.0) and report.accepted  # int8 of 6 items ranks them alike
+
+
 def test_int8_variant_is_measured_and_gated(tmp_path):
     model = tiny()
     fp32 = export_onnx(model, tmp_path / "m.onnx")

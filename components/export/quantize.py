@@ -60,8 +60,11 @@ def _topk(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size:
     return np.concatenate(items), np.concatenate(scores)
 
 
-def _top10(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size: int = 256) -> np.ndarray:
-    return _topk(path, histories, max_len, batch_size)[0][:, :10]
+def _top10(path: Path, histories: Sequence[np.ndarray], max_len: int, batch_size: int = 256) -> list[np.ndarray]:
+    """Each history's top 10, without the places scored -inf (seen or unscorable items: the graph fills a row
+    with them when fewer items than its K can be ranked, and a catalog may have fewer than 10)."""
+    items, scores = _topk(path, histories, max_len, batch_size)
+    return [row[np.isfinite(row_scores)] for row, row_scores in zip(items[:, :10], scores[:, :10])]
 
 
 def quantize_graph(fp32_path: Path, int8_path: Path) -> Path:
@@ -97,9 +100,14 @@ def single_history_latency(paths: Sequence[Path], histories: Sequence[np.ndarray
     return [float(np.median(t)) * 1000 for t in timed_in_turns(runs, calls=rounds * len(feeds), block=len(feeds))]
 
 
-def _ndcg10(top10: np.ndarray, targets: np.ndarray) -> float:
-    hits = top10 == targets[:, None]
-    return float((hits / np.log2(np.arange(2, 12))).sum(1).mean())
+def _ndcg10(top10: list[np.ndarray], targets: np.ndarray) -> float:
+    gains = [float(np.sum((row == target) / np.log2(np.arange(2, len(row) + 2)))) for row, target in zip(top10, targets)]
+    return float(np.mean(gains)) if gains else 0.0
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Shared items of two top-10 lists, as a share of the longer (1.0 for two empty lists)."""
+    return len(set(a.tolist()) & set(b.tolist())) / max(len(a), len(b), 1) if len(a) or len(b) else 1.0
 
 
 def times(ratio: float, threshold: float) -> str:
@@ -130,7 +138,7 @@ def quantize_int8(
     top_fp32, top_int8 = _top10(fp32_path, histories, max_len), _top10(int8_path, histories, max_len, batch_size=1)
     ndcg_fp32, ndcg_int8 = _ndcg10(top_fp32, targets), _ndcg10(top_int8, targets)
     drop = (ndcg_fp32 - ndcg_int8) / ndcg_fp32 if ndcg_fp32 > 0 else 0.0
-    overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_fp32, top_int8)]))
+    overlap = float(np.mean([_overlap(a, b) for a, b in zip(top_fp32, top_int8)]))
     problems = []
     if drop > max_ndcg_drop:
         problems.append(f"NDCG@10 drops {drop:.1%} ({ndcg_fp32:.4f} → {ndcg_int8:.4f}; allowed {max_ndcg_drop:.0%})")
