@@ -111,7 +111,7 @@ def train(prepared, text: dict, config: RetrainConfig, run_dir: Path):
         mlflow.log_param("model.max_len_resolved", model_cfg.max_len)
     if model_cfg.token_vocab:
         mlflow.log_param("model.token_vocab_resolved", model_cfg.token_vocab)  # the tokenizer's vocabulary (token_embeddings)
-    model = new_model(model_cfg, embeddings, prepared.trained_items(), config.train.seed, text["tokens"])
+    model = new_model(model_cfg, embeddings, prepared.trained_items(model_cfg.max_len, config.train.all_steps), config.train.seed, text["tokens"])
     result = train_model(model, prepared.train, prepared.valid_split(), config.train, checkpoint_dir=run_dir / "checkpoints",
                          exclude_seen=config.evaluate.exclude_seen)  # validated as it is evaluated
     log_curve(result.curve)
@@ -156,7 +156,7 @@ def train_baseline(prepared, model_cfg, config: RetrainConfig):
     from components.registry.tracking import log_curve
     from components.training import train_id_only_baseline
 
-    result = train_id_only_baseline(model_cfg, prepared.train, prepared.valid_split(), prepared.trained_items(), config.train,
+    result = train_id_only_baseline(model_cfg, prepared.train, prepared.valid_split(), prepared.trained_items(model_cfg.max_len, config.train.all_steps), config.train,
                                     config.evaluate.exclude_seen)
     log_curve(result.curve, prefix="id_only_")
     return result

@@ -71,6 +71,27 @@ def test_slices_hand_computed():
     assert got["warm"] == pytest.approx({"HR@10": 0.5, "NDCG@10": (1 + ndcg(1)) / 4, "cases": 4})  # ranks 0, 12, 1, 20
 
 
+def test_an_item_only_in_a_one_step_training_sequence_is_new_to_the_model_and_cold_start():
+    """A user with three steps trains on a one-step sequence: no target, nothing learned. Its item was marked
+    trained (an id never learned, only pushed down as a negative) and counted warm; it is read from its text now."""
+    p = prepare(frame([("u1", "a", "view", 1), ("u1", "b", "view", 2), ("u1", "c", "view", 3),
+                       ("u2", "d", "view", 1), ("u2", "a", "view", 2), ("u2", "b", "view", 3), ("u2", "e", "view", 4)]), HAND_ITEMS)
+    def ids(prepared, mask):
+        return "".join(sorted(prepared.item_ids[i - 1] for i in np.flatnonzero(mask)))
+
+    assert [len(s) for s in p.train] == [1, 2]  # u1: [a]; u2: [d, a]
+    assert ids(p, p.trained_items()) == "ad"
+    u1_only = prepare(frame([("u1", "g", "view", 1), ("u1", "b", "view", 2), ("u1", "c", "view", 3),
+                             ("u2", "d", "view", 1), ("u2", "a", "view", 2), ("u2", "b", "view", 3), ("u2", "e", "view", 4)]), HAND_ITEMS)
+    assert ids(u1_only, u1_only.trained_items()) == "ad"  # g: only in u1's one step
+    g, a = (u1_only.item_ids.index(x) + 1 for x in "ga")
+    masks = case_slices(np.array([g, a]), u1_only.train, u1_only.n_items)
+    assert masks["cold_start"].tolist() == [True, False] and masks["head"].tolist() == [False, True]
+    long = prepare(frame([("u1", x, "view", t) for t, x in enumerate("abcdefgh")]), HAND_ITEMS)  # train: a … f
+    assert ids(long, long.trained_items(max_len=2, all_steps=False)) == "def"  # the last max_len + 1 steps
+    assert ids(long, long.trained_items(max_len=2, all_steps=True)) == "abcdef"
+
+
 def test_an_empty_slice_is_left_out_and_named():
     masks = case_slices(np.array([1, 2]), [np.array([1, 1, 2])], n_items=10)
     assert set(slice_metrics(np.array([0, 1]), masks)) == {"warm", "head"}

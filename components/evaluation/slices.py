@@ -2,14 +2,16 @@
 
 A case's slice is decided by its *target* item's count in the training data (never by the test data):
 
-* `cold_start` — the target never occurs in training (the model knows it from its text only);
-* `warm` — the target occurs in training: every case that is not `cold_start` (a new item's share of
-  what the model does for known ones is cold_start HR@10 / warm HR@10);
+* `cold_start` — the target occurs in no training sequence of two or more steps, the only ones training
+  learns from (a one-step sequence has no target: `PreparedData.trained_items`), so the model knows it from
+  its text only;
+* `warm` — every case that is not `cold_start` (a new item's share of what the model does for known ones is
+  cold_start HR@10 / warm HR@10);
 * `long_tail` — the target is not a head item: the bottom 80 % of the catalog by training count,
   which includes every item with a zero count (so `cold_start` cases are `long_tail` cases too);
 * `head` — the target is one of the ⌊20 % × catalog size⌋ items with the highest training count
-  (ties broken by the lower item index, the popularity ranker's order); an item with a zero count is
-  never head, even in a catalog where fewer items than that were seen.
+  (ties broken by the lower item index, the popularity ranker's order); a `cold_start` item is never head,
+  even in a catalog where fewer items than that were seen.
 
 `cold_start` and `warm` partition the cases, and so do `long_tail` and `head`; `cold_start` is a subset
 of `long_tail`. A slice without
@@ -44,9 +46,13 @@ def head_items(counts: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray
 def case_slices(targets: np.ndarray, train: Sequence[np.ndarray], n_items: int, head_share: float = HEAD_SHARE) -> dict[str, np.ndarray]:
     """Slice name -> boolean mask over the cases, from each case's target and the training sequences."""
     targets = np.asarray(targets, dtype=np.int64)
-    counts = item_counts(train, n_items)
-    head = head_items(counts, head_share)[targets]
-    return {"cold_start": counts[targets] == 0, "warm": counts[targets] > 0, "long_tail": ~head, "head": head}
+    learned = np.zeros(n_items + 1, dtype=bool)  # as PreparedData.trained_items: in a sequence of two or more steps
+    for seq in train:
+        if len(seq) >= 2:
+            learned[seq] = True
+    learned[0] = False
+    head = (head_items(item_counts(train, n_items), head_share) & learned)[targets]
+    return {"cold_start": ~learned[targets], "warm": learned[targets], "long_tail": ~head, "head": head}
 
 
 def slice_metrics(ranks: np.ndarray, masks: dict[str, np.ndarray], k: int = 10) -> dict[str, dict[str, float]]:

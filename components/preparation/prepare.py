@@ -109,11 +109,17 @@ class PreparedData:
         """(inputs, targets) of the test cases."""
         return self.test.inputs, self.test.targets
 
-    def trained_items(self) -> np.ndarray:
-        """Boolean mask [n_items + 1]: items that occur in training data (index 0 = padding, False)."""
+    def trained_items(self, max_len: int | None = None, all_steps: bool = True) -> np.ndarray:
+        """Boolean mask [n_items + 1] (index 0 = padding, False): the items training learns from, those in a
+        training sequence of two or more steps (`train.training_pairs`: a one-step sequence has no target, so a
+        user with three steps trains on nothing); without `all_steps`, only in the last `max_len` + 1 steps of
+        each. An item that occurs only elsewhere (the older steps, a one-step sequence, validation or test) is
+        new to the model: read from its text like a never-seen item, and never a negative. It was marked
+        trained, so its id embedding, never learned, only ever went down as a negative."""
         mask = np.zeros(self.n_items + 1, dtype=bool)
         for seq in self.train:
-            mask[seq] = True
+            if len(seq) >= 2:
+                mask[seq if all_steps or max_len is None else seq[-(max_len + 1):]] = True
         mask[0] = False
         return mask
 
