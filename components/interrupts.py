@@ -1,13 +1,24 @@
-"""Ctrl-C that Python would drop. A KeyboardInterrupt raised while a weakref callback or a `__del__` runs cannot
+"""Interrupts that stop a run cleanly: Ctrl-C (SIGINT), and SIGTERM and SIGHUP made to act like it.
+
+SIGTERM is how operators stop a run: Kubernetes on pod deletion or eviction (SIGKILL follows after the pod's
+terminationGracePeriodSeconds, 30 s by default), `docker stop`, a Prefect worker cancelling a flow run. Python's
+default action for it kills the process at once, and the rollbacks that Ctrl-C runs never ran. While a Prefect flow
+runs, Prefect's own SIGTERM handler raises `prefect.exceptions.TerminationSignal` instead, which ended the MLflow run
+FAILED, after which Prefect re-sent the signal to the process's previous handler: Python's default, death.
+`stop_on_termination()` installs a handler that raises `Terminated`, a KeyboardInterrupt: every `except
+KeyboardInterrupt` cleanup (the MLflow run ended KILLED, a registration rolled back, the CLI's one line) runs for it
+as for Ctrl-C; Prefect, in a flow, then hands it on to this handler. `stopped_by(exc)` names the signal of any of these.
+
+Ctrl-C that Python would drop. A KeyboardInterrupt raised while a weakref callback or a `__del__` runs cannot
 propagate: Python prints 'Exception ignored in …' and goes on. torch's ONNX export frees many weakly referenced
 objects: a Ctrl-C in `behaviorflow retrain`'s export stage was lost that way, and the run went on to register a
 version and exit 0 (`benchmarks/interrupt_latency.py`, its one run that sent SIGINT there). `keep_interrupts()` makes such an interrupt count: the
-main thread is interrupted again (`_thread.interrupt_main`, from another thread), and KeyboardInterrupt is raised in the
-code it runs then, without the 'Exception ignored' traceback.
+main thread is interrupted again (`_thread.interrupt_main`, from another thread, with the same signal), and the
+exception is raised in the code it runs then, without the 'Exception ignored' traceback.
 
-`held_signals()` is the other half: a rollback (a registration undone after the first Ctrl-C) must not be cut
-short by a second one, which left a version `in progress` with its run ended. Inside it, SIGINT and SIGTERM are
-held and delivered when it ends."""
+`held_signals()`: a rollback (a registration undone after the first Ctrl-C or SIGTERM) must not be cut short by a
+second one, which left a version `in progress` with its run ended. Inside it, SIGINT, SIGTERM and SIGHUP are held
+and the first is delivered when it ends."""
 
 from __future__ import annotations
 
@@ -20,16 +31,63 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)  # stopped like Ctrl-C by stop_on_termination()
 
-def _interrupt_main_soon() -> None:
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt (module docstring)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+def stop_on_termination() -> list[str]:
+    """SIGTERM and SIGHUP raise `Terminated` in this process from now on (module docstring); a signal already ignored
+    (SIG_IGN: `nohup` ignores SIGHUP) stays ignored, and one with a handler of its own keeps it. Call it on the main
+    thread. Returns the names of the signals it now handles."""
+    handled = []
+    for signum in TERMINATING:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_terminated)
+            handled.append(signal.Signals(signum).name)
+    return handled
+
+
+def stopped_by(exc: BaseException) -> int | None:
+    """The signal an exception stands for — SIGINT for KeyboardInterrupt (Ctrl-C), SIGTERM or SIGHUP for `Terminated`
+    and for Prefect's TerminationSignal — or None when it is no interruption."""
+    if isinstance(exc, Terminated):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    prefect = sys.modules.get("prefect.exceptions")  # only Prefect raises it, so it is imported when it was raised
+    if prefect is not None and isinstance(exc, getattr(prefect, "TerminationSignal", ())):
+        return int(getattr(exc, "signal", signal.SIGTERM))
+    return None
+
+
+def describe(signum: int) -> str:
+    """'SIGINT (Ctrl-C)', 'SIGTERM', 'SIGHUP': for messages and the MLflow run's `interrupted` tag."""
+    name = signal.Signals(signum).name
+    return f"{name} (Ctrl-C)" if signum == signal.SIGINT else name
+
+
+def _interrupt_main_soon(signum: int) -> None:
     time.sleep(0.05)  # by then the main thread has left the hook: the interrupt is raised in the code it runs
-    _thread.interrupt_main()
+    _thread.interrupt_main(signum)  # runs the signal's Python handler: ours, Prefect's or Ctrl-C's
 
 
 def _hook(unraisable) -> None:
-    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+    exc = unraisable.exc_value
+    signum = stopped_by(exc) if isinstance(exc, BaseException) else None
+    if signum is not None:
         # From another thread: interrupt_main() on this one would raise here, in the hook, where it is lost again.
-        _thread.start_new_thread(_interrupt_main_soon, ())
+        _thread.start_new_thread(_interrupt_main_soon, (signum,))
         return
     _previous(unraisable)
 
@@ -45,12 +103,12 @@ def keep_interrupts() -> None:
         sys.unraisablehook = _hook
 
 
-HELD = (signal.SIGINT, signal.SIGTERM)
+HELD = (signal.SIGINT, *TERMINATING)
 
 
 @contextmanager
 def held_signals(what: str) -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs (`what`: a short account of it, e.g. "the registration's
+    """Hold SIGINT, SIGTERM and SIGHUP while the block runs (`what`: a short account of it, e.g. "the registration's
     rollback"), say so on stderr when one arrives, and deliver the first one held to the handler it would have
     met once the block ends. Only the main thread can set handlers: elsewhere the block runs unprotected."""
     if threading.current_thread() is not threading.main_thread():

@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,8 @@ log = logging.getLogger("behaviorflow")
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
 EXIT_OUT_OF_SPACE = 4
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it (128 + the signal: 143 for SIGTERM, 129 for SIGHUP)
+STOPPED_LIKE_CTRL_C = ("retrain", "add-items")  # commands that SIGTERM and SIGHUP stop as Ctrl-C does, rollbacks included
 
 EPILOG = """examples:
   behaviorflow retrain                                   # bundled sample data, embedded defaults
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Validate → prepare → tokenize → train → evaluate → gate → export (ONNX, parity-checked) → "
         "package (Bento) → register in MLflow (alias challenger; champion when the gate passes). "
         f"Exit codes: 0 registered, {EXIT_USER_ERROR} bad input or config, {EXIT_GATE_FAILED} gate failed (nothing registered), "
-        f"{EXIT_OUT_OF_SPACE} out of disk space, {EXIT_INTERRUPTED} interrupted (a registration in progress is rolled back)."))
+        f"{EXIT_OUT_OF_SPACE} out of disk space, {EXIT_INTERRUPTED} interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (a registration in progress is rolled back)."))
     _data_args(retrain)
     _config_args(retrain, "override one config field, e.g. train.max_epochs=5 (repeatable)")
     retrain.add_argument("--json", action="store_true", help="print the run summary as JSON instead of text")
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "contract (item_id, title[, category, brand, description]) and is checked by the Great Expectations items "
         "suite; ids already in the catalog are refused. The new version gets the alias challenger (and champion "
         f"with --promote) and its own Bento. Exit codes: 0 registered, {EXIT_USER_ERROR} bad input, {EXIT_OUT_OF_SPACE} out of disk space, "
-        f"{EXIT_INTERRUPTED} interrupted (a registration in progress is rolled back)."))
+        f"{EXIT_INTERRUPTED} interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (a registration in progress is rolled back)."))
     add.add_argument("--items", required=True, metavar="FILE", help="the new items (.csv, .jsonl or .parquet; also .gz compressed)")
     add.add_argument("--model", default=f"{settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS}", metavar="NAME@ALIAS|NAME/VERSION",
                      help=f"the version to add them to (default: {settings.REGISTERED_MODEL_NAME}@{settings.CHAMPION_ALIAS})")
@@ -570,9 +572,11 @@ def format_summary(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from components.interrupts import keep_interrupts
+    from components.interrupts import describe, keep_interrupts, stop_on_termination, stopped_by
 
     keep_interrupts()  # a Ctrl-C that lands in a weakref callback is not lost (components/interrupts.py)
+    if args.command in STOPPED_LIKE_CTRL_C:
+        stop_on_termination()  # SIGTERM (Kubernetes, docker stop, a Prefect worker's cancel) and SIGHUP stop it as Ctrl-C does
     if not args.debug:
         # Our own one-line errors replace the tracebacks Prefect logs for a failed task, and MLflow's
         # database-migration notices; --debug (or setting these variables) brings them back.
@@ -597,20 +601,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print(f"interrupted: {args.command} stopped; a registration in progress was rolled back (nothing half-registered)", file=sys.stderr)
-        # The interpreter's last garbage collections walk everything the run had built: 8-10 s after Ctrl-C in the
-        # training stage (the sample, 2 loaded cores), 3-7 s in the data and text stages. Frozen objects are left to the exit.
-        gc.freeze()
-        return EXIT_INTERRUPTED
     except Exception as exc:
         full = out_of_space(exc)
         if full is None or args.debug:
             raise
         print(out_of_space_message(args.command, full), file=sys.stderr)
         return EXIT_OUT_OF_SPACE
+    except BaseException as exc:  # Ctrl-C; SIGTERM or SIGHUP (components/interrupts.py: KeyboardInterrupt, or Prefect's TerminationSignal)
+        if (signum := stopped_by(exc)) is None or args.debug:
+            raise
+        by = "" if signum == signal.SIGINT else f" by {describe(signum)}"
+        print(f"interrupted: {args.command} stopped{by}; a registration in progress was rolled back (nothing half-registered)", file=sys.stderr)
+        # The interpreter's last garbage collections walk everything the run had built: 8-10 s after Ctrl-C in the
+        # training stage (the sample, 2 loaded cores), 3-7 s in the data and text stages. Frozen objects are left to the exit.
+        gc.freeze()
+        return 128 + signum  # as shells report a process that the signal ended: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
 
 
 def out_of_space_message(command: str, full: BaseException) -> str:

@@ -30,10 +30,10 @@ def test_help_is_fast_and_lists_commands():
     retrain = cli("retrain", "--help").stdout
     assert "--events" in retrain and "--movielens" in retrain and "--set" in retrain and "Exit codes" in retrain
     codes = " ".join(retrain.split())
-    for code in ("0 registered", "2 bad input", "3 gate failed", "4 out of disk space", "130 interrupted"):  # README: every exit code
+    for code in ("0 registered", "2 bad input", "3 gate failed", "4 out of disk space", "130 interrupted", "143 by SIGTERM", "129 by SIGHUP"):  # README: every exit code
         assert code in codes, code
     added = " ".join(cli("add-items", "--help").stdout.split())
-    assert "0 registered, 2 bad input, 4 out of disk space, 130 interrupted" in added
+    assert "0 registered, 2 bad input, 4 out of disk space, 130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP" in added
     predict = " ".join(cli("predict", "--help").stdout.split())
     assert "items per user, 1 to 100 (default: 10)" in predict  # the range predict enforces (the graph's top 100)
 

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -201,3 +202,56 @@ def _run_once(env: dict, cwd: Path, worker_log: Path) -> None:
         pytest.fail(f"the worker did not finish the flow run within 6 minutes:\n{_tail(worker_log)}")
     finally:
         stop_process(worker)
+
+
+@pytest.mark.e2e
+def test_a_flow_run_cancelled_from_prefect_ends_its_mlflow_run_killed(prefect_server, tmp_path):
+    """A cancellation from Prefect (`prefect flow-run cancel`, the UI's Cancel): the worker sends the flow-run process
+    SIGTERM, which Prefect's handler turns into TerminationSignal. Before, the MLflow run ended FAILED like any crash;
+    now it ends KILLED with the `interrupted` tag, as Ctrl-C leaves it, and the flow run is Cancelled."""
+    from components.data.sample import SampleConfig, write_sample
+
+    events, items = write_sample(tmp_path / "data", SampleConfig(n_users=200, series_per_category=2))
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ | settings.OFFLINE_ENV | {
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the worker log shows the flow run's epochs
+        "BEHAVIORFLOW_REPO": str(ROOT),
+        "BEHAVIORFLOW_HOME": str(tmp_path / "behaviorflow-home"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
+    log = tmp_path / "cli.log"
+    _prefect(["work-pool", "create", POOL, "--type", "process", "--base-job-template", str(DEPLOY / "work-pool-process.json")], env, log)
+    _prefect(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--all"], env, log)
+    config = {"data": {"events": str(events), "items": str(items)}, "train": {"max_epochs": 200, "patience": 200, "progress": False},
+              "model": {"d_model": 32, "n_layers": 1, "n_heads": 1}}  # still training when the cancel comes
+    out = _prefect(["deployment", "run", f"{FLOW_NAME}/retrain-on-demand", "--params", json.dumps({"config": config})], env, log)
+    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as wl:
+        worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", POOL, "--run-once"], cwd=tmp_path, env=env, stdout=wl,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not re.search(r"epoch 2  loss", _tail(worker_log, 100_000)):
+            assert worker.poll() is None, f"the worker exited {worker.returncode} before training:\n{_tail(worker_log)}"
+            assert time.monotonic() < deadline, f"no training epoch within 5 minutes:\n{_tail(worker_log)}"
+            time.sleep(0.5)
+        _prefect(["flow-run", "cancel", flow_run_id], env, log)
+        try:
+            worker.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker had not ended the cancelled run 2 minutes later:\n{_tail(worker_log)}")
+    finally:
+        stop_process(worker)
+
+    run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()
+    assert run["state"]["type"] == "CANCELLED", f"flow run {flow_run_id}: {run['state']}\n{_tail(worker_log)}"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"], f"{[r.info.status for r in runs]}\n{_tail(worker_log)}"
+    assert runs[0].data.tags["interrupted"].startswith("by SIGTERM at 20")
+    assert client.search_model_versions() == []

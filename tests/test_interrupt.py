@@ -1,6 +1,7 @@
 """Ctrl-C stops `behaviorflow retrain` at once: a real process on the bundled sample, SIGINT sent to its whole
 process group as a terminal's Ctrl-C does, in the item-text embedding stage. It must exit 130 within seconds with
-one line, leave its MLflow run KILLED and register nothing, and leave no Prefect server process behind."""
+one line, leave its MLflow run KILLED and register nothing, and leave no Prefect server process behind. SIGTERM to
+the process alone (Kubernetes, docker stop, a Prefect worker's cancel) does the same in the training stage, exit 143."""
 
 from __future__ import annotations
 
@@ -88,33 +89,103 @@ def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_kill
     assert client.search_model_versions() == []
 
 
+def test_sigterm_in_training_stops_a_background_retrain_as_ctrl_c_does_exit_143(tmp_path):
+    """SIGTERM to the retrain process alone, as Kubernetes sends it on pod deletion (to the container's first process),
+    `docker stop` and a Prefect worker cancelling a run: before, Python's default action (during the flow, Prefect's
+    handler, then that default) killed it with the run FAILED and no line. Started as a shell's background job (SIGINT
+    ignored), it must still stop: exit 143 within seconds, one line, the run KILLED, nothing registered."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "BENTOML_HOME", "PREFECT_LOGGING_LEVEL")}
+    env |= {"BEHAVIORFLOW_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "retrain.log"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's: inherited across exec
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        _wait_for_line(proc, log, r"epoch 1 ", timeout_s=240)  # in the training stage, an epoch done
+        helpers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]  # the temporary Prefect API server
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)  # to the process, not its group
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGTERM:\n{log.read_text(errors='replace')[-3000:]}")
+        took = time.monotonic() - sent
+    finally:
+        stop_process(proc)
+    text = log.read_text(errors="replace")
+    assert code == 143, f"exit {code} after {took:.1f} s:\n{text[-3000:]}"  # before: -15, killed by the signal
+    assert took < 10, f"SIGTERM → exit {took:.1f} s"
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[-1] == "interrupted: retrain stopped by SIGTERM; a registration in progress was rolled back (nothing half-registered)", text[-3000:]
+    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
+    assert "[5/9]" not in text  # it was the training stage that stopped
+    time.sleep(0.5)  # the kernel's PR_SET_PDEATHSIG signal, had the server been left to it
+    assert not [pid for pid in helpers if _alive(pid)], "the temporary Prefect API server outlived the retrain"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]  # before: FAILED, untagged
+    assert runs[0].data.tags["interrupted"].startswith("by SIGTERM at 20")
+    assert client.search_model_versions() == []
+
+
 LOST_INTERRUPT = """
 import signal, sys, time, weakref
-from components.interrupts import keep_interrupts
+from components.interrupts import keep_interrupts, stop_on_termination, stopped_by
+stop_on_termination()  # SIGTERM raises Terminated, a KeyboardInterrupt, as in retrain
 if sys.argv[1] == "kept":
     keep_interrupts()
 class Held: pass
 held = Held()
-ref = weakref.ref(held, lambda _: signal.raise_signal(signal.SIGINT))  # SIGINT arrives while a weakref callback runs
+ref = weakref.ref(held, lambda _: signal.raise_signal(getattr(signal, sys.argv[2])))  # the signal arrives while a weakref callback runs
 try:
     del held
     for _ in range(200):
         time.sleep(0.01)
-except KeyboardInterrupt:
-    sys.exit(130)
+except KeyboardInterrupt as exc:
+    sys.exit(128 + stopped_by(exc))
 """
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("way", ["kept", "python's default"])
-def test_an_interrupt_raised_in_a_weakref_callback_is_not_lost(way):
+def test_an_interrupt_raised_in_a_weakref_callback_is_not_lost(way, signame):
     """Python drops a KeyboardInterrupt raised in a weakref callback (as in torch's ONNX export: a Ctrl-C in the export
-    stage went on to register a version); with keep_interrupts() it is raised in the code that runs next."""
+    stage went on to register a version); with keep_interrupts() it is raised in the code that runs next, with the
+    same signal (SIGTERM: components.interrupts.Terminated)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        done = subprocess.run([sys.executable, "-c", LOST_INTERRUPT, way.split()[0]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", LOST_INTERRUPT, way.split()[0], signame], cwd=ROOT, capture_output=True, text=True, timeout=60)
     finally:
         signal.signal(signal.SIGINT, previous)
     if way == "kept":
-        assert done.returncode == 130 and "Exception ignored" not in done.stderr, done.stderr
+        assert done.returncode == 128 + getattr(signal, signame) and "Exception ignored" not in done.stderr, done.stderr
     else:  # what Python does alone: the interrupt is printed and dropped, the program goes on
-        assert done.returncode == 0 and "KeyboardInterrupt" in done.stderr, done.stderr
+        expected = "KeyboardInterrupt" if signame == "SIGINT" else "Terminated: SIGTERM"
+        assert done.returncode == 0 and expected in done.stderr, done.stderr
+
+
+IGNORED_HANGUP = """
+import os, signal, sys, time
+from components.interrupts import stop_on_termination
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+print(",".join(stop_on_termination()), flush=True)
+os.kill(os.getpid(), signal.SIGHUP)
+time.sleep(0.1)
+print("went on after SIGHUP", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+"""
+
+
+def test_stop_on_termination_leaves_an_ignored_sighup_ignored():
+    """Under nohup, SIGHUP stays ignored (the run goes on when its terminal closes); SIGTERM still stops it."""
+    done = subprocess.run([sys.executable, "-c", IGNORED_HANGUP], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["SIGTERM", "went on after SIGHUP"], done.stdout + done.stderr
+    assert done.returncode == 1 and done.stderr.strip().endswith("components.interrupts.Terminated: SIGTERM"), done.stderr

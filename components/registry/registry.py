@@ -34,7 +34,7 @@ REGISTRATION_TAG = "registration"  # on every version: "in progress: PID … on 
 REGISTRATION_COMPLETE = "complete"
 PROCESS_TAG = "behaviorflow.process"  # on every MLflow run the flows start: "PID@HOST", what repair.py checks is alive
 INTERRUPTED_TAG = "interrupted"  # on a run repair.py took for dead (marked FAILED: what it found, when, by whom), or
-#   stopped by Ctrl-C (KILLED: when)
+#   stopped by Ctrl-C, SIGTERM or SIGHUP (KILLED: by which signal, when)
 
 
 def this_process() -> str:

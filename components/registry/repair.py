@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components import settings
+from components.interrupts import describe, stopped_by
 from components.registry.registry import INTERRUPTED_TAG, PROCESS_TAG, REGISTRATION_TAG, _client, _utc_now, has_bento, registration_state, this_process
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ STALE_AFTER_S = 15 * 60.0  # a run of another host that has not beaten for this 
 def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
     """`mlflow.start_run(run_name)` tagged with this process (PROCESS_TAG) and kept beating (HEARTBEAT_TAG) for as
     long as the block runs, so that a retrain on another host can tell, if this process is killed, that the run
-    is over (module docstring). Yields the active run. Interrupted (Ctrl-C, SIGINT), the run ends KILLED with the tag
-    `interrupted` saying when; any other exception ends it FAILED, as mlflow.start_run does."""
+    is over (module docstring). Yields the active run. Interrupted (Ctrl-C; SIGTERM or SIGHUP, as raised by
+    components/interrupts.py or by Prefect's handler in a flow), the run ends KILLED with the tag `interrupted` saying
+    by which signal and when; any other exception ends it FAILED, as mlflow.start_run does."""
     import mlflow
 
     tags = {PROCESS_TAG: this_process(), HEARTBEAT_TAG: _utc_now()}
@@ -75,9 +77,11 @@ def tracked_run(run_name: str, heartbeat_s: float = HEARTBEAT_S) -> Iterator:
         beating.start()
         try:
             yield run
-        except KeyboardInterrupt:
+        except BaseException as exc:
+            if (signum := stopped_by(exc)) is None:
+                raise
             stop.set()  # first: the heartbeat must not read the tag below as a repair's (taken for dead)
-            mlflow.set_tag(INTERRUPTED_TAG, f"by SIGINT (Ctrl-C) at {_utc_now()}")
+            mlflow.set_tag(INTERRUPTED_TAG, f"by {describe(signum)} at {_utc_now()}")
             mlflow.end_run(status="KILLED")
             raise
         finally:
