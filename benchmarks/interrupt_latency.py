@@ -101,8 +101,9 @@ def interrupt_once(checkout: Path, stage: str, shop: Path | None, cap_s: float, 
         with sqlite3.connect(db) as con:
             runs = [status for (status,) in con.execute("select status from runs")]
             tags = [value for (value,) in con.execute("select value from tags where key = 'interrupted'")]
-            versions = [f"{v}: {state}" for v, state in con.execute(
-                "select v.version, t.value from model_versions v left join model_version_tags t on t.name = v.name and t.version = v.version and t.key = 'registration'")]
+            # a rolled-back version is deleted: MLflow keeps its row, with current_stage 'Deleted_Internal'
+            versions = [f"{v}: {state}" + (" (deleted: rolled back)" if stage == "Deleted_Internal" else "") for v, state, stage in con.execute(
+                "select v.version, t.value, v.current_stage from model_versions v left join model_version_tags t on t.name = v.name and t.version = v.version and t.key = 'registration'")]
     store = home / "bentoml"
     left = sorted(f"{kind}/{path.parent.name}:{path.name}" for kind in ("models", "bentos")
                   for path in (store / kind).glob("*/*") if path.is_dir()) if store.is_dir() else []
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--to", choices=["group", "process"], help="where the signal goes: the run's process group (the default for "
                         "INT, as a terminal's Ctrl-C) or the retrain process alone (the default for TERM and HUP)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument("--runs", type=int, default=1, help="runs per stage and version (default: 1); more than 1 records a list")
     parser.add_argument("--cap-s", type=float, default=150.0, help="kill a run still alive this long after the signal (default: 150)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "interrupt_latency.json")
     args = parser.parse_args()
@@ -163,8 +165,12 @@ def main() -> None:
     try:
         for i, stage in enumerate(stages):
             ways = ("old", "new") if i % 2 == 0 else ("new", "old")  # alternating: neither version always runs first
-            for _, way in alternating(ways, 1) if args.old else [(0, "new")]:
-                results[stage][way] = result = interrupt_once(checkouts[way], stage, args.shop, args.cap_s, signum, to == "group")
+            for _, way in alternating(ways, args.runs) if args.old else [(i, "new") for i in range(args.runs)]:
+                result = interrupt_once(checkouts[way], stage, args.shop, args.cap_s, signum, to == "group")
+                if args.runs > 1:
+                    results[stage].setdefault(way, []).append(result)
+                else:
+                    results[stage][way] = result
                 print(f"{stage:<22} {way}: {result}", flush=True)
     finally:
         if args.old:
