@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
+from components.interrupts import raise_if_stopped
+
 
 def timed_in_turns(engines: Sequence[Callable[[int], object]], calls: int, block: int) -> list[list[float]]:
     """Seconds per call of each engine, `calls` each, engine `e`'s i-th counted call being `engines[e](i)`.
@@ -41,6 +43,7 @@ class Stages:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        raise_if_stopped()  # no stage starts after a stop signal whose interrupt was swallowed (components/interrupts.py)
         started = self.clock()
         try:
             yield

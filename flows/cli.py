@@ -572,11 +572,12 @@ def format_summary(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from components.interrupts import describe, keep_interrupts, stop_on_termination, stopped_by
+    from components.interrupts import describe, keep_interrupts, stop_on_termination, stopped_by, watch_stop_requests
 
     keep_interrupts()  # a Ctrl-C that lands in a weakref callback is not lost (components/interrupts.py)
     if args.command in STOPPED_LIKE_CTRL_C:
         stop_on_termination()  # SIGTERM (Kubernetes, docker stop, a Prefect worker's cancel) and SIGHUP stop it as Ctrl-C does
+        watch_stop_requests()  # and one whose interrupt some library swallowed still stops it before it registers
     if not args.debug:
         # Our own one-line errors replace the tracebacks Prefect logs for a failed task, and MLflow's
         # database-migration notices; --debug (or setting these variables) brings them back.

@@ -24,6 +24,7 @@ from typing import Iterator
 
 from components import settings
 from components.errors import BehaviorflowError
+from components.interrupts import raise_if_stopped
 from serving import contract
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,7 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
     import mlflow
 
     client = _client()
+    raise_if_stopped()  # a stop signal whose interrupt was swallowed on the way here registers nothing (components/interrupts.py)
     refuse_if_taken_for_dead(client, run_id)
     previous = {alias: _alias_version(client, alias, name) for alias in (settings.CHALLENGER_ALIAS, settings.CHAMPION_ALIAS)}
     # The version and its `registration` tag are written in one transaction: no moment without the tag.
@@ -319,6 +321,7 @@ def finalize_version(version: str, tags: dict[str, str], promote: bool, name: st
     a retrain that ran beside another one must not replace a champion it was never compared with. The last
     step sets its `registration` tag to `complete`. Returns (the aliases set, why `champion` was not moved or None)."""
     client = _client()
+    raise_if_stopped()  # inside pending_version: the version is rolled back
     registering = client.get_model_version(name, version)
     refuse_if_taken_for_dead(client, registering.run_id, registering.tags)
     previous_champion = _alias_version(client, settings.CHAMPION_ALIAS, name)
