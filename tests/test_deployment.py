@@ -114,36 +114,43 @@ def prefect_server(tmp_path):
         yield api
 
 
-@pytest.mark.e2e
-def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
-    from components.data.sample import SampleConfig, write_sample
-
-    events, items = write_sample(tmp_path / "data", SampleConfig(n_users=200, series_per_category=2))
-    home = tmp_path / "behaviorflow-home"
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _deployed_run(prefect_server: str, tmp_path: Path, config: dict) -> tuple[dict, Path, str, str]:
+    """The process work pool from deploy/, the deployments of deploy/prefect.yaml, and a run of retrain-on-demand with
+    `config`, created on the Prefect server (a worker picks it up). Returns (the worker's environment, the CLI log, the
+    flow run's id, the MLflow tracking URI)."""
     # The worker's environment is what an operator sets on the worker host; the work pool template
     # adds the offline defaults on top for every flow run.
+    home = tmp_path / "behaviorflow-home"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = os.environ | settings.OFFLINE_ENV | {
         "PREFECT_API_URL": prefect_server,
         "PREFECT_HOME": str(tmp_path / "prefect-client"),
-        "PREFECT_LOGGING_LEVEL": "INFO",  # the worker log below shows the flow run's progress
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the worker log shows the flow run's progress
         "BEHAVIORFLOW_REPO": str(ROOT),
         "BEHAVIORFLOW_HOME": str(home),
         "BENTOML_HOME": str(home / "bentoml"),
         "MLFLOW_TRACKING_URI": tracking_uri,
     }
     log = tmp_path / "cli.log"
-
     _prefect(["work-pool", "create", POOL, "--type", "process", "--base-job-template", str(DEPLOY / "work-pool-process.json")], env, log)
     _prefect(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--all"], env, log)
+    out = _prefect(["deployment", "run", f"{FLOW_NAME}/retrain-on-demand", "--params", json.dumps({"config": config})], env, log)
+    return env, log, re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1), tracking_uri
+
+
+@pytest.mark.e2e
+def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
+    from components.data.sample import SampleConfig, write_sample
+
+    events, items = write_sample(tmp_path / "data", SampleConfig(n_users=200, series_per_category=2))
+    home = tmp_path / "behaviorflow-home"
     config = {
         "data": {"events": str(events), "items": str(items)},
         "train": {"max_epochs": 2, "progress": False},
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 1},
         "export": {"probe_size": 32},
     }
-    out = _prefect(["deployment", "run", f"{FLOW_NAME}/retrain-on-demand", "--params", json.dumps({"config": config})], env, log)
-    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    env, log, flow_run_id, tracking_uri = _deployed_run(prefect_server, tmp_path, config)
     worker_log = tmp_path / "worker.log"
     _run_once(env, tmp_path, worker_log)
 
@@ -212,22 +219,9 @@ def test_a_flow_run_cancelled_from_prefect_ends_its_mlflow_run_killed(prefect_se
     from components.data.sample import SampleConfig, write_sample
 
     events, items = write_sample(tmp_path / "data", SampleConfig(n_users=200, series_per_category=2))
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = os.environ | settings.OFFLINE_ENV | {
-        "PREFECT_API_URL": prefect_server,
-        "PREFECT_HOME": str(tmp_path / "prefect-client"),
-        "PREFECT_LOGGING_LEVEL": "INFO",  # the worker log shows the flow run's epochs
-        "BEHAVIORFLOW_REPO": str(ROOT),
-        "BEHAVIORFLOW_HOME": str(tmp_path / "behaviorflow-home"),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-    }
-    log = tmp_path / "cli.log"
-    _prefect(["work-pool", "create", POOL, "--type", "process", "--base-job-template", str(DEPLOY / "work-pool-process.json")], env, log)
-    _prefect(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--all"], env, log)
     config = {"data": {"events": str(events), "items": str(items)}, "train": {"max_epochs": 200, "patience": 200, "progress": False},
               "model": {"d_model": 32, "n_layers": 1, "n_heads": 1}}  # still training when the cancel comes
-    out = _prefect(["deployment", "run", f"{FLOW_NAME}/retrain-on-demand", "--params", json.dumps({"config": config})], env, log)
-    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    env, log, flow_run_id, tracking_uri = _deployed_run(prefect_server, tmp_path, config)
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as wl:
         worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", POOL, "--run-once"], cwd=tmp_path, env=env, stdout=wl,

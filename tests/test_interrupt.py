@@ -37,38 +37,58 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_killed(tmp_path):
+def _stop_a_retrain(tmp_path: Path, args: list[str], sigint, wait_for: str, send) -> dict:
+    """Start `behaviorflow retrain ARGS` as a shell would (SIGINT handled as `sigint` says: a foreground job's default,
+    or a background job's SIG_IGN, inherited across exec), wait for the log line `wait_for`, call `send(pid)`, and wait
+    for the exit: {code, said (seconds to the 'interrupted: ' line), took (to the exit), text, helpers (the temporary
+    Prefect API server's pids), home}."""
     home = tmp_path / "home"
     # A shell's environment: none of the state variables the test session set, nor its Prefect log level.
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "BENTOML_HOME", "PREFECT_LOGGING_LEVEL")}
     env |= {"BEHAVIORFLOW_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "retrain.log"
-    # One item text per forward pass: the embedding stage lasts seconds even on a fast machine (456 passes).
-    command = [sys.executable, "-m", "flows.cli", "retrain", "--set", "text.batch_size=1"]
-    # Run as a terminal's foreground job: a test session started in the background (`… &`) ignores SIGINT, as a shell's
-    # background jobs do, and so would the retrain it starts.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, sigint)
     try:
         with log.open("w") as out:
-            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain", *args], cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
-        _wait_for_line(proc, log, r"embedding \d+ item texts on", timeout_s=240)
+        _wait_for_line(proc, log, wait_for, timeout_s=240)
         helpers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]  # the temporary Prefect API server
         sent = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: SIGINT to the foreground process group
+        send(proc.pid)
         while "interrupted: " not in log.read_text(errors="replace") and proc.poll() is None and time.monotonic() - sent < 60:
             time.sleep(0.02)
         said = time.monotonic() - sent
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 60 s after SIGINT:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(f"still running 60 s after the signal:\n{log.read_text(errors='replace')[-3000:]}")
         took = time.monotonic() - sent
     finally:
         stop_process(proc)
-    text = log.read_text(errors="replace")
+    return {"code": code, "said": said, "took": took, "text": log.read_text(errors="replace"), "helpers": helpers, "home": home}
+
+
+def _only_run_killed_and_nothing_registered(home: Path, tag_start: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert runs[0].data.tags["interrupted"].startswith(tag_start)
+    assert client.search_model_versions() == []
+
+
+def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_killed(tmp_path):
+    # One item text per forward pass: the embedding stage lasts seconds even on a fast machine (456 passes). Run as a
+    # terminal's foreground job: a test session started in the background (`… &`) ignores SIGINT, as a shell's
+    # background jobs do, and so would the retrain it starts. Ctrl-C in a terminal: SIGINT to the foreground group.
+    got = _stop_a_retrain(tmp_path, ["--set", "text.batch_size=1"], signal.default_int_handler, r"embedding \d+ item texts on",
+                          lambda pid: os.killpg(pid, signal.SIGINT))
+    code, said, took, text = got["code"], got["said"], got["took"], got["text"]
     # Before: the Prefect server died of the same SIGINT, and Prefect retried it ~80 s, then a ConnectError traceback, exit 1.
     assert code == 130, f"exit {code} after {took:.1f} s:\n{text[-3000:]}"
     # Measured on 2 loaded cores: the line 0.7-1.0 s after SIGINT, the exit 0.8 s after it (7.2 s while the
@@ -78,15 +98,8 @@ def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_kill
     assert lines[-1] == "interrupted: retrain stopped; a registration in progress was rolled back (nothing half-registered)", text[-3000:]
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
     assert "[4/9]" not in text  # it was the embedding stage that stopped
-    assert not [pid for pid in helpers if _alive(pid)], "the temporary Prefect API server outlived the retrain"
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id])
-    assert [run.info.status for run in runs] == ["KILLED"]
-    assert runs[0].data.tags["interrupted"].startswith("by SIGINT (Ctrl-C) at 20")
-    assert client.search_model_versions() == []
+    assert not [pid for pid in got["helpers"] if _alive(pid)], "the temporary Prefect API server outlived the retrain"
+    _only_run_killed_and_nothing_registered(got["home"], "by SIGINT (Ctrl-C) at 20")
 
 
 def test_sigterm_in_training_stops_a_background_retrain_as_ctrl_c_does_exit_143(tmp_path):
@@ -94,29 +107,9 @@ def test_sigterm_in_training_stops_a_background_retrain_as_ctrl_c_does_exit_143(
     `docker stop` and a Prefect worker cancelling a run: before, Python's default action (during the flow, Prefect's
     handler, then that default) killed it with the run FAILED and no line. Started as a shell's background job (SIGINT
     ignored), it must still stop: exit 143 within seconds, one line, the run KILLED, nothing registered."""
-    home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "BENTOML_HOME", "PREFECT_LOGGING_LEVEL")}
-    env |= {"BEHAVIORFLOW_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "retrain.log"
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's: inherited across exec
-    try:
-        with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    try:
-        _wait_for_line(proc, log, r"epoch 1 ", timeout_s=240)  # in the training stage, an epoch done
-        helpers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]  # the temporary Prefect API server
-        sent = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)  # to the process, not its group
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 60 s after SIGTERM:\n{log.read_text(errors='replace')[-3000:]}")
-        took = time.monotonic() - sent
-    finally:
-        stop_process(proc)
-    text = log.read_text(errors="replace")
+    got = _stop_a_retrain(tmp_path, [], signal.SIG_IGN, r"epoch 1 ",  # in the training stage, an epoch done
+                          lambda pid: os.kill(pid, signal.SIGTERM))  # to the process, not its group
+    code, took, text = got["code"], got["took"], got["text"]
     assert code == 143, f"exit {code} after {took:.1f} s:\n{text[-3000:]}"  # before: -15, killed by the signal
     assert took < 10, f"SIGTERM → exit {took:.1f} s"
     lines = [line for line in text.splitlines() if line.strip()]
@@ -124,15 +117,8 @@ def test_sigterm_in_training_stops_a_background_retrain_as_ctrl_c_does_exit_143(
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
     assert "[5/9]" not in text  # it was the training stage that stopped
     time.sleep(0.5)  # the kernel's PR_SET_PDEATHSIG signal, had the server been left to it
-    assert not [pid for pid in helpers if _alive(pid)], "the temporary Prefect API server outlived the retrain"
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(settings.EXPERIMENT_NAME).experiment_id])
-    assert [run.info.status for run in runs] == ["KILLED"]  # before: FAILED, untagged
-    assert runs[0].data.tags["interrupted"].startswith("by SIGTERM at 20")
-    assert client.search_model_versions() == []
+    assert not [pid for pid in got["helpers"] if _alive(pid)], "the temporary Prefect API server outlived the retrain"
+    _only_run_killed_and_nothing_registered(got["home"], "by SIGTERM at 20")  # before: FAILED, untagged
 
 
 LOST_INTERRUPT = """
