@@ -196,17 +196,20 @@ def test_deploy_run_on_a_process_worker_and_register(prefect_server, tmp_path):
     assert str(client.get_model_version_by_alias(settings.REGISTERED_MODEL_NAME, settings.CHAMPION_ALIAS).version) == "1"
 
 
-def _run_once(env: dict, cwd: Path, worker_log: Path) -> None:
-    """A process worker that picks up one scheduled flow run, runs it and exits."""
+def _run_once(env: dict, cwd: Path, worker_log: Path, meanwhile=None, timeout_s: float = 360) -> None:
+    """A process worker that picks up one scheduled flow run, runs it and exits; `meanwhile(worker)` runs as soon as it
+    has started, and the worker then has `timeout_s` seconds to end."""
     with worker_log.open("w") as wl:
         worker = subprocess.Popen(
             [*PREFECT, "worker", "start", "--pool", POOL, "--run-once"],
             cwd=cwd, env=env, stdout=wl, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        worker.wait(timeout=360)
+        if meanwhile is not None:
+            meanwhile(worker)
+        worker.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the worker did not finish the flow run within 6 minutes:\n{_tail(worker_log)}")
+        pytest.fail(f"the worker did not end the flow run within {timeout_s:.0f} s:\n{_tail(worker_log)}")
     finally:
         stop_process(worker)
 
@@ -223,22 +226,16 @@ def test_a_flow_run_cancelled_from_prefect_ends_its_mlflow_run_killed(prefect_se
               "model": {"d_model": 32, "n_layers": 1, "n_heads": 1}}  # still training when the cancel comes
     env, log, flow_run_id, tracking_uri = _deployed_run(prefect_server, tmp_path, config)
     worker_log = tmp_path / "worker.log"
-    with worker_log.open("w") as wl:
-        worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", POOL, "--run-once"], cwd=tmp_path, env=env, stdout=wl,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+
+    def cancel_in_training(worker) -> None:
         deadline = time.monotonic() + 300
         while not re.search(r"epoch 2  loss", _tail(worker_log, 100_000)):
             assert worker.poll() is None, f"the worker exited {worker.returncode} before training:\n{_tail(worker_log)}"
             assert time.monotonic() < deadline, f"no training epoch within 5 minutes:\n{_tail(worker_log)}"
             time.sleep(0.5)
         _prefect(["flow-run", "cancel", flow_run_id], env, log)
-        try:
-            worker.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the worker had not ended the cancelled run 2 minutes later:\n{_tail(worker_log)}")
-    finally:
-        stop_process(worker)
+
+    _run_once(env, tmp_path, worker_log, meanwhile=cancel_in_training, timeout_s=120)  # 120 s after the cancel, at most
 
     run = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()
     assert run["state"]["type"] == "CANCELLED", f"flow run {flow_run_id}: {run['state']}\n{_tail(worker_log)}"
