@@ -98,16 +98,52 @@ def watch_stop_requests() -> bool:
         os.close(read)
         os.close(write)
         return False
+    global _watch_fd
+    _watch_fd = write
     threading.Thread(target=_note_stop_requests, args=(read,), name="behaviorflow-stop-requests", daemon=True).start()
     return True
+
+
+_watch_fd: int | None = None  # the pipe's write end that watch_stop_requests() gave the interpreter
 
 
 def _note_stop_requests(read: int) -> None:
     global _stop_request
     stops = {int(signal.SIGINT), *map(int, TERMINATING)}
-    while data := os.read(read, 64):
+    while data := os.read(read, 64):  # b"" once stop_watching() closes the write end
         if _stop_request is None:
             _stop_request = next((signum for signum in data if signum in stops), None)
+    os.close(read)
+
+
+def stop_watching() -> None:
+    """Undo watch_stop_requests(): the interpreter's wakeup fd unset (if it is still ours), the watcher thread ended,
+    and no stop request left to raise."""
+    global _watch_fd, _stop_request
+    if _watch_fd is None:
+        return
+    if signal.set_wakeup_fd(-1) not in (_watch_fd, -1):  # someone set theirs since: put it back
+        signal.set_wakeup_fd(_watch_fd)
+        return
+    os.close(_watch_fd)
+    _watch_fd, _stop_request = None, None
+
+
+@contextmanager
+def stopped_like_ctrl_c() -> Iterator[None]:
+    """A command's: `stop_on_termination()` and `watch_stop_requests()` while the block runs, both undone when it ends
+    (the previous SIGTERM and SIGHUP handlers, the wakeup fd, no stop request left), so that a process that runs
+    commands one after another (the tests, a notebook calling the CLI's main) is left as it was."""
+    previous = {signum: signal.getsignal(signum) for signum in TERMINATING}
+    stop_on_termination()
+    watch_stop_requests()
+    try:
+        yield
+    finally:
+        stop_watching()
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def raise_if_stopped() -> None:

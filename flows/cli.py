@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import json
 import logging
@@ -578,12 +579,19 @@ def main(argv: list[str] | None = None) -> int:
     # garbage collections then leave alone what the command built, which they walked for 3.4-3.7 s after a retrain's
     # summary (benchmarks/results/exit_latency.json). It skips no flush: objects are still freed, not collected.
     atexit.register(gc.freeze)
-    from components.interrupts import describe, keep_interrupts, stop_on_termination, stopped_by, watch_stop_requests
+    from components.interrupts import keep_interrupts, stopped_like_ctrl_c
 
     keep_interrupts()  # a Ctrl-C that lands in a weakref callback is not lost (components/interrupts.py)
-    if args.command in STOPPED_LIKE_CTRL_C:
-        stop_on_termination()  # SIGTERM (Kubernetes, docker stop, a Prefect worker's cancel) and SIGHUP stop it as Ctrl-C does
-        watch_stop_requests()  # and one whose interrupt some library swallowed still stops it before it registers
+    # SIGTERM (Kubernetes, docker stop, a Prefect worker's cancel) and SIGHUP stop it as Ctrl-C does, and one whose
+    # interrupt some library swallowed still stops it before it registers; undone when the command returns.
+    with stopped_like_ctrl_c() if args.command in STOPPED_LIKE_CTRL_C else contextlib.nullcontext():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """`args.command`, its errors turned into one line and an exit code."""
+    from components.interrupts import describe, stopped_by
+
     if not args.debug:
         # Our own one-line errors replace the tracebacks Prefect logs for a failed task, and MLflow's
         # database-migration notices; --debug (or setting these variables) brings them back.

@@ -326,6 +326,33 @@ def test_empty_state_variables_count_as_unset(monkeypatch, tmp_path):
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{root}/mlflow.db" and os.environ["DO_NOT_TRACK"] == "true"
 
 
+def test_a_command_run_in_process_leaves_the_signal_handlers_and_the_wakeup_fd_as_they_were(tmp_path, capsys, monkeypatch):
+    """retrain and add-items make SIGTERM and SIGHUP stop them and watch for stop signals through the interpreter's
+    wakeup fd. Left in place after main() returned, a later signal to the same process (the test session) was taken
+    for the finished command's stop request: the next registration in that process raised KeyboardInterrupt."""
+    import signal
+
+    import flows.cli
+    from components import interrupts
+
+    monkeypatch.setattr(flows.cli, "_announce_servers", lambda: None)
+    (tmp_path / "new.csv").write_text("item_id,name\nN1,Tent\n")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    assert flows.cli.main(["add-items", "--items", str(tmp_path / "new.csv")]) == 2
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
+    assert signal.set_wakeup_fd(-1) == -1  # none left behind
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: caught.append("SIGTERM"))
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(0.2)  # what a watcher thread would need to note it
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught == ["SIGTERM"]
+    interrupts.raise_if_stopped()  # the finished command left no watch: nothing to raise
+    assert "missing required column(s) ['title']" in capsys.readouterr().err
+
+
 def test_add_items_refuses_an_unreadable_file_before_any_server_starts(tmp_path, capsys, monkeypatch):
     import flows.cli
     from flows.cli import main
