@@ -26,6 +26,7 @@ import numpy as np
 
 from components.evaluation.metrics import per_case
 from components.evaluation.rankers import item_counts
+from components.preparation.prepare import trained_mask
 
 SLICES = ("cold_start", "warm", "long_tail", "head")
 HEAD_SHARE = 0.2  # the most popular fifth of the catalog is the head
@@ -46,11 +47,7 @@ def head_items(counts: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray
 def case_slices(targets: np.ndarray, train: Sequence[np.ndarray], n_items: int, head_share: float = HEAD_SHARE) -> dict[str, np.ndarray]:
     """Slice name -> boolean mask over the cases, from each case's target and the training sequences."""
     targets = np.asarray(targets, dtype=np.int64)
-    learned = np.zeros(n_items + 1, dtype=bool)  # as PreparedData.trained_items: in a sequence of two or more steps
-    for seq in train:
-        if len(seq) >= 2:
-            learned[seq] = True
-    learned[0] = False
+    learned = trained_mask(train, n_items)  # in a sequence of two or more steps, as the model's has_id
     head = (head_items(item_counts(train, n_items), head_share) & learned)[targets]
     return {"cold_start": ~learned[targets], "warm": learned[targets], "long_tail": ~head, "head": head}
 

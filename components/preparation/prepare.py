@@ -22,6 +22,7 @@ a count.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,12 +117,18 @@ class PreparedData:
         each. An item that occurs only elsewhere (the older steps, a one-step sequence, validation or test) is
         new to the model: read from its text like a never-seen item, and never a negative. It was marked
         trained, so its id embedding, never learned, only ever went down as a negative."""
-        mask = np.zeros(self.n_items + 1, dtype=bool)
-        for seq in self.train:
-            if len(seq) >= 2:
-                mask[seq if all_steps or max_len is None else seq[-(max_len + 1):]] = True
-        mask[0] = False
-        return mask
+        return trained_mask(self.train, self.n_items, max_len, all_steps)
+
+
+def trained_mask(train: Sequence[np.ndarray], n_items: int, max_len: int | None = None, all_steps: bool = True) -> np.ndarray:
+    """`PreparedData.trained_items` of training sequences `train` over `n_items` items (also the evaluation's
+    cold-start slice: components/evaluation/slices.py)."""
+    mask = np.zeros(n_items + 1, dtype=bool)
+    for seq in train:
+        if len(seq) >= 2:
+            mask[seq if all_steps or max_len is None else seq[-(max_len + 1):]] = True
+    mask[0] = False
+    return mask
 
 
 def item_texts(catalog: pd.DataFrame) -> list[str]:
