@@ -107,7 +107,7 @@ def _ndcg10(top10: list[np.ndarray], targets: np.ndarray) -> float:
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Shared items of two top-10 lists, as a share of the longer (1.0 for two empty lists)."""
-    return len(set(a.tolist()) & set(b.tolist())) / max(len(a), len(b), 1) if len(a) or len(b) else 1.0
+    return len(set(a.tolist()) & set(b.tolist())) / max(len(a), len(b)) if len(a) or len(b) else 1.0
 
 
 def times(ratio: float, threshold: float) -> str:

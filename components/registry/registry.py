@@ -24,7 +24,7 @@ from typing import Iterator
 
 from components import settings
 from components.errors import BehaviorflowError
-from components.interrupts import raise_if_stopped
+from components.interrupts import held_signals, raise_if_stopped
 from serving import contract
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,6 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
     try:
         yield version
     except BaseException:
-        from components.interrupts import held_signals
-
         log.error("registration of version %s did not complete; removing it and restoring the aliases", version)
         with held_signals("the registration's rollback"):  # a second Ctrl-C must not cut it short
             taken = [alias for alias in previous if _alias_version(client, alias, name) == version]
