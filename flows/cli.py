@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     """`args.command`, its errors turned into one line and an exit code."""
-    from components.interrupts import describe, stopped_by
+    from components.interrupts import stopped_by
 
     if not args.debug:
         # Our own one-line errors replace the tracebacks Prefect logs for a failed task, and MLflow's
@@ -602,6 +602,7 @@ def _run_command(args: argparse.Namespace) -> int:
     for name in ("components", "flows", "behaviorflow"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.INFO)
     commands = {"retrain": cmd_retrain, "validate": cmd_validate, "serve": cmd_serve, "bento": cmd_bento, "predict": cmd_predict, "add-items": cmd_add_items, "versions": cmd_versions, "promote": cmd_promote, "shadow-report": cmd_shadow_report, "sample-data": cmd_sample}
+    registered_before = len(_registration_outcomes())
     try:
         return commands[args.command](args)
     except GateFailed as exc:
@@ -625,12 +626,35 @@ def _run_command(args: argparse.Namespace) -> int:
     except BaseException as exc:  # Ctrl-C; SIGTERM or SIGHUP (components/interrupts.py: KeyboardInterrupt, or Prefect's TerminationSignal)
         if (signum := stopped_by(exc)) is None or args.debug:
             raise
-        by = "" if signum == signal.SIGINT else f" by {describe(signum)}"
-        print(f"interrupted: {args.command} stopped{by}; a registration in progress was rolled back (nothing half-registered)", file=sys.stderr)
+        print(interrupted_line(args.command, signum, _registration_outcomes()[registered_before:]), file=sys.stderr)
         # The interpreter's last garbage collections walk everything the run had built: 8-10 s after Ctrl-C in the
         # training stage (the sample, 2 loaded cores), 3-7 s in the data and text stages. Frozen objects are left to the exit.
         gc.freeze()
         return 128 + signum  # as shells report a process that the signal ended: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
+
+
+def _registration_outcomes() -> list[tuple[str, str, str]]:
+    """This process's registrations so far (components/registry/registry.py: OUTCOMES); none if it never loaded the registry."""
+    module = sys.modules.get("components.registry.registry")
+    return list(module.OUTCOMES) if module is not None else []
+
+
+def interrupted_line(command: str, signum: int, outcomes: list[tuple[str, str, str]]) -> str:
+    """The one line a stopped command ends with: what stopped it, and what became of the registrations it started
+    (`outcomes`: (name, version, "registered" | "rolled back"), oldest first)."""
+    from components.interrupts import describe
+
+    by = "" if signum == signal.SIGINT else f" by {describe(signum)}"
+    if not outcomes:
+        return f"interrupted: {command} stopped{by} before registering anything (nothing was registered)"
+    done = [f"{name} version {version}" for name, version, what in outcomes if what == "registered"]
+    undone = [f"{name} version {version}" for name, version, what in outcomes if what == "rolled back"]
+    said = []
+    if undone:
+        said.append(f"the registration of {', '.join(undone)} was rolled back (nothing half-registered)")
+    if done:
+        said.append(f"{', '.join(done)} {'was' if len(done) == 1 else 'were'} registered completely before the stop and stay{'s' if len(done) == 1 else ''} registered")
+    return f"interrupted: {command} stopped{by}; " + "; ".join(said)
 
 
 def out_of_space_message(command: str, full: BaseException) -> str:

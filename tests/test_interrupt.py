@@ -95,7 +95,7 @@ def test_ctrl_c_in_the_embedding_stage_exits_130_at_once_and_leaves_the_run_kill
     # interpreter's last garbage collections walked the whole heap).
     assert took < 10 and took - said < 4, f"SIGINT → the line {said:.1f} s → exit {took:.1f} s"
     lines = [line for line in text.splitlines() if line.strip()]
-    assert lines[-1] == "interrupted: retrain stopped; a registration in progress was rolled back (nothing half-registered)", text[-3000:]
+    assert lines[-1] == "interrupted: retrain stopped before registering anything (nothing was registered)", text[-3000:]
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
     assert "[4/9]" not in text  # it was the embedding stage that stopped
     assert not [pid for pid in got["helpers"] if _alive(pid)], "the temporary Prefect API server outlived the retrain"
@@ -113,7 +113,7 @@ def test_sigterm_in_training_stops_a_background_retrain_as_ctrl_c_does_exit_143(
     assert code == 143, f"exit {code} after {took:.1f} s:\n{text[-3000:]}"  # before: -15, killed by the signal
     assert took < 10, f"SIGTERM → exit {took:.1f} s"
     lines = [line for line in text.splitlines() if line.strip()]
-    assert lines[-1] == "interrupted: retrain stopped by SIGTERM; a registration in progress was rolled back (nothing half-registered)", text[-3000:]
+    assert lines[-1] == "interrupted: retrain stopped by SIGTERM before registering anything (nothing was registered)", text[-3000:]
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
     assert "[5/9]" not in text  # it was the training stage that stopped
     time.sleep(0.5)  # the kernel's PR_SET_PDEATHSIG signal, had the server been left to it

@@ -91,6 +91,31 @@ def test_a_second_interrupt_during_the_rollback_waits_for_it(store, monkeypatch,
     assert capfd.readouterr().err.count(f"{signum} held until the registration's rollback has finished") == 1
 
 
+def test_each_registration_records_what_it_came_to_for_the_stop_line(store):
+    """A stopped command's last line says what became of its registrations (flows/cli.py: interrupted_line): before,
+    it said "a registration in progress was rolled back" also when the stop came before any, or after one completed."""
+    from components.registry.registry import OUTCOMES
+    from flows.cli import interrupted_line
+
+    client, uri, run_id = store
+    mark = len(OUTCOMES)
+    with registry.pending_version(uri, run_id, name=NAME) as v1:
+        registry.finalize_version(v1, {}, promote=True, name=NAME)
+    with pytest.raises(KeyboardInterrupt):
+        with registry.pending_version(uri, run_id, name=NAME) as v2:
+            raise KeyboardInterrupt
+    assert OUTCOMES[mark:] == [(NAME, "1", "registered"), (NAME, "2", "rolled back")] and v2 == "2"
+    assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]
+    import signal
+
+    assert interrupted_line("retrain", signal.SIGTERM, OUTCOMES[mark:]) == (
+        f"interrupted: retrain stopped by SIGTERM; the registration of {NAME} version 2 was rolled back (nothing "
+        f"half-registered); {NAME} version 1 was registered completely before the stop and stays registered")
+    assert interrupted_line("add-items", signal.SIGINT, OUTCOMES[mark:mark + 1]) == (
+        f"interrupted: add-items stopped; {NAME} version 1 was registered completely before the stop and stays registered")
+    assert interrupted_line("retrain", signal.SIGHUP, []) == "interrupted: retrain stopped by SIGHUP before registering anything (nothing was registered)"
+
+
 def test_a_failed_registration_leaves_aliases_another_run_moved_meanwhile(store):
     client, uri, run_id = store
     with registry.pending_version(uri, run_id, name=NAME) as v1:

@@ -36,6 +36,8 @@ REGISTRATION_COMPLETE = "complete"
 PROCESS_TAG = "behaviorflow.process"  # on every MLflow run the flows start: "PID@HOST", what repair.py checks is alive
 INTERRUPTED_TAG = "interrupted"  # on a run repair.py took for dead (marked FAILED: what it found, when, by whom), or
 #   stopped by Ctrl-C, SIGTERM or SIGHUP (KILLED: by which signal, when)
+OUTCOMES: list[tuple[str, str, str]] = []  # what this process's registrations came to, oldest first: (name, version,
+#   "registered" | "rolled back"); the CLI's line for a stopped command says which (flows/cli.py: interrupted_line)
 
 
 def this_process() -> str:
@@ -306,7 +308,9 @@ def pending_version(model_uri: str, run_id: str, name: str = settings.REGISTERED
             for alias in taken:
                 if previous[alias] is not None:
                     client.set_registered_model_alias(name, alias, previous[alias])
+            OUTCOMES.append((name, version, "rolled back"))
         raise
+    OUTCOMES.append((name, version, "registered"))
 
 
 ANY_CHAMPION = object()  # finalize_version's gated_against when the promotion does not rest on a comparison
