@@ -118,13 +118,20 @@ def test_no_user_long_enough_to_evaluate_is_one_clear_error():
         prepare(events, ITEMS)
 
 
+def test_min_sequence_length_below_3_is_refused_naming_why():
+    """With 2, a user of 2 steps gave a validation case with an empty input: a target predicted from nothing."""
+    with pytest.raises(ValueError, match=r"^min_sequence_length \(2\) must be at least 3: a user needs a step to predict from, then a validation step"):
+        PrepareConfig(min_sequence_length=2)
+    assert PrepareConfig(min_sequence_length=3).min_sequence_length == 3
+
+
 @pytest.mark.parametrize("config", [
     PrepareConfig(),  # u1: a(view)+a(click) collapse: 2 steps
     PrepareConfig(collapse_repeats=False),  # 3 steps
     PrepareConfig(event_types=("view",)),  # a, b: 2 steps
-    PrepareConfig(min_sequence_length=2),
+    PrepareConfig(min_sequence_length=4),
     PrepareConfig(split="temporal"),  # its own checks, in prepare
-], ids=["collapsed", "not-collapsed", "views-only", "min-2", "temporal"])
+], ids=["collapsed", "not-collapsed", "views-only", "min-4", "temporal"])
 def test_the_early_check_from_the_events_alone_agrees_with_prepare(config):
     """check_leave_one_out (the CLI runs it before any server starts) refuses exactly what prepare refuses for
     short histories, with the same message; it needs no catalog."""
@@ -140,7 +147,7 @@ def test_the_early_check_from_the_events_alone_agrees_with_prepare(config):
     except BehaviorflowError as exc:
         found = str(exc)
     assert found == (expected if config.split == "leave_one_out" else None)
-    assert (found is None) == (config.collapse_repeats is False or config.min_sequence_length == 2 or config.split == "temporal")
+    assert (found is None) == ((config.collapse_repeats is False and config.min_sequence_length == 3) or config.split == "temporal")
 
 
 def test_an_item_without_a_title_is_prepared_and_tokenized_from_its_other_fields(tmp_path):

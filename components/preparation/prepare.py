@@ -47,8 +47,9 @@ class PrepareConfig:
     def __post_init__(self):
         if self.event_types is not None and not self.event_types:
             raise ValueError("event_types is an empty list: name the behaviours that form sequences, e.g. [cart, purchase], or null for all of them")
-        if self.min_sequence_length < 2:
-            raise ValueError(f"min_sequence_length ({self.min_sequence_length}) must be at least 2: a user needs a validation and a test step")
+        if self.min_sequence_length < 3:  # with 2, a 2-step user's validation case had an empty input (nothing to predict from)
+            raise ValueError(f"min_sequence_length ({self.min_sequence_length}) must be at least 3: a user needs a step to predict from, "
+                             "then a validation step and a test step (shorter users are used for training only)")
         if self.split not in SPLITS:
             raise ValueError(f"split {self.split!r} is not one of {list(SPLITS)}")
         if not 0.0 < self.temporal_quantile < 1.0:
