@@ -172,6 +172,7 @@ class Bundle:
         self.new_items = np.array([i + 1 for i, row in enumerate(items) if row.get("new")], dtype=np.int64)
         self.new_item_set: frozenset[int] = frozenset(self.new_items.tolist())
         self.unscorable_set: frozenset[int] = frozenset(i + 1 for i, row in enumerate(items) if row.get("unscorable"))
+        self.unscorable = np.array(sorted(self.unscorable_set), dtype=np.int64)  # the same, as indices for numpy, built once
         users_path = self.path / USERS_FILE
         load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
         self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}
@@ -213,8 +214,8 @@ class Bundle:
         if len(picks) >= k or item_vectors is None:
             return picks
         scores = item_vectors[1:] @ np.asarray(user_vector, dtype=np.float32)
-        blocked = [i - 1 for i in banned | self.unscorable_set if 0 < i <= len(scores)]
-        scores[blocked] = -np.inf
+        scores[[i - 1 for i in banned if 0 < i <= len(scores)]] = -np.inf
+        scores[self.unscorable[self.unscorable <= len(scores)] - 1] = -np.inf
         allowed = int(np.isfinite(scores).sum())
         if allowed <= len(picks):
             return picks

@@ -548,7 +548,7 @@ class Recommender:
         model cannot score (an id-only model's untrained ones, never ranked) have no share: probability 0."""
         logits = (self.item_vectors[1:] @ np.asarray(user_vector, dtype=np.float32)).astype(np.float64)
         if self.bundle.unscorable_set:  # their table rows are zero: logit 0 would give them a share
-            logits[np.fromiter(self.bundle.unscorable_set, dtype=np.int64) - 1] = -np.inf
+            logits[self.bundle.unscorable - 1] = -np.inf
         top = logits.max()
         log_normalizer = top + np.log(np.exp(logits - top).sum())
         return np.exp(logits[np.asarray(candidates) - 1] - log_normalizer)
