@@ -645,8 +645,9 @@ def interrupted_line(command: str, signum: int, outcomes: list[tuple[str, str, s
     from components.interrupts import describe
 
     by = "" if signum == signal.SIGINT else f" by {describe(signum)}"
-    if not outcomes:
-        return f"interrupted: {command} stopped{by} before registering anything (nothing was registered)"
+    if not outcomes:  # only the commands that register say so: `serve` or `predict` never would
+        nothing = " before registering anything (nothing was registered)" if command in STOPPED_LIKE_CTRL_C else ""
+        return f"interrupted: {command} stopped{by}{nothing}"
     done = [f"{name} version {version}" for name, version, what in outcomes if what == "registered"]
     undone = [f"{name} version {version}" for name, version, what in outcomes if what == "rolled back"]
     said = []

@@ -114,6 +114,7 @@ def test_each_registration_records_what_it_came_to_for_the_stop_line(store):
     assert interrupted_line("add-items", signal.SIGINT, OUTCOMES[mark:mark + 1]) == (
         f"interrupted: add-items stopped; {NAME} version 1 was registered completely before the stop and stays registered")
     assert interrupted_line("retrain", signal.SIGHUP, []) == "interrupted: retrain stopped by SIGHUP before registering anything (nothing was registered)"
+    assert interrupted_line("predict", signal.SIGINT, []) == "interrupted: predict stopped"  # Ctrl-C; it never registers
 
 
 def test_a_failed_registration_leaves_aliases_another_run_moved_meanwhile(store):
