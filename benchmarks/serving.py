@@ -12,7 +12,7 @@ One run measures, on this machine:
    -> `bentoml build` -> `.bento` archive (its size), and `bentoml serve <bento>` time to /readyz.
 4. Load: locust (headless, FastHttpUser) POSTing /recommend with real user ids and histories from the
    bundle, against the batched service (Recommender -> Ranker, adaptive batching) and the unbatched one
-   (BEHAVIORFLOW_BATCHING=0: one process, each request ranked alone): closed-loop concurrency 1, 8, 32,
+   (BEHAVIORFLOW_BATCHING=0: each request ranked alone, a process per CPU): closed-loop concurrency 1, 8, 32,
    64 (no think time, so the highest of them is the open-ended maximum throughput) and a constant
    target rate (200 requests/s by default, `--rate-users` users at rate/users each). Percentiles come
    from locust's CSV (whole milliseconds below 100 ms) and, exactly, from a request hook.
@@ -74,7 +74,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving.contract import ACCESS_LOG_ENV, BATCHING_ENV  # noqa: E402 (pydantic only, no bentoml)
+from serving.contract import ACCESS_LOG_ENV, BATCHING_ENV, WORKERS_ENV  # noqa: E402 (pydantic only, no bentoml)
 from serving.ranking import ORT_THREADS_ENV  # noqa: E402 (onnxruntime is imported lazily there)
 from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
@@ -86,6 +86,7 @@ SERVICES = {
     "unbatched": {BATCHING_ENV: "0"},
     "unbatched_ort1": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1"},  # one intra-op thread per ONNX call
     "unbatched_lean": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1", ACCESS_LOG_ENV: "0"},  # + no access log
+    "unbatched_1w": {BATCHING_ENV: "0", WORKERS_ENV: "1"},  # one process, as before BEHAVIORFLOW_WORKERS (auto: one per CPU)
 }
 TARGET_P99_MS = 15.0
 GENERATORS = ("locust", "hey", "wrk")

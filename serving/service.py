@@ -26,11 +26,16 @@ Two services, one process each (BentoML starts both):
 BEHAVIORFLOW_BATCHING (read when this module is imported, so set it for `bentoml serve`) chooses between
 the two layouts. 0 (also 'false', 'no', 'off') turns the Ranker service off: Recommender builds a Ranker
 in its own process, with its own ONNX session, and runs each request's history through the graph alone,
-on the request's thread — one process, no adaptive batching, no hop between services. 1 is the batched
-pair. 'auto' (the default) is the batched pair on machines with 4 or more usable CPUs and the single
-process below that: on 2 cores the hop between the services costs more than batching saves
+on the request's thread — no adaptive batching, no hop between services. 1 is the batched pair. 'auto'
+(the default) is the batched pair on machines with 4 or more usable CPUs and the unbatched layout below
+that: on 2 cores the hop between the services costs more than batching saves
 (benchmarks/results/serving.json measures both). Responses are the same either way: the same items,
 `because` and scores, up to float32 rounding (a batched history shares its padding with its length group).
+
+BEHAVIORFLOW_WORKERS sets how many processes run Recommender (BentoML's workers, sharing the port). Its
+'auto' runs one per usable CPU in the unbatched layout: a request's parsing, checks and JSON hold its
+process's GIL far longer than its ONNX call, so one process kept about one core busy. Each process loads
+its own copy of the bundle (item table, user histories, ONNX session).
 
 Shadow mode (serving/shadow.py): with BEHAVIORFLOW_SHADOW_BUNDLE and BEHAVIORFLOW_SHADOW_LOG set (as
 `behaviorflow serve --shadow challenger` does), every /recommend answer is also ranked by the challenger's
@@ -86,6 +91,7 @@ from serving.contract import (
     MODEL_ALIAS_ENV,
     MODEL_TAG_ENV,
     POPULARITY_MISSING,
+    WORKERS_ENV,
     NewItemPolicy,
     OUTPUT_ITEMS,
     OUTPUT_SCORES,
@@ -118,7 +124,7 @@ _BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
 def _batching(value: str, cpus: int) -> bool:
     if value.strip().lower() in {"", "auto"}:
         return cpus >= _BATCHING_MIN_CPUS
-    return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (one process)")
+    return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (unbatched: each request ranked alone)")
 
 
 def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -147,6 +153,26 @@ def usable_cpus() -> tuple[int, bool]:
 
 _CPUS, _CPUS_FROM_QUOTA = usable_cpus()  # what 'auto' and the thread counts read
 BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), _CPUS)
+
+
+def _workers(value: str, cpus: int, batching: bool, shadow: bool) -> int:
+    """Processes of the HTTP front (Recommender). 'auto': in the unbatched layout, one per usable CPU, as
+    each request's parsing, checks and JSON hold the process's GIL far longer than its ONNX call (one ORT
+    thread each): on 2 cores, two processes answered 1.8x the requests of one (benchmarks/results/serving.json);
+    batched, one (its Ranker does the heavy part on every core); with a shadow challenger, one, so that the
+    shadow log has one writer and /metadata's shadow counts cover every request."""
+    text = value.strip().lower()
+    if text in {"", "auto"}:
+        return cpus if not (batching or shadow) else 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: expected auto or a whole number of processes (1 or more)")
+    if int(text) > 1 and shadow:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: shadow mode ({SHADOW_BUNDLE_ENV}) runs in one process, so that its log "
+                         "has one writer and its counts cover every request; unset it or set 1")
+    return int(text)
+
+
+WORKERS = _workers(os.environ.get(WORKERS_ENV, "auto"), _CPUS, BATCHING, shadow=bool(os.environ.get(SHADOW_BUNDLE_ENV)))
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.
@@ -154,7 +180,7 @@ BATCH_MAX_SIZE = 32
 BATCH_MAX_LATENCY_MS = 5_000
 # Recommender's worker threads: each holds one request while the ranker answers it, so this bounds how
 # many requests can meet in one batch (BentoML's default of 1 would never batch at all).
-# One process (no batching): each thread runs a request's graph itself, so more threads than cores only
+# Unbatched: each thread runs a request's graph itself, so more threads than cores only
 # make them queue for the GIL in 5 ms slices; a few more than the cores keeps the cores busy.
 RECOMMENDER_THREADS = BATCH_MAX_SIZE if BATCHING else min(BATCH_MAX_SIZE, _CPUS + 2)
 # Access log lines (one per request, on by default; probes and /metrics scrapes are never logged):
@@ -222,7 +248,7 @@ class Ranker:
     def __init__(self) -> None:
         self.model_tag = str(self.model_ref.tag)
         self.bundle = Bundle(self.model_ref.path, load_users=False)  # Recommender looks users up
-        # One process: requests run side by side on their own threads, one ORT thread each (unless
+        # Unbatched: requests run side by side on their own threads, one ORT thread each (unless
         # BEHAVIORFLOW_ORT_THREADS says otherwise); batched: one batch at a time uses every core.
         # Batched, ORT's default (0) is a thread per physical core of the machine: under a container's CPU
         # quota, as many threads as the quota allows instead.
@@ -331,8 +357,8 @@ def _shadow_recorder(champion: str) -> ShadowRecorder | None:
 
 
 @bentoml.asgi_app(_http, path="/")
-# One worker: ONNX Runtime already spreads one inference over the cores; scale out with replicas.
-@bentoml.service(name=BENTO_SERVICE_NAME, workers=1, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
+# WORKERS processes (BEHAVIORFLOW_WORKERS, see _workers): one per core unbatched; batched, one.
+@bentoml.service(name=BENTO_SERVICE_NAME, workers=WORKERS, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
 class Recommender:
     """Ranks the catalog for a known user (their stored history) or for an explicit item history, and
     scores candidates as the next interaction of a history."""

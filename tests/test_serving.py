@@ -839,14 +839,15 @@ def test_service_imports_no_training_stack():
 # ---------------------------------------------------------------------------------------- real server
 
 
-@pytest.fixture(scope="module", params=["1", "0"], ids=["batched", "one-process"])
+@pytest.fixture(scope="module", params=["1", "0"], ids=["batched", "unbatched"])
 def server(request, model_tag, tmp_path_factory):
-    """A `bentoml serve` process in each layout (Recommender + batched Ranker; Recommender alone), whatever
-    'auto' would pick on this machine; yields its base URL."""
-    from serving.service import BATCHING_ENV
+    """A `bentoml serve` process in each layout (Recommender + batched Ranker; Recommender alone, in two
+    processes sharing the port, as 'auto' runs it on 2 CPUs), whatever 'auto' would pick on this machine;
+    yields its base URL."""
+    from serving.service import BATCHING_ENV, WORKERS_ENV
 
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with bentoml_serve(model_tag, log, env={BATCHING_ENV: request.param}) as url:
+    with bentoml_serve(model_tag, log, env={BATCHING_ENV: request.param, WORKERS_ENV: "1" if request.param == "1" else "2"}) as url:
         SERVER_LOGS[url] = log
         yield url
 
@@ -887,6 +888,21 @@ def test_batching_choice():
     assert _batching("1", 2) is True and _batching("off", 64) is False
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='maybe': expected auto, 1 .* or 0"):
         _batching("maybe", 2)
+
+
+def test_workers_choice():
+    """BEHAVIORFLOW_WORKERS: 'auto' is a process per usable CPU unbatched, one batched or with a shadow challenger;
+    a number is taken as it is, except more than one beside a shadow log; anything else is refused by name."""
+    from serving.service import _workers
+
+    assert _workers("auto", 2, batching=False, shadow=False) == 2 and _workers("", 3, batching=False, shadow=False) == 3
+    assert _workers("auto", 8, batching=True, shadow=False) == 1 and _workers("auto", 2, batching=False, shadow=True) == 1
+    assert _workers("3", 2, batching=True, shadow=False) == 3 and _workers(" 1 ", 2, batching=False, shadow=True) == 1
+    for bad in ("0", "two", "-1", "1.5"):
+        with pytest.raises(ValueError, match=rf"BEHAVIORFLOW_WORKERS='{re.escape(bad)}': expected auto or a whole number of processes \(1 or more\)"):
+            _workers(bad, 2, batching=False, shadow=False)
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_WORKERS='2': shadow mode \(BEHAVIORFLOW_SHADOW_BUNDLE\) runs in one process"):
+        _workers("2", 2, batching=False, shadow=True)
 
 
 def test_auto_layout_reads_a_containers_cpu_quota(tmp_path):
@@ -964,8 +980,8 @@ def test_server_metadata_and_probes(server, model_tag):
 
 
 def test_server_batches_concurrent_requests_and_stays_exact(server, table, request):
-    """Concurrent requests of mixed lengths meet in the Ranker's batches (one process: each request is
-    ranked alone); every answer is still exact."""
+    """Concurrent requests of mixed lengths meet in the Ranker's batches (unbatched: each request is ranked
+    alone, in whichever of the two processes took it); every answer is still exact."""
     batched = request.node.callspec.params["server"] == "1"
     rng = np.random.default_rng(11)
     histories = [[item_id(int(i)) for i in rng.integers(1, N_ITEMS + 1, size=int(n))]
@@ -1001,7 +1017,10 @@ def test_server_batches_concurrent_requests_and_stays_exact(server, table, reque
         assert queries == len(histories)
         assert n_batches < queries  # at least one batch held more than one request
     else:
-        assert queries == n_batches == 0  # no adaptive batching in the one-process layout
+        assert queries == n_batches == 0  # no adaptive batching in the unbatched layout
+        time.sleep(0.5)  # the access log is written after the response
+        answered_by = set(re.findall(r"\[entry_service:behaviorflow_recommender:(\d+)\][^\n]*path=/(?:recommend|score)", SERVER_LOGS[server].read_text()))
+        assert answered_by == {"1", "2"}  # both worker processes took requests
 
 
 @pytest.mark.parametrize(
@@ -1137,7 +1156,7 @@ def test_bento_is_slim_and_records_the_model(bento_tag, model_tag):
     assert all(f.startswith("serving/") and f.endswith((".py", ".json")) for f in packaged), files
 
 
-@pytest.mark.parametrize("layout", ["1", "0"], ids=["batched", "one-process"])
+@pytest.mark.parametrize("layout", ["1", "0"], ids=["batched", "unbatched"])
 def test_built_bento_serves_and_names_itself(bento_tag, model_tag, table, tmp_path, layout):
     """The Bento (both services, one recorded model, whatever layout the building machine would pick)
     serves from the store in either layout and reports its own tag."""
