@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components import settings  # noqa: E402
-from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
+from provenance import cpu_model, git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
 settings.apply_environment()
 
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
 
-    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU"
+    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU" + (f" ({cpu_model()})" if cpu_model() else "")
     save("done")
     print_table(results)
     return 0

@@ -27,9 +27,23 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it ("" where there is none). Sessions here have run on different
+    machines (an Intel CPU with AMX one day, a 2.6 GHz AMD EPYC another), and the same benchmark differed by up to
+    3x between them: a result without it cannot be compared with another."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def machine(load_at_start: list[float]) -> dict:
-    """The result's "machine" entry: cores and the load average at the start (given) and now, at the end."""
-    return {"cpus": os.cpu_count(), "load_average_at_start": load_at_start, "load_average_at_end": load_average()}
+    """The result's "machine" entry: CPU, cores and the load average at the start (given) and now, at the end."""
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_at_start": load_at_start, "load_average_at_end": load_average()}
 
 
 def alternating(ways: tuple[str, str], rounds: int) -> Iterator[tuple[int, str]]:

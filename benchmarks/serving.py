@@ -76,7 +76,7 @@ sys.path.insert(0, str(ROOT))
 
 from serving.contract import ACCESS_LOG_ENV, BATCHING_ENV, WORKERS_ENV  # noqa: E402 (pydantic only, no bentoml)
 from serving.ranking import ORT_THREADS_ENV  # noqa: E402 (onnxruntime is imported lazily there)
-from provenance import git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
+from provenance import cpu_model, git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
 log = logging.getLogger("benchmarks.serving")
 
@@ -937,7 +937,7 @@ def main(argv=None) -> int:
         "git_dirty": dirty,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
             "torch": torch.__version__, "onnxruntime": ort.__version__, "threads": args.threads,
             "threads_note": "in-process: one pass per thread count, torch.set_num_threads = ORT intra_op_num_threads; "
                             "onnx_vs_torch_speedup and int8_vs_fp32_speedup take each engine at its fastest thread count "
