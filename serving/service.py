@@ -158,7 +158,7 @@ BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), _CPUS)
 def _workers(value: str, cpus: int, batching: bool, shadow: bool) -> int:
     """Processes of the HTTP front (Recommender). 'auto': in the unbatched layout, one per usable CPU, as
     each request's parsing, checks and JSON hold the process's GIL far longer than its ONNX call (one ORT
-    thread each): on 2 cores, two processes answered 1.8x the requests of one (benchmarks/results/serving.json);
+    thread each): on 2 cores, two processes answered 1.56x the requests of one at most (benchmarks/results/serving.json);
     batched, one (its Ranker does the heavy part on every core); with a shadow challenger, one, so that the
     shadow log has one writer and /metadata's shadow counts cover every request."""
     text = value.strip().lower()
