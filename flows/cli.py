@@ -286,7 +286,13 @@ def _validated_file(entry: tuple[str, dict]) -> str:
 def cmd_serve(args) -> int:
     from components.packaging import pull_bento
     from serving.contract import MODEL_ALIAS_ENV
+    from serving.layout import Layout
+    from serving.shadow import SHADOW_BUNDLE_ENV
 
+    try:  # the layout `bentoml serve` will run: a bad value is one line here, before anything is pulled or started
+        layout = Layout.from_environment(os.environ | ({SHADOW_BUNDLE_ENV: "--shadow"} if args.shadow else {}))
+    except ValueError as exc:
+        raise BehaviorflowError(f"{exc}; nothing was started") from None
     pulled = pull_bento(f"{args.model}@{args.alias}", "serve")  # a no-op when the Bento is already local
     # A Bento served from the local store does not apply its recorded environment (BentoML does that
     # only in containers), so name its model explicitly; otherwise the newest model in the store loads.
@@ -294,7 +300,7 @@ def cmd_serve(args) -> int:
     shadow_note = ""
     if args.shadow:
         from components import registry
-        from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV
+        from serving.shadow import SHADOW_LOG_ENV
 
         shadow = registry.resolve_version(registry.ModelRef.parse(f"{args.model}@{args.shadow}"))
         registry.check_usable(shadow, "serve --shadow")
@@ -306,6 +312,7 @@ def cmd_serve(args) -> int:
         shadow_note = (f"shadow: @{args.shadow} = version {shadow.version} ranks every /recommend request off the response path → {log_path}{same}\n"
                        f"        compare with: behaviorflow shadow-report --log {log_path}")
     print(f"serving {pulled.model} = version {pulled.version} = Bento {pulled.bento_tag} on http://{args.host}:{args.port}", flush=True)
+    print(f"layout: {layout.describe()}", flush=True)
     if shadow_note:
         print(shadow_note, flush=True)
     bentoml = str(Path(sys.executable).with_name("bentoml"))

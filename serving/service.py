@@ -58,7 +58,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import os
 from http import HTTPStatus
 from pathlib import Path
@@ -77,7 +76,6 @@ from starlette.routing import Route
 
 from serving.contract import (
     ACCESS_LOG_ENV,
-    BATCHING_ENV,
     BENTO_MODEL_NAME,
     BENTO_SERVICE_NAME,
     INPUT_EXCLUDE_SEEN,
@@ -91,7 +89,6 @@ from serving.contract import (
     MODEL_ALIAS_ENV,
     MODEL_TAG_ENV,
     POPULARITY_MISSING,
-    WORKERS_ENV,
     NewItemPolicy,
     OUTPUT_ITEMS,
     OUTPUT_SCORES,
@@ -109,6 +106,7 @@ from serving.contract import (
     pad_histories,
 )
 from serving import bentoml_fixes
+from serving.layout import Layout
 from serving.ranking import BundleRanker, env_switch, ort_session
 from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
 
@@ -116,63 +114,10 @@ from serving.shadow import SHADOW_BUNDLE_ENV, SHADOW_LOG_ENV, ShadowRecorder
 TIMEOUT_FIX_APPLIED = bentoml_fixes.apply()
 
 RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
-# Adaptive batching in a separate Ranker service (default), or each request ranked alone in Recommender's
-# process (BEHAVIORFLOW_BATCHING=0): see the module docstring.
-_BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
-
-
-def _batching(value: str, cpus: int) -> bool:
-    if value.strip().lower() in {"", "auto"}:
-        return cpus >= _BATCHING_MIN_CPUS
-    return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (unbatched: each request ranked alone)")
-
-
-def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The CPUs a container's cgroup lets this process use (its CFS quota, rounded up), or None without a
-    limit. CPU affinity does not show a Kubernetes `limits: cpu`: a pod limited to 2 CPUs on a 64-core node
-    sees 64 in sched_getaffinity."""
-    try:  # cgroup v2: "200000 100000" (quota, period in µs) or "max 100000"
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1: a quota of -1 means no limit
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return None if quota <= 0 or period <= 0 else max(1, math.ceil(quota / period))
-    except (OSError, ValueError):
-        return None
-
-
-def usable_cpus() -> tuple[int, bool]:
-    """(CPUs this process may use, whether a cgroup quota is what limits them)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cpu_quota()
-    return (quota, True) if quota is not None and quota < cpus else (cpus, False)
-
-
-_CPUS, _CPUS_FROM_QUOTA = usable_cpus()  # what 'auto' and the thread counts read
-BATCHING = _batching(os.environ.get(BATCHING_ENV, "auto"), _CPUS)
-
-
-def _workers(value: str, cpus: int, batching: bool, shadow: bool) -> int:
-    """Processes of the HTTP front (Recommender). 'auto': in the unbatched layout, one per usable CPU, as
-    each request's parsing, checks and JSON hold the process's GIL far longer than its ONNX call (one ORT
-    thread each): on 2 cores, two processes answered 1.56x the requests of one at most (benchmarks/results/serving.json);
-    batched, one (its Ranker does the heavy part on every core); with a shadow challenger, one, so that the
-    shadow log has one writer and /metadata's shadow counts cover every request."""
-    text = value.strip().lower()
-    if text in {"", "auto"}:
-        return cpus if not (batching or shadow) else 1
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{WORKERS_ENV}={value!r}: expected auto or a whole number of processes (1 or more)")
-    if int(text) > 1 and shadow:
-        raise ValueError(f"{WORKERS_ENV}={value!r}: shadow mode ({SHADOW_BUNDLE_ENV}) runs in one process, so that its log "
-                         "has one writer and its counts cover every request; unset it or set 1")
-    return int(text)
-
-
-WORKERS = _workers(os.environ.get(WORKERS_ENV, "auto"), _CPUS, BATCHING, shadow=bool(os.environ.get(SHADOW_BUNDLE_ENV)))
+# The layout (serving/layout.py), read from the environment when `bentoml serve` imports this module:
+# adaptive batching in a separate Ranker service or each request ranked alone, and how many processes.
+_LAYOUT = Layout.from_environment()
+_CPUS, _CPUS_FROM_QUOTA, BATCHING, WORKERS = _LAYOUT.cpus, _LAYOUT.cpus_from_quota, _LAYOUT.batching, _LAYOUT.workers
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.

@@ -110,6 +110,21 @@ def test_add_items_refuses_a_missing_file_or_a_bad_model_reference_before_any_se
     assert out.returncode == 2 and "expected NAME@ALIAS or NAME/VERSION" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_serve_refuses_a_bad_layout_setting_before_anything_starts(tmp_path):
+    """A bad BEHAVIORFLOW_WORKERS or BEHAVIORFLOW_BATCHING is one line from `behaviorflow serve`, before any model is
+    looked up (this home has no registry at all), not a traceback from inside `bentoml serve`."""
+    import os
+
+    env = os.environ | {"BEHAVIORFLOW_HOME": str(tmp_path / "home"), "BEHAVIORFLOW_WORKERS": "two"}
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "serve"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2 and out.stderr == (
+        "error: BEHAVIORFLOW_WORKERS='two': expected auto or a whole number of processes (1 or more); nothing was started\n"), out.stderr
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "--shadow", "challenger"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=env | {"BEHAVIORFLOW_WORKERS": "2"})
+    assert out.returncode == 2 and "BEHAVIORFLOW_WORKERS='2': shadow mode (BEHAVIORFLOW_SHADOW_BUNDLE) runs in one process" in out.stderr, out.stderr
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.db"))  # no registry was opened
+
+
 def test_events_without_items_is_refused():
     out = cli("retrain", "--events", "e.csv")
     assert out.returncode == 2 and "--events and --items go together" in out.stderr

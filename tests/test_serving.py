@@ -844,7 +844,7 @@ def server(request, model_tag, tmp_path_factory):
     """A `bentoml serve` process in each layout (Recommender + batched Ranker; Recommender alone, in two
     processes sharing the port, as 'auto' runs it on 2 CPUs), whatever 'auto' would pick on this machine;
     yields its base URL."""
-    from serving.service import BATCHING_ENV, WORKERS_ENV
+    from serving.contract import BATCHING_ENV, WORKERS_ENV
 
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with bentoml_serve(model_tag, log, env={BATCHING_ENV: request.param, WORKERS_ENV: "1" if request.param == "1" else "2"}) as url:
@@ -882,38 +882,55 @@ def test_server_answers_every_endpoint_serve_help_lists(server):
 
 
 def test_batching_choice():
-    from serving.service import _batching
+    from serving.layout import batching_from
 
-    assert _batching("auto", 2) is False and _batching("auto", 4) is True and _batching("", 16) is True
-    assert _batching("1", 2) is True and _batching("off", 64) is False
+    assert batching_from("auto", 2) is False and batching_from("auto", 4) is True and batching_from("", 16) is True
+    assert batching_from("1", 2) is True and batching_from("off", 64) is False
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='maybe': expected auto, 1 .* or 0"):
-        _batching("maybe", 2)
+        batching_from("maybe", 2)
 
 
 def test_workers_choice():
     """BEHAVIORFLOW_WORKERS: 'auto' is a process per usable CPU unbatched, one batched or with a shadow challenger;
     a number is taken as it is, except more than one beside a shadow log; anything else is refused by name."""
-    from serving.service import _workers
+    from serving.layout import workers_from
 
-    assert _workers("auto", 2, batching=False, shadow=False) == 2 and _workers("", 3, batching=False, shadow=False) == 3
-    assert _workers("auto", 8, batching=True, shadow=False) == 1 and _workers("auto", 2, batching=False, shadow=True) == 1
-    assert _workers("3", 2, batching=True, shadow=False) == 3 and _workers(" 1 ", 2, batching=False, shadow=True) == 1
+    assert workers_from("auto", 2, batching=False, shadow=False) == 2 and workers_from("", 3, batching=False, shadow=False) == 3
+    assert workers_from("auto", 8, batching=True, shadow=False) == 1 and workers_from("auto", 2, batching=False, shadow=True) == 1
+    assert workers_from("3", 2, batching=True, shadow=False) == 3 and workers_from(" 1 ", 2, batching=False, shadow=True) == 1
     for bad in ("0", "two", "-1", "1.5"):
         with pytest.raises(ValueError, match=rf"BEHAVIORFLOW_WORKERS='{re.escape(bad)}': expected auto or a whole number of processes \(1 or more\)"):
-            _workers(bad, 2, batching=False, shadow=False)
+            workers_from(bad, 2, batching=False, shadow=False)
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_WORKERS='2': shadow mode \(BEHAVIORFLOW_SHADOW_BUNDLE\) runs in one process"):
-        _workers("2", 2, batching=False, shadow=True)
+        workers_from("2", 2, batching=False, shadow=True)
+
+
+def test_layout_line_says_what_serve_will_run(monkeypatch):
+    """`behaviorflow serve` says the layout before it starts the server, from the same environment; a bad
+    value is refused there by name."""
+    from serving import layout
+
+    monkeypatch.setattr(layout, "usable_cpus", lambda: (2, False))
+    assert layout.Layout.from_environment({}).describe() == (
+        "unbatched (each request ranked alone), 2 processes (BEHAVIORFLOW_WORKERS=auto: one per usable CPU); 2 usable CPUs")
+    assert layout.Layout.from_environment({"BEHAVIORFLOW_SHADOW_BUNDLE": "/b"}).describe() == (
+        "unbatched (each request ranked alone), 1 process (BEHAVIORFLOW_WORKERS=auto: one writer for the shadow log); 2 usable CPUs")
+    monkeypatch.setattr(layout, "usable_cpus", lambda: (4, True))
+    assert layout.Layout.from_environment({"BEHAVIORFLOW_WORKERS": "3"}).describe() == (
+        "batched (a Ranker service batches requests), 3 processes; 4 usable CPUs (the container's CPU quota)")
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='sometimes'"):
+        layout.Layout.from_environment({"BEHAVIORFLOW_BATCHING": "sometimes"})
 
 
 def test_auto_layout_reads_a_containers_cpu_quota(tmp_path):
     """A pod limited to 2 CPUs on a big node sees the node's CPUs in its affinity: 'auto' would pick the
     batched pair and ORT a thread per node core. The cgroup quota is what counts."""
-    from serving.service import _batching, cpu_quota
+    from serving.layout import batching_from, cpu_quota
 
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cpu.max").write_text("200000 100000\n")
-    assert cpu_quota(v2) == 2 and _batching("auto", cpu_quota(v2)) is False
+    assert cpu_quota(v2) == 2 and batching_from("auto", cpu_quota(v2)) is False
     (v2 / "cpu.max").write_text("150000 100000\n")
     assert cpu_quota(v2) == 2  # 1.5 CPUs: rounded up
     (v2 / "cpu.max").write_text("max 100000\n")

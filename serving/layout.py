@@ -1,0 +1,98 @@
+"""How the service runs on this machine: adaptive batching in a Ranker service of its own or each request
+ranked alone (BEHAVIORFLOW_BATCHING), and how many processes take requests (BEHAVIORFLOW_WORKERS); both
+'auto' by default, read from the CPUs this process may use. No BentoML here: `behaviorflow serve` checks the
+environment with it and says the layout before it starts the server, and serving/service.py reads the same
+when `bentoml serve` imports it."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from serving.contract import BATCHING_ENV, WORKERS_ENV
+from serving.ranking import env_switch
+from serving.shadow import SHADOW_BUNDLE_ENV
+
+BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
+
+
+def batching_from(value: str, cpus: int) -> bool:
+    """BEHAVIORFLOW_BATCHING. 'auto': batched from BATCHING_MIN_CPUS usable CPUs up; on 2 cores the hop between
+    the two services costs more than batching saves (benchmarks/results/serving.json measures both)."""
+    if value.strip().lower() in {"", "auto"}:
+        return cpus >= BATCHING_MIN_CPUS
+    return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (unbatched: each request ranked alone)")
+
+
+def workers_from(value: str, cpus: int, batching: bool, shadow: bool) -> int:
+    """BEHAVIORFLOW_WORKERS: processes of the HTTP front (Recommender). 'auto': unbatched, one per usable CPU, as
+    each request's parsing, checks and JSON hold the process's GIL far longer than its ONNX call (one ORT
+    thread each): on 2 cores, two processes answered 1.56x the requests of one at most (benchmarks/results/serving.json);
+    batched, one (its Ranker does the heavy part on every core); with a shadow challenger, one, so that the
+    shadow log has one writer and /metadata's shadow counts cover every request."""
+    text = value.strip().lower()
+    if text in {"", "auto"}:
+        return cpus if not (batching or shadow) else 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: expected auto or a whole number of processes (1 or more)")
+    if int(text) > 1 and shadow:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: shadow mode ({SHADOW_BUNDLE_ENV}) runs in one process, so that its log "
+                         "has one writer and its counts cover every request; unset it or set 1")
+    return int(text)
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs a container's cgroup lets this process use (its CFS quota, rounded up), or None without a
+    limit. CPU affinity does not show a Kubernetes `limits: cpu`: a pod limited to 2 CPUs on a 64-core node
+    sees 64 in sched_getaffinity."""
+    try:  # cgroup v2: "200000 100000" (quota, period in µs) or "max 100000"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a quota of -1 means no limit
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> tuple[int, bool]:
+    """(CPUs this process may use, whether a cgroup quota is what limits them)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return (quota, True) if quota is not None and quota < cpus else (cpus, False)
+
+
+@dataclass(frozen=True)
+class Layout:
+    cpus: int  # usable CPUs: the process's affinity, or a container's CPU quota where lower
+    cpus_from_quota: bool
+    batching: bool
+    workers: int
+    auto_workers: bool  # BEHAVIORFLOW_WORKERS unset or 'auto'
+    shadow: bool
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "Layout":
+        """The layout `bentoml serve` will run with this environment; ValueError naming the variable for a bad value."""
+        cpus, from_quota = usable_cpus()
+        batching = batching_from(environ.get(BATCHING_ENV, "auto"), cpus)
+        value, shadow = environ.get(WORKERS_ENV, "auto"), bool(environ.get(SHADOW_BUNDLE_ENV))
+        workers = workers_from(value, cpus, batching, shadow)
+        return cls(cpus, from_quota, batching, workers, value.strip().lower() in {"", "auto"}, shadow)
+
+    def describe(self) -> str:
+        """One line for `behaviorflow serve`, e.g. 'unbatched (each request ranked alone), 2 processes
+        (BEHAVIORFLOW_WORKERS=auto: one per usable CPU); 2 usable CPUs'."""
+        kind = "batched (a Ranker service batches requests)" if self.batching else "unbatched (each request ranked alone)"
+        processes = f"{self.workers} process{'es' if self.workers > 1 else ''}"
+        if self.auto_workers:
+            why = "in front of the Ranker" if self.batching else "one writer for the shadow log" if self.shadow else "one per usable CPU"
+            processes += f" ({WORKERS_ENV}=auto: {why})"
+        quota = " (the container's CPU quota)" if self.cpus_from_quota else ""
+        return f"{kind}, {processes}; {self.cpus} usable CPU{'s' if self.cpus != 1 else ''}{quota}"
