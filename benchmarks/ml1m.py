@@ -355,7 +355,8 @@ def main(argv=None) -> int:
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
 
-    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU" + (f" ({cpu_model()})" if cpu_model() else "")
+    cpu = cpu_model()
+    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU" + (f" ({cpu})" if cpu else "")
     save("done")
     print_table(results)
     return 0

@@ -172,8 +172,7 @@ class Bundle:
         # Items with no training interactions ("new" in items.json): indices, ascending, and as a set.
         self.new_items = np.array([i + 1 for i, row in enumerate(items) if row.get("new")], dtype=np.int64)
         self.new_item_set: frozenset[int] = frozenset(self.new_items.tolist())
-        self.unscorable_set: frozenset[int] = frozenset(i + 1 for i, row in enumerate(items) if row.get("unscorable"))
-        self.unscorable = np.array(sorted(self.unscorable_set), dtype=np.int64)  # the same, as indices for numpy, built once
+        self.unscorable = np.array([i + 1 for i, row in enumerate(items) if row.get("unscorable")], dtype=np.int64)  # ascending
         users_path = self.path / USERS_FILE
         load = load_users and users_path.exists()  # False: a reader that never looks users up saves the memory
         self.users: dict[str, list[str]] = json.loads(users_path.read_text()) if load else {}

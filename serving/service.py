@@ -302,7 +302,7 @@ def _shadow_recorder(champion: str) -> ShadowRecorder | None:
 
 
 @bentoml.asgi_app(_http, path="/")
-# WORKERS processes (BEHAVIORFLOW_WORKERS, see _workers): one per core unbatched; batched, one.
+# WORKERS processes (BEHAVIORFLOW_WORKERS, serving/layout.py: workers_from): one per core unbatched; batched, one.
 @bentoml.service(name=BENTO_SERVICE_NAME, workers=WORKERS, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
 class Recommender:
     """Ranks the catalog for a known user (their stored history) or for an explicit item history, and
@@ -518,7 +518,7 @@ class Recommender:
         """softmax over items 1..n of user_vector · item_vectors, at `candidates` (a stable logsumexp). Items the
         model cannot score (an id-only model's untrained ones, never ranked) have no share: probability 0."""
         logits = (self.item_vectors[1:] @ np.asarray(user_vector, dtype=np.float32)).astype(np.float64)
-        if self.bundle.unscorable_set:  # their table rows are zero: logit 0 would give them a share
+        if self.bundle.unscorable.size:  # their table rows are zero: logit 0 would give them a share
             logits[self.bundle.unscorable - 1] = -np.inf
         top = logits.max()
         log_normalizer = top + np.log(np.exp(logits - top).sum())

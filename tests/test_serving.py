@@ -183,7 +183,7 @@ def test_filling_up_never_ranks_unscorable_or_banned_items(tmp_path):
         row["unscorable"] = True  # as an id-only model's untrained items are marked at export
     (bundle_dir / contract.ITEMS_FILE).write_text(json.dumps(items))
     bundle = contract.Bundle(bundle_dir)
-    assert bundle.unscorable_set == frozenset(range(1, 11))
+    assert bundle.unscorable.tolist() == list(range(1, 11))
     table, user = embeddings(N_ITEMS, DIM, SEED), np.ones(DIM, np.float32)
     filled = bundle.fill_to_k([], 30, user, {0, 11, 12}, table)
     scores = table[1:] @ user
