@@ -75,7 +75,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from serving.contract import ACCESS_LOG_ENV, BATCHING_ENV, WORKERS_ENV  # noqa: E402 (pydantic only, no bentoml)
-from serving.ranking import ORT_THREADS_ENV  # noqa: E402 (onnxruntime is imported lazily there)
 from provenance import cpu_model, git_state  # noqa: E402 (benchmarks/ is on sys.path: scripts run from there)
 
 log = logging.getLogger("benchmarks.serving")
@@ -84,8 +83,8 @@ log = logging.getLogger("benchmarks.serving")
 SERVICES = {
     "batched": {BATCHING_ENV: "1"},
     "unbatched": {BATCHING_ENV: "0"},
-    "unbatched_ort1": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1"},  # one intra-op thread per ONNX call
-    "unbatched_lean": {BATCHING_ENV: "0", ORT_THREADS_ENV: "1", ACCESS_LOG_ENV: "0"},  # + no access log
+    # (unbatched already gives each ONNX call one intra-op thread: BEHAVIORFLOW_ORT_THREADS=1 changes nothing there)
+    "unbatched_lean": {BATCHING_ENV: "0", ACCESS_LOG_ENV: "0"},  # without the access log
     "unbatched_1w": {BATCHING_ENV: "0", WORKERS_ENV: "1"},  # one process, as before BEHAVIORFLOW_WORKERS (auto: one per CPU)
 }
 TARGET_P99_MS = 15.0

@@ -117,7 +117,6 @@ RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
 # The layout (serving/layout.py), read from the environment when `bentoml serve` imports this module:
 # adaptive batching in a separate Ranker service or each request ranked alone, and how many processes.
 _LAYOUT = Layout.from_environment()
-_CPUS, _CPUS_FROM_QUOTA, BATCHING, WORKERS = _LAYOUT.cpus, _LAYOUT.cpus_from_quota, _LAYOUT.batching, _LAYOUT.workers
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.
@@ -127,7 +126,7 @@ BATCH_MAX_LATENCY_MS = 5_000
 # many requests can meet in one batch (BentoML's default of 1 would never batch at all).
 # Unbatched: each thread runs a request's graph itself, so more threads than cores only
 # make them queue for the GIL in 5 ms slices; a few more than the cores keeps the cores busy.
-RECOMMENDER_THREADS = BATCH_MAX_SIZE if BATCHING else min(BATCH_MAX_SIZE, _CPUS + 2)
+RECOMMENDER_THREADS = BATCH_MAX_SIZE if _LAYOUT.batching else min(BATCH_MAX_SIZE, _LAYOUT.cpus + 2)
 # Access log lines (one per request, on by default; probes and /metrics scrapes are never logged):
 # BEHAVIORFLOW_ACCESS_LOG=0 turns them off, e.g. behind a proxy or mesh that logs requests already.
 _LOGGING = {
@@ -197,7 +196,7 @@ class Ranker:
         # BEHAVIORFLOW_ORT_THREADS says otherwise); batched: one batch at a time uses every core.
         # Batched, ORT's default (0) is a thread per physical core of the machine: under a container's CPU
         # quota, as many threads as the quota allows instead.
-        self.session = ort_session(self.bundle.model_path, default_threads=(_CPUS if _CPUS_FROM_QUOTA else 0) if BATCHING else 1)
+        self.session = ort_session(self.bundle.model_path, default_threads=(_LAYOUT.cpus if _LAYOUT.cpus_from_quota else 0) if _LAYOUT.batching else 1)
         self._check_graph()
         self._warm_up()
         gc.freeze()  # see Recommender.__init__
@@ -302,14 +301,14 @@ def _shadow_recorder(champion: str) -> ShadowRecorder | None:
 
 
 @bentoml.asgi_app(_http, path="/")
-# WORKERS processes (BEHAVIORFLOW_WORKERS, serving/layout.py: workers_from): one per core unbatched; batched, one.
-@bentoml.service(name=BENTO_SERVICE_NAME, workers=WORKERS, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
+# _LAYOUT.workers processes (BEHAVIORFLOW_WORKERS, serving/layout.py: workers_from): one per core unbatched; batched, one.
+@bentoml.service(name=BENTO_SERVICE_NAME, workers=_LAYOUT.workers, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
 class Recommender:
     """Ranks the catalog for a known user (their stored history) or for an explicit item history, and
     scores candidates as the next interaction of a history."""
 
     model_ref = _MODEL
-    if BATCHING:  # a class attribute only when batching: BentoML starts the services it finds here
+    if _LAYOUT.batching:  # a class attribute only when batching: BentoML starts the services it finds here
         ranker = bentoml.depends(Ranker)
 
     def __init__(self) -> None:
@@ -319,7 +318,7 @@ class Recommender:
         self.item_vectors = self.bundle.item_vectors()  # None: no `because`, no /score
         self._check_bundle()
         self.shadow = _shadow_recorder(_model_label(self.bundle.manifest, self.model_tag))  # None unless serve --shadow named a challenger
-        if BATCHING:
+        if _LAYOUT.batching:
             # In-process this builds the Ranker now (its checks and warm-up run here); served, it is a
             # client of the Ranker's process, whose readiness /readyz waits for.
             self.ranker  # noqa: B018
