@@ -5,7 +5,7 @@
     export_bento(Bento tag, path)       -> a self-contained .bento archive (code, requirements, model)
 
 The Bento holds `serving/*.py` and `serving/*.json` only, and requires onnxruntime, numpy and pydantic
-(plus bentoml itself) — never the training stack. The store is `$BENTOML_HOME`
+(plus bentoml itself, and uvloop and httptools for its HTTP server) — never the training stack. The store is `$BENTOML_HOME`
 (`components.settings.apply_environment()` points it into the state folder).
 
 bentoml is imported inside the functions: it reads BENTOML_HOME when first used, and importing this
@@ -28,9 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "serving.service:Recommender"
 SERVICE_MODULE = SERVICE.partition(":")[0]
 INCLUDE = ["serving/*.py", "serving/*.json"]  # the service, the contract, the sample request
-# What the service imports besides bentoml (which the build adds, pinned to the building version).
-# onnxruntime carries the same pin as pyproject.toml: the Bento runs the runtime the parity tests ran.
-SERVING_REQUIREMENTS = ["onnxruntime==1.32.0", "numpy", "pydantic"]
+# What the service imports besides bentoml (which the build adds, pinned to the building version), and what its
+# server runs on. onnxruntime carries the same pin as pyproject.toml: the Bento runs the runtime the parity tests
+# ran; so do uvloop and httptools, which uvicorn uses when installed (else asyncio and h11; side by side:
+# benchmarks/results/serving_uvloop_ab.json).
+SERVING_REQUIREMENTS = ["onnxruntime==1.32.0", "numpy", "pydantic", "uvloop==0.23.0; sys_platform != 'win32'", "httptools==0.9.0"]
 _REQUIRED_FILES = (contract.MODEL_FILE, contract.ITEMS_FILE, contract.MANIFEST_FILE)
 
 
