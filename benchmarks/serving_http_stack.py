@@ -133,16 +133,17 @@ def main(argv=None) -> int:
             procs[way] = start(args.alias, ports[way], envs[way], work / f"serve-{way}.log")
         for way in WAYS:
             wait_ready(urls[way], procs[way], work / f"serve-{way}.log")
-        libraries = {way: loaded_libraries(procs[way]) for way in WAYS}
-        if not all(set(v) == set(BLOCKED) for v in libraries["stack"].values()) or any(libraries["plain"].values()):
-            raise SystemExit(f"the servers do not differ as intended (worker pid -> uvloop/httptools loaded): {libraries}")
         import httpx
 
         # Three histories of the model's own items (its most popular 15, as an empty history gets them).
         items = [row["item_id"] for row in httpx.post(f"{urls['stack']}/recommend", json={"history": [], "k": 15}).json()["items"]]
         bodies = [{"history": items[j : j + 5], "k": 10} for j in range(0, 15, 5)]
-        for way in WAYS:  # warm-up
-            run_hey(Scenario("warmup", 1, None), urls[way], bodies, work, 3, None, 1)
+        for way in WAYS:  # warm-up (8 clients, so that every worker answers)
+            run_hey(Scenario("warmup", 8, None), urls[way], bodies, work, 3, None, 8)
+        # After the warm-up: /readyz answers once one worker is up, and the others may still have been starting.
+        libraries = {way: loaded_libraries(procs[way]) for way in WAYS}
+        if not all(set(v) == set(BLOCKED) for v in libraries["stack"].values()) or any(libraries["plain"].values()):
+            raise SystemExit(f"the servers do not differ as intended (worker pid -> uvloop/httptools loaded): {libraries}")
         scenarios = [Scenario("c1", 1, None), Scenario("c8", 8, None), Scenario("r200", 16, 200.0)]
         rows: dict[str, dict[str, list[dict]]] = {s.name: {w: [] for w in WAYS} for s in scenarios}
         for round_, way in alternating(WAYS, args.rounds):
