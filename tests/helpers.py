@@ -79,6 +79,25 @@ def bentoml_serve(model_tag: str, log: Path, target: str = SERVICE, timeout: flo
         yield url
 
 
+def server_workers(url: str) -> list:
+    """The worker processes (psutil) of the `bentoml serve` listening on `url`'s port: the processes that answer."""
+    import psutil
+
+    port = url.rsplit(":", 1)[1]
+    workers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "serve" in cmdline and "--port" in cmdline and cmdline[cmdline.index("--port") + 1 : cmdline.index("--port") + 2] == [port]:
+            workers += [c for c in proc.children(recursive=True) if "_bentoml_impl.worker.service" in " ".join(c.cmdline())]
+    return workers
+
+
+def mapped_packages(process, names: tuple[str, ...]) -> set[str]:
+    """Which of the Python packages `names` have a compiled module mapped into `process` (Linux: /proc/PID/maps)."""
+    maps = Path(f"/proc/{process.pid}/maps").read_text()
+    return {name for name in names if f"/{name}/" in maps}
+
+
 # An Amazon Reviews 2023 dump as it comes (reviews: parent_asin, rating, timestamps in milliseconds, no event type;
 # metadata: parent_asin, categories as a list, store), and the settings that read it without rewriting it.
 AMAZON_EVENT_COLUMNS = {"item_id": "parent_asin", "value": "rating"}

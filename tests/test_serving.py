@@ -35,7 +35,7 @@ from components.errors import BehaviorflowError
 from components.packaging import bento_requirements, build_bento, export_bento, save_bundle_to_store
 from serving.contract import MODEL_TAG_ENV
 from serving import contract
-from tests.helpers import ROOT, bentoml_serve
+from tests.helpers import ROOT, bentoml_serve, mapped_packages, server_workers
 from tests.tiny_bundle import (
     CREATED_AT,
     MAX_LEN,
@@ -865,6 +865,17 @@ def test_server_logs_requests_but_not_probes(server):
     assert not [line for line in lines if any(f"path={p}," in line for p in ("/readyz", "/livez", "/healthz", "/metrics"))]
 
 
+def test_server_runs_on_uvloop_and_httptools(server):
+    """uvicorn picks them when installed (else asyncio and h11, ~1.2x slower per request:
+    benchmarks/results/serving_uvloop_ab.json): every worker that answers has both loaded."""
+    workers = server_workers(server)
+    assert len(workers) == 2, workers  # batched: Recommender and Ranker; unbatched: two Recommender processes
+    deadline = time.monotonic() + 30  # /readyz answers once one worker is up; the other may still be starting
+    while (loaded := [mapped_packages(w, ("uvloop", "httptools")) for w in workers]) != [{"uvloop", "httptools"}] * 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert loaded == [{"uvloop", "httptools"}] * 2
+
+
 def test_server_answers_every_endpoint_serve_help_lists(server):
     """`behaviorflow serve --help` lists the endpoints; each one is there on a real server."""
     from flows.cli import SERVE_ENDPOINTS
@@ -1162,6 +1173,7 @@ def test_bento_is_slim_and_records_the_model(bento_tag, model_tag):
     requirements = bento_requirements(bento_tag)
     names = [req.split("==")[0].split(">")[0].split("<")[0].strip().lower() for req in requirements]
     assert "onnxruntime==1.32.0" in requirements
+    assert {"uvloop", "httptools"} <= set(names)  # the server's fast loop and HTTP parser (test_server_runs_on_uvloop_and_httptools)
     assert not set(names) & set(TRAINING_STACK), requirements
     bento = bentoml.bentos.get(bento_tag)
     assert [str(m.tag) for m in bento.info.all_models] == [model_tag]
