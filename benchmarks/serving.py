@@ -387,6 +387,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, log_path: Path, started: float, timeout: float = 180) -> None:
+    """Poll url/readyz until it answers 200; RuntimeError with the log's tail if the server exits or is not
+    ready `timeout` seconds after `started` (time.monotonic())."""
+    import httpx
+
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"bentoml serve not ready after {timeout:g} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
 class Server:
     """`bentoml serve <bento>` in its own process group; `ready_s` is the time from start to /readyz 200."""
 
@@ -406,20 +424,11 @@ class Server:
                 command, cwd=log_path.parent, env={**env, MODEL_TAG_ENV: model_tag, **service_env},
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        import httpx
-
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > 180:
-                self.stop()
-                raise RuntimeError(f"bentoml serve not ready after 180 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
+        try:
+            wait_ready(self.url, self.proc, log_path, started)
+        except RuntimeError:
+            self.stop()
+            raise
         self.ready_s = time.monotonic() - started
 
     def rss_mb(self) -> float:

@@ -48,7 +48,7 @@ def _serving_benchmark():
 
 
 _bench = _serving_benchmark()
-Scenario, run_hey = _bench.Scenario, _bench.run_hey
+Scenario, run_hey, wait_ready = _bench.Scenario, _bench.run_hey, _bench.wait_ready
 
 WAYS = ("stack", "plain")  # uvloop + httptools, asyncio + h11
 BLOCKED = ("uvloop", "httptools")
@@ -58,22 +58,6 @@ def start(alias: str, port: int, env: dict, log: Path) -> subprocess.Popen:
     command = [str(ROOT / ".venv" / "bin" / "behaviorflow"), "serve", "--alias", alias, "--port", str(port)]
     out = log.open("w")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    import httpx
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"behaviorflow serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def loaded_libraries(proc: subprocess.Popen) -> dict[str, list[str]]:
@@ -131,8 +115,9 @@ def main(argv=None) -> int:
         for way in WAYS:
             urls[way] = f"http://127.0.0.1:{ports[way]}"
             procs[way] = start(args.alias, ports[way], envs[way], work / f"serve-{way}.log")
+        started = time.monotonic()
         for way in WAYS:
-            wait_ready(urls[way], procs[way], work / f"serve-{way}.log")
+            wait_ready(urls[way], procs[way], work / f"serve-{way}.log", started)
         import httpx
 
         # Three histories of the model's own items (its most popular 15, as an empty history gets them).
