@@ -1,7 +1,8 @@
 """The Bento service a serving team runs: recommendations and next-item probabilities from an exported
 ONNX bundle (serving/contract.py).
 
-It needs bentoml, onnxruntime, numpy, pydantic and `serving.contract` only — never the training stack
+It needs bentoml, onnxruntime, numpy, pydantic and `serving.contract` only (its Bento adds uvloop and httptools, which
+uvicorn then runs on) — never the training stack
 (torch, transformers, prefect, mlflow, great_expectations, pandas) — so the Bento stays small and fast
 to start. Run it from the repository root:
 
