@@ -60,6 +60,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -801,7 +802,7 @@ def load_tests(served: dict, bodies: list[dict], args, work: Path, env: dict) ->
                     "server_cpus": server_cpus or "all", "locust_cpus": locust_cpus or "all",
                 }
                 log.info("%s (%s pinning): ready in %.1f s", service, pinning, server.ready_s)
-                for scenario in todo:
+                for scenario, window in [(sc, w) for sc in todo for w in range(args.rate_windows if sc.rate else 1)]:
                     for generator in args.generators:
                         before = server.batch_stats()
                         if generator == "wrk":
@@ -811,7 +812,7 @@ def load_tests(served: dict, bodies: list[dict], args, work: Path, env: dict) ->
                         else:
                             row = run_locust(scenario, server.url, bodies_path, work, args.run_time, locust_cpus, env)
                         queries, batches = (x - y for x, y in zip(server.batch_stats(), before))
-                        row = {"service": service, "pinning": pinning, "generator": generator, **row,
+                        row = {"service": service, "pinning": pinning, "generator": generator, **row, "window": window,
                                "mean_ranker_batch": round(queries / batches, 2) if batches else None}
                         results.append(row)
                         log.info(
@@ -863,6 +864,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rate", type=float, default=200.0, help="target requests/s of the constant-rate scenario (0: none)")
     g.add_argument("--rate-users", type=int, default=50, help="users sharing the target rate")
     g.add_argument("--run-time", type=int, default=30, help="seconds per scenario")
+    g.add_argument("--rate-windows", type=int, default=3, help="the constant-rate scenario runs this many windows of --run-time "
+                   "back to back; its acceptance takes the median window's p99 (one window's p99 moved by 1.4x between runs on one machine)")
     g.add_argument("--generators", default="locust,hey",
                    help="load generators, comma-separated: locust; hey (Go, Debian package hey: every request in its CSV, "
                         "percentiles computed here); wrk (Debian package wrk; experimental: its latencies failed the self-check "
@@ -1036,14 +1039,19 @@ def acceptance(r: dict, args) -> dict:
         per_seq = r["models"][o["model"]]["onnx_vs_torch_speedup"].get(b, {})
         if per_seq:
             out[f"onnx_ge_{TARGET_SPEEDUP:g}x_{b}"] = min(per_seq.values()) >= TARGET_SPEEDUP
-    rate = [row for row in r.get("load", []) if row["rps_target"] and row["pinning"] == args.pinning]
-    for row in rate:
-        key = f"{row['service']}_at_{row['rps_target']:g}rps_{row.get('generator', 'locust')}"
+    windows: dict[str, list[dict]] = {}
+    for row in r.get("load", []):
+        if row["rps_target"] and row["pinning"] == args.pinning:
+            windows.setdefault(f"{row['service']}_at_{row['rps_target']:g}rps_{row.get('generator', 'locust')}", []).append(row)
+    for key, rows in windows.items():
+        p99s = [row["p99_ms"] for row in rows]
+        median = statistics.median(p99s) if None not in p99s else None
         out[key] = {
-            "p99_ms": row["p99_ms"], "p99_exact_ms": row["exact"].get("p99_ms"), "achieved_rps": row["achieved_rps"],
-            "errors": row["errors"],
-            "passed": row["p99_ms"] is not None and row["p99_ms"] <= TARGET_P99_MS and row["errors"] == 0
-            and row["achieved_rps"] >= 0.95 * row["rps_target"],
+            "p99_ms": median, "p99_ms_windows": p99s, "p99_exact_ms": [row["exact"].get("p99_ms") for row in rows],
+            "achieved_rps": min(row["achieved_rps"] for row in rows), "errors": sum(row["errors"] for row in rows),
+            "passed": median is not None and median <= TARGET_P99_MS and all(row["errors"] == 0 for row in rows)
+            and all(row["achieved_rps"] >= 0.95 * row["rps_target"] for row in rows),
+            "rule": f"the median window's p99 <= {TARGET_P99_MS:g} ms, 0 errors and >= 95 % of the rate in every window",
         }
     return out
 
@@ -1088,11 +1096,12 @@ def print_report(r: dict) -> None:
         for service, generator in dict.fromkeys((x["service"], x.get("generator", "locust")) for x in closed):
             best = max((x for x in closed if x["service"] == service and x.get("generator", "locust") == generator), key=lambda x: x["achieved_rps"])
             print(f"max throughput {service} ({generator}): {best['achieved_rps']} req/s (closed loop, {best['concurrency']} users)")
-        by = {(x["service"], x["scenario"], x["pinning"], x.get("generator", "locust")): x for x in r["load"]}
-        for (service, scenario, pinning, generator), x in by.items():
-            other = by.get(("unbatched", scenario, pinning, generator))
+        by = {(x["service"], x["scenario"], x["pinning"], x.get("generator", "locust"), x.get("window", 0)): x for x in r["load"]}
+        for (service, scenario, pinning, generator, window), x in by.items():
+            other = by.get(("unbatched", scenario, pinning, generator, window))
             if service == "batched" and other and other["achieved_rps"]:
-                print(f"batched/unbatched {scenario} ({pinning}, {generator}): throughput {x['achieved_rps'] / other['achieved_rps']:.2f}x, "
+                label = f"{scenario} window {window + 1}" if x["rps_target"] else scenario
+                print(f"batched/unbatched {label} ({pinning}, {generator}): throughput {x['achieved_rps'] / other['achieved_rps']:.2f}x, "
                       f"p99 {x['p99_ms']} vs {other['p99_ms']} ms")
     print("\nheadline: ONNX fp32 vs torch eager, each at its fastest thread count (" + r["onnx_vs_torch_speedup"]["model"] + f", seq {r['onnx_vs_torch_speedup']['seq']}): "
           f"batch 1 {r['onnx_vs_torch_speedup'].get('batch1')}x, batch 64 {r['onnx_vs_torch_speedup'].get('batch64')}x; "
