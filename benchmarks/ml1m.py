@@ -355,11 +355,16 @@ def main(argv=None) -> int:
         warm = results["cold_start"].get("warm_text", {}).get("HR@10")
         results["cold_start"]["text_vs_warm_ratio"] = round(results["cold_start"]["text"]["HR@10"] / warm, 3) if warm else None
 
-    cpu = cpu_model()
-    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU" + (f" ({cpu})" if cpu else "")
+    results["machine"] = machine_line()
     save("done")
     print_table(results)
     return 0
+
+
+def machine_line() -> str:
+    """The result's "machine": torch's threads and the CPU's name."""
+    cpu = cpu_model()
+    return f"{torch.get_num_threads()} torch threads, CPU" + (f" ({cpu})" if cpu else "")
 
 
 def print_table(r: dict) -> None:

@@ -33,11 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-from ml1m import ROOT, apply_overrides, evaluate, fit, load, trained_mask  # noqa: E402 (benchmarks/ is on sys.path; ml1m applies the settings and puts the repository on it)
-from provenance import cpu_model, git_state  # noqa: E402
-
-import torch  # noqa: E402
+from ml1m import ROOT, apply_overrides, evaluate, fit, load, machine_line, trained_mask  # noqa: E402 (benchmarks/ is on sys.path; ml1m applies the settings and puts the repository on it)
+from provenance import git_state  # noqa: E402
 
 from components.evaluation import model_topk, popularity_topk  # noqa: E402
 from components.models.text_sasrec import TextSASRecConfig  # noqa: E402
@@ -143,8 +140,7 @@ def main(argv=None) -> int:
         for name, (m_cfg, t_cfg) in variants.items():
             entry[name] = run_model(f"{name}-seed{seed}", data, split_data, embeddings, m_cfg, t_cfg)
             save()
-    cpu = cpu_model()
-    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU" + (f" ({cpu})" if cpu else "")
+    results["machine"] = machine_line()
     save()
     print_table(results)
     return 0

@@ -48,7 +48,7 @@ def _serving_benchmark():
 
 
 _bench = _serving_benchmark()
-Scenario, run_hey, wait_ready = _bench.Scenario, _bench.run_hey, _bench.wait_ready
+Scenario, run_hey, wait_ready, stop_group = _bench.Scenario, _bench.run_hey, _bench.wait_ready, _bench.stop_group
 
 WAYS = ("stack", "plain")  # uvloop + httptools, asyncio + h11
 BLOCKED = ("uvloop", "httptools")
@@ -75,19 +75,6 @@ def loaded_libraries(proc: subprocess.Popen) -> dict[str, list[str]]:
             continue
         out[str(child.pid)] = [name for name in BLOCKED if re.search(rf"/{name}/", maps)]
     return out
-
-
-def stop(proc: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def main(argv=None) -> int:
@@ -139,7 +126,7 @@ def main(argv=None) -> int:
                       f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}", flush=True)
     finally:
         for proc in procs.values():
-            stop(proc)
+            stop_group(proc)
     summary = {}
     for name, by_way in rows.items():
         med = {way: {key: statistics.median(r[key] for r in runs) for key in ("achieved_rps", "p50_ms", "p95_ms", "p99_ms")} for way, runs in by_way.items()}
