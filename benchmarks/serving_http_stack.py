@@ -33,21 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from provenance import ROOT, alternating, git_state, load_average, machine, write_result  # noqa: E402
+from provenance import ROOT, alternating, git_state, load_average, machine, serving_benchmark, write_result  # noqa: E402
 
-
-def _serving_benchmark():
-    """benchmarks/serving.py as a module of its own name ('serving' is the repository's package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serving_benchmark", Path(__file__).resolve().parent / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_bench = _serving_benchmark()
+_bench = serving_benchmark()
 Scenario, run_hey, wait_ready, stop_group = _bench.Scenario, _bench.run_hey, _bench.wait_ready, _bench.stop_group
 
 WAYS = ("stack", "plain")  # uvloop + httptools, asyncio + h11

@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -1183,6 +1184,22 @@ def test_bento_is_slim_and_records_the_model(bento_tag, model_tag):
     assert {"serving/service.py", "serving/contract.py", "serving/sample_request.json"} <= set(files)
     packaged = [f for f in files if f != "bentofile.yaml"]
     assert all(f.startswith("serving/") and f.endswith((".py", ".json")) for f in packaged), files
+
+
+def test_a_bento_can_be_built_from_another_serving_folder(model_tag, tmp_path):
+    """build_bento(source=...) packages that folder (benchmarks/serving_ab.py builds another commit's serving/)."""
+    source = tmp_path / "serving"
+    shutil.copytree(ROOT / "serving", source, ignore=shutil.ignore_patterns("__pycache__"))
+    marked = (source / "service.py").read_text() + "\n# built from another folder\n"
+    (source / "service.py").write_text(marked)
+    tag = build_bento(model_tag, version="from-checkout")
+    other = build_bento(model_tag, version="from-folder", source=source)
+    try:
+        assert (Path(bentoml.bentos.get(other).path) / "src" / "serving" / "service.py").read_text() == marked
+        assert (Path(bentoml.bentos.get(tag).path) / "src" / "serving" / "service.py").read_text() == (ROOT / "serving" / "service.py").read_text()
+    finally:
+        for t in (tag, other):
+            bentoml.bentos.delete(t)
 
 
 @pytest.mark.parametrize("layout", ["1", "0"], ids=["batched", "unbatched"])

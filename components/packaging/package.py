@@ -55,8 +55,10 @@ def save_bundle_to_store(
     return str(model.tag)
 
 
-def build_bento(model_tag: str, *, labels: dict[str, str] | None = None, version: str | None = None) -> str:
-    """Build a Bento of `serving.service:Recommender` serving exactly `model_tag`; return its tag."""
+def build_bento(model_tag: str, *, labels: dict[str, str] | None = None, version: str | None = None, source: Path | None = None) -> str:
+    """Build a Bento of `serving.service:Recommender` serving exactly `model_tag`; return its tag.
+    `source`: the serving/ folder to package (default: this checkout's; benchmarks/serving_ab.py builds
+    another commit's)."""
     import bentoml
 
     exact_tag = str(bentoml.models.get(model_tag).tag)  # resolves "name:latest"; NotFound names the tag
@@ -73,7 +75,7 @@ def build_bento(model_tag: str, *, labels: dict[str, str] | None = None, version
     # Build from a folder holding only serving/: BentoML walks the whole build context (a .venv in the
     # repository root adds seconds per build), although it copies only what INCLUDE matches.
     context = Path(tempfile.mkdtemp(prefix="bento-build-"))
-    shutil.copytree(REPO_ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source or REPO_ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
     try:
         bento = bentoml.bentos.build(
             SERVICE,
