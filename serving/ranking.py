@@ -16,7 +16,7 @@ from serving import contract
 # ONNX Runtime threading for every session the service opens (read when a session is created):
 #   BEHAVIORFLOW_ORT_THREADS  intra-op threads per session; 0 = ONNX Runtime's default (one per physical
 #                             core). Unset: 0, except in the service's unbatched layout, where each
-#                             request runs on its own thread and 1 is faster (lower p99 at 200 req/s).
+#                             process ranks one request at a time and 1 is faster (lower p99 at 200 req/s).
 #   BEHAVIORFLOW_ORT_SPIN     1 (default) lets idle intra-op threads spin for the next op (lowest latency
 #                             per call); 0 makes them sleep, leaving the CPU to other requests and processes.
 ORT_THREADS_ENV = "BEHAVIORFLOW_ORT_THREADS"

@@ -27,7 +27,7 @@ Two services, one process each (BentoML starts both):
 BEHAVIORFLOW_BATCHING (read when this module is imported, so set it for `bentoml serve`) chooses between
 the two layouts. 0 (also 'false', 'no', 'off') turns the Ranker service off: Recommender builds a Ranker
 in its own process, with its own ONNX session, and runs each request's history through the graph alone,
-on the request's thread — no adaptive batching, no hop between services. 1 is the batched pair. 'auto'
+on the process's event loop — no adaptive batching, no hop between services or threads. 1 is the batched pair. 'auto'
 (the default) is the batched pair on machines with 4 or more usable CPUs and the unbatched layout below
 that: on 2 cores the hop between the services costs more than batching saves
 (benchmarks/results/serving.json measures both). Responses are the same either way: the same items,
@@ -62,7 +62,7 @@ import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp  # BentoML's own client between services (see Recommender._rank)
 import bentoml
@@ -123,11 +123,10 @@ _LAYOUT = Layout.from_environment()
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.
 BATCH_MAX_SIZE = 32
 BATCH_MAX_LATENCY_MS = 5_000
-# Recommender's worker threads: each holds one request while the ranker answers it, so this bounds how
-# many requests can meet in one batch (BentoML's default of 1 would never batch at all).
-# Unbatched: each thread runs a request's graph itself, so more threads than cores only
-# make them queue for the GIL in 5 ms slices; a few more than the cores keeps the cores busy.
-RECOMMENDER_THREADS = BATCH_MAX_SIZE if _LAYOUT.batching else min(BATCH_MAX_SIZE, _LAYOUT.cpus + 2)
+# Recommender's worker threads, batched: each holds one request while the ranker answers it, so this bounds
+# how many requests can meet in one batch (BentoML's default of 1 would never batch at all). Unbatched, the
+# API methods run on the event loop (see _api) and no request uses a thread.
+RECOMMENDER_THREADS = BATCH_MAX_SIZE if _LAYOUT.batching else 1
 # Access log lines (one per request, on by default; probes and /metrics scrapes are never logged):
 # BEHAVIORFLOW_ACCESS_LOG=0 turns them off, e.g. behind a proxy or mesh that logs requests already.
 _LOGGING = {
@@ -283,6 +282,32 @@ def _metadata(request: Request) -> JSONResponse:
 _http = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
 
 
+def _api(body: Callable[..., Any], route: str, input_spec: type[BaseModel]) -> Any:
+    """Recommender's HTTP API method for `body` (a plain method taking the request's fields), named as
+    `body` without its leading underscore.
+
+    Unbatched, it is an async method that calls `body` inline, on the process's event loop: a request's
+    checks, ranking (its ONNX call included) and answer take a millisecond or two of CPU, and a sync method,
+    which BentoML hands to a worker thread, made every request hop between two threads that share one GIL.
+    Served in turn for 8 rounds (benchmarks/serving_ab.py, results/serving_inline_ab.json; the sample model,
+    two processes), the sync method spent 1.28 times the server CPU per request of the inline one with one
+    client and 1.15 times at 200 requests/s, more in 8 of 8 rounds each (an A/A run: 4, 4 and 3 of 8); p99 at
+    200 requests/s was 9.85 against 7.5 ms (medians). Batched, it stays a sync method on one of
+    RECOMMENDER_THREADS: it waits on the Ranker's process, and the event loop must go on gathering other
+    requests meanwhile.
+    In-process callers of an unbatched Recommender await it (as tests/test_serving.py's InProcess does)."""
+    if _LAYOUT.batching:
+        def api(self: Any, **fields: Any) -> Any:
+            return body(self, **fields)
+    else:
+        async def api(self: Any, **fields: Any) -> Any:  # type: ignore[misc]
+            return body(self, **fields)
+    api.__name__ = api.__qualname__ = body.__name__.lstrip("_")
+    api.__doc__ = body.__doc__
+    api.__annotations__ = {**api.__annotations__, "return": body.__annotations__["return"]}  # BentoML's output spec
+    return bentoml.api(route=route, input_spec=input_spec)(api)
+
+
 def _model_label(manifest: dict, fallback: str) -> str:
     """NAME/VERSION of a bundle's registered model, as the shadow log names the two models; else `fallback`."""
     version = manifest.get("registry_version")
@@ -325,7 +350,7 @@ class Recommender:
             self.ranker  # noqa: B018
         else:
             # BEHAVIORFLOW_BATCHING=0: a Ranker of our own, called directly (its checks and warm-up run
-            # here, before /readyz); `rank` then runs each request's batch of one on its thread.
+            # here, before /readyz); `rank` then runs each request's batch of one on the event loop (_api).
             self.ranker = Ranker()
         # Everything loaded so far (the bundle's user histories: a list per user; the framework) lives as
         # long as the process. Moved out of the cyclic collector's reach, it is no longer rescanned by
@@ -341,8 +366,7 @@ class Recommender:
                 f"ids missing from items.json (e.g. {sorted(stray)[:5]}): export both files from the same catalog"
             )
 
-    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **fields: Any) -> RecommendResponse:
+    def _recommend(self, **fields: Any) -> RecommendResponse:
         """Top-k items, best first, each with the history items that most drove it. The JSON body (and
         the keyword arguments) are a RecommendRequest."""
         # Over HTTP BentoML has validated the body already; validating here gives in-process callers
@@ -391,8 +415,7 @@ class Recommender:
             source="popularity",
         )
 
-    @bentoml.api(route="/score", input_spec=ScoreRequest)
-    def score(self, **fields: Any) -> ScoreResponse:
+    def _score(self, **fields: Any) -> ScoreResponse:
         """The probability of each candidate being the history's next interaction, in the candidates'
         order. The JSON body (and the keyword arguments) are a ScoreRequest."""
         request = ScoreRequest(**fields)
@@ -416,6 +439,9 @@ class Recommender:
             scores=[CandidateScore(item_id=c, probability=p) for c, p in zip(request.candidates, probabilities.tolist())],
             model_version=self._model_version(),
         )
+
+    recommend = _api(_recommend, "/recommend", RecommendRequest)
+    score = _api(_score, "/score", ScoreRequest)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

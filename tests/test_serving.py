@@ -86,9 +86,32 @@ def load_module(tag: str):
         return importlib.import_module("serving.service")
 
 
-def load_service(tag: str):
+class InProcess:
+    """A Recommender called in-process as BentoML's server calls it: its API methods (recommend, score) are
+    awaited when they are async (the unbatched layout runs them on the event loop: serving/service.py, _api),
+    so a test reads the answer either way. Every other attribute, read or set, is the service's own."""
+
+    def __init__(self, service):
+        object.__setattr__(self, "service", service)
+
+    def __getattr__(self, name: str):
+        value = getattr(self.service, name)
+        if name not in ("recommend", "score"):
+            return value
+
+        def call(**fields):
+            answer = value(**fields)
+            return asyncio.run(answer) if asyncio.iscoroutine(answer) else answer
+
+        return call
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.service, name, value)
+
+
+def load_service(tag: str) -> InProcess:
     """The Recommender of a fresh serving.service bound to `tag`; in-process it builds its Ranker too."""
-    return load_module(tag).Recommender()
+    return InProcess(load_module(tag).Recommender())
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +334,7 @@ def test_score_matches_reference(service, table, history, candidates):
 
 def test_score_is_stable_for_large_logits(model_tag, table):
     """A naive softmax overflows (exp(1000) = inf) or underflows to 0/0; the service's logsumexp does not."""
-    service = load_module(model_tag).Recommender()
+    service = load_service(model_tag)
     service.item_vectors = table * 400  # logits in the thousands; the graph's user vector is unchanged
     candidates = [item_id(i) for i in range(1, N_ITEMS + 1)]
     probabilities = np.array([s.probability for s in service.score(history=["i001", "i002"], candidates=candidates).scores])
@@ -405,7 +428,7 @@ def test_bundle_without_item_vectors(tmp_path, table):
     manifest.pop("created_at")
     (bundle / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
     module = load_module(save_bundle_to_store(bundle))
-    service = module.Recommender()
+    service = InProcess(module.Recommender())
     response = service.recommend(history=["i003", "i005"], k=5).model_dump()
     assert [row["item_id"] for row in response["items"]] == expected(table, ["i003", "i005"], 5, True)[0]
     assert all(row["because"] == [] for row in response["items"])
@@ -677,6 +700,23 @@ def test_ranker_groups_a_batch_by_length(service, table):
         top, _ = reference_top_k(table, query.window, 10, query.exclude_seen)
         assert [i for i in answer.items if i not in (set(query.window) if query.exclude_seen else set())][:10] == top
         np.testing.assert_allclose(answer.user_vector, table[query.window].mean(axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("batching, inline", [("0", True), ("1", False)], ids=["unbatched", "batched"])
+def test_unbatched_requests_are_answered_on_the_event_loop(model_tag, monkeypatch, batching, inline):
+    """Unbatched, /recommend and /score are async methods, which BentoML's server awaits on its event loop
+    (no hop to a worker thread); batched, they are sync methods, which it runs on its threads while they
+    wait for the Ranker's process. Either way the API keeps its name, route, docs and response model."""
+    from bentoml._internal.utils import is_async_callable
+
+    monkeypatch.setenv(contract.BATCHING_ENV, batching)
+    service = load_module(model_tag).Recommender
+    for name, response in (("recommend", contract.RecommendResponse), ("score", contract.ScoreResponse)):
+        api = service.apis[name]
+        assert is_async_callable(api.func) is inline, name
+        assert api.route == f"/{name}" and api.name == name and "JSON body" in api.func.__doc__
+        assert set(api.output_spec.model_fields) == set(response.model_fields), api.output_spec
+    assert service.config["threads"] == (1 if inline else 32)
 
 
 def test_a_dropped_connection_to_the_ranker_is_retried_once(service, monkeypatch):
