@@ -39,6 +39,7 @@ MODEL_TAG_ENV = "BEHAVIORFLOW_MODEL_TAG"  # which Bento model the service loads;
 MODEL_ALIAS_ENV = "BEHAVIORFLOW_MODEL_ALIAS"  # the registry alias `behaviorflow serve` resolved (for /metadata)
 BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # auto | 1 | 0: the service layout (serving/service.py); builds record both
 ACCESS_LOG_ENV = "BEHAVIORFLOW_ACCESS_LOG"  # 1 | 0: the service's per-request access log
+TRACING_ENV = "BEHAVIORFLOW_TRACING"  # 0 | 1: OpenTelemetry spans for /recommend and /score (serving/service.py)
 WORKERS_ENV = "BEHAVIORFLOW_WORKERS"  # auto | N: the HTTP front's processes (serving/service.py)
 
 INPUT_HISTORY = "history"

@@ -90,6 +90,7 @@ from serving.contract import (
     MODEL_ALIAS_ENV,
     MODEL_TAG_ENV,
     POPULARITY_MISSING,
+    TRACING_ENV,
     NewItemPolicy,
     OUTPUT_ITEMS,
     OUTPUT_SCORES,
@@ -135,6 +136,14 @@ _LOGGING = {
         "skip_paths": ["/livez", "/readyz", "/healthz", "/metrics"],
     }
 }
+# OpenTelemetry: BentoML wraps every request in its ASGI middleware's spans, but with BentoML's default tracing
+# (sample_rate 0, no exporter) none is ever recorded. Making them cost server CPU per request: 3.05 against
+# 2.40 ms at 200 req/s without them, 1.46 against 1.19 ms with 8 clients, 1.19 against 1.09 with one (p99 at
+# 200 req/s 7.75 against 6.4 ms; more in 7, 7 and 6 of 8 rounds: benchmarks/serving_ab.py,
+# results/serving_tracing_ab.json). So the two routes are untraced unless BEHAVIORFLOW_TRACING=1, for a team
+# that has configured BentoML's tracing (an exporter and a sample rate) and wants their spans; the price of 0:
+# their responses carry no X-BentoML-Request-ID and their access log lines no trace and span ids.
+_TRACING = {} if env_switch(TRACING_ENV, os.environ.get(TRACING_ENV, "0")) else {"tracing": {"excluded_urls": "/recommend,/score"}}
 # BentoML 1.4.40's client between services closes its connection pool every `max_requests` calls or
 # `max_age` seconds (runner_connection defaults: 100, 300 s), failing the calls in flight on it with
 # ServerDisconnectedError: under concurrent load, a few 500s every 100 requests. Both services share one
@@ -328,7 +337,7 @@ def _shadow_recorder(champion: str) -> ShadowRecorder | None:
 
 @bentoml.asgi_app(_http, path="/")
 # _LAYOUT.workers processes (BEHAVIORFLOW_WORKERS, serving/layout.py: workers_from): one per core unbatched; batched, one.
-@bentoml.service(name=BENTO_SERVICE_NAME, workers=_LAYOUT.workers, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING)
+@bentoml.service(name=BENTO_SERVICE_NAME, workers=_LAYOUT.workers, threads=RECOMMENDER_THREADS, traffic={"timeout": 30}, logging=_LOGGING, **_TRACING)
 class Recommender:
     """Ranks the catalog for a known user (their stored history) or for an explicit item history, and
     scores candidates as the next interaction of a history."""

@@ -996,11 +996,32 @@ def test_auto_layout_reads_a_containers_cpu_quota(tmp_path):
     assert cpu_quota(v1) is None and cpu_quota(tmp_path / "none") is None
 
 
-def test_access_log_switch_refuses_other_values():
+@pytest.mark.parametrize("switch", [contract.ACCESS_LOG_ENV, contract.TRACING_ENV])
+def test_service_switches_refuse_other_values(switch):
     probe = subprocess.run([sys.executable, "-c", "import serving.service"], cwd=ROOT, capture_output=True, text=True,
-                           env={**os.environ, contract.ACCESS_LOG_ENV: "maybe"})
+                           env={**os.environ, switch: "maybe"})
     assert probe.returncode != 0
-    assert "BEHAVIORFLOW_ACCESS_LOG='maybe': expected 1 or 0" in probe.stderr
+    assert f"{switch}='maybe': expected 1 or 0" in probe.stderr
+
+
+def _answer_and_its_log_line(url: str, log: Path) -> tuple[httpx.Response, str]:
+    """A /recommend answer with a marker history length, and the server's access log line for it."""
+    history = [item_id(i) for i in range(1, 8)]
+    response = httpx.post(f"{url}/recommend", json={"history": history, "k": 3})
+    assert response.status_code == 200, response.text
+    length = len(response.request.content)
+    time.sleep(0.5)  # the access log is written after the response
+    lines = [line for line in log.read_text().splitlines() if "path=/recommend" in line and f"length={length})" in line]
+    assert lines, log.read_text()[-2000:]
+    return response, lines[-1]
+
+
+def test_api_routes_are_untraced_by_default(server):
+    """By default /recommend and /score stay out of BentoML's OpenTelemetry middleware (its spans are never
+    recorded at BentoML's default sample rate, and cost CPU): no request id, no trace ids in the access log.
+    (BEHAVIORFLOW_TRACING=1: test_tracing_switch_puts_the_api_routes_back, at the end of this file.)"""
+    response, line = _answer_and_its_log_line(server, SERVER_LOGS[server])
+    assert "X-BentoML-Request-ID" not in response.headers and "trace=" not in line, (dict(response.headers), line)
 
 
 def test_server_with_bentoml_client(server, table, users):
@@ -1328,3 +1349,14 @@ def test_batch_ranking_pads_each_length_group_to_its_own_longest_and_keeps_the_o
     answers = ranker.topk(histories, 5, batch_size=3)
     assert sorted(shapes) == sorted([(2, 1), (2, 2), (1, 3), (1, 9), (2, 20)])  # groups ≤1, ≤2, ≤4, ≤16 and the rest (max_len 20), in calls of ≤ 3
     assert answers == [BundleRanker(bundle).topk([h], 5)[0] for h in histories]  # each history's own answer, in the given order
+
+
+def test_tracing_switch_puts_the_api_routes_back(model_tag, tmp_path):
+    """BEHAVIORFLOW_TRACING=1, for a team that has configured BentoML's tracing: /recommend is traced again (a
+    request id in the response, trace and span ids in its access log line). At the end of the file: a second
+    `bentoml serve` under the same BentoML home empties the Prometheus folder the `server` fixture's metrics live in."""
+    log = tmp_path / "serve-traced.log"
+    with bentoml_serve(model_tag, log, env={contract.BATCHING_ENV: "0", contract.WORKERS_ENV: "1", contract.TRACING_ENV: "1"}) as url:
+        response, line = _answer_and_its_log_line(url, log)
+    assert re.fullmatch(r"[0-9a-f]{16}", response.headers["X-BentoML-Request-ID"]), dict(response.headers)
+    assert re.search(r"\(trace=[0-9a-f]{32},span=[0-9a-f]{16},sampled=0", line), line
