@@ -38,6 +38,9 @@ BEHAVIORFLOW_WORKERS sets how many processes run Recommender (BentoML's workers,
 process's GIL far longer than its ONNX call, so one process kept about one core busy. Each process loads
 its own copy of the bundle (item table, user histories, ONNX session).
 
+BEHAVIORFLOW_TRACING (default 0) leaves /recommend and /score out of BentoML's OpenTelemetry middleware,
+whose spans BentoML's default tracing never records; 1 traces them as BentoML is configured to (see _TRACING).
+
 Shadow mode (serving/shadow.py): with BEHAVIORFLOW_SHADOW_BUNDLE and BEHAVIORFLOW_SHADOW_LOG set (as
 `behaviorflow serve --shadow challenger` does), every /recommend answer is also ranked by the challenger's
 bundle in a background thread and both lists are appended to the JSONL log, off the response path.
