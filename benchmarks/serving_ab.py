@@ -7,7 +7,8 @@ against it with hey and stops it, then does the same for the other, the order sw
 three side-by-side runs of two servers whose code turned out to be identical, on this 2-core machine, the
 second one answered one client 1.11, 1.36 and 1.39 times as fast as the first: the two places of a
 side-by-side run are not the same.) `--same` serves this checkout in both places: the spread of that A/A
-run is what a difference has to beat.
+run is what a difference has to beat. With `--same`, `--base-env NAME=VALUE` sets a variable for the base
+server only: a setting's cost, on the same code (e.g. BEHAVIORFLOW_ACCESS_LOG=1 against 0).
 
 Scenarios (benchmarks/serving.py's run_hey): closed loops of 1 and 8 clients, and 200 requests/s evenly
 spaced (the issue's p99 target). Medians over the rounds, ratios work / base, and in how many rounds the
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="HEAD", help="git commit whose serving/ is the baseline (default: HEAD, i.e. against uncommitted changes)")
     parser.add_argument("--same", action="store_true", help="A/A: serve this checkout in both places (the harness's own spread)")
+    parser.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the base server only (repeatable; with --same: a setting's cost on the same code)")
     parser.add_argument("--model", default="behaviorflow-recommender", help="registered model name (default: behaviorflow-recommender)")
     parser.add_argument("--alias", default="champion", help="its alias to serve (default: champion; `make run` makes one)")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of both (default: 8; short rounds follow the machine's drift)")
@@ -78,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", default="auto", help="BEHAVIORFLOW_WORKERS for both (default: auto, as shipped)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_ab.json")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.base_env):
+        parser.error(f"--base-env takes NAME=VALUE, got {[i for i in args.base_env if '=' not in i]}")
+    base_env = dict(item.split("=", 1) for item in args.base_env)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its server and deletes its Bentos
     if shutil.which("hey") is None:
         raise SystemExit("hey is not installed: apt-get install hey")
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
     try:
         bodies = None
         for round_, way in alternating(WAYS, args.rounds):
-            server = Server(bentos[way], pulled.bento_model_tag, {}, None, work / f"serve-{way}-{round_}.log", env)
+            server = Server(bentos[way], pulled.bento_model_tag, base_env if way == "base" else {}, None, work / f"serve-{way}-{round_}.log", env)
             try:
                 ready_s[way].append(round(server.ready_s, 2))
                 if bodies is None:  # three histories of the model's own items (its most popular 15)
@@ -145,10 +151,11 @@ def main(argv=None) -> int:
               f"{summary[name]['rounds_work_ahead']}; {summary[name]['rounds_work_cheaper']}", flush=True)
     # What was compared: serving/ of the work tree (committed or not) against the base commit's.
     diff = subprocess.run(["git", "diff", base_commit, "--", "serving"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    report = {"git_commit": commit, "git_dirty": dirty, "base_commit": base_commit, "same": args.same,
+    report = {"git_commit": commit, "git_dirty": dirty, "base_commit": base_commit, "same": args.same, "base_env": base_env,
               "serving_diff": "(none: A/A)" if args.same else diff or "(none)",
               "command": "python benchmarks/serving_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "question": "A/A: this checkout's serving/ in both places" if args.same else f"this checkout's serving/ (work) against {base_commit[:7]}'s (base)",
+              "question": ("this checkout's serving/ in both places" + (f", the base server with {base_env}" if base_env else " (A/A)")) if args.same
+              else f"this checkout's serving/ (work) against {base_commit[:7]}'s (base)" + (f", the base server with {base_env}" if base_env else ""),
               "model": pulled.bento_model_tag, "workers": args.workers, "rounds": args.rounds, "run_time_s": args.run_time,
               "ready_s": ready_s, "summary": summary, "runs": rows, "machine": machine(load_at_start)}
     write_result(report, args.out)
