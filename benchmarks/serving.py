@@ -432,20 +432,38 @@ class Server:
             raise
         self.ready_s = time.monotonic() - started
 
+    def _tree(self) -> list:
+        """The server's process and all its descendants (psutil)."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
     def rss_mb(self) -> float:
         """Resident memory of the server's whole process tree."""
         import psutil
 
         try:
-            root = psutil.Process(self.proc.pid)
-            return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20, 1)
+            return round(sum(p.memory_info().rss for p in self._tree()) / 2**20, 1)
         except psutil.Error:
             return float("nan")
 
-    def processes(self) -> int:
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server's whole process tree so far (a process that has just
+        exited is left out)."""
         import psutil
 
-        return 1 + len(psutil.Process(self.proc.pid).children(recursive=True))
+        total = 0.0
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def processes(self) -> int:
+        return len(self._tree())
 
     def batch_stats(self) -> tuple[float, float]:
         """(ranker queries, ranker batches) so far, from BentoML's Prometheus metrics; (0, 0) unbatched."""
@@ -691,6 +709,15 @@ def run_wrk(scenario: Scenario, url: str, bodies: Path, work: Path, run_time: in
         "wrk_exit_code": proc.returncode,
         "wall_s": round(wall, 1),
     }
+
+
+def popular_bodies(url: str) -> list[dict]:
+    """Three /recommend bodies for the served model: histories of 5 of its own items (its most popular 15, as
+    an empty history gets them), k=10."""
+    import httpx
+
+    items = [row["item_id"] for row in httpx.post(f"{url}/recommend", json={"history": [], "k": 15}).json()["items"]]
+    return [{"history": items[j : j + 5], "k": 10} for j in range(0, 15, 5)]
 
 
 def run_hey(scenario: Scenario, url: str, bodies: list[dict], work: Path, run_time: int, cpus: str | None, streams: int) -> dict:

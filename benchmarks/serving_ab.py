@@ -41,23 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, alternating, git_state, load_average, machine, serving_benchmark, write_result  # noqa: E402
 
 _bench = serving_benchmark()
-Scenario, Server, run_hey = _bench.Scenario, _bench.Server, _bench.run_hey
+Scenario, Server, run_hey, popular_bodies = _bench.Scenario, _bench.Server, _bench.run_hey, _bench.popular_bodies
 WAYS = ("work", "base")
 SCENARIOS = [Scenario("c1", 1, None), Scenario("c8", 8, None), Scenario("r200", 16, 200.0)]
-
-
-def cpu_seconds(server) -> float:
-    """User + system CPU seconds of the server's whole process tree so far."""
-    import psutil
-
-    total = 0.0
-    for proc in [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 def serving_at(ref: str, out: Path) -> Path:
@@ -115,16 +101,12 @@ def main(argv=None) -> int:
             server = Server(bentos[way], pulled.bento_model_tag, base_env if way == "base" else {}, None, work / f"serve-{way}-{round_}.log", env)
             try:
                 ready_s[way].append(round(server.ready_s, 2))
-                if bodies is None:  # three histories of the model's own items (its most popular 15)
-                    import httpx
-
-                    items = [r["item_id"] for r in httpx.post(f"{server.url}/recommend", json={"history": [], "k": 15}).json()["items"]]
-                    bodies = [{"history": items[j : j + 5], "k": 10} for j in range(0, 15, 5)]
+                bodies = bodies or popular_bodies(server.url)
                 run_hey(Scenario("warmup", 8, None), server.url, bodies, work, 3, None, 8)  # every worker answers once
                 for scenario in SCENARIOS:
-                    cpu_before = cpu_seconds(server)
+                    cpu_before = server.cpu_seconds()
                     result = run_hey(scenario, server.url, bodies, work, args.run_time, None, 16)
-                    result["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(server) - cpu_before) / max(result["requests"], 1), 3)
+                    result["server_cpu_ms_per_request"] = round(1000 * (server.cpu_seconds() - cpu_before) / max(result["requests"], 1), 3)
                     rows[scenario.name][way].append(result)
                     print(f"round {round_ + 1} {way:<4} {scenario.name:<4} {result['achieved_rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f}  "
                           f"p99 {result['p99_ms']:6.2f} ms  server CPU {result['server_cpu_ms_per_request']:5.2f} ms/request  errors {result['errors']}", flush=True)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, alternating, git_state, load_average, machine, serving_benchmark, write_result  # noqa: E402
 
 _bench = serving_benchmark()
-Scenario, run_hey, wait_ready, stop_group = _bench.Scenario, _bench.run_hey, _bench.wait_ready, _bench.stop_group
+Scenario, run_hey, wait_ready, stop_group, popular_bodies = _bench.Scenario, _bench.run_hey, _bench.wait_ready, _bench.stop_group, _bench.popular_bodies
 
 WAYS = ("stack", "plain")  # uvloop + httptools, asyncio + h11
 BLOCKED = ("uvloop", "httptools")
@@ -93,11 +93,7 @@ def main(argv=None) -> int:
         started = time.monotonic()
         for way in WAYS:
             wait_ready(urls[way], procs[way], work / f"serve-{way}.log", started)
-        import httpx
-
-        # Three histories of the model's own items (its most popular 15, as an empty history gets them).
-        items = [row["item_id"] for row in httpx.post(f"{urls['stack']}/recommend", json={"history": [], "k": 15}).json()["items"]]
-        bodies = [{"history": items[j : j + 5], "k": 10} for j in range(0, 15, 5)]
+        bodies = popular_bodies(urls["stack"])
         for way in WAYS:  # warm-up (8 clients, so that every worker answers)
             run_hey(Scenario("warmup", 8, None), urls[way], bodies, work, 3, None, 8)
         # After the warm-up: /readyz answers once one worker is up, and the others may still have been starting.
