@@ -315,13 +315,15 @@ def cmd_serve(args) -> int:
     print(f"layout: {layout.describe()}", flush=True)
     if shadow_note:
         print(shadow_note, flush=True)
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
     # `bentoml serve` runs as the child of a small supervisor that replaces this process (same pid, a fraction of
-    # its memory): the server and its workers stop when this pid dies, even by kill -9 (components/lifetime.py).
-    # Run as a file in isolated mode (-I): from any working folder, whatever it holds (a folder named components, say).
-    from components import lifetime
+    # its memory): the server and its workers stop when this pid dies, even by kill -9 (components/lifetime.py);
+    # with a Prometheus folder of its own, so that another server under this BentoML home neither adds to its
+    # /metrics nor wipes them (components/bentoml_serve.py).
+    # Both run as files in isolated mode (-I): from any working folder, whatever it holds (a folder named components, say).
+    from components import bentoml_serve, lifetime
 
-    supervised = [sys.executable, "-I", lifetime.__file__, bentoml, "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)]
+    supervised = [sys.executable, "-I", lifetime.__file__, sys.executable, "-I", bentoml_serve.__file__,
+                  "serve", pulled.bento_tag, "--host", args.host, "--port", str(args.port)]
     os.execve(sys.executable, supervised, env)
     return 0  # not reached
 

@@ -6,18 +6,20 @@ and `behaviorflow serve` on a free 127.0.0.1 port."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import mlflow
 import psutil
 import pytest
 
-from components import lifetime, registry
+from components import bentoml_serve, lifetime, registry
 from components.packaging import build_bento, save_bundle_to_store
 from components.registry.tracking import log_folder, log_onnx_model
 from tests.helpers import ROOT, free_port
@@ -116,6 +118,48 @@ def test_the_workers_a_killed_arbiter_leaves_are_stopped_and_serve_exits_with_it
         for process in [arbiter, *workers]:
             if _alive(process):
                 process.kill()
+
+
+def _recommend_count(port: int) -> float:
+    """What the server's /metrics counts of /recommend requests answered 200."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = re.findall(r'^bentoml_service_request_total\{endpoint="/recommend",http_response_code="200",[^}]*\} (\S+)$', text, re.M)
+    assert len(found) == 1, text[-2000:]
+    return float(found[0])
+
+
+def test_two_servers_under_one_bentoml_home_keep_their_own_metrics(registered, tmp_path):
+    """BentoML keeps /metrics counts in one folder per BentoML home and empties it when a server starts: a second
+    server zeroed the first's counts, and each /metrics added up both. Each `behaviorflow serve` has its own
+    folder (components/bentoml_serve.py), removed when it stops; those of servers that died are removed at the next start."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = Path(BentoMLContainer.bentoml_home.get())
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = bentoml_serve.metrics_folder(home, ended.pid)  # left by a server that was killed -9
+    stale.mkdir(parents=True)
+    (stale / "counter_1.db").write_bytes(b"x")
+    ports, procs = (free_port(), free_port()), []
+    try:
+        with (tmp_path / "a.log").open("w") as log:
+            procs.append(_serve(ports[0], log))
+        assert not stale.exists()
+        for _ in range(3):
+            assert httpx.post(f"http://127.0.0.1:{ports[0]}/recommend", json={"history": [], "k": 2}).status_code == 200
+        assert _recommend_count(ports[0]) == 3
+        with (tmp_path / "b.log").open("w") as log:
+            procs.append(_serve(ports[1], log))
+        for _ in range(2):
+            assert httpx.post(f"http://127.0.0.1:{ports[1]}/recommend", json={"history": [], "k": 2}).status_code == 200
+        assert (_recommend_count(ports[0]), _recommend_count(ports[1])) == (3, 2)
+        folders = [bentoml_serve.metrics_folder(home, psutil.Process(p.pid).children()[0].pid) for p in procs]  # the arbiters'
+        assert all(any(folder.iterdir()) for folder in folders), folders
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    assert [folder for folder in folders if folder.exists()] == []
 
 
 def test_lifetime_stops_what_its_command_left_when_the_command_dies(tmp_path):
