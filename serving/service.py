@@ -145,8 +145,12 @@ _LOGGING = {
 # 200 req/s 7.75 against 6.4 ms; more in 7, 7 and 6 of 8 rounds: benchmarks/serving_ab.py,
 # results/serving_tracing_ab.json). So the two routes are untraced unless BEHAVIORFLOW_TRACING=1, for a team
 # that has configured BentoML's tracing (an exporter and a sample rate) and wants their spans; the price of 0:
-# their responses carry no X-BentoML-Request-ID and their access log lines no trace and span ids.
-_TRACING = {} if env_switch(TRACING_ENV, os.environ.get(TRACING_ENV, "0")) else {"tracing": {"excluded_urls": "/recommend,/score"}}
+# their responses carry no X-BentoML-Request-ID and their access log lines no trace and span ids. The batched
+# layout's Ranker leaves its one route (/rank, called by Recommender) out too: traced alone, each of its calls
+# began a trace of its own that nothing records.
+_TRACED = env_switch(TRACING_ENV, os.environ.get(TRACING_ENV, "0"))
+_TRACING = {} if _TRACED else {"tracing": {"excluded_urls": "/recommend,/score"}}
+_RANKER_TRACING = {} if _TRACED else {"tracing": {"excluded_urls": "/rank"}}
 # BentoML 1.4.40's client between services closes its connection pool every `max_requests` calls or
 # `max_age` seconds (runner_connection defaults: 100, 300 s), failing the calls in flight on it with
 # ServerDisconnectedError: under concurrent load, a few 500s every 100 requests. Both services share one
@@ -195,7 +199,7 @@ class Ranked(BaseModel):
     user_vector: list[float]
 
 
-@bentoml.service(name=RANKER_SERVICE_NAME, workers=1, traffic={"timeout": 30}, runner_connection=_RANKER_CONNECTION)
+@bentoml.service(name=RANKER_SERVICE_NAME, workers=1, traffic={"timeout": 30}, runner_connection=_RANKER_CONNECTION, **_RANKER_TRACING)
 class Ranker:
     """Runs the ONNX graph on batches of histories. Internal: only Recommender calls it."""
 
