@@ -38,7 +38,7 @@ BEHAVIORFLOW_WORKERS sets how many processes run Recommender (BentoML's workers,
 process's GIL far longer than its ONNX call, so one process kept about one core busy. Each process loads
 its own copy of the bundle (item table, user histories, ONNX session).
 
-BEHAVIORFLOW_TRACING (default 0) leaves /recommend and /score out of BentoML's OpenTelemetry middleware,
+BEHAVIORFLOW_TRACING (default 0) leaves /recommend and /score (and the batched Ranker's /rank) out of BentoML's OpenTelemetry middleware,
 whose spans BentoML's default tracing never records; 1 traces them as BentoML is configured to (see _TRACING).
 
 Shadow mode (serving/shadow.py): with BEHAVIORFLOW_SHADOW_BUNDLE and BEHAVIORFLOW_SHADOW_LOG set (as
