@@ -16,14 +16,19 @@ from serving.contract import BATCHING_ENV, WORKERS_ENV
 from serving.ranking import env_switch
 from serving.shadow import SHADOW_BUNDLE_ENV
 
-BATCHING_MIN_CPUS = 4  # 'auto': the batched pair from this many usable CPUs up
-
-
-def batching_from(value: str, cpus: int) -> bool:
-    """BEHAVIORFLOW_BATCHING. 'auto': batched from BATCHING_MIN_CPUS usable CPUs up; on 2 cores the hop between
-    the two services costs more than batching saves (benchmarks/results/serving.json measures both)."""
+def batching_from(value: str) -> bool:
+    """BEHAVIORFLOW_BATCHING. 'auto': unbatched, on any number of CPUs. Per request answered, the batched pair
+    (a front process handing each history to a Ranker service that batches them) took more CPU time than
+    each request ranked alone in its front process: 6.7x on a catalog of 3,416 items and 2.1x on 100,000 with
+    8 clients, 1.4x on 300,000; with the Ranker's ONNX Runtime threads sleeping between batches (its default
+    since), 3.4x on 3,416 and on 300,000 1.05x with 8 clients and 0.86x at 200 req/s, a rate neither layout
+    kept up with there. It answered fewer requests in every case and, at 200 req/s on 3,416 items, took 9x or more
+    the median latency (benchmarks/serving_layouts.py, results/serving_layouts.json and
+    serving_layouts_nospin.json, 2 cores). The cost is the hop between the two services and the Ranker's
+    own work per request, which more cores do not remove, and its single front process caps the requests
+    it can answer on any machine; the unbatched layout adds a process per CPU."""
     if value.strip().lower() in {"", "auto"}:
-        return cpus >= BATCHING_MIN_CPUS
+        return False
     return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (unbatched: each request ranked alone)")
 
 
@@ -81,7 +86,7 @@ class Layout:
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "Layout":
         """The layout `bentoml serve` will run with this environment; ValueError naming the variable for a bad value."""
         cpus, from_quota = usable_cpus()
-        batching = batching_from(environ.get(BATCHING_ENV, "auto"), cpus)
+        batching = batching_from(environ.get(BATCHING_ENV, "auto"))
         value, shadow = environ.get(WORKERS_ENV, "auto"), bool(environ.get(SHADOW_BUNDLE_ENV))
         workers = workers_from(value, cpus, batching, shadow)
         return cls(cpus, from_quota, batching, workers, value.strip().lower() in {"", "auto"}, shadow)

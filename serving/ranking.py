@@ -17,8 +17,10 @@ from serving import contract
 #   BEHAVIORFLOW_ORT_THREADS  intra-op threads per session; 0 = ONNX Runtime's default (one per physical
 #                             core). Unset: 0, except in the service's unbatched layout, where each
 #                             process ranks one request at a time and 1 is faster (lower p99 at 200 req/s).
-#   BEHAVIORFLOW_ORT_SPIN     1 (default) lets idle intra-op threads spin for the next op (lowest latency
-#                             per call); 0 makes them sleep, leaving the CPU to other requests and processes.
+#   BEHAVIORFLOW_ORT_SPIN     1 lets idle intra-op threads spin for the next op (lowest latency per call); 0
+#                             makes them sleep, leaving the CPU to other requests and processes. Unset: 1, except
+#                             in the service's batched Ranker, which waits between batches: there spinning cost
+#                             3-4 ms of CPU per request (benchmarks/results/serving_layouts_nospin.json).
 ORT_THREADS_ENV = "BEHAVIORFLOW_ORT_THREADS"
 ORT_SPIN_ENV = "BEHAVIORFLOW_ORT_SPIN"
 
@@ -34,10 +36,11 @@ def env_switch(name: str, value: str, expected: str = "1 or 0") -> bool:
     raise ValueError(f"{name}={value!r}: expected {expected}")
 
 
-def ort_session(path: Path, default_threads: int = 0, background: bool = False):
+def ort_session(path: Path, default_threads: int = 0, background: bool = False, default_spin: bool = True):
     """An ONNX Runtime CPU session for a bundle's graph, threaded as the environment says (see above);
-    `default_threads` when BEHAVIORFLOW_ORT_THREADS is unset. `background`: one thread that sleeps when idle,
-    whatever the environment says (the shadow challenger, which must leave the cores to the served model)."""
+    `default_threads` and `default_spin` when BEHAVIORFLOW_ORT_THREADS and BEHAVIORFLOW_ORT_SPIN are unset.
+    `background`: one thread that sleeps when idle, whatever the environment says (the shadow challenger,
+    which must leave the cores to the served model)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -45,7 +48,7 @@ def ort_session(path: Path, default_threads: int = 0, background: bool = False):
     if not threads.isdigit():
         raise ValueError(f"{ORT_THREADS_ENV}={threads!r}: expected a whole number of threads (0 = ONNX Runtime's default)")
     options.intra_op_num_threads = int(threads)
-    spin = not background and env_switch(ORT_SPIN_ENV, os.environ.get(ORT_SPIN_ENV, "1"))
+    spin = not background and env_switch(ORT_SPIN_ENV, os.environ.get(ORT_SPIN_ENV, "1" if default_spin else "0"))
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -28,9 +28,10 @@ BEHAVIORFLOW_BATCHING (read when this module is imported, so set it for `bentoml
 the two layouts. 0 (also 'false', 'no', 'off') turns the Ranker service off: Recommender builds a Ranker
 in its own process, with its own ONNX session, and runs each request's history through the graph alone,
 on the process's event loop — no adaptive batching, no hop between services or threads. 1 is the batched pair. 'auto'
-(the default) is the batched pair on machines with 4 or more usable CPUs and the unbatched layout below
-that: on 2 cores the hop between the services costs more than batching saves
-(benchmarks/results/serving.json measures both). Responses are the same either way: the same items,
+(the default) is the unbatched layout on any number of CPUs: per request answered, the batched pair took
+more CPU time on catalogs of 3,416 and 100,000 items (6.7x and 2.1x with 8 clients) and about as much on
+300,000, answered fewer requests and took 9x or more the median latency at 200 req/s (serving/layout.py);
+and its one front process caps what it can answer on any machine. Responses are the same either way: the same items,
 `because` and scores, up to float32 rounding (a batched history shares its padding with its length group).
 
 BEHAVIORFLOW_WORKERS sets how many processes run Recommender (BentoML's workers, sharing the port). Its
@@ -212,7 +213,10 @@ class Ranker:
         # BEHAVIORFLOW_ORT_THREADS says otherwise); batched: one batch at a time uses every core.
         # Batched, ORT's default (0) is a thread per physical core of the machine: under a container's CPU
         # quota, as many threads as the quota allows instead.
-        self.session = ort_session(self.bundle.model_path, default_threads=(_LAYOUT.cpus if _LAYOUT.cpus_from_quota else 0) if _LAYOUT.batching else 1)
+        # Batched, its threads sleep between batches unless BEHAVIORFLOW_ORT_SPIN=1: spinning took 3-4 ms of CPU per
+        # request from the front (benchmarks/results/serving_layouts_nospin.json).
+        self.session = ort_session(self.bundle.model_path, default_threads=(_LAYOUT.cpus if _LAYOUT.cpus_from_quota else 0) if _LAYOUT.batching else 1,
+                                   default_spin=not _LAYOUT.batching)
         self._check_graph()
         self._warm_up()
         gc.freeze()  # see Recommender.__init__

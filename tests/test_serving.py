@@ -719,6 +719,22 @@ def test_unbatched_requests_are_answered_on_the_event_loop(model_tag, monkeypatc
     assert service.config["threads"] == (1 if inline else 32)
 
 
+@pytest.mark.parametrize("batching, spinning", [("0", "1"), ("1", "0")], ids=["unbatched", "batched"])
+def test_the_batched_rankers_onnx_threads_sleep_between_batches(model_tag, monkeypatch, batching, spinning):
+    """Batched, the Ranker's ONNX Runtime threads sleep when idle unless BEHAVIORFLOW_ORT_SPIN=1: spinning
+    between batches cost 3-4 ms of CPU per request (benchmarks/results/serving_layouts_nospin.json). Unbatched
+    (one thread per session) the default stays 1."""
+    from serving.ranking import ORT_SPIN_ENV
+
+    monkeypatch.setenv(contract.BATCHING_ENV, batching)
+    monkeypatch.delenv(ORT_SPIN_ENV, raising=False)
+    options = load_module(model_tag).Ranker().session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+    monkeypatch.setenv(ORT_SPIN_ENV, "1")
+    options = load_module(model_tag).Ranker().session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_a_dropped_connection_to_the_ranker_is_retried_once(service, monkeypatch):
     ranker = service.ranker
     real_rank = ranker.rank
@@ -863,6 +879,12 @@ def test_ort_threading_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(ORT_SPIN_ENV, "sometimes")
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_ORT_SPIN='sometimes': expected 1 or 0"):
         ort_session(bundle / contract.MODEL_FILE)
+    # The batched Ranker's default: threads that sleep between batches; the environment can still say otherwise.
+    monkeypatch.delenv(ORT_SPIN_ENV)
+    assert ort_session(bundle / contract.MODEL_FILE, default_spin=False).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert ort_session(bundle / contract.MODEL_FILE).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    monkeypatch.setenv(ORT_SPIN_ENV, "1")
+    assert ort_session(bundle / contract.MODEL_FILE, default_spin=False).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
     # The shadow challenger's session: one thread that sleeps when idle, whatever the environment says.
     monkeypatch.setenv(ORT_THREADS_ENV, "2")
     monkeypatch.setenv(ORT_SPIN_ENV, "1")
@@ -938,10 +960,10 @@ def test_server_answers_every_endpoint_serve_help_lists(server):
 def test_batching_choice():
     from serving.layout import batching_from
 
-    assert batching_from("auto", 2) is False and batching_from("auto", 4) is True and batching_from("", 16) is True
-    assert batching_from("1", 2) is True and batching_from("off", 64) is False
+    assert batching_from("auto") is False and batching_from("") is False and batching_from(" AUTO ") is False
+    assert batching_from("1") is True and batching_from("on") is True and batching_from("off") is False
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='maybe': expected auto, 1 .* or 0"):
-        batching_from("maybe", 2)
+        batching_from("maybe")
 
 
 def test_workers_choice():
@@ -969,22 +991,27 @@ def test_layout_line_says_what_serve_will_run(monkeypatch):
         "unbatched (each request ranked alone), 2 processes (BEHAVIORFLOW_WORKERS=auto: one per usable CPU); 2 usable CPUs")
     assert layout.Layout.from_environment({"BEHAVIORFLOW_SHADOW_BUNDLE": "/b"}).describe() == (
         "unbatched (each request ranked alone), 1 process (BEHAVIORFLOW_WORKERS=auto: one writer for the shadow log); 2 usable CPUs")
+    monkeypatch.setattr(layout, "usable_cpus", lambda: (16, False))  # 'auto' is unbatched on any number of CPUs
+    assert layout.Layout.from_environment({}).describe() == (
+        "unbatched (each request ranked alone), 16 processes (BEHAVIORFLOW_WORKERS=auto: one per usable CPU); 16 usable CPUs")
+    assert layout.Layout.from_environment({"BEHAVIORFLOW_BATCHING": "1"}).describe() == (
+        "batched (a Ranker service batches requests), 1 process (BEHAVIORFLOW_WORKERS=auto: in front of the Ranker); 16 usable CPUs")
     monkeypatch.setattr(layout, "usable_cpus", lambda: (4, True))
-    assert layout.Layout.from_environment({"BEHAVIORFLOW_WORKERS": "3"}).describe() == (
+    assert layout.Layout.from_environment({"BEHAVIORFLOW_WORKERS": "3", "BEHAVIORFLOW_BATCHING": "1"}).describe() == (
         "batched (a Ranker service batches requests), 3 processes; 4 usable CPUs (the container's CPU quota)")
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='sometimes'"):
         layout.Layout.from_environment({"BEHAVIORFLOW_BATCHING": "sometimes"})
 
 
 def test_auto_layout_reads_a_containers_cpu_quota(tmp_path):
-    """A pod limited to 2 CPUs on a big node sees the node's CPUs in its affinity: 'auto' would pick the
-    batched pair and ORT a thread per node core. The cgroup quota is what counts."""
-    from serving.layout import batching_from, cpu_quota
+    """A pod limited to 2 CPUs on a big node sees the node's CPUs in its affinity: 'auto' would start a process
+    per node core, and the batched Ranker an ORT thread per node core. The cgroup quota is what counts."""
+    from serving.layout import cpu_quota, workers_from
 
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cpu.max").write_text("200000 100000\n")
-    assert cpu_quota(v2) == 2 and batching_from("auto", cpu_quota(v2)) is False
+    assert cpu_quota(v2) == 2 and workers_from("auto", cpu_quota(v2), batching=False, shadow=False) == 2
     (v2 / "cpu.max").write_text("150000 100000\n")
     assert cpu_quota(v2) == 2  # 1.5 CPUs: rounded up
     (v2 / "cpu.max").write_text("max 100000\n")

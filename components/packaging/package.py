@@ -66,8 +66,8 @@ def build_bento(model_tag: str, *, labels: dict[str, str] | None = None, version
     # the model it picked. An earlier import in this process (tests, a flow serving in-process) would be
     # reused as is, so hide it during the build and put it back afterwards.
     # The Bento must also record the Ranker service whatever machine builds it: `bentoml serve` of a Bento
-    # can only start services the build recorded, and BEHAVIORFLOW_BATCHING=auto picks the layout from
-    # the CPUs of the machine that serves. Built with batching on, either layout serves.
+    # can only start services the build recorded, and BEHAVIORFLOW_BATCHING is read on the machine that
+    # serves. Built with batching on, either layout serves.
     overrides = {MODEL_TAG_ENV: exact_tag, BATCHING_ENV: "1"}
     previous = {name: os.environ.get(name) for name in overrides}
     previous_module = sys.modules.pop(SERVICE_MODULE, None)
