@@ -451,16 +451,20 @@ class Server:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the server's whole process tree so far (a process that has just
         exited is left out)."""
+        return sum(seconds for _, seconds in self.cpu_seconds_by_process())
+
+    def cpu_seconds_by_process(self) -> list[tuple[object, float]]:
+        """(psutil.Process, its user + system CPU seconds so far) for each process of the server's tree."""
         import psutil
 
-        total = 0.0
+        found = []
         for proc in self._tree():
             try:
                 times = proc.cpu_times()
-                total += times.user + times.system
+                found.append((proc, times.user + times.system))
             except psutil.Error:
                 pass
-        return total
+        return found
 
     def processes(self) -> int:
         return len(self._tree())

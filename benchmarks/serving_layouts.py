@@ -67,12 +67,8 @@ def role(process) -> str:
 def cpu_by_role(server) -> dict[str, float]:
     """CPU seconds (user + system) of the server's processes so far, by role."""
     totals = {"front": 0.0, "ranker": 0.0, "other": 0.0}
-    for process in server._tree():
-        try:
-            times = process.cpu_times()
-        except Exception:
-            continue
-        totals[role(process)] += times.user + times.system
+    for process, seconds in server.cpu_seconds_by_process():
+        totals[role(process)] += seconds
     return totals
 
 
