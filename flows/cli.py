@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 from components import settings
@@ -49,6 +50,15 @@ state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHA
 
 
 # What `behaviorflow serve` answers (serving/service.py; BentoML adds the probes, /metrics and the API docs).
+SERVE_TUNING = """tuning, through the environment (README, "For serving teams", has the measurements):
+  BEHAVIORFLOW_WORKERS=auto|N     processes answering requests; auto: one per usable CPU (a container's CPU
+                                  quota where lower), one with --shadow; each holds its own copy of the model
+  BEHAVIORFLOW_BATCHING=auto|1|0  1: a Ranker service batches requests; auto = 0: each request ranked alone
+  BEHAVIORFLOW_ACCESS_LOG=1|0     a log line per request (default 1)
+  BEHAVIORFLOW_TRACING=0|1        OpenTelemetry spans for /recommend and /score (default 0)
+  BEHAVIORFLOW_ORT_THREADS=N      ONNX Runtime threads per session (default: 1 unbatched, every core batched)
+  BEHAVIORFLOW_ORT_SPIN=1|0       idle ONNX Runtime threads spin (default 1; 0 in the batched Ranker)
+`serve` prints the layout these give before it starts; a bad value is refused in one line."""
 SERVE_ENDPOINTS = ("POST /recommend, POST /score; GET /metadata, /healthz and /livez (alive), /readyz (ready: model loaded, "
                    "checked and warmed up), /metrics (Prometheus), / (API docs; the OpenAPI spec at /docs.json)")
 
@@ -96,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "data.event_columns.item_id=parent_asin, data.event_type=rating, data.timestamp_unit=ms (repeatable)",
                  "; validate reads its data section")
 
-    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)", description=(
+    serve = sub.add_parser("serve", help="serve a registered model's Bento over HTTP (pulls it first if needed)", description=textwrap.fill(
         "Resolve a registry alias to its version, import that version's Bento from MLflow into the local "
         "Bento store if it is not there yet, and run `bentoml serve` on it (in the foreground; Ctrl-C stops it). "
-        f"Endpoints: {SERVE_ENDPOINTS}."))
+        f"Endpoints: {SERVE_ENDPOINTS}.", 100), epilog=SERVE_TUNING, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--model", default=settings.REGISTERED_MODEL_NAME, help=f"registered model name (default: {settings.REGISTERED_MODEL_NAME})")
     serve.add_argument("--alias", default=settings.CHAMPION_ALIAS, help="registry alias to serve (default: champion)")
     serve.add_argument("--shadow", metavar="ALIAS", help="also rank every request with this alias's model (e.g. challenger), off the response path, into a JSONL log")

@@ -60,6 +60,15 @@ def test_every_command_and_option_explains_itself():
     assert "port to listen on (default: 3000)" in serve and "(default: 127.0.0.1;" in serve and "POST /recommend" in serve
     for path in ("/recommend", "/score", "/metadata", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
         assert f" {path}" in serve, path  # each answers on a real server: test_serving.py::test_server_answers_every_endpoint_serve_help_lists
+    # Every tuning variable of the README's table for `bentoml serve`, under its name in the code, is in `serve --help`
+    # (all but those `serve` sets itself).
+    from serving import contract, ranking
+
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `(BEHAVIORFLOW_[A-Z_]+)`", readme, re.M))
+    names = {contract.BATCHING_ENV, contract.WORKERS_ENV, contract.ACCESS_LOG_ENV, contract.TRACING_ENV, ranking.ORT_THREADS_ENV, ranking.ORT_SPIN_ENV}
+    assert names <= table, names - table
+    assert {name for name in names if f"{name}=" not in serve} == set()
 
 
 def test_help_examples_are_commands_a_shell_can_copy():
