@@ -50,6 +50,9 @@ state (MLflow SQLite store, Bento store, Prefect home, Data Docs) lives in $BEHA
 
 
 # What `behaviorflow serve` answers (serving/service.py; BentoML adds the probes, /metrics and the API docs).
+SERVE_ENDPOINTS = ("POST /recommend, POST /score; GET /metadata, /healthz and /livez (alive), /readyz (ready: model loaded, "
+                   "checked and warmed up), /metrics (Prometheus), / (API docs; the OpenAPI spec at /docs.json)")
+# The settings `behaviorflow serve --help` lists (serving/layout.py, serving/ranking.py; the README has their table).
 SERVE_TUNING = """tuning, through the environment (README, "For serving teams", has the measurements):
   BEHAVIORFLOW_WORKERS=auto|N     processes answering requests; auto: one per usable CPU (a container's CPU
                                   quota where lower), one with --shadow; each holds its own copy of the model
@@ -58,9 +61,7 @@ SERVE_TUNING = """tuning, through the environment (README, "For serving teams", 
   BEHAVIORFLOW_TRACING=0|1        OpenTelemetry spans for /recommend and /score (default 0)
   BEHAVIORFLOW_ORT_THREADS=N      ONNX Runtime threads per session (default: 1 unbatched, every core batched)
   BEHAVIORFLOW_ORT_SPIN=1|0       idle ONNX Runtime threads spin (default 1; 0 in the batched Ranker)
-`serve` prints the layout these give before it starts; a bad value is refused in one line."""
-SERVE_ENDPOINTS = ("POST /recommend, POST /score; GET /metadata, /healthz and /livez (alive), /readyz (ready: model loaded, "
-                   "checked and warmed up), /metrics (Prometheus), / (API docs; the OpenAPI spec at /docs.json)")
+`serve` prints the layout the first two give before it starts, and refuses a bad value of them in one line."""
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
