@@ -120,12 +120,17 @@ def test_the_workers_a_killed_arbiter_leaves_are_stopped_and_serve_exits_with_it
                 process.kill()
 
 
-def _recommend_count(port: int) -> float:
-    """What the server's /metrics counts of /recommend requests answered 200."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    found = re.findall(r'^bentoml_service_request_total\{endpoint="/recommend",http_response_code="200",[^}]*\} (\S+)$', text, re.M)
-    assert len(found) == 1, text[-2000:]
-    return float(found[0])
+def _recommend_count(port: int, expected: float) -> float:
+    """What the server's /metrics counts of /recommend requests answered 200: `expected` once it reads so, or
+    what it reads after 5 s (the count is written as the response ends)."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        found = re.findall(r'^bentoml_service_request_total\{endpoint="/recommend",http_response_code="200",[^}]*\} (\S+)$', text, re.M)
+        assert len(found) == 1, text[-2000:]
+        if float(found[0]) == expected or time.monotonic() > deadline:
+            return float(found[0])
+        time.sleep(0.2)
 
 
 def test_two_servers_under_one_bentoml_home_keep_their_own_metrics(registered, tmp_path):
@@ -147,12 +152,12 @@ def test_two_servers_under_one_bentoml_home_keep_their_own_metrics(registered, t
         assert not stale.exists()
         for _ in range(3):
             assert httpx.post(f"http://127.0.0.1:{ports[0]}/recommend", json={"history": [], "k": 2}).status_code == 200
-        assert _recommend_count(ports[0]) == 3
+        assert _recommend_count(ports[0], 3) == 3
         with (tmp_path / "b.log").open("w") as log:
             procs.append(_serve(ports[1], log))
         for _ in range(2):
             assert httpx.post(f"http://127.0.0.1:{ports[1]}/recommend", json={"history": [], "k": 2}).status_code == 200
-        assert (_recommend_count(ports[0]), _recommend_count(ports[1])) == (3, 2)
+        assert (_recommend_count(ports[0], 3), _recommend_count(ports[1], 2)) == (3, 2)
         folders = [bentoml_serve.metrics_folder(home, psutil.Process(p.pid).children()[0].pid) for p in procs]  # the arbiters'
         assert all(any(folder.iterdir()) for folder in folders), folders
     finally:
