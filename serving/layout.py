@@ -25,8 +25,8 @@ def batching_from(value: str) -> bool:
     kept up with there. It answered fewer requests in every case and, at 200 req/s on 3,416 items, took 9x or more
     the median latency (benchmarks/serving_layouts.py, results/serving_layouts.json and
     serving_layouts_nospin.json, 2 cores). The cost is the hop between the two services and the Ranker's
-    own work per request, which more cores do not remove, and its single front process caps the requests
-    it can answer on any machine; the unbatched layout adds a process per CPU."""
+    own work per request, which more cores do not remove, and its front (one process unless BEHAVIORFLOW_WORKERS
+    says more) caps the requests it can answer on any machine; the unbatched layout adds a process per CPU."""
     if value.strip().lower() in {"", "auto"}:
         return False
     return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (unbatched: each request ranked alone)")

@@ -31,7 +31,7 @@ on the process's event loop — no adaptive batching, no hop between services or
 (the default) is the unbatched layout on any number of CPUs: per request answered, the batched pair took
 more CPU time on catalogs of 3,416 and 100,000 items (6.7x and 2.1x with 8 clients) and about as much on
 300,000, answered fewer requests and took 9x or more the median latency at 200 req/s (serving/layout.py);
-and its one front process caps what it can answer on any machine. Responses are the same either way: the same items,
+and its front (one process by default) caps what it can answer on any machine. Responses are the same either way: the same items,
 `because` and scores, up to float32 rounding (a batched history shares its padding with its length group).
 
 BEHAVIORFLOW_WORKERS sets how many processes run Recommender (BentoML's workers, sharing the port). Its
