@@ -140,11 +140,13 @@ def main(argv=None) -> int:
                   f"{ranked[1]['batch1_ms_per_history']} ms, batch 64 {ranked[0]['batch64_ms_per_history']} / {ranked[1]['batch64_ms_per_history']} ms", flush=True)
             rows = {s.name: {layout: [] for layout in layouts} for s in SCENARIOS}
             ready = {layout: [] for layout in layouts}
+            rss = {layout: [] for layout in layouts}  # MB, all the server's processes, after the warm-up
             for round_, layout in alternating(tuple(layouts), args.rounds):
                 server = Server(packaged["bento_tag"], packaged["model_tag"], LAYOUTS[layout], None, folder / f"serve-{layout}-{round_}.log", env)
                 try:
                     ready[layout].append(round(server.ready_s, 2))
                     run_hey(Scenario("warmup", 8, None), server.url, bodies, folder, 3, None, 8)
+                    rss[layout].append(server.rss_mb())
                     for scenario in SCENARIOS:
                         before = cpu_by_role(server)
                         result = run_hey(scenario, server.url, bodies, folder, args.run_time, None, 16)
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
                     summary[name][f"rounds_{other}_cheaper"] = cheaper
                     print(f"{n_items} items {name:<4}: CPU per request {reference} {u:.2f} ms, {other} {b:.2f} ms "
                           f"({round(b / u, 2)}x; {other} cheaper in {cheaper} rounds)", flush=True)
-            catalogs.append({"n_items": n_items, "model": mut.description, "inprocess": ranked, "ready_s": ready,
+            catalogs.append({"n_items": n_items, "model": mut.description, "inprocess": ranked, "ready_s": ready, "rss_mb": rss,
                              "bento_size_mib": packaged["bento_size_mib"], "summary": summary, "runs": rows})
             shutil.rmtree(folder, ignore_errors=True)
     finally:
