@@ -912,12 +912,10 @@ def server(request, model_tag, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with bentoml_serve(model_tag, log, env={BATCHING_ENV: request.param, WORKERS_ENV: "1" if request.param == "1" else "2"}) as url:
         SERVER_LOGS[url] = log
-        SERVER_BATCHED[url] = request.param == "1"
         yield url
 
 
 SERVER_LOGS: dict[str, Path] = {}  # base URL -> the server's log
-SERVER_BATCHED: dict[str, bool] = {}  # base URL -> whether it runs the batched layout
 
 
 def test_server_logs_requests_but_not_probes(server):
@@ -1045,14 +1043,14 @@ def _answer_and_its_log_line(url: str, log: Path) -> tuple[httpx.Response, str]:
     return response, lines[-1]
 
 
-def test_api_routes_are_untraced_by_default(server):
+def test_api_routes_are_untraced_by_default(server, request):
     """By default /recommend and /score stay out of BentoML's OpenTelemetry middleware (its spans are never
     recorded at BentoML's default sample rate, and cost CPU): no request id, no trace ids in the access log;
     nor the batched layout's internal /rank. (BEHAVIORFLOW_TRACING=1: test_tracing_switch_puts_the_api_routes_back, at the end of this file.)"""
     response, line = _answer_and_its_log_line(server, SERVER_LOGS[server])
     assert "X-BentoML-Request-ID" not in response.headers and "trace=" not in line, (dict(response.headers), line)
     ranker = [line for line in SERVER_LOGS[server].read_text().splitlines() if "path=/rank," in line]  # batched: its Ranker's calls
-    assert len(ranker) > 0 if SERVER_BATCHED[server] else ranker == []
+    assert len(ranker) > 0 if request.node.callspec.params["server"] == "1" else ranker == []
     assert [line for line in ranker if "trace=" in line] == []
 
 
