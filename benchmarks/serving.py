@@ -256,21 +256,21 @@ def summarize(seconds: list[float]) -> dict:
     }
 
 
-def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args) -> list[dict]:
-    """Timings of torch eager and each ONNX graph on the same batches, engine by engine in alternating
-    blocks of `--block` calls (components.timing.timed_in_turns: why not call by call), at each of
+def inprocess(mut: ModelUnderTest, paths: dict[str, Path], args, with_torch: bool = True) -> list[dict]:
+    """Timings of torch eager (unless not `with_torch`) and each ONNX graph on the same batches, engine by engine
+    in alternating blocks of `--block` calls (components.timing.timed_in_turns: why not call by call), at each of
     `--threads` (torch threads = ORT intra-op threads for that pass)."""
     import torch
 
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        rows += [r | {"threads": threads} for r in _inprocess_at(mut, paths, args, threads)]
+        rows += [r | {"threads": threads} for r in _inprocess_at(mut, paths, args, threads, with_torch)]
     torch.set_num_threads(max(args.threads))
     return rows
 
 
-def _inprocess_at(mut: ModelUnderTest, paths: dict[str, Path], args, threads: int) -> list[dict]:
+def _inprocess_at(mut: ModelUnderTest, paths: dict[str, Path], args, threads: int, with_torch: bool = True) -> list[dict]:
     import onnxruntime as ort
     import torch
 
@@ -294,7 +294,7 @@ def _inprocess_at(mut: ModelUnderTest, paths: dict[str, Path], args, threads: in
                 exclude = np.ones(batch, dtype=bool)
                 feeds = {contract.INPUT_HISTORY: history, contract.INPUT_EXCLUDE_SEEN: exclude}
                 engines: dict[str, Callable[[], object]] = {
-                    "torch": lambda: graph(torch.from_numpy(history), torch.from_numpy(exclude)),
+                    **({"torch": lambda: graph(torch.from_numpy(history), torch.from_numpy(exclude))} if with_torch else {}),
                     **{f"onnx_{name}": (lambda s=s: s.run(outputs, feeds)) for name, s in sessions.items()},
                 }
                 for run in engines.values():

@@ -32,11 +32,8 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -72,32 +69,16 @@ def cpu_by_role(server) -> dict[str, float]:
     return totals
 
 
-def inprocess(onnx_path: Path, n_items: int, reps: int) -> list[dict]:
-    """The graph's time per history at batch 1 and 64, history 50, with 1 and 2 ONNX Runtime threads (median of `reps`)."""
-    import onnxruntime as ort
-
-    from serving import contract
-
-    rng, rows = np.random.default_rng(0), []
-    for threads in (1, 2):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        row = {"threads": threads}
-        for batch in (1, 64):
-            feeds = {contract.INPUT_HISTORY: rng.integers(1, n_items + 1, size=(batch, 50)).astype(np.int64),
-                     contract.INPUT_EXCLUDE_SEEN: np.ones(batch, dtype=bool)}
-            for _ in range(3):
-                session.run(None, feeds)
-            times = []
-            for _ in range(reps if batch == 1 else max(3, reps // 5)):
-                started = time.perf_counter()
-                session.run(None, feeds)
-                times.append(time.perf_counter() - started)
-            row[f"batch{batch}_ms_per_history"] = round(1000 * statistics.median(times) / batch, 3)
+def inprocess(mut, onnx_path: Path, reps: int) -> list[dict]:
+    """The graph's time per history at batch 1 and 64, history 50, with 1 and 2 ONNX Runtime threads (median of
+    `reps` calls; benchmarks/serving.py's in-process timing, without torch)."""
+    args = SimpleNamespace(threads=[1, 2], batches=[1, 64], lengths=[50], warmup=3, reps=reps, block=10)
+    median = {(r["threads"], r["batch"]): r["median_ms"] for r in _bench.inprocess(mut, {"fp32": onnx_path}, args, with_torch=False)}
+    rows = []
+    for threads in args.threads:
+        row = {"threads": threads, "batch1_ms_per_history": round(median[threads, 1], 3), "batch64_ms_per_history": round(median[threads, 64] / 64, 3)}
         row["batch64_gain"] = round(row["batch1_ms_per_history"] / row["batch64_ms_per_history"], 2)
         rows.append(row)
-        del session
     return rows
 
 
@@ -107,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layouts", default="unbatched,batched", help=f"layouts, the first one the reference for the ratios (of {', '.join(LAYOUTS)})")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of both layouts per catalog")
     parser.add_argument("--run-time", type=int, default=6, help="seconds of load per scenario and round")
-    parser.add_argument("--reps", type=int, default=50, help="in-process calls at batch 1 (batch 64: a fifth)")
+    parser.add_argument("--reps", type=int, default=50, help="in-process calls per batch size and thread count")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_layouts.json")
     args = parser.parse_args(argv)
     layouts = args.layouts.split(",")
@@ -132,7 +113,7 @@ def main(argv=None) -> int:
                                                      ml1m_data=Path("/nonexistent")))
             folder = work / f"catalog-{n_items}"
             onnx_path = export_onnx(mut.model, folder / "model.onnx")
-            ranked = inprocess(onnx_path, n_items, args.reps)
+            ranked = inprocess(mut, onnx_path, args.reps)
             packaged = _bench.package(mut, onnx_path, mut.model.item_table().detach().numpy(), "fp32", "none", folder)
             histories = [seq[-50:] for seq in list(packaged.pop("bodies").values())[:3]]
             bodies = [{"history": h, "k": 10} for h in histories]
