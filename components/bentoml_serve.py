@@ -29,18 +29,18 @@ def metrics_folder(bentoml_home: Path, pid: int | None = None) -> Path:
     return bentoml_home / FOLDER / f"{socket.gethostname()}-{os.getpid() if pid is None else pid}"
 
 
-def remove_ended(bentoml_home: Path) -> list[Path]:
-    """Remove the folders of this host's servers whose process has ended; the folders removed."""
-    host, removed = socket.gethostname(), []
+def remove_ended(bentoml_home: Path) -> None:
+    """Remove the folders of this host's servers whose process has ended."""
+    host = socket.gethostname()
     for folder in (bentoml_home / FOLDER).glob(f"{host}-*"):
         pid = folder.name[len(host) + 1 :]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
 
 
 def _alive(pid: int) -> bool:
+    """components.registry.repair.pid_alive's first answer (without its zombie check): that module cannot be
+    imported here, run as a file in isolated mode, and a zombie's folder only waits for the next start."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
