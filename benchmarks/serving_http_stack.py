@@ -1,7 +1,8 @@
 """Does the served model answer faster on uvloop and httptools than on asyncio and h11?
 
 uvicorn, under `bentoml serve`, runs its event loop on uvloop and parses HTTP with httptools when the two are
-installed, else on asyncio and h11. A py-spy profile of the unbatched service under one client put nearly all
+installed, else on asyncio and h11. (Since then the service runs on asyncio unless BEHAVIORFLOW_EVENT_LOOP=uvloop,
+which the first server here sets: under load uvloop left new connections unaccepted, serving_overload.py.) A py-spy profile of the unbatched service under one client put nearly all
 of a request's time in the HTTP path (the server loop, BentoML's middleware, JSON), not in ONNX Runtime, so
 the server's own stack is what a request waits for.
 
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
         (block / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked for the A/B')\n")
     ports = dict(zip(WAYS, (int(p) for p in args.ports.split(","))))
     base = {**os.environ, "BEHAVIORFLOW_WORKERS": args.workers}
-    envs = {"stack": base, "plain": {**base, "PYTHONPATH": str(block) + os.pathsep + base.get("PYTHONPATH", "")}}
+    # The service runs on asyncio unless told otherwise (serving/layout.py, event_loop_from; serving_overload.py).
+    envs = {"stack": {**base, "BEHAVIORFLOW_EVENT_LOOP": "uvloop"}, "plain": {**base, "PYTHONPATH": str(block) + os.pathsep + base.get("PYTHONPATH", "")}}
     procs, urls = {}, {}
     try:
         for way in WAYS:

@@ -61,7 +61,11 @@ SERVE_TUNING = """tuning, through the environment (README, "For serving teams", 
   BEHAVIORFLOW_TRACING=0|1        OpenTelemetry spans for /recommend and /score (default 0)
   BEHAVIORFLOW_ORT_THREADS=N      ONNX Runtime threads per session (default: 1 unbatched, every core batched)
   BEHAVIORFLOW_ORT_SPIN=1|0       idle ONNX Runtime threads spin (default 1; 0 in the batched Ranker)
-`serve` prints the layout the first two give before it starts, and refuses a bad value of them in one line."""
+  BEHAVIORFLOW_EVENT_LOOP=asyncio|uvloop
+                                  the HTTP processes' event loop (default asyncio: under load, uvloop leaves
+                                  new connections, health probes among them, unaccepted for seconds)
+`serve` prints the layout the first two give (and uvloop if chosen) before it starts, and refuses a bad value of
+those three in one line."""
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""A fix for BentoML's request-timeout middleware, applied when the service module is imported.
+"""Fixes for BentoML's HTTP server, applied when the service module is imported: its request-timeout
+middleware, and the event loop its workers run on (use_event_loop).
 
 BentoML 1.4's `TimeoutMiddleware` (bentoml/_internal/server/http/traffic.py) arms a timer for every
 HTTP request with `loop.call_later(timeout, ...)` and never cancels it. So each finished request stays
@@ -48,6 +49,24 @@ async def _call(self, scope: Any, receive: Any, send: Any) -> None:
             await fut  # wait for the future to finish
     finally:
         timer.cancel()
+
+
+def use_event_loop(name: str) -> bool:
+    """Run this process's HTTP server on event loop `name` ("asyncio" or "uvloop"; serving/layout.py,
+    event_loop_from, says why asyncio by default). BentoML's workers start uvicorn with its "auto" loop, which
+    is uvloop whenever uvloop can be imported; this points "auto" at `name`. It must run before the worker
+    starts uvicorn, which imports the service module first. False (and a warning) if uvicorn has changed."""
+    try:
+        from uvicorn import config
+    except ImportError:
+        log.warning("bentoml_fixes: uvicorn not found; the event loop is left as BentoML chooses it")
+        return False
+    factories = getattr(config, "LOOP_FACTORIES", None)
+    if not isinstance(factories, dict) or "auto" not in factories or name not in factories:
+        log.warning("bentoml_fixes: uvicorn's LOOP_FACTORIES has changed; the event loop is left as uvicorn chooses it, not %s", name)
+        return False
+    factories["auto"] = factories[name]
+    return True
 
 
 def apply() -> bool:

@@ -41,6 +41,7 @@ BATCHING_ENV = "BEHAVIORFLOW_BATCHING"  # auto | 1 | 0: the service layout (serv
 ACCESS_LOG_ENV = "BEHAVIORFLOW_ACCESS_LOG"  # 1 | 0: the service's per-request access log
 TRACING_ENV = "BEHAVIORFLOW_TRACING"  # 0 | 1: OpenTelemetry spans for /recommend and /score (serving/service.py)
 WORKERS_ENV = "BEHAVIORFLOW_WORKERS"  # auto | N: the HTTP front's processes (serving/service.py)
+EVENT_LOOP_ENV = "BEHAVIORFLOW_EVENT_LOOP"  # asyncio | uvloop: the HTTP server's event loop (serving/bentoml_fixes.py)
 
 INPUT_HISTORY = "history"
 INPUT_EXCLUDE_SEEN = "exclude_seen"

@@ -6,13 +6,14 @@ when `bentoml serve` imports it."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from serving.contract import BATCHING_ENV, WORKERS_ENV
+from serving.contract import BATCHING_ENV, EVENT_LOOP_ENV, WORKERS_ENV
 from serving.ranking import env_switch
 from serving.shadow import SHADOW_BUNDLE_ENV
 
@@ -30,6 +31,26 @@ def batching_from(value: str) -> bool:
     if value.strip().lower() in {"", "auto"}:
         return False
     return env_switch(BATCHING_ENV, value, "auto, 1 (the batched pair) or 0 (unbatched: each request ranked alone)")
+
+
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def event_loop_from(value: str) -> str:
+    """BEHAVIORFLOW_EVENT_LOOP: the event loop each HTTP process runs on (serving/bentoml_fixes.py sets it). 'asyncio'
+    by default: under load, uvloop accepts one new connection per turn of its loop (libuv's accept, since 1.45), and
+    a turn answers every request that arrived meanwhile, so connections pile up unaccepted. A health probe opens a
+    new connection each time: on 2 cores, with 512 clients keeping the service busy, /livez on a new connection
+    took 10.0-15.8 s on uvloop (up to 448 connections waiting to be accepted), past any probe timeout, and at most
+    1.2 s on asyncio, which accepts every waiting connection each turn, at about the same requests/s
+    (benchmarks/serving_overload.py, results/serving_overload.json). 'uvloop' is there for a service only ever
+    reached over long-lived connections (behind a proxy that pools them)."""
+    text = value.strip().lower() or "asyncio"
+    if text not in EVENT_LOOPS:
+        raise ValueError(f"{EVENT_LOOP_ENV}={value!r}: expected asyncio (the default) or uvloop")
+    if text == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError(f"{EVENT_LOOP_ENV}=uvloop, but uvloop is not installed here: install it (pip install uvloop), or unset the variable for asyncio")
+    return text
 
 
 def workers_from(value: str, cpus: int, batching: bool, shadow: bool) -> int:
@@ -81,6 +102,7 @@ class Layout:
     workers: int
     auto_workers: bool  # BEHAVIORFLOW_WORKERS unset or 'auto'
     shadow: bool
+    event_loop: str = "asyncio"  # BEHAVIORFLOW_EVENT_LOOP
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "Layout":
@@ -89,7 +111,8 @@ class Layout:
         batching = batching_from(environ.get(BATCHING_ENV, "auto"))
         value, shadow = environ.get(WORKERS_ENV, "auto"), bool(environ.get(SHADOW_BUNDLE_ENV))
         workers = workers_from(value, cpus, batching, shadow)
-        return cls(cpus, from_quota, batching, workers, value.strip().lower() in {"", "auto"}, shadow)
+        event_loop = event_loop_from(environ.get(EVENT_LOOP_ENV, ""))
+        return cls(cpus, from_quota, batching, workers, value.strip().lower() in {"", "auto"}, shadow, event_loop)
 
     def describe(self) -> str:
         """One line for `behaviorflow serve`, e.g. 'unbatched (each request ranked alone), 2 processes
@@ -100,4 +123,5 @@ class Layout:
             why = "in front of the Ranker" if self.batching else "one writer for the shadow log" if self.shadow else "one per usable CPU"
             processes += f" ({WORKERS_ENV}=auto: {why})"
         quota = " (the container's CPU quota)" if self.cpus_from_quota else ""
-        return f"{kind}, {processes}; {self.cpus} usable CPU{'s' if self.cpus != 1 else ''}{quota}"
+        loop = f"; on {self.event_loop} ({EVENT_LOOP_ENV})" if self.event_loop != "asyncio" else ""
+        return f"{kind}, {processes}; {self.cpus} usable CPU{'s' if self.cpus != 1 else ''}{quota}{loop}"

@@ -1,8 +1,8 @@
 """The Bento service a serving team runs: recommendations and next-item probabilities from an exported
 ONNX bundle (serving/contract.py).
 
-It needs bentoml, onnxruntime, numpy, pydantic and `serving.contract` only (its Bento adds uvloop and httptools, which
-uvicorn then runs on) — never the training stack
+It needs bentoml, onnxruntime, numpy, pydantic and `serving.contract` only (its Bento adds httptools, which uvicorn
+then parses HTTP with, and uvloop, which it runs on only with BEHAVIORFLOW_EVENT_LOOP=uvloop) — never the training stack
 (torch, transformers, prefect, mlflow, great_expectations, pandas) — so the Bento stays small and fast
 to start. Run it from the repository root:
 
@@ -123,6 +123,9 @@ RANKER_SERVICE_NAME = f"{BENTO_SERVICE_NAME}_ranker"
 # The layout (serving/layout.py), read from the environment when `bentoml serve` imports this module:
 # adaptive batching in a separate Ranker service or each request ranked alone, and how many processes.
 _LAYOUT = Layout.from_environment()
+# The event loop of every HTTP process: asyncio unless BEHAVIORFLOW_EVENT_LOOP=uvloop (serving/layout.py,
+# event_loop_from: under load uvloop leaves new connections, health probes among them, unaccepted for seconds).
+EVENT_LOOP_APPLIED = bentoml_fixes.use_event_loop(_LAYOUT.event_loop)
 # Adaptive batching of Ranker.rank. A batch runs while the next one gathers, so under load batches grow by
 # themselves; at low traffic a request waits for no one. A request still queued after BATCH_MAX_LATENCY_MS
 # is shed with a 503 (BentoML's dispatcher): generous, as a 503 is worse than a slow answer here.

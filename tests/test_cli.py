@@ -66,7 +66,8 @@ def test_every_command_and_option_explains_itself():
 
     readme = (ROOT / "README.md").read_text()
     table = set(re.findall(r"^\| `(BEHAVIORFLOW_[A-Z_]+)`", readme, re.M))
-    names = {contract.BATCHING_ENV, contract.WORKERS_ENV, contract.ACCESS_LOG_ENV, contract.TRACING_ENV, ranking.ORT_THREADS_ENV, ranking.ORT_SPIN_ENV}
+    names = {contract.BATCHING_ENV, contract.WORKERS_ENV, contract.ACCESS_LOG_ENV, contract.TRACING_ENV, ranking.ORT_THREADS_ENV, ranking.ORT_SPIN_ENV,
+             contract.EVENT_LOOP_ENV}
     assert names <= table, names - table
     assert {name for name in names if f"{name}=" not in serve} == set()
 

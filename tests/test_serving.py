@@ -928,15 +928,38 @@ def test_server_logs_requests_but_not_probes(server):
     assert not [line for line in lines if any(f"path={p}," in line for p in ("/readyz", "/livez", "/healthz", "/metrics"))]
 
 
-def test_server_runs_on_uvloop_and_httptools(server):
-    """uvicorn picks them when installed (else asyncio and h11, ~1.2x slower per request:
-    benchmarks/results/serving_uvloop_ab.json): every worker that answers has both loaded."""
+def test_server_runs_on_asyncio_and_httptools(server):
+    """uvicorn parses HTTP with httptools when installed (else h11), and runs on asyncio, not uvloop, although
+    uvloop is installed (BEHAVIORFLOW_EVENT_LOOP, serving/layout.py: uvloop leaves new connections unaccepted
+    under load): every worker that answers has httptools loaded and not uvloop."""
     workers = server_workers(server)
     assert len(workers) == 2, workers  # batched: Recommender and Ranker; unbatched: two Recommender processes
     deadline = time.monotonic() + 30  # /readyz answers once one worker is up; the other may still be starting
-    while (loaded := [mapped_packages(w, ("uvloop", "httptools")) for w in workers]) != [{"uvloop", "httptools"}] * 2 and time.monotonic() < deadline:
+    while (loaded := [mapped_packages(w, ("uvloop", "httptools")) for w in workers]) != [{"httptools"}] * 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert loaded == [{"uvloop", "httptools"}] * 2
+    assert loaded == [{"httptools"}] * 2
+
+
+def test_event_loop_choice(monkeypatch):
+    """asyncio unless BEHAVIORFLOW_EVENT_LOOP says uvloop; anything else, or uvloop where it is not installed, is
+    refused by name; use_event_loop points uvicorn's 'auto' loop (the one BentoML's workers ask for) at the choice."""
+    import importlib.util
+
+    from uvicorn import config
+
+    from serving import bentoml_fixes
+    from serving.layout import event_loop_from
+
+    assert event_loop_from("") == "asyncio" and event_loop_from(" AsyncIO ") == "asyncio" and event_loop_from("uvloop") == "uvloop"
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_EVENT_LOOP='trio': expected asyncio \(the default\) or uvloop"):
+        event_loop_from("trio")
+    monkeypatch.setitem(config.LOOP_FACTORIES, "auto", config.LOOP_FACTORIES["auto"])  # restored after the test
+    assert bentoml_fixes.use_event_loop("asyncio") is True
+    assert config.LOOP_FACTORIES["auto"] == config.LOOP_FACTORIES["asyncio"] == "uvicorn.loops.asyncio:asyncio_loop_factory"
+    assert bentoml_fixes.use_event_loop("uvloop") is True and config.LOOP_FACTORIES["auto"] == config.LOOP_FACTORIES["uvloop"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_EVENT_LOOP=uvloop, but uvloop is not installed here: install it \(pip install uvloop\), or unset"):
+        event_loop_from("uvloop")
 
 
 def test_server_answers_every_endpoint_serve_help_lists(server):
@@ -999,6 +1022,10 @@ def test_layout_line_says_what_serve_will_run(monkeypatch):
         "batched (a Ranker service batches requests), 3 processes; 4 usable CPUs (the container's CPU quota)")
     with pytest.raises(ValueError, match=r"BEHAVIORFLOW_BATCHING='sometimes'"):
         layout.Layout.from_environment({"BEHAVIORFLOW_BATCHING": "sometimes"})
+    assert layout.Layout.from_environment({"BEHAVIORFLOW_EVENT_LOOP": "uvloop"}).describe().endswith(
+        "4 usable CPUs (the container's CPU quota); on uvloop (BEHAVIORFLOW_EVENT_LOOP)")
+    with pytest.raises(ValueError, match=r"BEHAVIORFLOW_EVENT_LOOP='libuv'"):
+        layout.Layout.from_environment({"BEHAVIORFLOW_EVENT_LOOP": "libuv"})
 
 
 def test_auto_layout_reads_a_containers_cpu_quota(tmp_path):
@@ -1390,3 +1417,14 @@ def test_tracing_switch_puts_the_api_routes_back(model_tag, tmp_path):
         response, line = _answer_and_its_log_line(url, log)
     assert re.fullmatch(r"[0-9a-f]{16}", response.headers["X-BentoML-Request-ID"]), dict(response.headers)
     assert re.search(r"\(trace=[0-9a-f]{32},span=[0-9a-f]{16},sampled=0", line), line
+
+
+def test_event_loop_setting_runs_the_server_on_uvloop(model_tag, tmp_path):
+    """BEHAVIORFLOW_EVENT_LOOP=uvloop puts the workers on uvloop: the setting reaches the server, not just the layout
+    line. At the end of the file, as the tracing switch's test (a second `bentoml serve` under the same BentoML home)."""
+    from serving.contract import BATCHING_ENV, EVENT_LOOP_ENV, WORKERS_ENV
+
+    with bentoml_serve(model_tag, tmp_path / "serve.log", env={BATCHING_ENV: "0", WORKERS_ENV: "1", EVENT_LOOP_ENV: "uvloop"}) as url:
+        assert httpx.post(f"{url}/recommend", json={"history": ["i001"], "k": 2}).status_code == 200
+        [worker] = server_workers(url)
+        assert mapped_packages(worker, ("uvloop", "httptools")) == {"uvloop", "httptools"}

@@ -30,8 +30,8 @@ SERVICE_MODULE = SERVICE.partition(":")[0]
 INCLUDE = ["serving/*.py", "serving/*.json"]  # the service, the contract, the sample request
 # What the service imports besides bentoml (which the build adds, pinned to the building version), and what its
 # server runs on. onnxruntime carries the same pin as pyproject.toml: the Bento runs the runtime the parity tests
-# ran; so do uvloop and httptools, which uvicorn uses when installed (else asyncio and h11; side by side:
-# benchmarks/results/serving_uvloop_ab.json).
+# ran; so do httptools, which uvicorn parses HTTP with when installed (else h11), and uvloop, which the service
+# runs on only with BEHAVIORFLOW_EVENT_LOOP=uvloop (serving/layout.py, event_loop_from).
 SERVING_REQUIREMENTS = ["onnxruntime==1.32.0", "numpy", "pydantic", "uvloop==0.23.0; sys_platform != 'win32'", "httptools==0.9.0"]
 _REQUIRED_FILES = (contract.MODEL_FILE, contract.ITEMS_FILE, contract.MANIFEST_FILE)
 
