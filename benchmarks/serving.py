@@ -724,13 +724,18 @@ def popular_bodies(url: str) -> list[dict]:
     return [{"history": items[j : j + 5], "k": 10} for j in range(0, 15, 5)]
 
 
+UNANSWERED_BUSY_SHARE = 0.95  # run_hey: a closed loop whose answered requests account for less of its clients' time
+
+
 def run_hey(scenario: Scenario, url: str, bodies: list[dict], work: Path, run_time: int, cpus: str | None, streams: int,
             timeout_s: int = 10) -> dict:
     """One scenario with hey (Go; Debian package hey): several hey processes, each POSTing its own body
     (a user id or a history) and writing every answered request to CSV; the percentiles are computed here.
     `errors` counts answers other than 200. hey's CSV has no row for a request that got no answer (refused
-    connection, or no answer within `timeout_s`), so those are in no count here: at a target rate they show
-    as an achieved rate below it; serving_overload.py gives its requests longer than its run to answer.
+    connection, or no answer within `timeout_s`), so those cannot be counted: at a target rate they show as an
+    achieved rate below it; in a closed loop, as `answered_busy_share` below 1: each client is always waiting on
+    one request, so the answered requests' latencies add up to clients × run time (1.001 against a healthy
+    server, 0.0 against a closed port), less the time spent on requests that got no answer.
 
     Closed loop: min(users, streams) processes share `users` workers. Target rate: `streams` processes
     of one worker each at rate/streams requests/s, started 1/rate s apart, so together they send
@@ -771,6 +776,11 @@ def run_hey(scenario: Scenario, url: str, bodies: list[dict], work: Path, run_ti
             busy_ok &= bool(times.sum() <= 1.05 * workers[j] * span + 0.01)
     ms = np.concatenate(latencies) * 1000
     pct = {f"p{q}_ms": round(float(np.percentile(ms, q)), 2) if len(ms) else None for q in (50, 95, 99)}
+    busy_share = None if scenario.rate else round(float(ms.sum()) / 1000 / (scenario.users * run_time), 3)
+    if busy_share is not None and busy_share < UNANSWERED_BUSY_SHARE:
+        log.warning("hey %s: the answered requests account for %.0f %% of the %d clients' time: the rest went to requests "
+                    "that got no answer (timeouts, refused connections), which hey's CSV leaves out", scenario.name,
+                    100 * busy_share, scenario.users)
     return {
         "scenario": scenario.name,
         "rps_target": scenario.rate,
@@ -785,6 +795,7 @@ def run_hey(scenario: Scenario, url: str, bodies: list[dict], work: Path, run_ti
         "errors_steady": int(errors),
         "exact": dict(pct),
         "latency_consistent": busy_ok,
+        "answered_busy_share": busy_share,  # closed loops: below UNANSWERED_BUSY_SHARE, requests went unanswered
         "hey_processes": processes,
         "latency_resolution_ms": 0.1,
     }
