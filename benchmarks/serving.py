@@ -379,6 +379,22 @@ def package(mut: ModelUnderTest, onnx_path: Path, item_vectors: np.ndarray, prec
     }
 
 
+def random_weight_bento(n_items: int, folder: Path) -> tuple[ModelUnderTest, Path, dict, list[dict]]:
+    """A random-weight model of `n_items` items (d_model 64, 2 layers, max_len 200: serving speed does not depend
+    on the weights), its ONNX graph under `folder`, a Bento of it in the current BentoML store (`package`), and
+    three /recommend bodies: histories of 50 of its own items, k=10. For serving_layouts.py and serving_overload.py."""
+    from types import SimpleNamespace
+
+    from components.export import export_onnx
+
+    mut = ml1m_model(SimpleNamespace(synthetic=True, n_items=n_items, d_model=64, n_layers=2, n_heads=2, max_len=200,
+                                     ml1m_data=Path("/nonexistent")))
+    onnx_path = export_onnx(mut.model, folder / "model.onnx")
+    packaged = package(mut, onnx_path, mut.model.item_table().detach().numpy(), "fp32", "none", folder)
+    bodies = [{"history": seq[-50:], "k": 10} for seq in list(packaged.pop("bodies").values())[:3]]
+    return mut, onnx_path, packaged, bodies
+
+
 # ---------------------------------------------------------------------------------------- the server
 
 

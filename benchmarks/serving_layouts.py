@@ -101,7 +101,6 @@ def main(argv=None) -> int:
     os.environ["BENTOML_HOME"] = str(work / "bentoml")  # a store of its own: nothing of the project's is touched
     os.environ.setdefault("BEHAVIORFLOW_HOME", str(work / "home"))
     from components import settings
-    from components.export import export_onnx
 
     settings.apply_environment()
     load_at_start, (commit, dirty) = load_average(), git_state()
@@ -109,14 +108,9 @@ def main(argv=None) -> int:
     catalogs = []
     try:
         for n_items in (int(n) for n in args.catalogs.split(",")):
-            mut = _bench.ml1m_model(SimpleNamespace(synthetic=True, n_items=n_items, d_model=64, n_layers=2, n_heads=2, max_len=200,
-                                                     ml1m_data=Path("/nonexistent")))
             folder = work / f"catalog-{n_items}"
-            onnx_path = export_onnx(mut.model, folder / "model.onnx")
+            mut, onnx_path, packaged, bodies = _bench.random_weight_bento(n_items, folder)
             ranked = inprocess(mut, onnx_path, args.reps)
-            packaged = _bench.package(mut, onnx_path, mut.model.item_table().detach().numpy(), "fp32", "none", folder)
-            histories = [seq[-50:] for seq in list(packaged.pop("bodies").values())[:3]]
-            bodies = [{"history": h, "k": 10} for h in histories]
             print(f"{n_items} items: ONNX per history, 1 / 2 threads: batch 1 {ranked[0]['batch1_ms_per_history']} / "
                   f"{ranked[1]['batch1_ms_per_history']} ms, batch 64 {ranked[0]['batch64_ms_per_history']} / {ranked[1]['batch64_ms_per_history']} ms", flush=True)
             rows = {s.name: {layout: [] for layout in layouts} for s in SCENARIOS}

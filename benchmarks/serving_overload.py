@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -113,19 +112,14 @@ def main(argv=None) -> int:
     os.environ["BENTOML_HOME"] = str(work / "bentoml")  # a store of its own: nothing of the project's is touched
     os.environ.setdefault("BEHAVIORFLOW_HOME", str(work / "home"))
     from components import settings
-    from components.export import export_onnx
 
     settings.apply_environment()
     load_at_start, (commit, dirty) = load_average(), git_state()
     env = {**os.environ, "BEHAVIORFLOW_WORKERS": "auto", "BEHAVIORFLOW_BATCHING": "0"}
     runs: list[dict] = []
     try:
-        mut = _bench.ml1m_model(SimpleNamespace(synthetic=True, n_items=args.items, d_model=64, n_layers=2, n_heads=2, max_len=200,
-                                                 ml1m_data=Path("/nonexistent")))
         folder = work / "model"
-        onnx_path = export_onnx(mut.model, folder / "model.onnx")
-        packaged = _bench.package(mut, onnx_path, mut.model.item_table().detach().numpy(), "fp32", "none", folder)
-        bodies = [{"history": seq[-50:], "k": 10} for seq in list(packaged.pop("bodies").values())[:3]]
+        _, _, packaged, bodies = _bench.random_weight_bento(args.items, folder)
         for round_, loop in alternating(tuple(loops), args.rounds):
             server = Server(packaged["bento_tag"], packaged["model_tag"], {"BEHAVIORFLOW_EVENT_LOOP": loop}, None, folder / f"serve-{loop}-{round_}.log", env)
             try:
