@@ -102,7 +102,7 @@ class Layout:
     workers: int
     auto_workers: bool  # BEHAVIORFLOW_WORKERS unset or 'auto'
     shadow: bool
-    event_loop: str = "asyncio"  # BEHAVIORFLOW_EVENT_LOOP
+    event_loop: str  # BEHAVIORFLOW_EVENT_LOOP: asyncio or uvloop (event_loop_from)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "Layout":
